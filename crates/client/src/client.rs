@@ -1,0 +1,763 @@
+//! The async client: a pool of pipelined connections, and namespace handles on top.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use stategrid_proto::{
+    BulkItem, ErrorCode, ErrorReply, ItemResult, Key, Meta, NsId, NsInfo, PutResult, Request,
+    Response, Stats, Timeout, TimeoutKind, WriteOpts,
+};
+use tokio::net::TcpStream;
+
+use crate::config::{ClientConfig, with_default_port};
+use crate::conn::{Conn, ConnSettings, RawReply, ServerInfo};
+use crate::error::{Error, Result};
+
+/// A pooled, pipelined connection to one stategrid host. Cheap to clone (all clones share the
+/// pool) and safe to use from many tasks at once.
+///
+/// Requests go to the pool's connections round-robin; each connection carries up to
+/// `inflight_per_conn_max` requests at a time. A connection that failed is replaced by the
+/// next request that picks it. Every request gives up after `request_timeout_ms`.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    addr: String,
+    config: ClientConfig,
+    settings: ConnSettings,
+    /// The pool. An async mutex per slot, because replacing a connection awaits the connect.
+    slots: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
+    next_slot: AtomicUsize,
+    server: ServerInfo,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.inner.addr)
+            .field("connections", &self.inner.slots.len())
+            .field("server", &self.inner.server)
+            .finish()
+    }
+}
+
+/// Opens one connection and finishes the handshake, within `connect_timeout_ms`.
+async fn open(addr: &str, config: &ClientConfig, settings: &ConnSettings) -> Result<Conn> {
+    let timeout = Duration::from_millis(config.connect_timeout_ms);
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(source)) => {
+            return Err(Error::Connect {
+                addr: addr.to_owned(),
+                source,
+            });
+        }
+        Err(_) => {
+            return Err(Error::Connect {
+                addr: addr.to_owned(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no connection within {} ms (connect_timeout_ms)",
+                        config.connect_timeout_ms
+                    ),
+                ),
+            });
+        }
+    };
+    // Requests are small and latency matters more than packet count; the writer batches.
+    stream.set_nodelay(true).map_err(|source| Error::Connect {
+        addr: addr.to_owned(),
+        source,
+    })?;
+    let (rd, wr) = stream.into_split();
+    match tokio::time::timeout(timeout, Conn::handshake(rd, wr, addr, settings)).await {
+        Ok(conn) => conn,
+        Err(_) => Err(Error::Connect {
+            addr: addr.to_owned(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "connected, but no answer to Hello within {} ms (connect_timeout_ms); is this a stategrid port?",
+                    config.connect_timeout_ms
+                ),
+            ),
+        }),
+    }
+}
+
+impl Client {
+    /// Connects to `addr` (`HOST:PORT`; the port defaults to 2721) and opens the pool's
+    /// connections, so a wrong address fails here rather than on the first request.
+    pub async fn connect(addr: &str, config: ClientConfig) -> Result<Client> {
+        config.validate()?;
+        let addr = with_default_port(addr);
+        let settings = ConnSettings {
+            inflight_per_conn_max: config.inflight_per_conn_max,
+            frame_bytes_max: config.frame_bytes_max,
+            recv_buffer_bytes: config.recv_buffer_bytes,
+            client_name: config.client_name.clone(),
+        };
+        let mut slots = Vec::with_capacity(config.connections);
+        let mut server = None;
+        for _ in 0..config.connections {
+            let conn = open(&addr, &config, &settings).await?;
+            server.get_or_insert_with(|| conn.server.clone());
+            slots.push(tokio::sync::Mutex::new(Some(Arc::new(conn))));
+        }
+        Ok(Client {
+            inner: Arc::new(Inner {
+                server: server.expect("validate() requires at least one connection"),
+                addr,
+                config,
+                settings,
+                slots,
+                next_slot: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// The address this client connects to.
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    /// The configuration this client was built with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// What the server said when the first connection opened.
+    pub fn server_info(&self) -> &ServerInfo {
+        &self.inner.server
+    }
+
+    /// The next connection round-robin, replaced first if it failed.
+    async fn conn(&self) -> Result<Arc<Conn>> {
+        let slot_count = self.inner.slots.len();
+        let index = self.inner.next_slot.fetch_add(1, Ordering::Relaxed) % slot_count;
+        let mut slot = self.inner.slots[index].lock().await;
+        if let Some(conn) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(Arc::clone(conn));
+        }
+        // Drop the dead one first: it aborts its tasks and closes its socket.
+        *slot = None;
+        let conn =
+            Arc::new(open(&self.inner.addr, &self.inner.config, &self.inner.settings).await?);
+        *slot = Some(Arc::clone(&conn));
+        Ok(conn)
+    }
+
+    /// Sends one request with its trailer (`values` back to back) and waits for the answer,
+    /// all within `request_timeout_ms`. A `Response::Error` arrives as [`Error::Server`].
+    async fn call_parts(&self, req: &Request, values: &[&[u8]]) -> Result<RawReply> {
+        let ms = self.inner.config.request_timeout_ms;
+        let attempt = async {
+            let conn = self.conn().await?;
+            conn.call(req, values).await
+        };
+        match tokio::time::timeout(Duration::from_millis(ms), attempt).await {
+            Ok(answer) => answer,
+            Err(_) => Err(Error::Timeout { ms }),
+        }
+    }
+
+    /// Sends any request and returns the raw answer: the escape hatch for requests this API
+    /// does not wrap (and for tools such as load generators). `value` is the frame's trailer.
+    pub async fn raw_request(&self, req: &Request, value: &[u8]) -> Result<RawReply> {
+        self.call_parts(req, &[value]).await
+    }
+
+    /// Opens (creating if missing) the namespace `name` and returns a handle to it.
+    /// A handle to the namespace `name` made here, without asking the server: namespace ids
+    /// derive from names, so no round trip is needed. The name is not registered, so
+    /// `namespaces` does not list it until some client opens it with [`Client::namespace`].
+    /// Use it for reads and removals, so that a mistyped name does not create a namespace.
+    pub fn namespace_unregistered(&self, name: &str) -> Namespace {
+        Namespace {
+            client: self.clone(),
+            id: stategrid_proto::hash::namespace_id(name),
+            name: Arc::from(name),
+        }
+    }
+
+    pub async fn namespace(&self, name: &str) -> Result<Namespace> {
+        let req = Request::NsOpen {
+            name: name.to_owned(),
+        };
+        match self.call_parts(&req, &[]).await?.response {
+            Response::Namespace { id } => Ok(Namespace {
+                client: self.clone(),
+                id,
+                name: Arc::from(name),
+            }),
+            other => Err(unexpected(&req, &other)),
+        }
+    }
+
+    /// Every namespace with its object count.
+    pub async fn namespaces(&self) -> Result<Vec<NsInfo>> {
+        let req = Request::NsList;
+        match self.call_parts(&req, &[]).await?.response {
+            Response::Namespaces { items } => Ok(items),
+            other => Err(unexpected(&req, &other)),
+        }
+    }
+
+    /// The connected host's status: version, shards, objects, memory, parameters, ...
+    pub async fn stats(&self) -> Result<Stats> {
+        let req = Request::Stats;
+        match self.call_parts(&req, &[]).await?.response {
+            Response::Stats(stats) => Ok(stats),
+            other => Err(unexpected(&req, &other)),
+        }
+    }
+}
+
+/// The error for an answer that does not fit its request.
+fn unexpected(req: &Request, got: &Response) -> Error {
+    let got = format!("{got:?}");
+    let got: String = got.chars().take(120).collect();
+    Error::Protocol(format!("unexpected answer to {}: {got}", req.name()))
+}
+
+/// Options for a write, built from defaults: no timeout change, evictable.
+///
+/// Any write method takes either this or the protocol's [`WriteOpts`].
+///
+/// ```
+/// use stategrid_client::{TimeoutKind, WriteOptions, WriteOpts};
+/// let opts: WriteOpts = WriteOptions::sliding(1200).not_evictable().into();
+/// assert_eq!(opts.timeout.unwrap().kind, TimeoutKind::Sliding);
+/// assert!(!opts.evictable);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriteOptions(WriteOpts);
+
+impl WriteOptions {
+    /// No timeout change (a new object never expires), evictable.
+    pub fn new() -> Self {
+        WriteOptions(WriteOpts::default())
+    }
+
+    /// Sets the timeout: `timeout_s` 0 means never; at most [`stategrid_proto::TIMEOUT_S_MAX`].
+    pub fn timeout(mut self, timeout_s: u32, kind: TimeoutKind) -> Self {
+        self.0.timeout = Some(Timeout { timeout_s, kind });
+        self
+    }
+
+    /// Expires `timeout_s` after this write.
+    pub fn absolute(timeout_s: u32) -> Self {
+        Self::new().timeout(timeout_s, TimeoutKind::Absolute)
+    }
+
+    /// Expires after `timeout_s` without a read or update (sessions).
+    pub fn sliding(timeout_s: u32) -> Self {
+        Self::new().timeout(timeout_s, TimeoutKind::Sliding)
+    }
+
+    /// Expires after `timeout_s` without an update; reads do not extend it.
+    pub fn reset_on_update(timeout_s: u32) -> Self {
+        Self::new().timeout(timeout_s, TimeoutKind::ResetOnUpdate)
+    }
+
+    /// Removes any timeout: the object never expires.
+    pub fn never_expires(self) -> Self {
+        self.timeout(0, TimeoutKind::Absolute)
+    }
+
+    /// The LRU may not evict this object when memory runs short. (Every write sets
+    /// evictability; the default is evictable.)
+    pub fn not_evictable(mut self) -> Self {
+        self.0.evictable = false;
+        self
+    }
+}
+
+impl From<WriteOptions> for WriteOpts {
+    fn from(o: WriteOptions) -> WriteOpts {
+        o.0
+    }
+}
+
+/// A read: the value and the object's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadResult {
+    pub value: Vec<u8>,
+    pub meta: Meta,
+}
+
+/// A read that took the object's lock. Pass `lock_token` to
+/// [`Namespace::update_and_unlock`], [`Namespace::unlock`] or [`Namespace::refresh_lock`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Locked {
+    pub value: Vec<u8>,
+    pub meta: Meta,
+    pub lock_token: u64,
+}
+
+/// One page of [`Namespace::list_keys`]. `next_cursor` 0 means there are no more pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPage {
+    pub keys: Vec<Vec<u8>>,
+    pub next_cursor: u64,
+}
+
+/// Keys asked for per page by [`Namespace::keys`]; lowered to the server's limit if it
+/// answers `TooManyItems`.
+pub const KEY_PAGE_LIMIT: u32 = 1000;
+
+/// A handle to one namespace: every object call goes through it. Cheap to clone.
+///
+/// Keys and values are any byte slices (`&str`, `&[u8]`, `Vec<u8>`, ...). Values come back as
+/// `Vec<u8>`: the answer is copied once out of the connection's receive buffer (which is
+/// reused for the next frames), and a `Vec` is the plainest owner of that copy.
+#[derive(Clone, Debug)]
+pub struct Namespace {
+    client: Client,
+    id: NsId,
+    name: Arc<str>,
+}
+
+impl Namespace {
+    /// The namespace's id (derived from its name).
+    pub fn id(&self) -> NsId {
+        self.id
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The client this handle uses.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn key(&self, key: &[u8]) -> Key {
+        Key {
+            ns: self.id,
+            key: key.to_vec(),
+        }
+    }
+
+    async fn call(&self, req: Request, value: Option<&[u8]>) -> Result<(Request, RawReply)> {
+        let values: &[&[u8]] = match &value {
+            Some(v) => std::slice::from_ref(v),
+            None => &[],
+        };
+        let reply = self.client.call_parts(&req, values).await?;
+        Ok((req, reply))
+    }
+
+    /// A write that answers `Written { version }`.
+    async fn write(&self, req: Request, value: &[u8]) -> Result<u64> {
+        match self.call(req, Some(value)).await? {
+            (
+                _,
+                RawReply {
+                    response: Response::Written { version },
+                    ..
+                },
+            ) => Ok(version),
+            (req, reply) => Err(unexpected(&req, &reply.response)),
+        }
+    }
+
+    /// A request whose success carries nothing the caller needs.
+    async fn done(&self, req: Request) -> Result<()> {
+        match self.call(req, None).await? {
+            (
+                _,
+                RawReply {
+                    response:
+                        Response::Ok
+                        | Response::Written { .. }
+                        | Response::Meta { .. }
+                        | Response::Count { .. },
+                    ..
+                },
+            ) => Ok(()),
+            (req, reply) => Err(unexpected(&req, &reply.response)),
+        }
+    }
+
+    /// Creates the object; fails with `AlreadyExists` if it is there. Returns the new version.
+    pub async fn add(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        opts: impl Into<WriteOpts>,
+    ) -> Result<u64> {
+        let req = Request::Add {
+            key: self.key(key.as_ref()),
+            opts: opts.into(),
+        };
+        self.write(req, value.as_ref()).await
+    }
+
+    /// Creates or replaces the object, ignoring any lock (ScaleOut's AddOrUpdate). Returns
+    /// the new version.
+    pub async fn put(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        opts: impl Into<WriteOpts>,
+    ) -> Result<u64> {
+        let req = Request::Put {
+            key: self.key(key.as_ref()),
+            opts: opts.into(),
+        };
+        self.write(req, value.as_ref()).await
+    }
+
+    /// Replaces an existing object (`NotFound` if missing, `Locked` if someone holds its
+    /// lock). Returns the new version.
+    pub async fn update(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        opts: impl Into<WriteOpts>,
+    ) -> Result<u64> {
+        let req = Request::Update {
+            key: self.key(key.as_ref()),
+            opts: opts.into(),
+            lock_token: None,
+        };
+        self.write(req, value.as_ref()).await
+    }
+
+    /// Replaces an object this caller has locked, keeping the lock. Returns the new version.
+    pub async fn update_with_lock(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        opts: impl Into<WriteOpts>,
+        lock_token: u64,
+    ) -> Result<u64> {
+        let req = Request::Update {
+            key: self.key(key.as_ref()),
+            opts: opts.into(),
+            lock_token: Some(lock_token),
+        };
+        self.write(req, value.as_ref()).await
+    }
+
+    /// Replaces the object only if its version is still `version` (optimistic concurrency);
+    /// `VersionMismatch` otherwise ([`Error::stored_version`] has the current one).
+    pub async fn update_if_version(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        opts: impl Into<WriteOpts>,
+        version: u64,
+    ) -> Result<u64> {
+        let req = Request::UpdateIfVersion {
+            key: self.key(key.as_ref()),
+            opts: opts.into(),
+            version,
+            lock_token: None,
+        };
+        self.write(req, value.as_ref()).await
+    }
+
+    /// Reads the value and metadata (restarts a sliding timeout). `NotFound` if missing.
+    pub async fn read(&self, key: impl AsRef<[u8]>) -> Result<ReadResult> {
+        let req = Request::Read {
+            key: self.key(key.as_ref()),
+        };
+        let (req, reply) = self.call(req, None).await?;
+        match reply.response {
+            Response::Value { meta, .. } => Ok(ReadResult {
+                value: checked_value(&req, meta, reply.trailer)?,
+                meta,
+            }),
+            other => Err(unexpected(&req, &other)),
+        }
+    }
+
+    /// Reads and locks the object atomically. `Locked` while another client holds the lock
+    /// ([`Error::lock_expires_in_ms`] says how long); the lock expires by itself after the
+    /// server's `lock_timeout` unless refreshed.
+    pub async fn read_and_lock(&self, key: impl AsRef<[u8]>) -> Result<Locked> {
+        let req = Request::ReadAndLock {
+            key: self.key(key.as_ref()),
+        };
+        let (req, reply) = self.call(req, None).await?;
+        match reply.response {
+            Response::Value {
+                meta,
+                lock_token: Some(lock_token),
+            } => Ok(Locked {
+                value: checked_value(&req, meta, reply.trailer)?,
+                meta,
+                lock_token,
+            }),
+            other => Err(unexpected(&req, &other)),
+        }
+    }
+
+    /// Replaces the value and releases the lock atomically (`LockLost` if the token no longer
+    /// holds it). Returns the new version.
+    pub async fn update_and_unlock(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        opts: impl Into<WriteOpts>,
+        lock_token: u64,
+    ) -> Result<u64> {
+        let req = Request::UpdateAndUnlock {
+            key: self.key(key.as_ref()),
+            opts: opts.into(),
+            lock_token,
+        };
+        self.write(req, value.as_ref()).await
+    }
+
+    /// Releases a lock without changing the value.
+    pub async fn unlock(&self, key: impl AsRef<[u8]>, lock_token: u64) -> Result<()> {
+        self.done(Request::Unlock {
+            key: self.key(key.as_ref()),
+            lock_token,
+        })
+        .await
+    }
+
+    /// Restarts a held lock's expiry.
+    pub async fn refresh_lock(&self, key: impl AsRef<[u8]>, lock_token: u64) -> Result<()> {
+        self.done(Request::RefreshLock {
+            key: self.key(key.as_ref()),
+            lock_token,
+        })
+        .await
+    }
+
+    /// Removes the object (`NotFound` if missing, `Locked` if someone holds its lock).
+    pub async fn remove(&self, key: impl AsRef<[u8]>) -> Result<()> {
+        self.done(Request::Remove {
+            key: self.key(key.as_ref()),
+            lock_token: None,
+            force: false,
+        })
+        .await
+    }
+
+    /// Removes an object this caller has locked (the session provider's "abandon").
+    pub async fn remove_with_lock(&self, key: impl AsRef<[u8]>, lock_token: u64) -> Result<()> {
+        self.done(Request::Remove {
+            key: self.key(key.as_ref()),
+            lock_token: Some(lock_token),
+            force: false,
+        })
+        .await
+    }
+
+    /// Removes the object even if it is locked.
+    pub async fn remove_forced(&self, key: impl AsRef<[u8]>) -> Result<()> {
+        self.done(Request::Remove {
+            key: self.key(key.as_ref()),
+            lock_token: None,
+            force: true,
+        })
+        .await
+    }
+
+    /// Restarts the object's timeout, or replaces it with `timeout` when given.
+    pub async fn touch(&self, key: impl AsRef<[u8]>, timeout: Option<Timeout>) -> Result<()> {
+        self.done(Request::Touch {
+            key: self.key(key.as_ref()),
+            timeout,
+        })
+        .await
+    }
+
+    /// The object's metadata, without its value; does not restart a sliding timeout.
+    pub async fn meta(&self, key: impl AsRef<[u8]>) -> Result<Meta> {
+        let req = Request::Meta {
+            key: self.key(key.as_ref()),
+        };
+        let (req, reply) = self.call(req, None).await?;
+        match reply.response {
+            Response::Meta { meta } => Ok(meta),
+            other => Err(unexpected(&req, &other)),
+        }
+    }
+
+    /// One page of keys, at most `limit` of them. Start with `cursor` 0 and pass each page's
+    /// `next_cursor` until it is 0. Keys added or removed meanwhile may or may not be listed.
+    pub async fn list_keys(&self, cursor: u64, limit: u32) -> Result<KeyPage> {
+        let req = Request::ListKeys {
+            ns: self.id,
+            cursor,
+            limit,
+        };
+        let (req, reply) = self.call(req, None).await?;
+        match reply.response {
+            Response::Keys { keys, next_cursor } => Ok(KeyPage { keys, next_cursor }),
+            other => Err(unexpected(&req, &other)),
+        }
+    }
+
+    /// Every key of the namespace, page by page. Holds them all in memory: for a very large
+    /// namespace, walk [`Namespace::list_keys`] instead.
+    pub async fn keys(&self) -> Result<Vec<Vec<u8>>> {
+        let mut all = Vec::new();
+        let mut cursor = 0;
+        let mut limit = KEY_PAGE_LIMIT;
+        loop {
+            match self.list_keys(cursor, limit).await {
+                Ok(page) => {
+                    all.extend(page.keys);
+                    if page.next_cursor == 0 {
+                        return Ok(all);
+                    }
+                    cursor = page.next_cursor;
+                }
+                // The server's page limit is lower than ours: use its limit.
+                Err(Error::Server(r))
+                    if r.code == ErrorCode::TooManyItems
+                        && r.detail > 0
+                        && r.detail < u64::from(limit) =>
+                {
+                    limit = r.detail as u32;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads several keys in one request. One result per key, in order: the value and
+    /// metadata, or the item's own error (`NotFound`, ...).
+    pub async fn multi_read<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+    ) -> Result<Vec<Result<ReadResult, ErrorReply>>> {
+        let req = Request::MultiRead {
+            ns: self.id,
+            keys: keys.iter().map(|k| k.as_ref().to_vec()).collect(),
+        };
+        let (req, reply) = self.call(req, None).await?;
+        let items = match reply.response {
+            Response::Multi { items } => items,
+            other => return Err(unexpected(&req, &other)),
+        };
+        if items.len() != keys.len() {
+            return Err(Error::Protocol(format!(
+                "multi-read of {} keys answered {} items",
+                keys.len(),
+                items.len()
+            )));
+        }
+        let mut offset = 0usize;
+        let trailer = reply.trailer;
+        let mut results = Vec::with_capacity(items.len());
+        for item in items {
+            results.push(match item {
+                ItemResult::Found(meta) => {
+                    let end = offset + meta.value_bytes as usize;
+                    let Some(value) = trailer.get(offset..end) else {
+                        return Err(Error::Protocol(format!(
+                            "multi-read trailer of {} bytes is shorter than its items' values",
+                            trailer.len()
+                        )));
+                    };
+                    offset = end;
+                    Ok(ReadResult {
+                        value: value.to_vec(),
+                        meta,
+                    })
+                }
+                ItemResult::Failed(reply) => Err(reply),
+            });
+        }
+        if offset != trailer.len() {
+            return Err(Error::Protocol(format!(
+                "multi-read trailer has {} bytes, its items' values {offset}",
+                trailer.len()
+            )));
+        }
+        Ok(results)
+    }
+
+    /// Puts several objects in one request (create or replace, like [`Namespace::put`]), all
+    /// with the same options. One result per item, in order: its new version or its own error.
+    pub async fn bulk_put<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &self,
+        items: &[(K, V)],
+        opts: impl Into<WriteOpts>,
+    ) -> Result<Vec<Result<u64, ErrorReply>>> {
+        let opts = opts.into();
+        let mut bulk = Vec::with_capacity(items.len());
+        let mut values: Vec<&[u8]> = Vec::with_capacity(items.len());
+        for (key, value) in items {
+            let value = value.as_ref();
+            bulk.push(BulkItem {
+                key: key.as_ref().to_vec(),
+                value_bytes: u32::try_from(value.len()).map_err(|_| {
+                    Error::Server(ErrorReply::with_message(
+                        ErrorCode::ObjectTooLarge,
+                        u64::from(u32::MAX),
+                        "a value must be under 4 GiB (client-side check)",
+                    ))
+                })?,
+                opts,
+            });
+            values.push(value);
+        }
+        let req = Request::BulkPut {
+            ns: self.id,
+            items: bulk,
+        };
+        let reply = self.client.call_parts(&req, &values).await?;
+        let results = match reply.response {
+            Response::Bulk { items } => items,
+            other => return Err(unexpected(&req, &other)),
+        };
+        if results.len() != items.len() {
+            return Err(Error::Protocol(format!(
+                "bulk put of {} items answered {} results",
+                items.len(),
+                results.len()
+            )));
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| match r {
+                PutResult::Written { version } => Ok(version),
+                PutResult::Failed(reply) => Err(reply),
+            })
+            .collect())
+    }
+
+    /// Objects in the namespace.
+    pub async fn count(&self) -> Result<u64> {
+        let (req, reply) = self.call(Request::NsCount { ns: self.id }, None).await?;
+        match reply.response {
+            Response::Count { objects } => Ok(objects),
+            other => Err(unexpected(&req, &other)),
+        }
+    }
+
+    /// Removes every object of the namespace, locked ones included.
+    pub async fn clear(&self) -> Result<()> {
+        self.done(Request::NsClear { ns: self.id }).await
+    }
+}
+
+/// A read's value, checked against the length its metadata announces.
+fn checked_value(req: &Request, meta: Meta, trailer: Vec<u8>) -> Result<Vec<u8>> {
+    if trailer.len() != meta.value_bytes as usize {
+        return Err(Error::Protocol(format!(
+            "{} answered a value of {} bytes, its metadata says {}",
+            req.name(),
+            trailer.len(),
+            meta.value_bytes
+        )));
+    }
+    Ok(trailer)
+}

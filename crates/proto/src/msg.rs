@@ -1,0 +1,607 @@
+//! Request and response messages (rkyv archives inside frames).
+//!
+//! Values ride outside the archive, in the frame's trailer: a request that writes one value
+//! (`Add`, `Put`, `Update`, `UpdateIfVersion`, `UpdateAndUnlock`) carries it as the trailer;
+//! `BulkPut` carries all item values concatenated in item order; a response with one value
+//! (`Value`) or several (`Multi`) does the same.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// A namespace id: what `NsOpen` returns for a name. Derived from the name (see
+/// [`crate::hash::namespace_id`]), so every host and client computes the same id.
+pub type NsId = u32;
+
+/// How an object's timeout runs. ScaleOut's names.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+#[repr(u8)]
+pub enum TimeoutKind {
+    /// Expires `timeout_s` after the last write that set the timeout.
+    #[default]
+    Absolute,
+    /// Every read and update restarts the timeout (sessions).
+    Sliding,
+    /// Updates restart the timeout, reads do not.
+    ResetOnUpdate,
+}
+
+/// An object's timeout: 0 seconds means never.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+pub struct Timeout {
+    pub timeout_s: u32,
+    pub kind: TimeoutKind,
+}
+
+/// The largest timeout an object may have, as in ScaleOut (about 48.5 days).
+pub const TIMEOUT_S_MAX: u32 = 4_194_303;
+
+/// Options for a write.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct WriteOpts {
+    /// `None` keeps an existing object's timeout (a new object gets none).
+    pub timeout: Option<Timeout>,
+    /// May the LRU evict this object when memory runs short?
+    pub evictable: bool,
+}
+
+impl Default for WriteOpts {
+    fn default() -> Self {
+        WriteOpts {
+            timeout: None,
+            evictable: true,
+        }
+    }
+}
+
+/// The object address carried by every keyed request.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Key {
+    pub ns: NsId,
+    pub key: Vec<u8>,
+}
+
+/// One item of a `BulkPut`; its value is the next `value_bytes` of the trailer.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct BulkItem {
+    pub key: Vec<u8>,
+    pub value_bytes: u32,
+    pub opts: WriteOpts,
+}
+
+/// Every request a client can send.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum Request {
+    /// First frame on a connection.
+    Hello { version: u16, client: String },
+    /// Open (create if missing) a namespace by name.
+    NsOpen { name: String },
+    /// All namespaces with their object counts.
+    NsList,
+    /// Remove every object in a namespace (locks are ignored).
+    NsClear { ns: NsId },
+    /// Objects in a namespace.
+    NsCount { ns: NsId },
+    /// Create only: `AlreadyExists` when present. Value in the trailer.
+    Add { key: Key, opts: WriteOpts },
+    /// Create or replace, ignoring locks (ScaleOut's AddOrUpdate). Value in the trailer.
+    Put { key: Key, opts: WriteOpts },
+    /// Replace an existing object; needs `lock_token` when the object is locked.
+    Update {
+        key: Key,
+        opts: WriteOpts,
+        lock_token: Option<u64>,
+    },
+    /// Replace only if the stored version is `version` (`VersionMismatch` otherwise).
+    UpdateIfVersion {
+        key: Key,
+        opts: WriteOpts,
+        version: u64,
+        lock_token: Option<u64>,
+    },
+    /// Value and metadata; restarts a sliding timeout.
+    Read { key: Key },
+    /// Read and take the lock atomically; `Locked` when another holder has it.
+    ReadAndLock { key: Key },
+    /// Replace the value and release the lock atomically. Value in the trailer.
+    UpdateAndUnlock {
+        key: Key,
+        opts: WriteOpts,
+        lock_token: u64,
+    },
+    /// Release a lock without changing the value.
+    Unlock { key: Key, lock_token: u64 },
+    /// Restart a held lock's expiry.
+    RefreshLock { key: Key, lock_token: u64 },
+    /// Remove; a locked object needs its token unless `force`.
+    Remove {
+        key: Key,
+        lock_token: Option<u64>,
+        force: bool,
+    },
+    /// Restart the timeout, or set a new one when `timeout` is given.
+    Touch { key: Key, timeout: Option<Timeout> },
+    /// Metadata only; does not restart a sliding timeout.
+    Meta { key: Key },
+    /// A page of keys. `cursor` 0 starts; the response's `next_cursor` 0 means done.
+    ListKeys { ns: NsId, cursor: u64, limit: u32 },
+    /// Read several keys of one namespace; per-item results.
+    MultiRead { ns: NsId, keys: Vec<Vec<u8>> },
+    /// Put several objects of one namespace; per-item results. Values in the trailer.
+    BulkPut { ns: NsId, items: Vec<BulkItem> },
+    /// This host's status (for `stategrid show`).
+    Stats,
+}
+
+impl Request {
+    /// Short name for logs and errors.
+    pub fn name(&self) -> &'static str {
+        ArchivedRequest::name_of(self.tag())
+    }
+
+    fn tag(&self) -> u8 {
+        match self {
+            Request::Hello { .. } => 0,
+            Request::NsOpen { .. } => 1,
+            Request::NsList => 2,
+            Request::NsClear { .. } => 3,
+            Request::NsCount { .. } => 4,
+            Request::Add { .. } => 5,
+            Request::Put { .. } => 6,
+            Request::Update { .. } => 7,
+            Request::UpdateIfVersion { .. } => 8,
+            Request::Read { .. } => 9,
+            Request::ReadAndLock { .. } => 10,
+            Request::UpdateAndUnlock { .. } => 11,
+            Request::Unlock { .. } => 12,
+            Request::RefreshLock { .. } => 13,
+            Request::Remove { .. } => 14,
+            Request::Touch { .. } => 15,
+            Request::Meta { .. } => 16,
+            Request::ListKeys { .. } => 17,
+            Request::MultiRead { .. } => 18,
+            Request::BulkPut { .. } => 19,
+            Request::Stats => 20,
+        }
+    }
+}
+
+impl ArchivedRequest {
+    /// The object this request addresses, if it addresses exactly one.
+    #[inline]
+    pub fn key(&self) -> Option<&ArchivedKey> {
+        match self {
+            ArchivedRequest::Add { key, .. }
+            | ArchivedRequest::Put { key, .. }
+            | ArchivedRequest::Update { key, .. }
+            | ArchivedRequest::UpdateIfVersion { key, .. }
+            | ArchivedRequest::Read { key }
+            | ArchivedRequest::ReadAndLock { key }
+            | ArchivedRequest::UpdateAndUnlock { key, .. }
+            | ArchivedRequest::Unlock { key, .. }
+            | ArchivedRequest::RefreshLock { key, .. }
+            | ArchivedRequest::Remove { key, .. }
+            | ArchivedRequest::Touch { key, .. }
+            | ArchivedRequest::Meta { key } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// Does this request carry one value in the trailer?
+    #[inline]
+    pub fn carries_value(&self) -> bool {
+        matches!(
+            self,
+            ArchivedRequest::Add { .. }
+                | ArchivedRequest::Put { .. }
+                | ArchivedRequest::Update { .. }
+                | ArchivedRequest::UpdateIfVersion { .. }
+                | ArchivedRequest::UpdateAndUnlock { .. }
+                | ArchivedRequest::BulkPut { .. }
+        )
+    }
+
+    pub fn name(&self) -> &'static str {
+        let tag = match self {
+            ArchivedRequest::Hello { .. } => 0,
+            ArchivedRequest::NsOpen { .. } => 1,
+            ArchivedRequest::NsList => 2,
+            ArchivedRequest::NsClear { .. } => 3,
+            ArchivedRequest::NsCount { .. } => 4,
+            ArchivedRequest::Add { .. } => 5,
+            ArchivedRequest::Put { .. } => 6,
+            ArchivedRequest::Update { .. } => 7,
+            ArchivedRequest::UpdateIfVersion { .. } => 8,
+            ArchivedRequest::Read { .. } => 9,
+            ArchivedRequest::ReadAndLock { .. } => 10,
+            ArchivedRequest::UpdateAndUnlock { .. } => 11,
+            ArchivedRequest::Unlock { .. } => 12,
+            ArchivedRequest::RefreshLock { .. } => 13,
+            ArchivedRequest::Remove { .. } => 14,
+            ArchivedRequest::Touch { .. } => 15,
+            ArchivedRequest::Meta { .. } => 16,
+            ArchivedRequest::ListKeys { .. } => 17,
+            ArchivedRequest::MultiRead { .. } => 18,
+            ArchivedRequest::BulkPut { .. } => 19,
+            ArchivedRequest::Stats => 20,
+        };
+        Self::name_of(tag)
+    }
+
+    fn name_of(tag: u8) -> &'static str {
+        const NAMES: [&str; 21] = [
+            "hello",
+            "ns-open",
+            "ns-list",
+            "ns-clear",
+            "ns-count",
+            "add",
+            "put",
+            "update",
+            "update-if-version",
+            "read",
+            "read-and-lock",
+            "update-and-unlock",
+            "unlock",
+            "refresh-lock",
+            "remove",
+            "touch",
+            "meta",
+            "list-keys",
+            "multi-read",
+            "bulk-put",
+            "stats",
+        ];
+        NAMES[tag as usize]
+    }
+}
+
+/// An object's lock as seen by `Meta`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct LockInfo {
+    /// Milliseconds until the lock expires by itself.
+    pub expires_in_ms: u64,
+}
+
+/// Everything known about an object except its value.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Meta {
+    pub value_bytes: u32,
+    /// Bumped by every change to value, lock or timeout.
+    pub version: u64,
+    /// Unix milliseconds.
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    pub timeout: Timeout,
+    /// Milliseconds until the object expires; `None` when it never does.
+    pub expires_in_ms: Option<u64>,
+    pub lock: Option<LockInfo>,
+    pub evictable: bool,
+}
+
+/// Per-item outcome of `MultiRead`: the item's value (if found) is the next `meta.value_bytes`
+/// bytes of the trailer.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum ItemResult {
+    Found(Meta),
+    Failed(ErrorReply),
+}
+
+/// Per-item outcome of `BulkPut`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum PutResult {
+    Written { version: u64 },
+    Failed(ErrorReply),
+}
+
+/// A namespace as listed by `NsList`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct NsInfo {
+    pub id: NsId,
+    pub name: String,
+    pub objects: u64,
+}
+
+/// One parameter as shown by `Stats`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Param {
+    pub name: String,
+    pub value: String,
+}
+
+/// A host's status for `stategrid show`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct Stats {
+    pub version: String,
+    pub shards: u32,
+    pub partitions: u32,
+    pub uptime_s: u64,
+    pub objects: u64,
+    /// Bytes the store accounts to objects (what `max_memory` limits).
+    pub object_bytes: u64,
+    pub resident_bytes: u64,
+    pub connections: u64,
+    pub requests: u64,
+    pub evictions: u64,
+    pub expirations: u64,
+    /// Heap allocations made by the shards' threads since start (see docs/design.md).
+    pub shard_allocations: u64,
+    /// Times a shard's network loop went idle and waited for the kernel (each wake-up costs
+    /// glommio one small allocation pair, independent of how many requests it brings).
+    pub ring_waits: u64,
+    /// Of `shard_allocations`, those made while serving client sockets (accepting, parsing,
+    /// executing, answering), as opposed to the runtime's own (timers, wake-ups).
+    pub serve_allocations: u64,
+    pub params: Vec<Param>,
+}
+
+/// Every response the server sends.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum Response {
+    HelloOk {
+        version: u16,
+        server: String,
+        shards: u32,
+        partitions: u32,
+    },
+    Ok,
+    Namespace {
+        id: NsId,
+    },
+    Namespaces {
+        items: Vec<NsInfo>,
+    },
+    Count {
+        objects: u64,
+    },
+    /// A write's new version.
+    Written {
+        version: u64,
+    },
+    /// A read: value in the trailer. `lock_token` is set by `ReadAndLock`.
+    Value {
+        meta: Meta,
+        lock_token: Option<u64>,
+    },
+    Meta {
+        meta: Meta,
+    },
+    Keys {
+        keys: Vec<Vec<u8>>,
+        next_cursor: u64,
+    },
+    Multi {
+        items: Vec<ItemResult>,
+    },
+    Bulk {
+        items: Vec<PutResult>,
+    },
+    Stats(Stats),
+    Error(ErrorReply),
+}
+
+/// A typed failure. `detail` carries the number the code names (see [`ErrorCode`]).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    pub detail: u64,
+    /// Extra words for a person; empty on hot paths (no allocation).
+    pub message: String,
+}
+
+impl ErrorReply {
+    pub fn new(code: ErrorCode, detail: u64) -> Self {
+        ErrorReply {
+            code,
+            detail,
+            message: String::new(),
+        }
+    }
+
+    pub fn with_message(code: ErrorCode, detail: u64, message: impl Into<String>) -> Self {
+        ErrorReply {
+            code,
+            detail,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code.describe())?;
+        match self.code {
+            ErrorCode::Locked => write!(f, " (lock expires in {} ms)", self.detail)?,
+            ErrorCode::VersionMismatch => write!(f, " (stored version is {})", self.detail)?,
+            ErrorCode::ObjectTooLarge
+            | ErrorCode::KeyTooLong
+            | ErrorCode::FrameTooLarge
+            | ErrorCode::NameTooLong
+            | ErrorCode::TooManyItems => write!(f, " (limit {})", self.detail)?,
+            _ => {}
+        }
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ErrorReply {}
+
+/// Typed error codes. Stable numbers: never reuse one.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+#[repr(u8)]
+pub enum ErrorCode {
+    /// No such object (or it expired).
+    NotFound = 1,
+    /// `Add` found the object present.
+    AlreadyExists = 2,
+    /// Another holder has the lock; detail = ms until it expires.
+    Locked = 3,
+    /// The token does not hold the lock (it expired, was released, or was never taken).
+    LockLost = 4,
+    /// `UpdateIfVersion` found another version; detail = the stored version.
+    VersionMismatch = 5,
+    /// `max_memory` reached and nothing evictable is left; nothing was changed.
+    LowMemory = 6,
+    /// The value exceeds `object_bytes_max`; detail = the limit.
+    ObjectTooLarge = 7,
+    /// The key exceeds `key_bytes_max`; detail = the limit.
+    KeyTooLong = 8,
+    /// The frame exceeds `frame_bytes_max`; detail = the limit. The connection closes.
+    FrameTooLarge = 9,
+    /// More requests in flight on this connection than `inflight_per_conn_max`.
+    TooManyInFlight = 10,
+    /// The shard has `connections_per_shard_max` connections; detail = the limit.
+    TooManyConnections = 11,
+    /// A well-framed message that is not a valid request (bad archive, bad field).
+    InvalidRequest = 12,
+    /// The client's protocol version is not served; detail = the newest version served.
+    UnsupportedVersion = 13,
+    /// The first frame was not `Hello`.
+    HandshakeRequired = 14,
+    /// A namespace name exceeds `namespace_bytes_max`, or is empty.
+    NameTooLong = 15,
+    /// Two namespace names hash to one id; rename one.
+    NamespaceCollision = 16,
+    /// Too many items in one multi-read, bulk put or key page; detail = the limit.
+    TooManyItems = 17,
+    /// The host is shutting down; retry on another host.
+    ShuttingDown = 18,
+    /// A timeout above the 4,194,303 s maximum.
+    BadTimeout = 19,
+    /// A bug: the server could not do what it should. The message says what.
+    Internal = 20,
+    /// The bytes of a frame's header broke the framing rules; the connection closes.
+    BadFrame = 21,
+}
+
+impl ErrorCode {
+    /// One line for a person: what was wrong and what to do.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            ErrorCode::NotFound => "object not found (it never existed, was removed, or expired)",
+            ErrorCode::AlreadyExists => "object already exists (use put to replace it)",
+            ErrorCode::Locked => {
+                "object is locked by another client; retry after the lock is released or expires"
+            }
+            ErrorCode::LockLost => {
+                "this lock token does not hold the lock (it expired, was released, or is wrong); read-and-lock again"
+            }
+            ErrorCode::VersionMismatch => {
+                "object changed since the version you read; read it again and retry"
+            }
+            ErrorCode::LowMemory => {
+                "store is out of memory (max_memory) and nothing evictable is left; nothing was changed. Raise max_memory or remove objects"
+            }
+            ErrorCode::ObjectTooLarge => {
+                "value is larger than object_bytes_max; raise the parameter or store smaller values"
+            }
+            ErrorCode::KeyTooLong => {
+                "key is longer than key_bytes_max; use a shorter key (hash long ones)"
+            }
+            ErrorCode::FrameTooLarge => {
+                "request frame is larger than frame_bytes_max; the connection was closed"
+            }
+            ErrorCode::TooManyInFlight => {
+                "too many requests in flight on this connection (inflight_per_conn_max); wait for answers or use more connections"
+            }
+            ErrorCode::TooManyConnections => {
+                "this shard has connections_per_shard_max connections; close idle ones or raise the limit"
+            }
+            ErrorCode::InvalidRequest => {
+                "request is not a valid stategrid message (bad archive or field); check client and server versions"
+            }
+            ErrorCode::UnsupportedVersion => {
+                "server does not speak this protocol version; upgrade the client or the server"
+            }
+            ErrorCode::HandshakeRequired => "first frame on a connection must be Hello",
+            ErrorCode::NameTooLong => "namespace name is empty or longer than namespace_bytes_max",
+            ErrorCode::NamespaceCollision => {
+                "another namespace name has the same id; choose another name"
+            }
+            ErrorCode::TooManyItems => "too many items in one request; split it",
+            ErrorCode::ShuttingDown => "host is shutting down; retry on another host",
+            ErrorCode::BadTimeout => "timeout is above the maximum of 4194303 seconds",
+            ErrorCode::Internal => {
+                "internal server error (a bug); please report it with the server log"
+            }
+            ErrorCode::BadFrame => "bad frame header; the connection was closed",
+        }
+    }
+}
+
+impl ArchivedErrorReply {
+    pub fn to_reply(&self) -> ErrorReply {
+        ErrorReply {
+            code: self.code.to_native(),
+            detail: self.detail.to_native(),
+            message: self.message.as_str().to_owned(),
+        }
+    }
+}
+
+impl ArchivedTimeout {
+    pub fn to_native(&self) -> Timeout {
+        Timeout {
+            timeout_s: self.timeout_s.to_native(),
+            kind: match self.kind {
+                ArchivedTimeoutKind::Absolute => TimeoutKind::Absolute,
+                ArchivedTimeoutKind::Sliding => TimeoutKind::Sliding,
+                ArchivedTimeoutKind::ResetOnUpdate => TimeoutKind::ResetOnUpdate,
+            },
+        }
+    }
+}
+
+impl ArchivedWriteOpts {
+    pub fn to_native(&self) -> WriteOpts {
+        WriteOpts {
+            timeout: self.timeout.as_ref().map(|t| t.to_native()),
+            evictable: self.evictable,
+        }
+    }
+}
+
+impl ArchivedErrorCode {
+    pub fn to_native(&self) -> ErrorCode {
+        match self {
+            ArchivedErrorCode::NotFound => ErrorCode::NotFound,
+            ArchivedErrorCode::AlreadyExists => ErrorCode::AlreadyExists,
+            ArchivedErrorCode::Locked => ErrorCode::Locked,
+            ArchivedErrorCode::LockLost => ErrorCode::LockLost,
+            ArchivedErrorCode::VersionMismatch => ErrorCode::VersionMismatch,
+            ArchivedErrorCode::LowMemory => ErrorCode::LowMemory,
+            ArchivedErrorCode::ObjectTooLarge => ErrorCode::ObjectTooLarge,
+            ArchivedErrorCode::KeyTooLong => ErrorCode::KeyTooLong,
+            ArchivedErrorCode::FrameTooLarge => ErrorCode::FrameTooLarge,
+            ArchivedErrorCode::TooManyInFlight => ErrorCode::TooManyInFlight,
+            ArchivedErrorCode::TooManyConnections => ErrorCode::TooManyConnections,
+            ArchivedErrorCode::InvalidRequest => ErrorCode::InvalidRequest,
+            ArchivedErrorCode::UnsupportedVersion => ErrorCode::UnsupportedVersion,
+            ArchivedErrorCode::HandshakeRequired => ErrorCode::HandshakeRequired,
+            ArchivedErrorCode::NameTooLong => ErrorCode::NameTooLong,
+            ArchivedErrorCode::NamespaceCollision => ErrorCode::NamespaceCollision,
+            ArchivedErrorCode::TooManyItems => ErrorCode::TooManyItems,
+            ArchivedErrorCode::ShuttingDown => ErrorCode::ShuttingDown,
+            ArchivedErrorCode::BadTimeout => ErrorCode::BadTimeout,
+            ArchivedErrorCode::Internal => ErrorCode::Internal,
+            ArchivedErrorCode::BadFrame => ErrorCode::BadFrame,
+        }
+    }
+}

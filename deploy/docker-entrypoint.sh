@@ -1,0 +1,61 @@
+#!/bin/sh
+# The image's entry point: runs `stategrid "$@"` (default `serve`) by exec, so stategrid is
+# PID 1 and `docker stop` (SIGTERM) reaches the server itself, which drains and exits 0.
+#
+# For `serve` it adds two container defaults, each only where the user has not chosen:
+# - `--params /etc/stategrid/params.txt` when that file exists (mount a params file there)
+#   and no `--params` was given.
+# - net_interface 0.0.0.0 when neither STATEGRID_NET_INTERFACE nor the params file in use sets
+#   it: on a bridge network the server must listen on the container's own address, which is
+#   not known when the image is built. It is exported here rather than baked into the image
+#   with ENV because the environment outranks the params file: an image ENV would silently
+#   override a `net_interface` line in a mounted params file.
+# Any other first argument (`show`, `put`, `params`, ...) runs that command unchanged.
+#
+# POSIX sh with builtins only: the offline image (deploy/offline-image.sh) has no coreutils.
+set -eu
+
+default_params=/etc/stategrid/params.txt
+
+# Does params file $1 set net_interface? (`name value` or `name = value`, `#` comments.)
+sets_net_interface() {
+    file=$1
+    [ -r "$file" ] || return 1
+    while IFS= read -r line || [ -n "$line" ]; do
+        line=${line%%#*}
+        set -f
+        # shellcheck disable=SC2086 # split the line into words on purpose
+        set -- $line
+        set +f
+        case "${1:-}" in
+            net_interface | net_interface=*) return 0 ;;
+        esac
+    done <"$file"
+    return 1
+}
+
+if [ "${1:-serve}" = serve ]; then
+    [ $# -gt 0 ] && shift
+    params=
+    next_is_params=
+    for a in "$@"; do
+        if [ -n "$next_is_params" ]; then
+            params=$a
+            next_is_params=
+        fi
+        case "$a" in
+            --params) next_is_params=1 ;;
+            --params=*) params=${a#--params=} ;;
+        esac
+    done
+    if [ -z "$params" ] && [ -f "$default_params" ]; then
+        params=$default_params
+        set -- --params "$params" "$@"
+    fi
+    if [ -z "${STATEGRID_NET_INTERFACE:-}" ] && ! sets_net_interface "$params"; then
+        export STATEGRID_NET_INTERFACE=0.0.0.0
+    fi
+    set -- serve "$@"
+fi
+
+exec /usr/local/bin/stategrid "$@"

@@ -1,0 +1,251 @@
+//! loadgen's native protocol against a REAL `stategrid serve` on a free loopback port: GET:PUT
+//! 90:10 over prefilled keys (two shards, so pipelined requests are also forwarded between
+//! shards) and the session cycle (read-and-lock, update-and-unlock), about 2 s each. The JSON
+//! must be complete and error-free. Nothing is timed.
+//!
+//! The server binary is the workspace's own `stategrid`, from the same target directory and
+//! profile as this test (`target/debug` or `target/release`). loadgen does not depend on the
+//! server crate, so cargo does not build it for `cargo test -p loadgen`; when it is missing this
+//! test builds it (`cargo build -p stategrid --bin stategrid [--release]`).
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// How long a server may take to bind its port and print that it serves.
+const START_TIMEOUT_MS: u64 = 20_000;
+/// Start attempts: a port found free may be taken by another test before the server binds it.
+const START_ATTEMPTS: usize = 5;
+
+/// `<target dir>/<debug|release>/stategrid`, built first if it is missing.
+fn stategrid_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // Cargo sets CARGO_TARGET_TMPDIR to `<target dir>/tmp` for integration tests: the target
+        // directory this test was built in, whatever `--target-dir`/CARGO_TARGET_DIR said.
+        let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .expect("CARGO_TARGET_TMPDIR has a parent")
+            .to_path_buf();
+        let release = !cfg!(debug_assertions);
+        let bin = target_dir
+            .join(if release { "release" } else { "debug" })
+            .join("stategrid");
+        if !bin.is_file() {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "-p", "stategrid", "--bin", "stategrid"])
+                .current_dir(&workspace)
+                .env("CARGO_TARGET_DIR", &target_dir);
+            if release {
+                cmd.arg("--release");
+            }
+            eprintln!("building {} ({cmd:?})", bin.display());
+            let status = cmd.status().expect("run cargo build");
+            assert!(
+                status.success(),
+                "cargo build -p stategrid failed: {status}"
+            );
+            assert!(
+                bin.is_file(),
+                "cargo build did not produce {}",
+                bin.display()
+            );
+        }
+        bin
+    })
+}
+
+/// A `stategrid serve` process with its own log directory; killed and cleaned up on drop.
+struct Stategrid {
+    server: Server,
+    dir: PathBuf,
+}
+
+impl Drop for Stategrid {
+    fn drop(&mut self) {
+        let _ = self.server.child.kill();
+        let _ = self.server.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Stategrid {
+    fn output(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.txt")).unwrap_or_default()
+    }
+}
+
+/// Starts `stategrid serve` with `shards` shards on free loopback ports and waits until it says
+/// it serves on its port (so the port is bound by this server, not by another test's).
+fn start_stategrid(shards: u32) -> Stategrid {
+    let mut last = String::new();
+    for attempt in 0..START_ATTEMPTS {
+        let dir = tmp(&format!("stategrid-{shards}-{attempt}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("log")).unwrap();
+        let port = free_port();
+        let stderr = std::fs::File::create(dir.join("stderr.txt")).unwrap();
+        let child = Command::new(stategrid_bin())
+            .arg("serve")
+            .args(["--set", &format!("shards={shards}")])
+            .args(["--set", &format!("svr_port={port}")])
+            .args(["--set", &format!("mgt_port={}", free_port())])
+            .args(["--set", &format!("int_port={}", free_port())])
+            .args(["--set", &format!("log_dir={}", dir.join("log").display())])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start stategrid serve");
+        let addr = format!("127.0.0.1:{port}");
+        let mut sg = Stategrid {
+            server: Server { child, addr },
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
+        loop {
+            if let Some(status) = sg.server.child.try_wait().unwrap() {
+                // Exit 14: the client port was taken meanwhile; try other ports.
+                if status.code() == Some(14) {
+                    last = sg.output();
+                    break;
+                }
+                panic!("stategrid serve exited with {status}\n{}", sg.output());
+            }
+            if sg
+                .output()
+                .contains(&format!("serving on {}", sg.server.addr))
+            {
+                return sg;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "stategrid serve did not start serving on {} within {START_TIMEOUT_MS} ms\n{}",
+                    sg.server.addr,
+                    sg.output()
+                );
+            }
+            sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("stategrid serve did not start in {START_ATTEMPTS} attempts; last:\n{last}");
+}
+
+/// The server is still running and logged no error (a panic in a shard would show here).
+fn assert_server_healthy(sg: &mut Stategrid) {
+    assert!(
+        sg.server.child.try_wait().unwrap().is_none(),
+        "stategrid exited during the run\n{}",
+        sg.output()
+    );
+    let mut log = String::new();
+    if let Ok(mut f) = std::fs::File::open(sg.dir.join("log").join("stategrid.log")) {
+        let _ = f.read_to_string(&mut log);
+    }
+    for text in [sg.output(), log] {
+        assert!(
+            !text.contains("ERROR") && !text.contains("panicked"),
+            "stategrid logged an error\n{text}"
+        );
+    }
+}
+
+#[test]
+fn native_get_put_90_10_against_stategrid() {
+    let mut sg = start_stategrid(2);
+    let (out, v) = loadgen(
+        &[
+            "--protocol",
+            "native",
+            "--targets",
+            &sg.server.addr,
+            "--duration",
+            "2",
+            "--warmup",
+            "0.2",
+            "--connections",
+            "8",
+            "--pipeline",
+            "8",
+            "--keys",
+            "2000",
+            "--prefill",
+            "--ratio",
+            "90:10",
+            "--value-size",
+            "1..4096",
+        ],
+        "stategrid-getput.json",
+    );
+    assert_complete_and_clean(&out, &v);
+    assert_eq!(v["config"]["protocol"].as_str(), Some("native"));
+    assert_eq!(
+        v["prefill_ops"].as_u64(),
+        Some(2000),
+        "every key written once"
+    );
+    assert!(ops_of(&v, "get") > 0 && ops_of(&v, "put") > 0, "{v:#}");
+    // Every key was stored by the prefill, so every read finds its object: the reads were
+    // answered by a real store, not by a responder.
+    assert_eq!(v["misses"].as_u64(), Some(0), "{v:#}");
+    assert_eq!(v["ops_by_kind"]["get"]["miss"].as_u64(), Some(0), "{v:#}");
+    assert_server_healthy(&mut sg);
+}
+
+#[test]
+fn native_session_cycle_against_stategrid() {
+    let mut sg = start_stategrid(1);
+    let (out, v) = loadgen(
+        &[
+            "--protocol",
+            "native",
+            "--targets",
+            &sg.server.addr,
+            "--duration",
+            "2",
+            "--warmup",
+            "0.2",
+            "--connections",
+            "4",
+            "--pipeline",
+            "4",
+            "--keys",
+            "500",
+            "--session",
+            "--dist",
+            "zipf:0.99",
+        ],
+        "stategrid-session.json",
+    );
+    assert_complete_and_clean(&out, &v);
+    let (locks, updates, creates) = (
+        ops_of(&v, "read-and-lock"),
+        ops_of(&v, "update-and-unlock"),
+        ops_of(&v, "session-create"),
+    );
+    assert!(locks > 0, "{v:#}");
+    // No prefill: the first read of each session misses and creates it; later reads lock it and
+    // write it back. Both happened, and a granted lock was released with the server's token (a
+    // wrong token would be the server error LockLost, counted in `errors`, which is 0).
+    assert!(creates > 0 && updates > 0, "{v:#}");
+    // With 16 slots on a skewed key choice some reads find the session locked by another slot:
+    // 'busy' ends that cycle and is not an error. A read that neither missed nor was busy got
+    // the lock, so it is followed by an update (give or take the cycles cut by the window).
+    let misses = v["misses"].as_u64().unwrap();
+    let busy = v["lock_busy"].as_u64().unwrap();
+    let granted = locks - misses - busy;
+    assert!(
+        granted.abs_diff(updates) <= 16,
+        "{granted} locks granted, {updates} updates\n{v:#}"
+    );
+    assert_server_healthy(&mut sg);
+}

@@ -1,0 +1,1020 @@
+//! [`ClusterNode`]: one host's member of the Raft group that agrees on the partition map.
+//!
+//! A pure state machine around raft-rs's `RawNode`: [`ClusterNode::handle`] takes the time and
+//! one [`Input`] (a tick, a peer message, a membership event from SWIM, a local request, a
+//! finished migration) and returns [`Output`]s (messages to peers, a newly installed map, lease
+//! changes, migrations to start). No sockets, threads or clock; the server and the simulation
+//! drive it the same way.
+//!
+//! # The log
+//! Entries are [`Command`]s in JSON (tiny, rare, readable in a dump) plus Raft `ConfChange`s.
+//! Every node applies the same log, so every node that installs epoch `e` has the same map:
+//! `InstallMap` is applied only if its epoch is exactly the current one plus one (a proposal
+//! planned from an older state is dropped the same way everywhere).
+//!
+//! # The leader decides, one proposal at a time
+//! Only the leader turns inputs into proposals, from its own view of membership (level, not
+//! edge triggered, so a new leader picks up where the old one stopped), in this order: a host
+//! its SWIM view reports down becomes `Failed` (suspicion alone changes nothing); join requests
+//! become `AddHost`; Raft membership follows the hosts (one `ConfChange` at a time: learners
+//! first, then up to [`VOTERS_MAX`] voters by join order plus witnesses); joined members become
+//! `Active`; then the planner's next map, if it differs; then failed hosts no map names are
+//! removed. Followers decide nothing.
+//!
+//! # Leases: never two primaries
+//! A host acts as primary only while it holds a lease for the epoch of the map it has installed
+//! ([`ClusterNode::is_primary`]). It asks the leader every `lease_renew_ms`; its lease runs from
+//! the moment it *sent* the request, so it ends no later than the leader believes. The leader
+//! answers only after a Raft ReadIndex round proves it was still leader after the request was
+//! sent (so a deposed leader cannot grant), and grants epoch `E` only once every host has either
+//! reported having installed `E` (its older leases are dead) or had its last possible lease run
+//! out (`lease_ms + lease_margin_ms` after the leader's last grant to it, or after the leader
+//! took office, since an older leader may have granted just before). A map that removes a
+//! failed host's copies is proposed only after that host's lease has run out, so the other hosts
+//! keep serving under the old epoch meanwhile.
+//!
+//! # Witness
+//! A witness node is a voter with weight 0 that never asks for a lease: it breaks ties in a
+//! 2-host store and owns nothing.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::rc::Rc;
+
+use protobuf::Message as _;
+use raft::prelude::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, Snapshot};
+use raft::storage::MemStorage;
+use raft::{RawNode, StateRole, Storage};
+use serde::{Deserialize, Serialize};
+
+use super::map::{HostId, HostInfo, HostState, Owners, PARTITIONS, PartitionMap, plan_with_ready};
+
+/// Voters of the Raft group at most, witnesses aside (the design: up to 5 active hosts).
+pub const VOTERS_MAX: usize = 5;
+/// Outstanding lease requests remembered (older answers are ignored).
+const LEASE_REQUESTS_MAX: usize = 8;
+/// Join requests the leader remembers at once.
+const JOINS_MAX: usize = 64;
+/// Log entries kept after compaction (lagging members get a snapshot instead).
+const LOG_ENTRIES_MAX: u64 = 64;
+
+/// A node's parameters. Times in milliseconds of the caller's clock.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: HostId,
+    pub addr: String,
+    pub weight: u32,
+    /// A data-less voter (forces weight 0, never asks for leases).
+    pub witness: bool,
+    pub max_replicas: u8,
+    /// How often the caller sends `Input::Tick`; one Raft tick each.
+    pub tick_ms: u64,
+    /// Raft election timeout in ticks, drawn by the caller from a seeded RNG (raft-rs would
+    /// draw it from a thread RNG; pinning it keeps runs reproducible).
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    pub lease_ms: u64,
+    /// Clock-rate drift allowance added before the leader treats a lease as run out.
+    pub lease_margin_ms: u64,
+    pub lease_renew_ms: u64,
+}
+
+/// A membership event from the failure detector (SWIM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberEvent {
+    Up,
+    Suspect,
+    Down,
+}
+
+/// Everything that can happen to a node.
+#[derive(Clone, Debug)]
+pub enum Input {
+    Tick,
+    Peer {
+        from: HostId,
+        msg: PeerMsg,
+    },
+    Member {
+        host: HostId,
+        event: MemberEvent,
+    },
+    /// Ask to join (sent to every host SWIM reports up until the node is a member).
+    Join,
+    /// Move this host's partitions away, then stay a member without data.
+    Leave,
+    /// The data of `partition` has arrived here (the migration the node asked for is done).
+    MigrationDone {
+        partition: u16,
+    },
+    /// `stategrid set NAME VALUE --all`.
+    SetParam {
+        name: String,
+        value: String,
+    },
+}
+
+/// What a node asks its driver to do.
+#[derive(Clone, Debug)]
+pub enum Output {
+    Send {
+        to: HostId,
+        msg: PeerMsg,
+    },
+    /// A new map is in force on this host (from now on, fence traffic by its epoch).
+    Installed(Rc<PartitionMap>),
+    /// Copy `partition` from `from` to this host, then report `Input::MigrationDone`.
+    Migrate {
+        partition: u16,
+        from: HostId,
+        epoch: u64,
+    },
+    /// This host was declared failed: it must restart with a new id (its store is gone).
+    Expelled,
+}
+
+/// Messages between nodes. `Raft` carries raft-rs's protobuf message (see [`PeerMsg::encode`]).
+#[derive(Clone, Debug)]
+pub enum PeerMsg {
+    Raft(Box<Message>),
+    JoinRequest { host: HostInfo, witness: bool },
+    LeaseRequest { seq: u64, applied_epoch: u64 },
+    LeaseGrant { seq: u64, epoch: u64 },
+    MigrationDone { partitions: Vec<u16> },
+}
+
+impl PeerMsg {
+    /// The Raft part in bytes (the others are plain data for the wire layer to frame).
+    pub fn encode_raft(m: &Message) -> Vec<u8> {
+        m.write_to_bytes().expect("raft message encodes")
+    }
+    pub fn decode_raft(bytes: &[u8]) -> Option<Message> {
+        Message::parse_from_bytes(bytes).ok()
+    }
+}
+
+/// A map command: the data of one Raft log entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    AddHost {
+        id: HostId,
+        addr: String,
+        weight: u32,
+        witness: bool,
+    },
+    SetHostState {
+        id: HostId,
+        state: HostState,
+    },
+    RemoveHost {
+        id: HostId,
+    },
+    SetParam {
+        name: String,
+        value: String,
+    },
+    InstallMap {
+        epoch: u64,
+        owners: Vec<Owners>,
+    },
+}
+
+/// The replicated state: the result of applying the log. Also the snapshot a new member gets.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub applied_index: u64,
+    /// Hosts sorted by id; `join_seq` orders voters by join.
+    pub hosts: Vec<HostInfo>,
+    pub join_seq: BTreeMap<HostId, u64>,
+    pub witnesses: BTreeSet<HostId>,
+    pub params: BTreeMap<String, String>,
+    pub map: PartitionMap,
+    next_join_seq: u64,
+}
+
+impl ClusterState {
+    fn apply(&mut self, c: Command) -> bool {
+        match c {
+            Command::AddHost {
+                id,
+                addr,
+                weight,
+                witness,
+            } => {
+                if self.hosts.iter().any(|h| h.id == id) {
+                    return false;
+                }
+                let w = if witness { 0 } else { weight };
+                self.hosts.push(HostInfo {
+                    id,
+                    addr,
+                    weight: w,
+                    state: HostState::Joining,
+                });
+                self.hosts.sort_by_key(|h| h.id);
+                self.join_seq.insert(id, self.next_join_seq);
+                self.next_join_seq += 1;
+                if witness {
+                    self.witnesses.insert(id);
+                }
+            }
+            Command::SetHostState { id, state } => {
+                if let Some(h) = self.hosts.iter_mut().find(|h| h.id == id) {
+                    // Failed is final: a host never comes back under the same id.
+                    if h.state != HostState::Failed {
+                        h.state = state;
+                    }
+                }
+            }
+            Command::RemoveHost { id } => {
+                self.hosts.retain(|h| h.id != id);
+                self.join_seq.remove(&id);
+                self.witnesses.remove(&id);
+            }
+            Command::SetParam { name, value } => {
+                self.params.insert(name, value);
+            }
+            Command::InstallMap { epoch, owners } => {
+                if epoch != self.map.epoch + 1 || owners.len() != PARTITIONS {
+                    return false;
+                }
+                self.map = PartitionMap {
+                    epoch,
+                    hosts: self.hosts.clone(),
+                    owners,
+                };
+                return true;
+            }
+        }
+        false
+    }
+
+    pub fn host(&self, id: HostId) -> Option<&HostInfo> {
+        self.hosts.iter().find(|h| h.id == id)
+    }
+}
+
+/// raft-rs storage: `MemStorage` for the log, plus the applied [`ClusterState`] as the
+/// snapshot's data (MemStorage's own snapshots carry no data).
+struct NodeStorage {
+    mem: MemStorage,
+    state: Rc<RefCell<ClusterState>>,
+}
+
+impl Storage for NodeStorage {
+    fn initial_state(&self) -> raft::Result<raft::RaftState> {
+        self.mem.initial_state()
+    }
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: raft::GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.mem.entries(low, high, max_size, context)
+    }
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.mem.term(idx)
+    }
+    fn first_index(&self) -> raft::Result<u64> {
+        self.mem.first_index()
+    }
+    fn last_index(&self) -> raft::Result<u64> {
+        self.mem.last_index()
+    }
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let mut snap = self.mem.snapshot(request_index, to)?;
+        let st = self.state.borrow();
+        // The snapshot's index is the commit index; the state must be exactly that far.
+        if snap.get_metadata().index != st.applied_index {
+            return Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        snap.set_data(serde_json::to_vec(&*st).expect("state encodes").into());
+        Ok(snap)
+    }
+}
+
+/// The planner's inputs (epoch, hosts, finished moves) and its owners if they changed.
+type PlanCache = (u64, Vec<HostInfo>, usize, Option<Vec<Owners>>);
+
+/// What the leader knows about one host's leases.
+#[derive(Clone, Copy, Debug, Default)]
+struct LeaseBook {
+    last_grant_ms: u64,
+    reported_epoch: u64,
+}
+
+/// One host's member of the cluster. See the module doc.
+pub struct ClusterNode {
+    cfg: NodeConfig,
+    raw: RawNode<NodeStorage>,
+    state: Rc<RefCell<ClusterState>>,
+    /// The map this host has installed (shared with `Output::Installed`).
+    map: Rc<PartitionMap>,
+    /// SWIM's view: hosts reported down (until reported up again).
+    down: BTreeSet<HostId>,
+    /// SWIM's view: hosts reported up (join requests go there).
+    up: BTreeSet<HostId>,
+    joining: bool,
+    leave_requested: bool,
+    expelled: bool,
+    // Host side of leases.
+    lease_seq: u64,
+    lease_requests: VecDeque<(u64, u64)>,
+    lease_epoch: u64,
+    lease_until_ms: u64,
+    last_renew_ms: Option<u64>,
+    migrations_done: BTreeSet<u16>,
+    // Leader side.
+    leader_since_ms: Option<u64>,
+    leases: BTreeMap<HostId, LeaseBook>,
+    joins: BTreeMap<HostId, (HostInfo, bool)>,
+    ready_moves: BTreeSet<(u16, HostId)>,
+    proposed_at_ms: Option<u64>,
+    /// The last planner run: (epoch, hosts, finished moves) and its result if it changed
+    /// anything. The planner is the leader's costliest step; it reruns only on new inputs.
+    plan_cache: Option<PlanCache>,
+    out: Vec<Output>,
+}
+
+impl ClusterNode {
+    /// The first host of a new store: a one-voter group with this host in it.
+    pub fn bootstrap(cfg: NodeConfig, now_ms: u64) -> ClusterNode {
+        let mut st = ClusterState::default();
+        st.apply(Command::AddHost {
+            id: cfg.id,
+            addr: cfg.addr.clone(),
+            weight: cfg.weight,
+            witness: cfg.witness,
+        });
+        // Index 1 so that every later member starts from a snapshot, which carries the state.
+        st.applied_index = 1;
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 1;
+        snap.mut_metadata().term = 1;
+        snap.mut_metadata()
+            .set_conf_state(ConfState::from((vec![cfg.id.0], vec![])));
+        let mem = MemStorage::new();
+        mem.wl().apply_snapshot(snap).expect("fresh storage");
+        let mut n = ClusterNode::with_storage(cfg, mem, st);
+        n.joining = false;
+        n.raw.campaign().expect("single voter campaigns");
+        n.pump(now_ms);
+        let _ = std::mem::take(&mut n.out);
+        n
+    }
+
+    /// A host joining an existing store: no log, no state until the leader's snapshot.
+    pub fn joining(cfg: NodeConfig) -> ClusterNode {
+        let mut n = ClusterNode::with_storage(cfg, MemStorage::new(), ClusterState::default());
+        n.joining = true;
+        n
+    }
+
+    fn with_storage(mut cfg: NodeConfig, mem: MemStorage, st: ClusterState) -> ClusterNode {
+        assert!(cfg.id.0 != 0, "host id 0 is Raft's 'none'");
+        assert!(
+            cfg.lease_renew_ms * 2 < cfg.lease_ms,
+            "renew at least twice per lease"
+        );
+        assert!(cfg.max_replicas <= super::map::REPLICAS_MAX);
+        if cfg.witness {
+            cfg.weight = 0;
+        }
+        let state = Rc::new(RefCell::new(st));
+        let config = raft::Config {
+            id: cfg.id.0,
+            election_tick: cfg.election_ticks,
+            heartbeat_tick: cfg.heartbeat_ticks,
+            min_election_tick: cfg.election_ticks,
+            max_election_tick: cfg.election_ticks + 1,
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 64,
+            ..Default::default()
+        };
+        config.validate().expect("raft config");
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let storage = NodeStorage {
+            mem,
+            state: state.clone(),
+        };
+        let raw = RawNode::new(&config, storage, &logger).expect("raft node");
+        let map = Rc::new(state.borrow().map.clone());
+        ClusterNode {
+            cfg,
+            raw,
+            state,
+            map,
+            down: BTreeSet::new(),
+            up: BTreeSet::new(),
+            joining: false,
+            leave_requested: false,
+            expelled: false,
+            lease_seq: 0,
+            lease_requests: VecDeque::new(),
+            lease_epoch: 0,
+            lease_until_ms: 0,
+            last_renew_ms: None,
+            migrations_done: BTreeSet::new(),
+            leader_since_ms: None,
+            leases: BTreeMap::new(),
+            joins: BTreeMap::new(),
+            ready_moves: BTreeSet::new(),
+            proposed_at_ms: None,
+            plan_cache: None,
+            out: Vec::new(),
+        }
+    }
+
+    pub fn id(&self) -> HostId {
+        self.cfg.id
+    }
+    pub fn map(&self) -> &Rc<PartitionMap> {
+        &self.map
+    }
+    pub fn state(&self) -> std::cell::Ref<'_, ClusterState> {
+        self.state.borrow()
+    }
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+    /// One line for traces: role, term, log positions, group and hosts.
+    pub fn debug_status(&self) -> String {
+        let r = &self.raw.raft;
+        let conf = r.prs().conf().to_conf_state();
+        let st = self.state.borrow();
+        let hosts: Vec<String> = st
+            .hosts
+            .iter()
+            .map(|h| format!("{:x}:{:?}", h.id.0, h.state))
+            .collect();
+        format!(
+            "{:x} {:?} term {} commit {} applied {} pending_conf {} proposed_at {:?} voters {:x?} learners {:x?} hosts {hosts:?} epoch {}",
+            self.cfg.id.0,
+            r.state,
+            r.term,
+            r.raft_log.committed,
+            st.applied_index,
+            r.has_pending_conf(),
+            self.proposed_at_ms,
+            conf.voters,
+            conf.learners,
+            self.map.epoch
+        )
+    }
+
+    pub fn is_expelled(&self) -> bool {
+        self.expelled
+    }
+
+    /// Whether this host holds a lease for the epoch of its installed map at `now_ms`.
+    pub fn holds_lease(&self, now_ms: u64) -> bool {
+        !self.cfg.witness
+            && !self.expelled
+            && self.lease_epoch == self.map.epoch
+            && now_ms < self.lease_until_ms
+    }
+
+    /// Whether this host may act as primary for `partition` at `now_ms`.
+    pub fn is_primary(&self, partition: usize, now_ms: u64) -> bool {
+        self.holds_lease(now_ms) && self.map.primary(partition) == Some(self.cfg.id)
+    }
+
+    /// The one entry point: apply `input` at `now_ms`, return what to do.
+    pub fn handle(&mut self, now_ms: u64, input: Input) -> Vec<Output> {
+        if self.expelled {
+            return Vec::new();
+        }
+        match input {
+            Input::Tick => {
+                self.raw.tick();
+                self.host_duties(now_ms);
+            }
+            Input::Peer { from, msg } => self.on_peer(now_ms, from, msg),
+            Input::Member { host, event } => match event {
+                MemberEvent::Up => {
+                    self.down.remove(&host);
+                    self.up.insert(host);
+                }
+                MemberEvent::Suspect => {}
+                MemberEvent::Down => {
+                    self.up.remove(&host);
+                    self.down.insert(host);
+                }
+            },
+            Input::Join => self.joining = true,
+            Input::Leave => self.leave_requested = true,
+            Input::MigrationDone { partition } => {
+                self.migrations_done.insert(partition);
+            }
+            Input::SetParam { name, value } => {
+                if self.is_leader() {
+                    self.propose(now_ms, Command::SetParam { name, value });
+                }
+            }
+        }
+        self.pump(now_ms);
+        if self.is_leader() {
+            self.leader_duties(now_ms);
+            self.pump(now_ms);
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn send(&mut self, to: HostId, msg: PeerMsg) {
+        self.out.push(Output::Send { to, msg });
+    }
+
+    fn on_peer(&mut self, now_ms: u64, from: HostId, msg: PeerMsg) {
+        match msg {
+            PeerMsg::Raft(m) => {
+                // A message for an older incarnation or another group is dropped by raft-rs
+                // itself (term checks); an error here is a stale or unknown peer.
+                let _ = self.raw.step(*m);
+            }
+            PeerMsg::JoinRequest { host, witness } => {
+                if self.is_leader()
+                    && self.joins.len() < JOINS_MAX
+                    && self.state.borrow().host(host.id).is_none()
+                {
+                    self.joins.insert(host.id, (host, witness));
+                }
+            }
+            PeerMsg::LeaseRequest { seq, applied_epoch } => {
+                self.on_lease_request(from, seq, applied_epoch)
+            }
+            PeerMsg::LeaseGrant { seq, epoch } => self.on_lease_grant(seq, epoch),
+            PeerMsg::MigrationDone { partitions } => {
+                if self.is_leader() {
+                    for p in partitions {
+                        if (p as usize) < PARTITIONS
+                            && self.map.owners[p as usize].pending().any(|h| h == from)
+                        {
+                            self.ready_moves.insert((p, from));
+                        }
+                    }
+                }
+            }
+        }
+        let _ = now_ms;
+    }
+
+    /// Every tick on every host: ask to join, renew the lease, report finished migrations.
+    fn host_duties(&mut self, now_ms: u64) {
+        let me = self.cfg.id;
+        let member = self.state.borrow().host(me).is_some();
+        if self.joining && member {
+            self.joining = false;
+        }
+        let renew_due = self
+            .last_renew_ms
+            .is_none_or(|t| now_ms >= t + self.cfg.lease_renew_ms);
+        if !renew_due {
+            return;
+        }
+        self.last_renew_ms = Some(now_ms);
+        if self.joining {
+            let host = HostInfo {
+                id: me,
+                addr: self.cfg.addr.clone(),
+                weight: self.cfg.weight,
+                state: HostState::Joining,
+            };
+            let peers: Vec<HostId> = self.up.iter().copied().filter(|&h| h != me).collect();
+            for h in peers {
+                self.send(
+                    h,
+                    PeerMsg::JoinRequest {
+                        host: host.clone(),
+                        witness: self.cfg.witness,
+                    },
+                );
+            }
+            return;
+        }
+        let leader = HostId(self.raw.raft.leader_id);
+        if leader.0 == 0 || !member {
+            return;
+        }
+        if !self.cfg.witness {
+            self.lease_seq += 1;
+            let seq = self.lease_seq;
+            if self.lease_requests.len() == LEASE_REQUESTS_MAX {
+                self.lease_requests.pop_front();
+            }
+            self.lease_requests.push_back((seq, now_ms));
+            let applied_epoch = self.map.epoch;
+            if leader == me {
+                self.on_lease_request(me, seq, applied_epoch);
+            } else {
+                self.send(leader, PeerMsg::LeaseRequest { seq, applied_epoch });
+            }
+        }
+        // Finished migrations still pending in the installed map go to the leader until it
+        // installs a map that makes them full copies.
+        let done: Vec<u16> = self
+            .migrations_done
+            .iter()
+            .copied()
+            .filter(|&p| self.map.owners[p as usize].pending().any(|h| h == me))
+            .collect();
+        self.migrations_done = done.iter().copied().collect();
+        if !done.is_empty() {
+            if leader == me {
+                for p in done {
+                    self.ready_moves.insert((p, me));
+                }
+            } else {
+                self.send(leader, PeerMsg::MigrationDone { partitions: done });
+            }
+        }
+    }
+
+    fn on_lease_request(&mut self, from: HostId, seq: u64, applied_epoch: u64) {
+        if !self.is_leader() {
+            return;
+        }
+        let ok = self
+            .state
+            .borrow()
+            .host(from)
+            .is_some_and(|h| h.state != HostState::Failed);
+        if !ok || self.down.contains(&from) {
+            return;
+        }
+        // Prove leadership after the request was sent: a ReadIndex round with a quorum.
+        let mut ctx = Vec::with_capacity(24);
+        ctx.extend_from_slice(&from.0.to_le_bytes());
+        ctx.extend_from_slice(&seq.to_le_bytes());
+        ctx.extend_from_slice(&applied_epoch.to_le_bytes());
+        self.raw.read_index(ctx);
+    }
+
+    fn on_lease_confirmed(&mut self, now_ms: u64, ctx: &[u8]) {
+        if !self.is_leader() || ctx.len() != 24 {
+            return;
+        }
+        let word = |i: usize| u64::from_le_bytes(ctx[i * 8..i * 8 + 8].try_into().unwrap());
+        let (from, seq, applied_epoch) = (HostId(word(0)), word(1), word(2));
+        let book = self.leases.entry(from).or_default();
+        book.reported_epoch = book.reported_epoch.max(applied_epoch);
+        let epoch = self.map.epoch;
+        if epoch == 0 || !self.epoch_gate_open(now_ms, epoch) {
+            return;
+        }
+        self.leases.entry(from).or_default().last_grant_ms = now_ms;
+        if from == self.cfg.id {
+            self.on_lease_grant(seq, epoch);
+        } else {
+            self.send(from, PeerMsg::LeaseGrant { seq, epoch });
+        }
+    }
+
+    /// The time after which `h` surely holds no lease granted so far (by us or earlier leaders).
+    fn lease_bound_ms(&self, h: HostId) -> u64 {
+        let since = self.leader_since_ms.unwrap_or(u64::MAX / 4);
+        let last = self.leases.get(&h).map_or(0, |b| b.last_grant_ms);
+        since.max(last) + self.cfg.lease_ms + self.cfg.lease_margin_ms
+    }
+
+    /// Leases for `epoch` may be granted once no host can still hold a lease for an older one.
+    fn epoch_gate_open(&self, now_ms: u64, epoch: u64) -> bool {
+        let st = self.state.borrow();
+        st.hosts.iter().all(|h| {
+            st.witnesses.contains(&h.id)
+                || self
+                    .leases
+                    .get(&h.id)
+                    .is_some_and(|b| b.reported_epoch >= epoch)
+                || now_ms >= self.lease_bound_ms(h.id)
+        })
+    }
+
+    fn on_lease_grant(&mut self, seq: u64, epoch: u64) {
+        let Some(&(_, sent_ms)) = self.lease_requests.iter().find(|(s, _)| *s == seq) else {
+            return;
+        };
+        let until = sent_ms + self.cfg.lease_ms;
+        if epoch > self.lease_epoch {
+            self.lease_epoch = epoch;
+            self.lease_until_ms = until;
+        } else if epoch == self.lease_epoch {
+            self.lease_until_ms = self.lease_until_ms.max(until);
+        }
+    }
+
+    fn propose(&mut self, now_ms: u64, c: Command) {
+        let data = serde_json::to_vec(&c).expect("command encodes");
+        if self.raw.propose(Vec::new(), data).is_ok() {
+            self.proposed_at_ms = Some(now_ms);
+        }
+    }
+
+    fn propose_conf(&mut self, now_ms: u64, kind: ConfChangeType, id: HostId) {
+        let mut cc = ConfChange::default();
+        cc.set_change_type(kind);
+        cc.node_id = id.0;
+        if self.raw.propose_conf_change(Vec::new(), cc).is_ok() {
+            self.proposed_at_ms = Some(now_ms);
+        }
+    }
+
+    /// The leader's decisions, one proposal in flight at a time (see the module doc).
+    fn leader_duties(&mut self, now_ms: u64) {
+        if self.leader_since_ms.is_none() {
+            self.leader_since_ms = Some(now_ms);
+            self.leases.clear();
+            self.ready_moves.clear();
+        }
+        let election_ms = self.cfg.election_ticks as u64 * self.cfg.tick_ms;
+        if let Some(t) = self.proposed_at_ms {
+            if now_ms < t + 2 * election_ms {
+                return;
+            }
+            self.proposed_at_ms = None; // lost (e.g. dropped on a term change): decide again
+        }
+        if self.raw.raft.has_pending_conf() {
+            return;
+        }
+        // Raft only lets a new leader commit after an entry of its own term; wait for that.
+        let committed_term = self
+            .raw
+            .raft
+            .raft_log
+            .term(self.raw.raft.raft_log.committed)
+            .unwrap_or(0);
+        if committed_term != self.raw.raft.term {
+            return;
+        }
+        let st = self.state.borrow().clone();
+        let me = self.cfg.id;
+
+        // 1. Down hosts become Failed.
+        if let Some(h) = st
+            .hosts
+            .iter()
+            .find(|h| h.state != HostState::Failed && self.down.contains(&h.id) && h.id != me)
+        {
+            let id = h.id;
+            return self.propose(
+                now_ms,
+                Command::SetHostState {
+                    id,
+                    state: HostState::Failed,
+                },
+            );
+        }
+        // 2. Join requests.
+        self.joins.retain(|id, _| st.host(*id).is_none());
+        if let Some((_, (h, witness))) = self.joins.iter().find(|(id, _)| !self.down.contains(id)) {
+            let c = Command::AddHost {
+                id: h.id,
+                addr: h.addr.clone(),
+                weight: h.weight,
+                witness: *witness,
+            };
+            return self.propose(now_ms, c);
+        }
+        // 3. Raft membership follows the hosts, one change at a time.
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        let voters: BTreeSet<u64> = conf.voters.iter().copied().collect();
+        let learners: BTreeSet<u64> = conf.learners.iter().copied().collect();
+        let live = |h: &HostInfo| h.state != HostState::Failed;
+        for &v in voters.iter().chain(learners.iter()) {
+            if st.host(HostId(v)).is_none_or(|h| !live(h)) && v != me.0 {
+                return self.propose_conf(now_ms, ConfChangeType::RemoveNode, HostId(v));
+            }
+        }
+        for h in st.hosts.iter().filter(|h| live(h)) {
+            if !voters.contains(&h.id.0) && !learners.contains(&h.id.0) {
+                return self.propose_conf(now_ms, ConfChangeType::AddLearnerNode, h.id);
+            }
+        }
+        let mut by_join: Vec<&HostInfo> = st
+            .hosts
+            .iter()
+            .filter(|h| live(h) && !st.witnesses.contains(&h.id) && !self.down.contains(&h.id))
+            .collect();
+        by_join.sort_by_key(|h| st.join_seq.get(&h.id).copied().unwrap_or(u64::MAX));
+        let mut want: BTreeSet<u64> = by_join.iter().take(VOTERS_MAX).map(|h| h.id.0).collect();
+        want.extend(
+            st.witnesses
+                .iter()
+                .filter(|w| st.host(**w).is_some_and(live))
+                .map(|w| w.0),
+        );
+        // Keep current voters that are merely unreachable (only Failed removes a voter).
+        for h in want.clone() {
+            if !voters.contains(&h)
+                && learners.contains(&h)
+                && voters.len() < VOTERS_MAX + st.witnesses.len()
+            {
+                return self.propose_conf(now_ms, ConfChangeType::AddNode, HostId(h));
+            }
+        }
+        // 4. Members become Active (a witness too: it holds nothing by weight 0).
+        if let Some(h) = st.hosts.iter().find(|h| {
+            h.state == HostState::Joining
+                && (voters.contains(&h.id.0) || learners.contains(&h.id.0))
+        }) {
+            let id = h.id;
+            return self.propose(
+                now_ms,
+                Command::SetHostState {
+                    id,
+                    state: HostState::Active,
+                },
+            );
+        }
+        if self.leave_requested && st.host(me).is_some_and(|h| h.state == HostState::Active) {
+            self.leave_requested = false;
+            return self.propose(
+                now_ms,
+                Command::SetHostState {
+                    id: me,
+                    state: HostState::Leaving,
+                },
+            );
+        }
+        // 5. The next map, once every failed host that still holds copies has no lease left.
+        let ready: Vec<(u16, HostId)> = self.ready_moves.iter().copied().collect();
+        let fresh = self
+            .plan_cache
+            .as_ref()
+            .is_some_and(|(e, h, r, _)| *e == st.map.epoch && *h == st.hosts && *r == ready.len());
+        if !fresh {
+            let next = plan_with_ready(&st.map, &st.hosts, self.cfg.max_replicas, &ready);
+            let changed = (next.owners != st.map.owners).then_some(next.owners);
+            self.plan_cache = Some((st.map.epoch, st.hosts.clone(), ready.len(), changed));
+        }
+        if let Some(owners) = self.plan_cache.as_ref().and_then(|c| c.3.clone()) {
+            let waiting = st.map.owners.iter().any(|o| {
+                o.holders().any(|h| {
+                    st.host(h).is_none_or(|x| x.state == HostState::Failed)
+                        && now_ms < self.lease_bound_ms(h)
+                })
+            });
+            if !waiting {
+                self.ready_moves.clear();
+                let c = Command::InstallMap {
+                    epoch: st.map.epoch + 1,
+                    owners,
+                };
+                return self.propose(now_ms, c);
+            }
+            return;
+        }
+        // 6. Failed hosts no map names any more leave the host list.
+        if let Some(h) = st.hosts.iter().find(|h| {
+            h.state == HostState::Failed
+                && !voters.contains(&h.id.0)
+                && !learners.contains(&h.id.0)
+                && !st
+                    .map
+                    .owners
+                    .iter()
+                    .any(|o| o.entries().iter().any(|e| e.0 == h.id))
+        }) {
+            let id = h.id;
+            self.propose(now_ms, Command::RemoveHost { id });
+        }
+    }
+
+    /// Drains raft-rs's ready state: send, persist, apply, answer confirmed lease reads.
+    fn pump(&mut self, now_ms: u64) {
+        while self.raw.has_ready() {
+            let mut rd = self.raw.ready();
+            self.send_raft(rd.take_messages());
+            if !rd.snapshot().is_empty() {
+                let snap = rd.snapshot().clone();
+                let mut st: ClusterState =
+                    serde_json::from_slice(snap.get_data()).expect("snapshot state decodes");
+                st.applied_index = snap.get_metadata().index;
+                *self.state.borrow_mut() = st;
+                self.raw
+                    .mut_store()
+                    .mem
+                    .wl()
+                    .apply_snapshot(snap)
+                    .expect("apply snapshot");
+                self.after_apply(true);
+            }
+            let committed = rd.take_committed_entries();
+            self.apply_entries(now_ms, committed);
+            if !rd.entries().is_empty() {
+                self.raw
+                    .mut_store()
+                    .mem
+                    .wl()
+                    .append(rd.entries())
+                    .expect("append");
+            }
+            if let Some(hs) = rd.hs() {
+                self.raw.mut_store().mem.wl().set_hardstate(hs.clone());
+            }
+            self.send_raft(rd.take_persisted_messages());
+            let reads = rd.take_read_states();
+            let mut light = self.raw.advance(rd);
+            if let Some(c) = light.commit_index() {
+                self.raw.mut_store().mem.wl().mut_hard_state().set_commit(c);
+            }
+            self.send_raft(light.take_messages());
+            let committed = light.take_committed_entries();
+            self.apply_entries(now_ms, committed);
+            self.raw.advance_apply();
+            for r in reads {
+                self.on_lease_confirmed(now_ms, &r.request_ctx);
+            }
+        }
+        if !self.is_leader() {
+            self.leader_since_ms = None;
+            self.joins.clear();
+        }
+        self.compact();
+    }
+
+    fn send_raft(&mut self, msgs: Vec<Message>) {
+        for m in msgs {
+            if m.get_msg_type() == raft::prelude::MessageType::MsgSnapshot {
+                // Fire and forget: if the snapshot is lost, the probe that follows sends
+                // another; otherwise raft-rs would wait for a report that never comes.
+                self.raw.report_snapshot(m.to, raft::SnapshotStatus::Finish);
+            }
+            self.out.push(Output::Send {
+                to: HostId(m.to),
+                msg: PeerMsg::Raft(Box::new(m)),
+            });
+        }
+    }
+
+    fn apply_entries(&mut self, _now_ms: u64, entries: Vec<Entry>) {
+        let mut installed = false;
+        for e in entries {
+            if e.get_entry_type() == EntryType::EntryConfChange {
+                if !e.data.is_empty() {
+                    let cc = ConfChange::parse_from_bytes(&e.data).expect("conf change decodes");
+                    let cs = self
+                        .raw
+                        .apply_conf_change(&cc)
+                        .expect("conf change applies");
+                    self.raw.mut_store().mem.wl().set_conf_state(cs);
+                }
+                self.proposed_at_ms = None;
+            } else if !e.data.is_empty() {
+                let c: Command = serde_json::from_slice(&e.data).expect("command decodes");
+                installed |= self.state.borrow_mut().apply(c);
+                self.proposed_at_ms = None;
+            } else if self.is_leader() {
+                // The leader's empty entry of a new term: it may propose now.
+                self.proposed_at_ms = None;
+            }
+            self.state.borrow_mut().applied_index = e.index;
+        }
+        self.after_apply(installed);
+    }
+
+    fn after_apply(&mut self, maybe_installed: bool) {
+        let me = self.cfg.id;
+        let epoch = self.state.borrow().map.epoch;
+        if maybe_installed && epoch != self.map.epoch {
+            assert!(epoch > self.map.epoch, "epochs only grow");
+            self.map = Rc::new(self.state.borrow().map.clone());
+            self.out.push(Output::Installed(self.map.clone()));
+            for (p, o) in self.map.owners.iter().enumerate() {
+                if o.pending().any(|h| h == me) && !self.migrations_done.contains(&(p as u16)) {
+                    let from = o.primary().expect("a pending copy has a holder");
+                    self.out.push(Output::Migrate {
+                        partition: p as u16,
+                        from,
+                        epoch,
+                    });
+                }
+            }
+        }
+        let st = self.state.borrow();
+        let failed = st.host(me).is_some_and(|h| h.state == HostState::Failed);
+        drop(st);
+        if failed && !self.expelled {
+            self.expelled = true;
+            self.out.push(Output::Expelled);
+        }
+    }
+
+    /// Keeps the in-memory log short: lagging members catch up from a snapshot.
+    fn compact(&mut self) {
+        let applied = self.state.borrow().applied_index;
+        let store = &self.raw.store().mem;
+        let first = store.first_index().unwrap_or(1);
+        if applied > first + 2 * LOG_ENTRIES_MAX {
+            let _ = store.wl().compact(applied - LOG_ENTRIES_MAX);
+        }
+    }
+}

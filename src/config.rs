@@ -1,0 +1,699 @@
+//! Parameters.
+//!
+//! A params file in ScaleOut's format (`name value` per line, `#` comments), ScaleOut's names
+//! where they apply, plus ours. Precedence: defaults < file < env `STATEGRID_<NAME>` < `--set`.
+//! An unknown or invalid parameter stops start-up with its name, the bad value and what is
+//! allowed. Every limit is a parameter with its unit in the name; ScaleOut's own names keep
+//! their spelling and say their unit in the table below.
+//!
+//! The table [`PARAMS`] is the single source of truth: parsing, `stategrid show`, and the README
+//! parameter table all come from it (`stategrid params` prints it as markdown).
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+/// One parameter's definition.
+pub struct ParamSpec {
+    pub name: &'static str,
+    pub default: &'static str,
+    /// What it does, its unit and its range.
+    pub help: &'static str,
+    /// Is it in effect in this build, or accepted for compatibility (multi-host, TLS) only?
+    pub in_effect: bool,
+    set: fn(&mut Config, &str) -> Result<(), String>,
+    get: fn(&Config) -> String,
+}
+
+/// Where a value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File { path: PathBuf, line: usize },
+    Env(String),
+    Set,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::File { path, line } => write!(f, "{}:{}", path.display(), line),
+            Source::Env(v) => write!(f, "environment variable {v}"),
+            Source::Set => f.write_str("--set"),
+        }
+    }
+}
+
+/// A parameter that stops start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("unknown parameter '{name}' (from {from}); `stategrid params` lists them all")]
+    Unknown { name: String, from: Source },
+    #[error("parameter {name} = '{value}' (from {from}) is invalid: {allowed}")]
+    Invalid {
+        name: String,
+        value: String,
+        from: Source,
+        allowed: String,
+    },
+    #[error("cannot read params file {path}: {err}")]
+    File { path: PathBuf, err: std::io::Error },
+    #[error("{path}:{line}: expected 'name value', found '{text}'")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        text: String,
+    },
+    #[error("{0}")]
+    Inconsistent(String),
+}
+
+/// All parameters, typed. Field names follow the parameter names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub net_interface: Ipv4Addr,
+    pub svr_port: u16,
+    pub mgt_port: u16,
+    pub int_port: u16,
+    pub secure_mgt_port: u16,
+    pub secure_svr_port: u16,
+    /// Bytes; 0 = unlimited.
+    pub max_memory_bytes: u64,
+    pub lru_threshold_pct: u8,
+    pub lock_timeout_s: u32,
+    pub max_replicas: u8,
+    pub use_multicast: bool,
+    pub mcast_ip: Ipv4Addr,
+    pub store_weight: u32,
+    pub auto_join: bool,
+    pub hosts: String,
+    /// 0 = one per CPU this process may run on.
+    pub shards: u32,
+    pub log_dir: PathBuf,
+    pub log_level: String,
+    pub object_bytes_max: u64,
+    pub key_bytes_max: u32,
+    pub namespace_bytes_max: u32,
+    pub frame_bytes_max: u64,
+    pub connections_per_shard_max: u32,
+    pub inflight_per_conn_max: u32,
+    pub items_per_request_max: u32,
+    pub conn_out_bytes_max: u64,
+    pub recv_buffer_bytes: u32,
+    pub frame_timeout_ms: u64,
+    pub sweep_interval_ms: u64,
+    pub shutdown_timeout_ms: u64,
+    pub ring_entries: u32,
+    pub io_memory_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut c = Config::zero();
+        for p in PARAMS {
+            (p.set)(&mut c, p.default).expect("defaults are valid");
+        }
+        c
+    }
+}
+
+impl Config {
+    fn zero() -> Config {
+        Config {
+            net_interface: Ipv4Addr::LOCALHOST,
+            svr_port: 0,
+            mgt_port: 0,
+            int_port: 0,
+            secure_mgt_port: 0,
+            secure_svr_port: 0,
+            max_memory_bytes: 0,
+            lru_threshold_pct: 0,
+            lock_timeout_s: 0,
+            max_replicas: 0,
+            use_multicast: false,
+            mcast_ip: Ipv4Addr::UNSPECIFIED,
+            store_weight: 0,
+            auto_join: false,
+            hosts: String::new(),
+            shards: 0,
+            log_dir: PathBuf::new(),
+            log_level: String::new(),
+            object_bytes_max: 0,
+            key_bytes_max: 0,
+            namespace_bytes_max: 0,
+            frame_bytes_max: 0,
+            connections_per_shard_max: 0,
+            inflight_per_conn_max: 0,
+            items_per_request_max: 0,
+            conn_out_bytes_max: 0,
+            recv_buffer_bytes: 0,
+            frame_timeout_ms: 0,
+            sweep_interval_ms: 0,
+            shutdown_timeout_ms: 0,
+            ring_entries: 0,
+            io_memory_bytes: 0,
+        }
+    }
+
+    /// Builds the configuration: defaults, then `file`, then `STATEGRID_*` from `env`, then `sets`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        sets: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut c = Config::default();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|err| ConfigError::File {
+                path: path.to_owned(),
+                err,
+            })?;
+            for (i, raw) in text.lines().enumerate() {
+                let line = raw.split('#').next().unwrap_or("").trim();
+                if line.is_empty() {
+                    continue;
+                }
+                let (name, value) = match line.split_once(char::is_whitespace) {
+                    Some((n, v)) => (n.trim(), v.trim()),
+                    None => {
+                        return Err(ConfigError::Syntax {
+                            path: path.to_owned(),
+                            line: i + 1,
+                            text: raw.to_owned(),
+                        });
+                    }
+                };
+                // ScaleOut files sometimes write `name = value`.
+                let value = value.strip_prefix('=').map(str::trim).unwrap_or(value);
+                let source = Source::File {
+                    path: path.to_owned(),
+                    line: i + 1,
+                };
+                c.set(name, value, source)?;
+            }
+        }
+        let mut env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("STATEGRID_") && k != "STATEGRID_HOST")
+            .collect();
+        env.sort();
+        for (k, v) in env {
+            let name = k["STATEGRID_".len()..].to_ascii_lowercase();
+            c.set(&name, &v, Source::Env(k.clone()))?;
+        }
+        for (k, v) in sets {
+            c.set(k, v, Source::Set)?;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Sets one parameter by name.
+    pub fn set(&mut self, name: &str, value: &str, source: Source) -> Result<(), ConfigError> {
+        let spec = PARAMS
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| ConfigError::Unknown {
+                name: name.to_owned(),
+                from: source.clone(),
+            })?;
+        (spec.set)(self, value).map_err(|allowed| ConfigError::Invalid {
+            name: name.to_owned(),
+            value: value.to_owned(),
+            from: source,
+            allowed,
+        })
+    }
+
+    /// Checks rules that involve more than one parameter.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ports = [
+            ("svr_port", self.svr_port),
+            ("mgt_port", self.mgt_port),
+            ("int_port", self.int_port),
+        ];
+        for (i, (a, pa)) in ports.iter().enumerate() {
+            for (b, pb) in &ports[i + 1..] {
+                if pa == pb && *pa != 0 {
+                    return Err(ConfigError::Inconsistent(format!(
+                        "{a} and {b} are both {pa}; give each its own port"
+                    )));
+                }
+            }
+        }
+        let needed = self.object_bytes_max + 1024 * 1024;
+        if self.frame_bytes_max < needed {
+            return Err(ConfigError::Inconsistent(format!(
+                "frame_bytes_max ({}) must be at least object_bytes_max + 1 MiB ({needed}) so the largest object fits in a frame",
+                self.frame_bytes_max
+            )));
+        }
+        if self.max_memory_bytes != 0 && self.max_memory_bytes < self.object_bytes_max {
+            return Err(ConfigError::Inconsistent(format!(
+                "max_memory ({} bytes) is smaller than object_bytes_max ({} bytes); raise max_memory or lower object_bytes_max",
+                self.max_memory_bytes, self.object_bytes_max
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every parameter with its current value, in table order.
+    pub fn values(&self) -> Vec<(&'static str, String)> {
+        PARAMS.iter().map(|p| (p.name, (p.get)(self))).collect()
+    }
+}
+
+/// The parameter table as markdown (for the README and `stategrid params`).
+pub fn params_markdown() -> String {
+    let mut s = String::from("| parameter | default | meaning |\n|---|---|---|\n");
+    for p in PARAMS {
+        let note = if p.in_effect {
+            ""
+        } else {
+            " *(accepted; takes effect with multi-host/TLS support)*"
+        };
+        let _ = writeln!(s, "| `{}` | `{}` | {}{} |", p.name, p.default, p.help, note);
+    }
+    s
+}
+
+fn parse_u64(v: &str, min: u64, max: u64) -> Result<u64, String> {
+    let n: u64 = v
+        .replace('_', "")
+        .parse()
+        .map_err(|_| format!("expected a whole number from {min} to {max}"))?;
+    if n < min || n > max {
+        return Err(format!("expected a whole number from {min} to {max}"));
+    }
+    Ok(n)
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err("expected 1 or 0".into()),
+    }
+}
+
+/// A byte size: a plain number is bytes; suffixes KB/MB/GB (powers of 1000) and
+/// KiB/MiB/GiB (powers of 1024), K/M/G meaning KiB/MiB/GiB.
+pub fn parse_bytes(v: &str) -> Result<u64, String> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| "expected a size such as 0, 1048576, 512MiB or 4GB".to_string())?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "mb" => 1000 * 1000,
+        "gb" => 1000 * 1000 * 1000,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        _ => return Err("unknown unit; use B, KB, MB, GB, KiB, MiB or GiB".into()),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| "size too large".to_string())
+}
+
+fn parse_ip(v: &str) -> Result<Ipv4Addr, String> {
+    v.parse()
+        .map_err(|_| "expected an IPv4 address such as 127.0.0.1".to_string())
+}
+
+macro_rules! param {
+    ($name:literal, $default:literal, $in_effect:expr, $help:literal, |$c:ident, $v:ident| $set:expr, |$g:ident| $get:expr) => {
+        ParamSpec {
+            name: $name,
+            default: $default,
+            help: $help,
+            in_effect: $in_effect,
+            set: |$c: &mut Config, $v: &str| -> Result<(), String> {
+                $set;
+                Ok(())
+            },
+            get: |$g: &Config| -> String { $get },
+        }
+    };
+}
+
+/// Every parameter: name, default, meaning. ScaleOut's names first.
+pub static PARAMS: &[ParamSpec] = &[
+    param!(
+        "net_interface",
+        "127.0.0.1",
+        true,
+        "IPv4 address this host binds and advertises (ScaleOut falls back to 127.0.0.1 too; set it to the NIC address for a multi-host store)",
+        |c, v| c.net_interface = parse_ip(v)?,
+        |c| c.net_interface.to_string()
+    ),
+    param!(
+        "svr_port",
+        "2721",
+        true,
+        "TCP port for clients (native protocol)",
+        |c, v| c.svr_port = parse_u64(v, 1, 65535)? as u16,
+        |c| c.svr_port.to_string()
+    ),
+    param!(
+        "mgt_port",
+        "2720",
+        false,
+        "TCP+UDP port for management, membership and discovery",
+        |c, v| c.mgt_port = parse_u64(v, 1, 65535)? as u16,
+        |c| c.mgt_port.to_string()
+    ),
+    param!(
+        "int_port",
+        "2722",
+        false,
+        "TCP port for host-to-host replication and migration",
+        |c, v| c.int_port = parse_u64(v, 1, 65535)? as u16,
+        |c| c.int_port.to_string()
+    ),
+    param!(
+        "secure_mgt_port",
+        "2723",
+        false,
+        "TLS management port",
+        |c, v| c.secure_mgt_port = parse_u64(v, 1, 65535)? as u16,
+        |c| c.secure_mgt_port.to_string()
+    ),
+    param!(
+        "secure_svr_port",
+        "2724",
+        false,
+        "TLS client port",
+        |c, v| c.secure_svr_port = parse_u64(v, 1, 65535)? as u16,
+        |c| c.secure_svr_port.to_string()
+    ),
+    param!(
+        "max_memory",
+        "0",
+        true,
+        "memory for objects on this host, split evenly across shards; 0 = unlimited. A size: plain bytes, or with KB/MB/GB/KiB/MiB/GiB",
+        |c, v| c.max_memory_bytes = parse_bytes(v)?,
+        |c| c.max_memory_bytes.to_string()
+    ),
+    param!(
+        "lru_threshold",
+        "90",
+        true,
+        "percent of max_memory above which evictable objects are evicted, least recently used first (1-100)",
+        |c, v| c.lru_threshold_pct = parse_u64(v, 1, 100)? as u8,
+        |c| c.lru_threshold_pct.to_string()
+    ),
+    param!(
+        "lock_timeout",
+        "90",
+        true,
+        "seconds after which an unreleased lock expires (1-86400)",
+        |c, v| c.lock_timeout_s = parse_u64(v, 1, 86_400)? as u32,
+        |c| c.lock_timeout_s.to_string()
+    ),
+    param!(
+        "max_replicas",
+        "1",
+        false,
+        "replicas of each object on other hosts (0-2)",
+        |c, v| c.max_replicas = parse_u64(v, 0, 2)? as u8,
+        |c| c.max_replicas.to_string()
+    ),
+    param!(
+        "use_multicast",
+        "1",
+        false,
+        "find other hosts by UDP multicast on mcast_ip:mgt_port (1/0)",
+        |c, v| c.use_multicast = parse_bool(v)?,
+        |c| (c.use_multicast as u8).to_string()
+    ),
+    param!(
+        "mcast_ip",
+        "224.0.0.17",
+        false,
+        "multicast group for discovery",
+        |c, v| c.mcast_ip = parse_ip(v)?,
+        |c| c.mcast_ip.to_string()
+    ),
+    param!(
+        "store_weight",
+        "100",
+        false,
+        "this host's share of objects relative to others (0 = holds none, up to 1000)",
+        |c, v| c.store_weight = parse_u64(v, 0, 1000)? as u32,
+        |c| c.store_weight.to_string()
+    ),
+    param!(
+        "auto_join",
+        "1",
+        false,
+        "join the store on start (1/0)",
+        |c, v| c.auto_join = parse_bool(v)?,
+        |c| (c.auto_join as u8).to_string()
+    ),
+    param!(
+        "hosts",
+        "",
+        false,
+        "static list of other hosts (addr:mgt_port,...) where multicast is unavailable",
+        |c, v| c.hosts = v.to_owned(),
+        |c| c.hosts.clone()
+    ),
+    param!(
+        "shards",
+        "0",
+        true,
+        "shards (one pinned thread each); 0 = one per CPU this process may run on",
+        |c, v| c.shards = parse_u64(v, 0, 1024)? as u32,
+        |c| c.shards.to_string()
+    ),
+    param!(
+        "log_dir",
+        "/var/log/stategrid",
+        true,
+        "directory for the log file stategrid.log (logs also go to stderr); skipped with a warning if not writable",
+        |c, v| c.log_dir = PathBuf::from(v),
+        |c| c.log_dir.display().to_string()
+    ),
+    param!(
+        "log_level",
+        "info",
+        true,
+        "error, warn, info, debug or trace",
+        |c, v| {
+            if !["error", "warn", "info", "debug", "trace"].contains(&v) {
+                return Err("expected error, warn, info, debug or trace".into());
+            }
+            c.log_level = v.to_owned()
+        },
+        |c| c.log_level.clone()
+    ),
+    param!(
+        "object_bytes_max",
+        "64MiB",
+        true,
+        "largest value one object may hold",
+        |c, v| c.object_bytes_max = parse_bytes(v)?.clamp(1, u32::MAX as u64 / 2),
+        |c| c.object_bytes_max.to_string()
+    ),
+    param!(
+        "key_bytes_max",
+        "1024",
+        true,
+        "longest key, in bytes (1-65536); hash longer keys in the client",
+        |c, v| c.key_bytes_max = parse_u64(v, 1, 65_536)? as u32,
+        |c| c.key_bytes_max.to_string()
+    ),
+    param!(
+        "namespace_bytes_max",
+        "280",
+        true,
+        "longest namespace name, in bytes (ScaleOut allows 280 characters)",
+        |c, v| c.namespace_bytes_max = parse_u64(v, 1, 4096)? as u32,
+        |c| c.namespace_bytes_max.to_string()
+    ),
+    param!(
+        "frame_bytes_max",
+        "65MiB",
+        true,
+        "largest request frame; must be at least object_bytes_max + 1 MiB. A larger frame closes its connection",
+        |c, v| c.frame_bytes_max = parse_bytes(v)?.clamp(64, u32::MAX as u64),
+        |c| c.frame_bytes_max.to_string()
+    ),
+    param!(
+        "connections_per_shard_max",
+        "4096",
+        true,
+        "client connections one shard accepts; more are refused with TooManyConnections",
+        |c, v| c.connections_per_shard_max = parse_u64(v, 1, 1 << 20)? as u32,
+        |c| c.connections_per_shard_max.to_string()
+    ),
+    param!(
+        "inflight_per_conn_max",
+        "1024",
+        true,
+        "requests one connection may have waiting for an answer; more get TooManyInFlight",
+        |c, v| c.inflight_per_conn_max = parse_u64(v, 1, 1 << 20)? as u32,
+        |c| c.inflight_per_conn_max.to_string()
+    ),
+    param!(
+        "items_per_request_max",
+        "10000",
+        true,
+        "items in one multi-read, bulk put or key page",
+        |c, v| c.items_per_request_max = parse_u64(v, 1, 1 << 20)? as u32,
+        |c| c.items_per_request_max.to_string()
+    ),
+    param!(
+        "conn_out_bytes_max",
+        "8MiB",
+        true,
+        "unsent answer bytes one connection may queue before the server stops reading its requests (backpressure)",
+        |c, v| c.conn_out_bytes_max = parse_bytes(v)?.max(4096),
+        |c| c.conn_out_bytes_max.to_string()
+    ),
+    param!(
+        "recv_buffer_bytes",
+        "64KiB",
+        true,
+        "initial receive buffer per connection (grows to fit one frame, up to frame_bytes_max)",
+        |c, v| c.recv_buffer_bytes = parse_bytes(v)?.clamp(4096, 64 << 20) as u32,
+        |c| c.recv_buffer_bytes.to_string()
+    ),
+    param!(
+        "frame_timeout_ms",
+        "30000",
+        true,
+        "a connection that leaves a frame half-sent this long is closed (slow or stuck senders)",
+        |c, v| c.frame_timeout_ms = parse_u64(v, 100, 3_600_000)?,
+        |c| c.frame_timeout_ms.to_string()
+    ),
+    param!(
+        "sweep_interval_ms",
+        "250",
+        true,
+        "how often each shard removes expired objects and expired locks",
+        |c, v| c.sweep_interval_ms = parse_u64(v, 10, 60_000)?,
+        |c| c.sweep_interval_ms.to_string()
+    ),
+    param!(
+        "shutdown_timeout_ms",
+        "10000",
+        true,
+        "on SIGTERM, how long to wait for in-flight requests and unsent answers before closing connections",
+        |c, v| c.shutdown_timeout_ms = parse_u64(v, 0, 600_000)?,
+        |c| c.shutdown_timeout_ms.to_string()
+    ),
+    param!(
+        "ring_entries",
+        "1024",
+        true,
+        "submission queue entries of each shard's network io_uring (power of two, 64-32768)",
+        |c, v| {
+            let n = parse_u64(v, 64, 32_768)?;
+            if !n.is_power_of_two() {
+                return Err("expected a power of two from 64 to 32768".into());
+            }
+            c.ring_entries = n as u32
+        },
+        |c| c.ring_entries.to_string()
+    ),
+    param!(
+        "io_memory_bytes",
+        "512KiB",
+        true,
+        "memory each shard's glommio executor registers with io_uring (locked memory: counts against RLIMIT_MEMLOCK)",
+        |c, v| c.io_memory_bytes = parse_bytes(v)?.clamp(64 << 10, 1 << 30),
+        |c| c.io_memory_bytes.to_string()
+    ),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.svr_port, 2721);
+        assert_eq!(c.lock_timeout_s, 90);
+        assert_eq!(c.object_bytes_max, 64 << 20);
+        // Every parameter round-trips through its own printed value.
+        for (name, value) in c.values() {
+            let mut d = Config::default();
+            d.set(name, &value, Source::Set).unwrap();
+            assert_eq!(d, c, "{name}");
+        }
+    }
+
+    #[test]
+    fn precedence_file_env_set() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            f,
+            "# comment\nsvr_port 3000\nlock_timeout = 10\nmax_memory 1GB  # trailing"
+        )
+        .unwrap();
+        let env = vec![
+            ("STATEGRID_SVR_PORT".to_string(), "3001".to_string()),
+            ("STATEGRID_HOST".to_string(), "ignored:1".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        let sets = vec![("lock_timeout".to_string(), "20".to_string())];
+        let c = Config::load(Some(f.path()), env, &sets).unwrap();
+        assert_eq!(c.svr_port, 3001);
+        assert_eq!(c.lock_timeout_s, 20);
+        assert_eq!(c.max_memory_bytes, 1_000_000_000);
+    }
+
+    #[test]
+    fn errors_name_parameter_value_and_allowed() {
+        let e = Config::load(None, vec![], &[("svr_port".into(), "99999".into())]).unwrap_err();
+        let s = e.to_string();
+        assert!(
+            s.contains("svr_port") && s.contains("99999") && s.contains("1 to 65535"),
+            "{s}"
+        );
+        let e = Config::load(None, vec![], &[("no_such".into(), "1".into())]).unwrap_err();
+        assert!(e.to_string().contains("unknown parameter 'no_such'"));
+        let e = Config::load(
+            None,
+            vec![("STATEGRID_LRU_THRESHOLD".into(), "0".into())],
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("STATEGRID_LRU_THRESHOLD"), "{e}");
+        let e = Config::load(
+            None,
+            vec![],
+            &[("object_bytes_max".into(), "128MiB".into())],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("frame_bytes_max"), "{e}");
+        let e = Config::load(None, vec![], &[("ring_entries".into(), "100".into())]).unwrap_err();
+        assert!(e.to_string().contains("power of two"), "{e}");
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_bytes("0").unwrap(), 0);
+        assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("4GB").unwrap(), 4_000_000_000);
+        assert_eq!(parse_bytes("64k").unwrap(), 65536);
+        assert!(parse_bytes("12XB").is_err());
+        assert!(parse_bytes("abc").is_err());
+    }
+
+    #[test]
+    fn markdown_lists_every_param() {
+        let md = params_markdown();
+        for p in PARAMS {
+            assert!(md.contains(&format!("`{}`", p.name)));
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! stategrid: a distributed in-memory object store for session state and shared objects.
+//!
+//! Layout (protocol apart from the store, the store apart from the shard runtime):
+//!
+//! - [`config`]: parameters (ScaleOut's `name value` file, `STATEGRID_*` env, `--set`), with
+//!   every limit named with its unit.
+//! - [`preflight`]: io_uring checks before any executor starts; each failure names its fix.
+//! - [`store`]: one shard's objects (hashbrown tables, timeouts, locks, LRU, memory
+//!   accounting). Pure data structure: no I/O, the clock is passed in.
+//! - [`server`]: the shard-per-core runtime: one pinned glommio executor per shard, the
+//!   message mesh between shards, request routing and forwarding, shutdown.
+//! - [`net`]: the shard's socket path: an io_uring ring of its own (`DEFER_TASKRUN` +
+//!   `SINGLE_ISSUER`) driven from a glommio task, batching accepts, receives and sends.
+//! - [`cli`]: the `stategrid` control program (a client of the server).
+//! - [`cluster`]: the multi-host core (partition map, planner, Raft on the map, leases); pure logic.
+//!
+//! The wire protocol lives in the `stategrid-proto` crate and the client library in
+//! `stategrid-client`, so applications never build glommio.
+
+pub mod alloc_count;
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod net;
+pub mod preflight;
+pub mod server;
+pub mod store;

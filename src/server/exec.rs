@@ -1,0 +1,614 @@
+//! What a shard does with one request: route it, or apply it to its store and describe the
+//! answer. No I/O here: answers go to a [`Sink`], which is the connection's send batch for a
+//! local request and a byte vector for a forwarded one.
+
+use std::sync::Arc;
+
+use stategrid_proto::{
+    ArchivedRequest, ErrorCode, ErrorReply, ItemResult, NsInfo, PARTITIONS, PutResult, Request,
+    Response, codec, key_hash, partition_of,
+};
+
+use crate::config::Config;
+use crate::store::{KeyRef, Store, StoreError, Value};
+
+/// Where an answer goes.
+pub trait Sink {
+    /// Encodes `resp` for `request_id`; `values` follow it back to back as the trailer.
+    fn respond(&mut self, request_id: u32, resp: &Response, values: &[Value]);
+
+    fn error(&mut self, request_id: u32, code: ErrorCode, detail: u64) {
+        self.respond(
+            request_id,
+            &Response::Error(ErrorReply::new(code, detail)),
+            &[],
+        );
+    }
+}
+
+/// A sink that copies everything into bytes: used for forwarded requests (the answer crosses
+/// threads, so the stored value is copied once into it) and for answers that must wait behind
+/// an earlier forwarded one.
+pub struct VecSink<'a>(pub &'a mut Vec<u8>);
+
+impl Sink for VecSink<'_> {
+    fn respond(&mut self, request_id: u32, resp: &Response, values: &[Value]) {
+        let total: usize = values.iter().map(|v| v.len()).sum();
+        codec::encode_head(self.0, request_id, resp, total);
+        for v in values {
+            self.0.extend_from_slice(v);
+        }
+        self.0.extend_from_slice(codec::value_padding(total));
+    }
+}
+
+/// The shard that owns a partition. Fixed while the store is single-host; the partition map
+/// of the multi-host store replaces it.
+#[inline]
+pub fn owner_shard(partition: u32, shards: usize) -> usize {
+    partition as usize % shards
+}
+
+/// A key page scans at most this many slab slots per key asked for (a namespace with few
+/// objects among many costs a scan; this bounds one page's work)...
+const LIST_SCAN_SLOTS_PER_KEY: usize = 64;
+/// ...and never fewer than this many, so small pages still make progress.
+const LIST_SCAN_SLOTS_MIN: usize = 65_536;
+
+/// How a request is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// On this shard.
+    Local,
+    /// By one other shard, the answer relayed back.
+    Shard(usize),
+    /// By every shard, the answers merged (namespace counts, clears, lists, stats).
+    All,
+    /// Items spread over several shards (multi-read, bulk put).
+    Split,
+}
+
+/// Decides where `req` is served. Cheap: one hash for a keyed request.
+pub fn route(req: &ArchivedRequest, me: usize, shards: usize) -> Route {
+    let to = |s: usize| {
+        if s == me {
+            Route::Local
+        } else {
+            Route::Shard(s)
+        }
+    };
+    if let Some(k) = req.key() {
+        let p = partition_of(key_hash(k.ns.to_native(), k.key.as_slice()));
+        return to(owner_shard(p, shards));
+    }
+    match req {
+        // The namespace registry lives on shard 0.
+        ArchivedRequest::NsOpen { .. } => to(0),
+        ArchivedRequest::NsList
+        | ArchivedRequest::NsClear { .. }
+        | ArchivedRequest::NsCount { .. }
+        | ArchivedRequest::Stats => {
+            if shards == 1 {
+                Route::Local
+            } else {
+                Route::All
+            }
+        }
+        ArchivedRequest::ListKeys { cursor, .. } => {
+            let s = (cursor.to_native() >> 32) as usize;
+            if s >= shards { Route::Local } else { to(s) }
+        }
+        ArchivedRequest::MultiRead { ns, keys } => same_owner(
+            keys.iter().map(|k| k.as_slice()),
+            ns.to_native(),
+            me,
+            shards,
+        ),
+        ArchivedRequest::BulkPut { ns, items } => same_owner(
+            items.iter().map(|i| i.key.as_slice()),
+            ns.to_native(),
+            me,
+            shards,
+        ),
+        ArchivedRequest::Hello { .. } => Route::Local,
+        _ => Route::Local,
+    }
+}
+
+fn same_owner<'a>(
+    keys: impl Iterator<Item = &'a [u8]>,
+    ns: u32,
+    me: usize,
+    shards: usize,
+) -> Route {
+    let mut owner = None;
+    for k in keys {
+        let s = owner_shard(partition_of(key_hash(ns, k)), shards);
+        match owner {
+            None => owner = Some(s),
+            Some(o) if o != s => return Route::Split,
+            _ => {}
+        }
+    }
+    match owner {
+        Some(s) if s != me => Route::Shard(s),
+        _ => Route::Local,
+    }
+}
+
+/// The namespace registry (id -> name), kept by shard 0.
+#[derive(Default)]
+pub struct Registry {
+    names: hashbrown::HashMap<u32, String>,
+}
+
+/// One shard's state that requests act on (everything but connections and I/O).
+pub struct Core {
+    pub shard: usize,
+    pub shards: usize,
+    pub store: Store,
+    /// Some on shard 0 only.
+    pub registry: Option<Registry>,
+    pub cfg: Arc<Config>,
+    pub requests: u64,
+    /// Open client connections on this shard (kept by the shard).
+    pub connections: u64,
+    /// Times the network loop waited for the kernel (kept by the shard).
+    pub ring_waits: u64,
+    /// Allocations made while handling ring completions (kept by the shard).
+    pub serve_allocations: u64,
+}
+
+fn store_err(e: StoreError) -> Response {
+    Response::Error(ErrorReply::new(e.code, e.detail))
+}
+
+impl Core {
+    /// Applies a request that this shard serves, answering into `sink`.
+    ///
+    /// Cost of a keyed request (the hot path): one hash, one table probe, for a write one copy
+    /// of the value into a new allocation, for a read none (the value is passed by reference);
+    /// one rkyv serialization of the answer's metadata. No allocation on a read.
+    pub fn execute(
+        &mut self,
+        req: &ArchivedRequest,
+        value: &[u8],
+        now_ms: u64,
+        request_id: u32,
+        sink: &mut impl Sink,
+    ) {
+        self.requests += 1;
+        if let Some(k) = req.key() {
+            let ns = k.ns.to_native();
+            let key = k.key.as_slice();
+            let h = key_hash(ns, key);
+            assert_eq!(
+                owner_shard(partition_of(h), self.shards),
+                self.shard,
+                "request for a partition this shard does not own reached it"
+            );
+            if key.len() > self.cfg.key_bytes_max as usize {
+                return sink.error(
+                    request_id,
+                    ErrorCode::KeyTooLong,
+                    self.cfg.key_bytes_max as u64,
+                );
+            }
+            return self.execute_keyed(req, h, ns, key, value, now_ms, request_id, sink);
+        }
+        let resp = match req {
+            ArchivedRequest::Hello { .. } => Response::Error(ErrorReply::with_message(
+                ErrorCode::InvalidRequest,
+                0,
+                "Hello is sent once, first",
+            )),
+            ArchivedRequest::NsOpen { name } => self.ns_open(name.as_str()),
+            ArchivedRequest::NsList => Response::Namespaces {
+                items: self.ns_list_part(),
+            },
+            ArchivedRequest::NsClear { ns } => Response::Count {
+                objects: self.store.ns_clear(ns.to_native(), now_ms),
+            },
+            ArchivedRequest::NsCount { ns } => Response::Count {
+                objects: self.store.ns_count(ns.to_native()),
+            },
+            ArchivedRequest::ListKeys { ns, cursor, limit } => self.list_keys(
+                ns.to_native(),
+                cursor.to_native(),
+                limit.to_native(),
+                now_ms,
+            ),
+            ArchivedRequest::MultiRead { ns, keys } => {
+                return self.multi_read(
+                    ns.to_native(),
+                    keys.iter().map(|k| k.as_slice()),
+                    now_ms,
+                    request_id,
+                    sink,
+                );
+            }
+            ArchivedRequest::BulkPut { ns, items } => {
+                self.bulk_put(ns.to_native(), items, value, now_ms)
+            }
+            ArchivedRequest::Stats => Response::Stats(self.stats_part()),
+            _ => unreachable!("keyed requests are handled above"),
+        };
+        sink.respond(request_id, &resp, &[]);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn execute_keyed(
+        &mut self,
+        req: &ArchivedRequest,
+        h: u64,
+        ns: u32,
+        key: &[u8],
+        value: &[u8],
+        now: u64,
+        id: u32,
+        sink: &mut impl Sink,
+    ) {
+        let s = &mut self.store;
+        let k = KeyRef::with_hash(ns, key, h);
+        let written = |r: Result<u64, StoreError>| match r {
+            Ok(version) => Response::Written { version },
+            Err(e) => store_err(e),
+        };
+        let versioned = |r: Result<stategrid_proto::Meta, StoreError>| match r {
+            Ok(meta) => Response::Written {
+                version: meta.version,
+            },
+            Err(e) => store_err(e),
+        };
+        let resp = match req {
+            ArchivedRequest::Add { opts, .. } => written(s.add(k, value, opts.to_native(), now)),
+            ArchivedRequest::Put { opts, .. } => written(s.put(k, value, opts.to_native(), now)),
+            ArchivedRequest::Update {
+                opts, lock_token, ..
+            } => written(s.update(
+                k,
+                value,
+                opts.to_native(),
+                lock_token.as_ref().map(|t| t.to_native()),
+                now,
+            )),
+            ArchivedRequest::UpdateIfVersion {
+                opts,
+                version,
+                lock_token,
+                ..
+            } => written(s.update_if_version(
+                k,
+                value,
+                opts.to_native(),
+                version.to_native(),
+                lock_token.as_ref().map(|t| t.to_native()),
+                now,
+            )),
+            ArchivedRequest::UpdateAndUnlock {
+                opts, lock_token, ..
+            } => written(s.update_and_unlock(
+                k,
+                value,
+                opts.to_native(),
+                lock_token.to_native(),
+                now,
+            )),
+            ArchivedRequest::Read { .. } => match s.read(k, now) {
+                Ok((meta, v)) => {
+                    return sink.respond(
+                        id,
+                        &Response::Value {
+                            meta,
+                            lock_token: None,
+                        },
+                        std::slice::from_ref(&v),
+                    );
+                }
+                Err(e) => store_err(e),
+            },
+            ArchivedRequest::ReadAndLock { .. } => match s.read_and_lock(k, now) {
+                Ok((meta, v, token)) => {
+                    return sink.respond(
+                        id,
+                        &Response::Value {
+                            meta,
+                            lock_token: Some(token),
+                        },
+                        std::slice::from_ref(&v),
+                    );
+                }
+                Err(e) => store_err(e),
+            },
+            ArchivedRequest::Unlock { lock_token, .. } => {
+                versioned(s.unlock(k, lock_token.to_native(), now))
+            }
+            ArchivedRequest::RefreshLock { lock_token, .. } => {
+                versioned(s.refresh_lock(k, lock_token.to_native(), now))
+            }
+            ArchivedRequest::Remove {
+                lock_token, force, ..
+            } => match s.remove(k, lock_token.as_ref().map(|t| t.to_native()), *force, now) {
+                Ok(()) => Response::Ok,
+                Err(e) => store_err(e),
+            },
+            ArchivedRequest::Touch { timeout, .. } => {
+                match s.touch(k, timeout.as_ref().map(|t| t.to_native()), now) {
+                    Ok(meta) => Response::Meta { meta },
+                    Err(e) => store_err(e),
+                }
+            }
+            ArchivedRequest::Meta { .. } => match s.meta(k, now) {
+                Ok(meta) => Response::Meta { meta },
+                Err(e) => store_err(e),
+            },
+            _ => unreachable!("not a keyed request"),
+        };
+        sink.respond(id, &resp, &[]);
+    }
+
+    fn ns_open(&mut self, name: &str) -> Response {
+        let max = self.cfg.namespace_bytes_max;
+        if name.is_empty() || name.len() > max as usize {
+            return Response::Error(ErrorReply::new(ErrorCode::NameTooLong, max as u64));
+        }
+        let reg = self
+            .registry
+            .as_mut()
+            .expect("NsOpen is routed to shard 0, which keeps the registry");
+        let id = stategrid_proto::hash::namespace_id(name);
+        match reg.names.get(&id) {
+            Some(existing) if existing != name => Response::Error(ErrorReply::with_message(
+                ErrorCode::NamespaceCollision,
+                id as u64,
+                format!("'{name}' has the same id as existing namespace '{existing}'"),
+            )),
+            Some(_) => Response::Namespace { id },
+            None => {
+                reg.names.insert(id, name.to_owned());
+                Response::Namespace { id }
+            }
+        }
+    }
+
+    /// This shard's view of the namespaces: its object counts, plus names on shard 0.
+    fn ns_list_part(&self) -> Vec<NsInfo> {
+        let mut items: Vec<NsInfo> = self
+            .store
+            .ns_ids()
+            .map(|(id, objects)| NsInfo {
+                id,
+                name: String::new(),
+                objects,
+            })
+            .collect();
+        if let Some(reg) = &self.registry {
+            for (id, name) in &reg.names {
+                match items.iter_mut().find(|i| i.id == *id) {
+                    Some(i) => i.name = name.clone(),
+                    None => items.push(NsInfo {
+                        id: *id,
+                        name: name.clone(),
+                        objects: 0,
+                    }),
+                }
+            }
+        }
+        items
+    }
+
+    /// A page of keys from this shard. Cursor = shard (high 32 bits) and slab slot (low 32).
+    fn list_keys(&mut self, ns: u32, cursor: u64, limit: u32, now_ms: u64) -> Response {
+        let shard = (cursor >> 32) as usize;
+        if shard >= self.shards {
+            return Response::Error(ErrorReply::with_message(
+                ErrorCode::InvalidRequest,
+                0,
+                format!(
+                    "cursor {cursor} names shard {shard}, and this host has {}",
+                    self.shards
+                ),
+            ));
+        }
+        let max = self.cfg.items_per_request_max;
+        if limit == 0 || limit > max {
+            return Response::Error(ErrorReply::new(ErrorCode::TooManyItems, max as u64));
+        }
+        // Bound the work of one page: a namespace with few keys among many costs a scan.
+        let scan_slots_max = (limit as usize * LIST_SCAN_SLOTS_PER_KEY).max(LIST_SCAN_SLOTS_MIN);
+        let (keys, next) =
+            self.store
+                .list_keys(ns, cursor as u32, limit as usize, scan_slots_max, now_ms);
+        let next_cursor = match next {
+            Some(slot) => ((self.shard as u64) << 32) | slot as u64,
+            None if self.shard + 1 < self.shards => (self.shard as u64 + 1) << 32,
+            None => 0,
+        };
+        Response::Keys { keys, next_cursor }
+    }
+
+    fn multi_read<'a>(
+        &mut self,
+        ns: u32,
+        keys: impl ExactSizeIterator<Item = &'a [u8]>,
+        now_ms: u64,
+        id: u32,
+        sink: &mut impl Sink,
+    ) {
+        let max = self.cfg.items_per_request_max as usize;
+        if keys.len() > max {
+            return sink.error(id, ErrorCode::TooManyItems, max as u64);
+        }
+        let mut items = Vec::with_capacity(keys.len());
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            if key.len() > self.cfg.key_bytes_max as usize {
+                items.push(ItemResult::Failed(ErrorReply::new(
+                    ErrorCode::KeyTooLong,
+                    self.cfg.key_bytes_max as u64,
+                )));
+                continue;
+            }
+            match self.store.read(KeyRef::new(ns, key), now_ms) {
+                Ok((meta, v)) => {
+                    items.push(ItemResult::Found(meta));
+                    values.push(v);
+                }
+                Err(e) => items.push(ItemResult::Failed(ErrorReply::new(e.code, e.detail))),
+            }
+        }
+        sink.respond(id, &Response::Multi { items }, &values);
+    }
+
+    fn bulk_put(
+        &mut self,
+        ns: u32,
+        items: &rkyv::vec::ArchivedVec<stategrid_proto::ArchivedBulkItem>,
+        values: &[u8],
+        now_ms: u64,
+    ) -> Response {
+        let max = self.cfg.items_per_request_max as usize;
+        if items.len() > max {
+            return Response::Error(ErrorReply::new(ErrorCode::TooManyItems, max as u64));
+        }
+        let total: u64 = items.iter().map(|i| i.value_bytes.to_native() as u64).sum();
+        if total != values.len() as u64 {
+            return Response::Error(ErrorReply::with_message(
+                ErrorCode::InvalidRequest,
+                0,
+                format!(
+                    "bulk put items announce {total} value bytes, the frame carries {}",
+                    values.len()
+                ),
+            ));
+        }
+        let mut off = 0usize;
+        let mut out = Vec::with_capacity(items.len());
+        for item in items.iter() {
+            let len = item.value_bytes.to_native() as usize;
+            let value = &values[off..off + len];
+            off += len;
+            let key = item.key.as_slice();
+            let r = if key.len() > self.cfg.key_bytes_max as usize {
+                Err(StoreError::new(
+                    ErrorCode::KeyTooLong,
+                    self.cfg.key_bytes_max as u64,
+                ))
+            } else {
+                self.store
+                    .put(KeyRef::new(ns, key), value, item.opts.to_native(), now_ms)
+            };
+            out.push(match r {
+                Ok(version) => PutResult::Written { version },
+                Err(e) => PutResult::Failed(ErrorReply::new(e.code, e.detail)),
+            });
+        }
+        Response::Bulk { items: out }
+    }
+
+    fn stats_part(&self) -> stategrid_proto::Stats {
+        let st = self.store.stats();
+        stategrid_proto::Stats {
+            objects: st.objects,
+            object_bytes: st.object_bytes,
+            evictions: st.evictions,
+            expirations: st.expirations,
+            requests: self.requests,
+            connections: self.connections,
+            shard_allocations: crate::alloc_count::thread_allocations(),
+            ring_waits: self.ring_waits,
+            serve_allocations: self.serve_allocations,
+            ..Default::default()
+        }
+    }
+}
+
+/// Splits a multi-key request into one sub-request per owning shard.
+/// Returns, per shard that has items, the sub-request frame and the original item indexes.
+pub fn split(
+    req: &ArchivedRequest,
+    value: &[u8],
+    shards: usize,
+) -> Vec<(usize, Vec<u8>, Vec<u32>)> {
+    let owner = |ns: u32, k: &[u8]| owner_shard(partition_of(key_hash(ns, k)), shards);
+    let mut groups: Vec<Vec<u32>> = vec![Vec::new(); shards];
+    let mut out = Vec::new();
+    match req {
+        ArchivedRequest::MultiRead { ns, keys } => {
+            let ns = ns.to_native();
+            for (i, k) in keys.iter().enumerate() {
+                groups[owner(ns, k.as_slice())].push(i as u32);
+            }
+            for (s, idx) in groups
+                .into_iter()
+                .enumerate()
+                .filter(|(_, g)| !g.is_empty())
+            {
+                let sub = Request::MultiRead {
+                    ns,
+                    keys: idx
+                        .iter()
+                        .map(|&i| keys[i as usize].as_slice().to_vec())
+                        .collect(),
+                };
+                let mut frame = Vec::new();
+                codec::encode_request(&mut frame, 0, &sub, &[]);
+                out.push((s, frame, idx));
+            }
+        }
+        ArchivedRequest::BulkPut { ns, items } => {
+            let ns = ns.to_native();
+            let mut offsets = Vec::with_capacity(items.len());
+            let mut off = 0usize;
+            for (i, it) in items.iter().enumerate() {
+                groups[owner(ns, it.key.as_slice())].push(i as u32);
+                let len = it.value_bytes.to_native() as usize;
+                offsets.push((off, len));
+                off += len;
+            }
+            if off != value.len() {
+                return Vec::new(); // the local pass answers InvalidRequest
+            }
+            for (s, idx) in groups
+                .into_iter()
+                .enumerate()
+                .filter(|(_, g)| !g.is_empty())
+            {
+                let sub_items = idx
+                    .iter()
+                    .map(|&i| {
+                        let it = &items[i as usize];
+                        stategrid_proto::BulkItem {
+                            key: it.key.as_slice().to_vec(),
+                            value_bytes: it.value_bytes.to_native(),
+                            opts: it.opts.to_native(),
+                        }
+                    })
+                    .collect();
+                let parts: Vec<&[u8]> = idx
+                    .iter()
+                    .map(|&i| {
+                        let (o, l) = offsets[i as usize];
+                        &value[o..o + l]
+                    })
+                    .collect();
+                let mut frame = Vec::new();
+                codec::encode_request_parts(
+                    &mut frame,
+                    0,
+                    &Request::BulkPut {
+                        ns,
+                        items: sub_items,
+                    },
+                    &parts,
+                );
+                out.push((s, frame, idx));
+            }
+        }
+        _ => unreachable!("only multi-key requests are split"),
+    }
+    out
+}
+
+/// Partitions must divide evenly enough for any shard count we allow.
+const _: () = assert!(PARTITIONS >= 1024);

@@ -1,0 +1,394 @@
+//! The shard-per-core server: `stategrid serve`.
+//!
+//! Start-up: parameters → preflight → one pinned glommio executor per shard, each with its own
+//! store, its own network ring and its own SO_REUSEPORT listener on `svr_port` (the kernel
+//! spreads connections), and a bounded channel to every other shard. A request whose partition
+//! another shard owns is forwarded there and its answer relayed back in order ([`shard`]).
+//!
+//! Shutdown: SIGTERM or SIGINT sets a flag and wakes every ring; each shard stops accepting,
+//! stops reading, sends what is queued, waits for the others, and the process exits 0.
+
+mod exec;
+mod gather;
+mod shard;
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::Config;
+use crate::net::{AlignedBuf, Ring, RingWaker};
+use crate::preflight::{self, exit};
+use crate::store::{Store, StoreLimits};
+
+pub use exec::{Core, Route, Sink, VecSink, owner_shard, route};
+
+/// A message between shards.
+pub enum Msg {
+    /// Serve this request frame and answer `origin`.
+    Forward {
+        origin: usize,
+        conn: u32,
+        generation: u32,
+        seq: u64,
+        part: u32,
+        frame: AlignedBuf,
+    },
+    /// The answer frame to a forwarded request.
+    Reply {
+        conn: u32,
+        generation: u32,
+        seq: u64,
+        part: u32,
+        frame: Vec<u8>,
+    },
+}
+
+/// State every shard shares: only control-path flags, never data.
+pub struct Shared {
+    pub shutdown: AtomicBool,
+    pub drained: AtomicUsize,
+    pub shards: usize,
+    pub started: std::time::Instant,
+}
+
+/// Connections the kernel may queue per shard's listener before the shard accepts them.
+const LISTEN_BACKLOG_CONNECTIONS: i32 = 1024;
+
+/// Messages one shard may queue to another before senders wait.
+const MESH_CHANNEL_MESSAGES: usize = 4096;
+
+/// Runs `stategrid serve` until SIGTERM/SIGINT; returns the process exit code.
+pub fn serve(params_file: Option<PathBuf>, sets: Vec<(String, String)>) -> i32 {
+    let cfg = match Config::load(params_file.as_deref(), std::env::vars(), &sets) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("stategrid: {e}");
+            return exit::USAGE;
+        }
+    };
+    let _log_guard = init_logging(&cfg);
+    let cpus = allowed_cpus();
+    let shards = if cfg.shards == 0 {
+        cpus.len().max(1)
+    } else {
+        cfg.shards as usize
+    };
+    let plan = match preflight::check(shards as u32, cfg.io_memory_bytes) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("stategrid: {e}");
+            tracing::error!("preflight failed: {e}");
+            return e.exit_code;
+        }
+    };
+    if let Some(note) = &plan.io_memory_note {
+        tracing::warn!("{note}");
+    }
+    if shards > cpus.len() {
+        tracing::warn!(
+            shards,
+            cpus = cpus.len(),
+            "more shards than CPUs: shards will share CPUs"
+        );
+    }
+    match run(Arc::new(cfg), shards, &cpus, plan.io_memory_bytes as usize) {
+        Ok(()) => exit::OK,
+        Err((code, msg)) => {
+            eprintln!("stategrid: {msg}");
+            tracing::error!("{msg}");
+            code
+        }
+    }
+}
+
+fn run(
+    cfg: Arc<Config>,
+    shards: usize,
+    cpus: &[usize],
+    io_memory_bytes: usize,
+) -> Result<(), (i32, String)> {
+    let addr = SocketAddr::new(cfg.net_interface.into(), cfg.svr_port);
+    // SO_REUSEPORT would let a second stategrid share the port silently (and take half the
+    // connections), so first prove the port is free with a plain bind.
+    probe_port(addr).map_err(|e| {
+        (
+            exit::BIND,
+            format!("cannot listen on {addr} (svr_port / net_interface): {e}. Is another stategrid or another program using it? Choose another port with --set svr_port=N"),
+        )
+    })?;
+    // Bind every listener before starting: a port in use fails start-up, not a shard.
+    let mut listeners = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        listeners.push(listen(addr).map_err(|e| {
+            (
+                exit::BIND,
+                format!("cannot listen on {addr} (svr_port / net_interface): {e}. Is another stategrid running? Choose another port with --set svr_port=N"),
+            )
+        })?);
+    }
+    let shared = Arc::new(Shared {
+        shutdown: AtomicBool::new(false),
+        drained: AtomicUsize::new(0),
+        shards,
+        started: std::time::Instant::now(),
+    });
+    // The mesh: a bounded channel for every ordered pair of shards.
+    let mut senders: Vec<Vec<Option<SharedSender<Msg>>>> = (0..shards)
+        .map(|_| (0..shards).map(|_| None).collect())
+        .collect();
+    let mut receivers: Vec<Vec<SharedReceiver<Msg>>> = (0..shards).map(|_| Vec::new()).collect();
+    for (from, row) in senders.iter_mut().enumerate() {
+        for (to, slot) in row.iter_mut().enumerate() {
+            if from != to {
+                let (tx, rx) = shared_channel::new_bounded(MESH_CHANNEL_MESSAGES);
+                *slot = Some(tx);
+                receivers[to].push(rx);
+            }
+        }
+    }
+    let (waker_tx, waker_rx) = std::sync::mpsc::channel::<Result<RingWaker, String>>();
+    let memory_per_shard = cfg.max_memory_bytes / shards as u64;
+    let mut handles = Vec::with_capacity(shards);
+    for (id, (listener, (tx_row, rx_row))) in listeners
+        .into_iter()
+        .zip(senders.into_iter().zip(receivers))
+        .enumerate()
+    {
+        let cfg = cfg.clone();
+        let shared = shared.clone();
+        let waker_tx = waker_tx.clone();
+        let cpu = cpus[id % cpus.len()];
+        let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("shard-{id}"))
+            .io_memory(io_memory_bytes);
+        let handle = builder
+            .spawn(move || async move {
+                let (ring, waiter) = match Ring::new(cfg.ring_entries) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = waker_tx
+                            .send(Err(format!("shard {id}: cannot create its io_uring: {e}")));
+                        return;
+                    }
+                };
+                let _ = waker_tx.send(Ok(ring.waker()));
+                let limits = StoreLimits {
+                    object_bytes_max: cfg.object_bytes_max as u32,
+                    key_bytes_max: cfg.key_bytes_max,
+                    memory_bytes_max: memory_per_shard,
+                    lru_threshold_pct: cfg.lru_threshold_pct as u32,
+                    lock_timeout_ms: cfg.lock_timeout_s as u64 * 1000,
+                };
+                let core = Core {
+                    shard: id,
+                    shards,
+                    store: Store::new(limits, seed(id)),
+                    registry: (id == 0).then(Default::default),
+                    cfg: cfg.clone(),
+                    requests: 0,
+                    connections: 0,
+                    ring_waits: 0,
+                    serve_allocations: 0,
+                };
+                let shard = Rc::new(RefCell::new(shard::Shard::new(
+                    core,
+                    ring,
+                    listener,
+                    shared.clone(),
+                )));
+                // Connect the mesh: every connect waits for its peer, so run them together.
+                // glommio 0.9's connect parks a waker that its reactor re-checks only when it
+                // wakes for another reason; the peer connecting does not wake it. Without a
+                // timer a shard could sleep for seconds here, so tick until connected.
+                let ticker = glommio::spawn_local(async {
+                    loop {
+                        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                    }
+                });
+                let mut tasks = Vec::new();
+                for (to, tx) in tx_row.into_iter().enumerate() {
+                    if let Some(tx) = tx {
+                        let s = shard.clone();
+                        tasks.push(glommio::spawn_local(async move {
+                            let c = tx.connect().await;
+                            s.borrow_mut().set_peer(to, c);
+                            None
+                        }));
+                    }
+                }
+                for rx in rx_row {
+                    tasks.push(glommio::spawn_local(
+                        async move { Some(rx.connect().await) },
+                    ));
+                }
+                let mut connected = Vec::new();
+                for t in tasks {
+                    if let Some(rx) = t.await {
+                        connected.push(rx);
+                    }
+                }
+                drop(ticker);
+                tracing::debug!(shard = id, cpu, "serving");
+                shard::run(shard, waiter, connected, shared).await;
+            })
+            .map_err(|e| {
+                (
+                    exit::RUNTIME,
+                    format!("cannot start shard {id} on CPU {cpu}: {e}"),
+                )
+            })?;
+        handles.push(handle);
+    }
+    drop(waker_tx);
+    let mut wakers = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        match waker_rx.recv() {
+            Ok(Ok(w)) => wakers.push(w),
+            Ok(Err(msg)) => {
+                shared.shutdown.store(true, Ordering::Release);
+                for w in &wakers {
+                    w.wake();
+                }
+                return Err((exit::RUNTIME, msg));
+            }
+            Err(_) => return Err((exit::RUNTIME, "a shard stopped during start-up".into())),
+        }
+    }
+    tracing::info!(
+        "stategrid {} serving on {addr}: {shards} shards, max_memory {} bytes, log_dir {}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.max_memory_bytes,
+        cfg.log_dir.display()
+    );
+    wait_for_signal(&shared, wakers);
+    let mut failed = false;
+    for h in handles {
+        if h.join().is_err() {
+            failed = true;
+        }
+    }
+    if failed {
+        return Err((exit::RUNTIME, "a shard failed; see the log".into()));
+    }
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// A listening socket on `addr` with SO_REUSEPORT, so every shard can have its own.
+fn listen(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_tcp_nodelay(true)?;
+    s.bind(&addr.into())?;
+    s.listen(LISTEN_BACKLOG_CONNECTIONS)?;
+    Ok(s)
+}
+
+/// Binds `addr` without SO_REUSEPORT and closes it again: fails if anyone listens there.
+fn probe_port(addr: SocketAddr) -> std::io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    Ok(())
+}
+
+/// Blocks the main thread until SIGTERM or SIGINT, then starts the drain.
+fn wait_for_signal(shared: &Arc<Shared>, wakers: Vec<RingWaker>) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot install signal handlers: {e}");
+            return;
+        }
+    };
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "signal received: draining");
+    }
+    shared.shutdown.store(true, Ordering::Release);
+    for w in &wakers {
+        w.wake();
+    }
+}
+
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return vec![0];
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+fn seed(shard: usize) -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ ((std::process::id() as u64) << 32) ^ (shard as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Logs to stderr and, when `log_dir` is writable, to `log_dir/stategrid.log`.
+fn init_logging(cfg: &Config) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+    let filter = || {
+        EnvFilter::try_from_env("STATEGRID_LOG").unwrap_or_else(|_| EnvFilter::new(&cfg.log_level))
+    };
+    // Colour only for a person at a terminal: `docker logs` and log collectors get plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let stderr = fmt::layer()
+        .with_ansi(colour)
+        .with_writer(std::io::stderr)
+        .with_filter(filter());
+    let file = std::fs::create_dir_all(&cfg.log_dir).and_then(|_| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(cfg.log_dir.join("stategrid.log"))
+    });
+    match file {
+        Ok(f) => {
+            let (writer, guard) = tracing_appender::non_blocking(f);
+            let layer = fmt::layer()
+                .with_ansi(false)
+                .with_writer(writer)
+                .with_filter(filter());
+            let _ = tracing_subscriber::registry()
+                .with(stderr)
+                .with(layer)
+                .try_init();
+            Some(guard)
+        }
+        Err(e) => {
+            let _ = tracing_subscriber::registry().with(stderr).try_init();
+            tracing::warn!(
+                "not logging to {}: {e} (set log_dir to a writable directory)",
+                cfg.log_dir.display()
+            );
+            None
+        }
+    }
+}
