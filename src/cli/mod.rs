@@ -340,7 +340,13 @@ pub fn client_exit_code(error: &ClientError) -> i32 {
             | ErrorCode::ShuttingDown
             | ErrorCode::BadTimeout
             | ErrorCode::Internal
-            | ErrorCode::BadFrame => EXIT_REFUSED,
+            | ErrorCode::BadFrame
+            | ErrorCode::NotJoined
+            | ErrorCode::NotPrimary
+            | ErrorCode::StaleEpoch
+            | ErrorCode::ReplicationFailed
+            | ErrorCode::Unsupported
+            | ErrorCode::Forbidden => EXIT_REFUSED,
         },
         // Reached the server, which refused to speak this protocol version.
         ClientError::UnsupportedVersion { .. } => EXIT_REFUSED,

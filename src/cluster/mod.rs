@@ -14,6 +14,7 @@
 
 pub mod map;
 pub mod node;
+pub mod plane;
 
 pub use map::{HostId, HostInfo, HostState, Owners, PartitionMap, Role, plan, plan_with_ready};
 pub use node::{ClusterNode, Command, Input, NodeConfig, Output, PeerMsg};

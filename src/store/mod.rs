@@ -54,6 +54,7 @@ mod expiry;
 mod limits;
 mod lock;
 mod lru;
+mod replica;
 mod scan;
 
 #[cfg(test)]
@@ -79,6 +80,7 @@ use lru::Lru;
 pub use entry::Value;
 pub use error::StoreError;
 pub use limits::{StoreLimits, StoreStats};
+pub use replica::{Exported, Stamp};
 pub use scan::ObjectRef;
 
 /// The address of one object: namespace, key, and the key's hash computed once by the caller

@@ -135,6 +135,79 @@ pub enum Request {
     BulkPut { ns: NsId, items: Vec<BulkItem> },
     /// This host's status (for `stategrid show`).
     Stats,
+    /// The partition map as clients route by it: which host is primary of each partition.
+    GetMap,
+    // ---- Host to host, accepted only on `int_port` -----------------------------------------
+    /// Set one object on a replica (or pending replica) to the primary's state, or remove it
+    /// (`state` None). Value in the trailer. Also the unit of a migration stream.
+    Replicate {
+        epoch: u64,
+        from: u64,
+        partition: u32,
+        key: Key,
+        state: Option<ObjectState>,
+    },
+    /// Sent to a partition's primary by its pending owner `to`: stream `partition` to `to`
+    /// (`Replicate` frames on its own link to `to`, then `MigrateEnd`).
+    MigratePull { epoch: u64, to: u64, partition: u32 },
+    /// The last frame of a migration stream: `objects` were sent before it.
+    MigrateEnd {
+        epoch: u64,
+        from: u64,
+        partition: u32,
+        objects: u64,
+    },
+}
+
+/// An object's whole state, as replication and migration copy it. Times are Unix
+/// milliseconds of the primary's clock (hosts of one store keep their clocks in sync).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ObjectState {
+    pub version: u64,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// 0 = never.
+    pub expires_at_ms: u64,
+    /// 0 = not locked.
+    pub lock_token: u64,
+    pub lock_expires_at_ms: u64,
+    pub timeout: Timeout,
+    pub evictable: bool,
+}
+
+impl ArchivedObjectState {
+    pub fn to_native(&self) -> ObjectState {
+        ObjectState {
+            version: self.version.to_native(),
+            created_ms: self.created_ms.to_native(),
+            updated_ms: self.updated_ms.to_native(),
+            expires_at_ms: self.expires_at_ms.to_native(),
+            lock_token: self.lock_token.to_native(),
+            lock_expires_at_ms: self.lock_expires_at_ms.to_native(),
+            timeout: self.timeout.to_native(),
+            evictable: self.evictable,
+        }
+    }
+}
+
+/// One host as `GetMap` lists it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct MapHost {
+    pub id: u64,
+    /// Its client address (`ip:svr_port`).
+    pub svr_addr: String,
+}
+
+/// The answer to `GetMap`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct MapInfo {
+    pub epoch: u64,
+    pub hosts: Vec<MapHost>,
+    /// Per partition, the index in `hosts` of its primary; `u16::MAX` when it has none.
+    pub primaries: Vec<u16>,
 }
 
 impl Request {
@@ -166,6 +239,10 @@ impl Request {
             Request::MultiRead { .. } => 18,
             Request::BulkPut { .. } => 19,
             Request::Stats => 20,
+            Request::GetMap => 21,
+            Request::Replicate { .. } => 22,
+            Request::MigratePull { .. } => 23,
+            Request::MigrateEnd { .. } => 24,
         }
     }
 }
@@ -186,7 +263,8 @@ impl ArchivedRequest {
             | ArchivedRequest::RefreshLock { key, .. }
             | ArchivedRequest::Remove { key, .. }
             | ArchivedRequest::Touch { key, .. }
-            | ArchivedRequest::Meta { key } => Some(key),
+            | ArchivedRequest::Meta { key }
+            | ArchivedRequest::Replicate { key, .. } => Some(key),
             _ => None,
         }
     }
@@ -202,6 +280,18 @@ impl ArchivedRequest {
                 | ArchivedRequest::UpdateIfVersion { .. }
                 | ArchivedRequest::UpdateAndUnlock { .. }
                 | ArchivedRequest::BulkPut { .. }
+                | ArchivedRequest::Replicate { .. }
+        )
+    }
+
+    /// Host-to-host requests: refused on the client port.
+    #[inline]
+    pub fn is_internal(&self) -> bool {
+        matches!(
+            self,
+            ArchivedRequest::Replicate { .. }
+                | ArchivedRequest::MigratePull { .. }
+                | ArchivedRequest::MigrateEnd { .. }
         )
     }
 
@@ -228,12 +318,16 @@ impl ArchivedRequest {
             ArchivedRequest::MultiRead { .. } => 18,
             ArchivedRequest::BulkPut { .. } => 19,
             ArchivedRequest::Stats => 20,
+            ArchivedRequest::GetMap => 21,
+            ArchivedRequest::Replicate { .. } => 22,
+            ArchivedRequest::MigratePull { .. } => 23,
+            ArchivedRequest::MigrateEnd { .. } => 24,
         };
         Self::name_of(tag)
     }
 
     fn name_of(tag: u8) -> &'static str {
-        const NAMES: [&str; 21] = [
+        const NAMES: [&str; 25] = [
             "hello",
             "ns-open",
             "ns-list",
@@ -255,6 +349,10 @@ impl ArchivedRequest {
             "multi-read",
             "bulk-put",
             "stats",
+            "get-map",
+            "replicate",
+            "migrate-pull",
+            "migrate-end",
         ];
         NAMES[tag as usize]
     }
@@ -389,6 +487,7 @@ pub enum Response {
         items: Vec<PutResult>,
     },
     Stats(Stats),
+    Map(MapInfo),
     Error(ErrorReply),
 }
 
@@ -489,6 +588,20 @@ pub enum ErrorCode {
     Internal = 20,
     /// The bytes of a frame's header broke the framing rules; the connection closes.
     BadFrame = 21,
+    /// This host belongs to no store yet (it is starting, or waits for `stategrid join`).
+    NotJoined = 22,
+    /// This host is not (or no longer, or not yet) the partition's primary; detail = its map
+    /// epoch. Fetch the map and retry at the primary.
+    NotPrimary = 23,
+    /// The sender's map is older than the receiver's; detail = the receiver's epoch.
+    StaleEpoch = 24,
+    /// A replica did not confirm the change within `replication_timeout_ms`. The write may or
+    /// may not have been applied; retry it.
+    ReplicationFailed = 25,
+    /// The request is not served by a multi-host store in this version (the message says which).
+    Unsupported = 26,
+    /// Host-to-host request on the client port.
+    Forbidden = 27,
 }
 
 impl ErrorCode {
@@ -542,7 +655,31 @@ impl ErrorCode {
                 "internal server error (a bug); please report it with the server log"
             }
             ErrorCode::BadFrame => "bad frame header; the connection was closed",
+            ErrorCode::NotJoined => {
+                "host has not joined a store yet (starting up, or waiting for `stategrid join`); retry shortly"
+            }
+            ErrorCode::NotPrimary => {
+                "host is not the primary of this object's partition (the map changed); fetch the map and retry"
+            }
+            ErrorCode::StaleEpoch => "sender's partition map is out of date; fetch the map and retry",
+            ErrorCode::ReplicationFailed => {
+                "a replica did not confirm the change in time (replication_timeout_ms); the write may or may not have been applied; retry it"
+            }
+            ErrorCode::Unsupported => "request is not supported by a multi-host store in this version",
+            ErrorCode::Forbidden => "host-to-host request sent to the client port; refused",
         }
+    }
+
+    /// Does retrying (after fetching the map) make sense? The store was changing hands.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ErrorCode::NotJoined
+                | ErrorCode::NotPrimary
+                | ErrorCode::StaleEpoch
+                | ErrorCode::ReplicationFailed
+                | ErrorCode::ShuttingDown
+        )
     }
 }
 
@@ -602,6 +739,12 @@ impl ArchivedErrorCode {
             ArchivedErrorCode::BadTimeout => ErrorCode::BadTimeout,
             ArchivedErrorCode::Internal => ErrorCode::Internal,
             ArchivedErrorCode::BadFrame => ErrorCode::BadFrame,
+            ArchivedErrorCode::NotJoined => ErrorCode::NotJoined,
+            ArchivedErrorCode::NotPrimary => ErrorCode::NotPrimary,
+            ArchivedErrorCode::StaleEpoch => ErrorCode::StaleEpoch,
+            ArchivedErrorCode::ReplicationFailed => ErrorCode::ReplicationFailed,
+            ArchivedErrorCode::Unsupported => ErrorCode::Unsupported,
+            ArchivedErrorCode::Forbidden => ErrorCode::Forbidden,
         }
     }
 }
