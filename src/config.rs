@@ -88,6 +88,12 @@ pub struct Config {
     pub store_weight: u32,
     pub auto_join: bool,
     pub hosts: String,
+    /// How long SWIM may take to declare a dead host down.
+    pub failure_detection_ms: u64,
+    /// How long a starting host looks for a store before the lowest id bootstraps one.
+    pub discovery_wait_ms: u64,
+    /// How long a write waits for a replica's acknowledgement (data plane).
+    pub replication_timeout_ms: u64,
     /// 0 = one per CPU this process may run on.
     pub shards: u32,
     pub log_dir: PathBuf,
@@ -136,6 +142,9 @@ impl Config {
             store_weight: 0,
             auto_join: false,
             hosts: String::new(),
+            failure_detection_ms: 0,
+            discovery_wait_ms: 0,
+            replication_timeout_ms: 0,
             shards: 0,
             log_dir: PathBuf::new(),
             log_level: String::new(),
@@ -361,7 +370,7 @@ pub static PARAMS: &[ParamSpec] = &[
     param!(
         "mgt_port",
         "2720",
-        false,
+        true,
         "TCP+UDP port for management, membership and discovery",
         |c, v| c.mgt_port = parse_u64(v, 1, 65535)? as u16,
         |c| c.mgt_port.to_string()
@@ -369,7 +378,7 @@ pub static PARAMS: &[ParamSpec] = &[
     param!(
         "int_port",
         "2722",
-        false,
+        true,
         "TCP port for host-to-host replication and migration",
         |c, v| c.int_port = parse_u64(v, 1, 65535)? as u16,
         |c| c.int_port.to_string()
@@ -417,7 +426,7 @@ pub static PARAMS: &[ParamSpec] = &[
     param!(
         "max_replicas",
         "1",
-        false,
+        true,
         "replicas of each object on other hosts (0-2)",
         |c, v| c.max_replicas = parse_u64(v, 0, 2)? as u8,
         |c| c.max_replicas.to_string()
@@ -425,7 +434,7 @@ pub static PARAMS: &[ParamSpec] = &[
     param!(
         "use_multicast",
         "1",
-        false,
+        true,
         "find other hosts by UDP multicast on mcast_ip:mgt_port (1/0)",
         |c, v| c.use_multicast = parse_bool(v)?,
         |c| (c.use_multicast as u8).to_string()
@@ -433,15 +442,21 @@ pub static PARAMS: &[ParamSpec] = &[
     param!(
         "mcast_ip",
         "224.0.0.17",
-        false,
+        true,
         "multicast group for discovery",
-        |c, v| c.mcast_ip = parse_ip(v)?,
+        |c, v| {
+            let ip = parse_ip(v)?;
+            if !ip.is_multicast() {
+                return Err("expected a multicast group, 224.0.0.0 to 239.255.255.255".into());
+            }
+            c.mcast_ip = ip
+        },
         |c| c.mcast_ip.to_string()
     ),
     param!(
         "store_weight",
         "100",
-        false,
+        true,
         "this host's share of objects relative to others (0 = holds none, up to 1000)",
         |c, v| c.store_weight = parse_u64(v, 0, 1000)? as u32,
         |c| c.store_weight.to_string()
@@ -449,7 +464,7 @@ pub static PARAMS: &[ParamSpec] = &[
     param!(
         "auto_join",
         "1",
-        false,
+        true,
         "join the store on start (1/0)",
         |c, v| c.auto_join = parse_bool(v)?,
         |c| (c.auto_join as u8).to_string()
@@ -457,10 +472,37 @@ pub static PARAMS: &[ParamSpec] = &[
     param!(
         "hosts",
         "",
-        false,
-        "static list of other hosts (addr:mgt_port,...) where multicast is unavailable",
-        |c, v| c.hosts = v.to_owned(),
+        true,
+        "static list of other hosts (ip:mgt_port,... ; a bare ip means this host's mgt_port) to find the store without multicast",
+        |c, v| {
+            crate::cluster::swim::parse_hosts(v, 1)?;
+            c.hosts = v.to_owned()
+        },
         |c| c.hosts.clone()
+    ),
+    param!(
+        "failure_detection_ms",
+        "1500",
+        true,
+        "a host that stops answering is declared down (and its partitions fail over) within this many milliseconds (300-60000)",
+        |c, v| c.failure_detection_ms = parse_u64(v, 300, 60_000)?,
+        |c| c.failure_detection_ms.to_string()
+    ),
+    param!(
+        "discovery_wait_ms",
+        "1000",
+        true,
+        "at start, how long to look for hosts already in a store before the host with the lowest id among those found creates one (0-60000)",
+        |c, v| c.discovery_wait_ms = parse_u64(v, 0, 60_000)?,
+        |c| c.discovery_wait_ms.to_string()
+    ),
+    param!(
+        "replication_timeout_ms",
+        "2000",
+        true,
+        "how long a write waits for a replica's acknowledgement before answering with a retryable error (10-60000)",
+        |c, v| c.replication_timeout_ms = parse_u64(v, 10, 60_000)?,
+        |c| c.replication_timeout_ms.to_string()
     ),
     param!(
         "shards",

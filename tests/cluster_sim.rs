@@ -567,6 +567,7 @@ fn short(m: &PeerMsg) -> String {
         PeerMsg::MigrationDone { partitions } => {
             format!("migrated {} partitions", partitions.len())
         }
+        PeerMsg::LeaveRequest => "leave?".into(),
     }
 }
 

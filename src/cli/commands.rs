@@ -76,9 +76,13 @@ fn write_opts(w: &WriteArgs) -> WriteOpts {
 /// Runs every command except `serve`.
 pub(super) fn execute(cli: &Cli) -> Result<Outcome, Failure> {
     match &cli.command {
-        Command::Serve { .. } | Command::Params => {
-            unreachable!("serve and params are not client commands")
+        Command::Serve { .. } | Command::Params | Command::Witness { .. } => {
+            unreachable!("serve, params and witness are not client commands")
         }
+        Command::Query => super::cluster::query(cli),
+        Command::Join => super::cluster::join(cli),
+        Command::Leave { wait, timeout } => super::cluster::leave(cli, *wait, *timeout),
+        Command::Set { name, value, all } => super::cluster::set(cli, name, value, *all),
         Command::Show => show(cli),
         Command::Put(args) => put(cli, args),
         Command::Get { ns, key, lock } => get(cli, ns, key, *lock),

@@ -5,12 +5,15 @@
 //!   failure becomes an exit code and a line on stderr;
 //! - [`commands`]: one function per command, each returning an [`Outcome`] that holds both
 //!   its text and its `--json` form;
-//! - [`output`]: rendering bytes, metadata and statistics for people and for JSON.
+//! - [`output`]: rendering bytes, metadata and statistics for people and for JSON;
+//! - [`cluster`]: the store-wide commands on the management port (`query`, `join`, `leave`,
+//!   `set --all`) and `witness`.
 //!
 //! Exit codes: 0 ok · 1 not found · 2 usage · 3 conflict (already exists, locked, lock lost,
 //! version mismatch) · 4 the server refused (low memory, a limit, invalid request, shutting
 //! down, ...) · 5 cannot reach the server.
 
+mod cluster;
 mod commands;
 mod output;
 
@@ -63,6 +66,16 @@ pub struct Cli {
         value_name = "HOST:PORT"
     )]
     pub host: String,
+
+    /// A host's management port, for query, join, leave and set.
+    #[arg(
+        long,
+        global = true,
+        env = "STATEGRID_MGT",
+        default_value = "127.0.0.1:2720",
+        value_name = "HOST:PORT"
+    )]
+    pub mgt: String,
 
     /// Print one JSON object per command on stdout (errors too), instead of text.
     #[arg(long, global = true)]
@@ -171,6 +184,39 @@ pub enum Command {
     },
     /// List the namespaces with their object counts.
     Namespaces,
+    /// The store: map epoch, leader, and every host's state, partitions, objects and memory
+    /// (asks the host at --mgt).
+    Query,
+    /// Join the store (for a host started with auto_join 0).
+    Join,
+    /// Move this host's partitions to the others; it stays up, holding nothing.
+    Leave {
+        /// Return only when the host holds no partition (or --timeout passed: exit 4).
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, in seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 120, requires = "wait")]
+        timeout: u64,
+    },
+    /// Change a parameter on every host of the store, through consensus.
+    Set {
+        /// The parameter (only max_replicas can change while the store runs).
+        name: String,
+        /// Its new value.
+        value: String,
+        /// Apply to the whole store (required: a host-local change needs a restart).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Run a witness: a voter without data that lets a 2-host store fail over.
+    Witness {
+        /// A parameters file: one `name value` per line.
+        #[arg(long, value_name = "FILE")]
+        params: Option<PathBuf>,
+        /// Set one parameter, over the file and the environment (repeatable).
+        #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_set)]
+        sets: Vec<(String, String)>,
+    },
 }
 
 /// `stategrid put`.
@@ -258,6 +304,11 @@ pub enum Failure {
     Usage(String),
     /// The client library failed; `what` names the operation (`get sessions/k1`).
     Client { what: String, error: ClientError },
+    /// A management-port request failed; `what` names the command.
+    Admin {
+        what: String,
+        error: crate::cluster::admin::CallError,
+    },
 }
 
 impl Failure {
@@ -266,6 +317,10 @@ impl Failure {
         match self {
             Failure::Usage(_) => EXIT_USAGE,
             Failure::Client { error, .. } => client_exit_code(error),
+            Failure::Admin { error, .. } => match error {
+                crate::cluster::admin::CallError::Refused(_) => EXIT_REFUSED,
+                _ => EXIT_UNREACHABLE,
+            },
         }
     }
 
@@ -283,6 +338,12 @@ impl Failure {
                 ClientError::Closed { .. } => "Closed".into(),
                 ClientError::Config(_) => "Config".into(),
             },
+            Failure::Admin { error, .. } => match error {
+                crate::cluster::admin::CallError::Connect { .. } => "Connect".into(),
+                crate::cluster::admin::CallError::Io { .. } => "Io".into(),
+                crate::cluster::admin::CallError::Protocol { .. } => "Protocol".into(),
+                crate::cluster::admin::CallError::Refused(_) => "Refused".into(),
+            },
         }
     }
 
@@ -297,6 +358,13 @@ impl Failure {
                 "{what}: cannot connect to {addr}: {source} (is the server running? start one with `stategrid serve`, or point --host / STATEGRID_HOST at it)"
             ),
             Failure::Client { what, error } => format!("{what}: {error}"),
+            Failure::Admin {
+                what,
+                error: error @ crate::cluster::admin::CallError::Connect { .. },
+            } => format!(
+                "{what}: {error} (is the host running? point --mgt / STATEGRID_MGT at its mgt_port)"
+            ),
+            Failure::Admin { what, error } => format!("{what}: {error}"),
         }
     }
 
@@ -374,6 +442,7 @@ pub fn main() -> i32 {
 pub fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Serve { params, sets } => return crate::server::serve(params, sets),
+        Command::Witness { params, sets } => return cluster::witness(params, sets),
         Command::Params => {
             print!("{}", crate::config::params_markdown());
             return EXIT_OK;

@@ -137,10 +137,23 @@ pub enum Output {
 #[derive(Clone, Debug)]
 pub enum PeerMsg {
     Raft(Box<Message>),
-    JoinRequest { host: HostInfo, witness: bool },
-    LeaseRequest { seq: u64, applied_epoch: u64 },
-    LeaseGrant { seq: u64, epoch: u64 },
-    MigrationDone { partitions: Vec<u16> },
+    JoinRequest {
+        host: HostInfo,
+        witness: bool,
+    },
+    LeaseRequest {
+        seq: u64,
+        applied_epoch: u64,
+    },
+    LeaseGrant {
+        seq: u64,
+        epoch: u64,
+    },
+    MigrationDone {
+        partitions: Vec<u16>,
+    },
+    /// A follower asks the leader to move its partitions away (`Input::Leave` on that host).
+    LeaveRequest,
 }
 
 impl PeerMsg {
@@ -297,8 +310,9 @@ impl Storage for NodeStorage {
     }
 }
 
-/// The planner's inputs (epoch, hosts, finished moves) and its owners if they changed.
-type PlanCache = (u64, Vec<HostInfo>, usize, Option<Vec<Owners>>);
+/// The planner's inputs (epoch, hosts, finished moves, max_replicas) and its owners if they
+/// changed.
+type PlanCache = (u64, Vec<HostInfo>, usize, u8, Option<Vec<Owners>>);
 
 /// What the leader knows about one host's leases.
 #[derive(Clone, Copy, Debug, Default)]
@@ -332,6 +346,8 @@ pub struct ClusterNode {
     leader_since_ms: Option<u64>,
     leases: BTreeMap<HostId, LeaseBook>,
     joins: BTreeMap<HostId, (HostInfo, bool)>,
+    /// Hosts (this one included) that asked to leave and are still Active.
+    leaves: BTreeSet<HostId>,
     ready_moves: BTreeSet<(u16, HostId)>,
     proposed_at_ms: Option<u64>,
     /// The last planner run: (epoch, hosts, finished moves) and its result if it changed
@@ -424,6 +440,7 @@ impl ClusterNode {
             leader_since_ms: None,
             leases: BTreeMap::new(),
             joins: BTreeMap::new(),
+            leaves: BTreeSet::new(),
             ready_moves: BTreeSet::new(),
             proposed_at_ms: None,
             plan_cache: None,
@@ -473,6 +490,22 @@ impl ClusterNode {
 
     pub fn is_expelled(&self) -> bool {
         self.expelled
+    }
+
+    /// This host's lease as `(epoch, until_ms)`: valid for the map of `epoch` until `until_ms`
+    /// of the caller's clock (0 = none yet). The driver hands it to the data plane each tick.
+    pub fn lease(&self) -> (u64, u64) {
+        (self.lease_epoch, self.lease_until_ms)
+    }
+
+    /// The replica count the planner uses: `max_replicas` set store-wide through the log
+    /// (`stategrid set max_replicas N --all`) wins over this host's start-up value.
+    fn max_replicas(&self, st: &ClusterState) -> u8 {
+        st.params
+            .get("max_replicas")
+            .and_then(|v| v.parse::<u8>().ok())
+            .filter(|&r| r <= super::map::REPLICAS_MAX)
+            .unwrap_or(self.cfg.max_replicas)
     }
 
     /// Whether this host holds a lease for the epoch of its installed map at `now_ms`.
@@ -552,6 +585,11 @@ impl ClusterNode {
                 self.on_lease_request(from, seq, applied_epoch)
             }
             PeerMsg::LeaseGrant { seq, epoch } => self.on_lease_grant(seq, epoch),
+            PeerMsg::LeaveRequest => {
+                if self.is_leader() && self.state.borrow().host(from).is_some() {
+                    self.leaves.insert(from);
+                }
+            }
             PeerMsg::MigrationDone { partitions } => {
                 if self.is_leader() {
                     for p in partitions {
@@ -603,6 +641,18 @@ impl ClusterNode {
         let leader = HostId(self.raw.raft.leader_id);
         if leader.0 == 0 || !member {
             return;
+        }
+        if self.leave_requested {
+            // Asked until the log says Leaving: a request lost on the way or to a deposed
+            // leader is simply sent again.
+            let state = self.state.borrow().host(me).map(|h| h.state);
+            match state {
+                Some(HostState::Active) | Some(HostState::Joining) if leader != me => {
+                    self.send(leader, PeerMsg::LeaveRequest)
+                }
+                Some(HostState::Active) | Some(HostState::Joining) => {}
+                _ => self.leave_requested = false,
+            }
         }
         if !self.cfg.witness {
             self.lease_seq += 1;
@@ -834,28 +884,45 @@ impl ClusterNode {
                 },
             );
         }
-        if self.leave_requested && st.host(me).is_some_and(|h| h.state == HostState::Active) {
-            self.leave_requested = false;
+        if self.leave_requested {
+            self.leaves.insert(me);
+        }
+        // Joining hosts stay in the set until Active; Leaving, Failed or gone ones are done.
+        self.leaves.retain(|id| {
+            st.host(*id)
+                .is_some_and(|h| matches!(h.state, HostState::Active | HostState::Joining))
+        });
+        if let Some(&id) = self
+            .leaves
+            .iter()
+            .find(|id| st.host(**id).is_some_and(|h| h.state == HostState::Active))
+        {
             return self.propose(
                 now_ms,
                 Command::SetHostState {
-                    id: me,
+                    id,
                     state: HostState::Leaving,
                 },
             );
         }
         // 5. The next map, once every failed host that still holds copies has no lease left.
         let ready: Vec<(u16, HostId)> = self.ready_moves.iter().copied().collect();
-        let fresh = self
-            .plan_cache
-            .as_ref()
-            .is_some_and(|(e, h, r, _)| *e == st.map.epoch && *h == st.hosts && *r == ready.len());
+        let max_replicas = self.max_replicas(&st);
+        let fresh = self.plan_cache.as_ref().is_some_and(|(e, h, r, m, _)| {
+            *e == st.map.epoch && *h == st.hosts && *r == ready.len() && *m == max_replicas
+        });
         if !fresh {
-            let next = plan_with_ready(&st.map, &st.hosts, self.cfg.max_replicas, &ready);
+            let next = plan_with_ready(&st.map, &st.hosts, max_replicas, &ready);
             let changed = (next.owners != st.map.owners).then_some(next.owners);
-            self.plan_cache = Some((st.map.epoch, st.hosts.clone(), ready.len(), changed));
+            self.plan_cache = Some((
+                st.map.epoch,
+                st.hosts.clone(),
+                ready.len(),
+                max_replicas,
+                changed,
+            ));
         }
-        if let Some(owners) = self.plan_cache.as_ref().and_then(|c| c.3.clone()) {
+        if let Some(owners) = self.plan_cache.as_ref().and_then(|c| c.4.clone()) {
             let waiting = st.map.owners.iter().any(|o| {
                 o.holders().any(|h| {
                     st.host(h).is_none_or(|x| x.state == HostState::Failed)
@@ -937,6 +1004,7 @@ impl ClusterNode {
         if !self.is_leader() {
             self.leader_since_ms = None;
             self.joins.clear();
+            self.leaves.clear();
         }
         self.compact();
     }
@@ -1018,3 +1086,7 @@ impl ClusterNode {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "node_tests.rs"]
+mod tests;

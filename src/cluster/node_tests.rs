@@ -1,0 +1,172 @@
+//! Small deterministic runs of a few [`ClusterNode`]s with instant, lossless delivery: the
+//! behaviour the real-process tests (`tests/control.rs`) found missing, pinned down here.
+//! (`tests/cluster_sim.rs` covers faults, loss and invariants.)
+
+use std::collections::VecDeque;
+
+use super::*;
+
+const TICK_MS: u64 = 10;
+
+struct Mini {
+    nodes: Vec<ClusterNode>,
+    now_ms: u64,
+    queue: VecDeque<(HostId, HostId, PeerMsg)>,
+}
+
+fn config(i: usize, max_replicas: u8) -> NodeConfig {
+    NodeConfig {
+        id: HostId(100 + i as u64),
+        addr: format!("10.0.0.{i}:2720/2721/2722"),
+        weight: 100,
+        witness: false,
+        max_replicas,
+        tick_ms: TICK_MS,
+        election_ticks: 10 + i,
+        heartbeat_ticks: 2,
+        lease_ms: 300,
+        lease_margin_ms: 20,
+        lease_renew_ms: 60,
+    }
+}
+
+impl Mini {
+    fn new(hosts: usize, max_replicas: u8) -> Mini {
+        let mut nodes = vec![ClusterNode::bootstrap(config(0, max_replicas), 0)];
+        for i in 1..hosts {
+            nodes.push(ClusterNode::joining(config(i, max_replicas)));
+        }
+        let mut m = Mini {
+            nodes,
+            now_ms: 0,
+            queue: VecDeque::new(),
+        };
+        let ids: Vec<HostId> = m.nodes.iter().map(|n| n.id()).collect();
+        for i in 0..hosts {
+            for &h in &ids {
+                if h != ids[i] {
+                    m.input(
+                        i,
+                        Input::Member {
+                            host: h,
+                            event: MemberEvent::Up,
+                        },
+                    );
+                }
+            }
+            if i > 0 {
+                m.input(i, Input::Join);
+            }
+        }
+        m
+    }
+
+    fn input(&mut self, i: usize, input: Input) {
+        let me = self.nodes[i].id();
+        let outs = self.nodes[i].handle(self.now_ms, input);
+        for o in outs {
+            match o {
+                Output::Send { to, msg } => self.queue.push_back((to, me, msg)),
+                Output::Migrate { partition, .. } => {
+                    // The data plane finishes at once: no objects to copy.
+                    self.input(i, Input::MigrationDone { partition });
+                }
+                Output::Installed(_) | Output::Expelled => {}
+            }
+        }
+    }
+
+    fn step(&mut self) {
+        self.now_ms += TICK_MS;
+        for i in 0..self.nodes.len() {
+            self.input(i, Input::Tick);
+        }
+        while let Some((to, from, msg)) = self.queue.pop_front() {
+            if let Some(i) = self.nodes.iter().position(|n| n.id() == to) {
+                self.input(i, Input::Peer { from, msg });
+            }
+        }
+    }
+
+    /// Steps until `done` holds (true) or `ms_max` of simulated time passed (false).
+    fn run_until(&mut self, ms_max: u64, done: impl Fn(&Mini) -> bool) -> bool {
+        let end = self.now_ms + ms_max;
+        while self.now_ms < end {
+            self.step();
+            if done(self) {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn leader(&self) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.is_leader())
+            .expect("a leader")
+    }
+
+    /// Every host active, every node on the same map, nothing pending.
+    fn settled(&self) -> bool {
+        let m = self.nodes[0].map();
+        self.nodes.iter().all(|n| {
+            n.map().epoch == m.epoch
+                && n.state().hosts.iter().all(|h| h.state == HostState::Active)
+                && n.state().hosts.len() == self.nodes.len()
+        }) && m.owners.iter().all(|o| o.pending().count() == 0)
+            && m.epoch > 0
+    }
+}
+
+#[test]
+fn a_follower_that_leaves_ends_up_owning_nothing() {
+    let mut m = Mini::new(3, 1);
+    assert!(m.run_until(20_000, Mini::settled), "the store settles");
+    let leader = m.leader();
+    let f = (leader + 1) % 3;
+    let fid = m.nodes[f].id();
+    assert!(m.nodes[f].map().primaries_of(fid) > 0);
+    m.input(f, Input::Leave);
+    let gone = m.run_until(20_000, |m| {
+        let n = &m.nodes[m.leader()];
+        n.state().host(fid).map(|h| h.state) == Some(HostState::Leaving)
+            && n.map().owners.iter().all(|o| o.role_of(fid).is_none())
+    });
+    assert!(gone, "{}", m.nodes[m.leader()].debug_status());
+}
+
+#[test]
+fn max_replicas_set_through_the_log_reaches_the_planner() {
+    let mut m = Mini::new(3, 1);
+    assert!(m.run_until(20_000, Mini::settled), "the store settles");
+    let replicas = |m: &Mini, n: usize| {
+        m.nodes[m.leader()]
+            .map()
+            .owners
+            .iter()
+            .all(|o| o.replicas().count() == n)
+    };
+    assert!(replicas(&m, 1));
+    // An invalid value is stored but ignored by the planner.
+    let l = m.leader();
+    m.input(
+        l,
+        Input::SetParam {
+            name: "max_replicas".into(),
+            value: "9".into(),
+        },
+    );
+    m.run_until(1000, |_| false);
+    assert!(replicas(&m, 1));
+    let l = m.leader();
+    m.input(
+        l,
+        Input::SetParam {
+            name: "max_replicas".into(),
+            value: "2".into(),
+        },
+    );
+    let two = m.run_until(20_000, |m| m.settled() && replicas(m, 2));
+    assert!(two, "{}", m.nodes[m.leader()].debug_status());
+}

@@ -1,0 +1,502 @@
+//! Failure detection and discovery: SWIM (foca) over UDP on `mgt_port`, plus the pure rules
+//! the control plane needs around it (the static `hosts` list, foca's tuning, and who
+//! bootstraps a new store).
+//!
+//! foca has no runtime: [`Swim`] feeds it datagrams and due timers and collects what it wants
+//! sent, scheduled and reported. Its membership events become [`SwimEvent`]s keyed by
+//! [`HostId`], which the control plane turns into `Input::Member` for the Raft node.
+//!
+//! # Identity
+//! A foca identity is `(host id, mgt address, start time, generation, flags)`. foca keys
+//! members by address (`Identity::Addr` = the mgt `SocketAddr`), so a host restarted on the
+//! same address (new random id, later start time) replaces its old identity; we report that
+//! as the old id down and the new one up. The flags say whether the host is already a member
+//! of a store ([`FLAG_IN_STORE`]), is a witness, or wants a store (auto_join or `join`); a flag
+//! change is published with `change_identity` (a higher generation wins the address).
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::num::{NonZeroU8, NonZeroUsize};
+use std::time::Duration;
+
+use foca::{AccumulatingRuntime, Config as FocaConfig, Foca, OwnedNotification, PostcardCodec};
+use foca::{NoCustomBroadcast, PeriodicParams, Timer};
+use rand_foca::SeedableRng;
+use rand_foca::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+
+use super::map::HostId;
+
+/// The host already belongs to a store (bootstrapped it, or its join was applied).
+pub const FLAG_IN_STORE: u8 = 1;
+/// A witness: a voter without data; never bootstraps a store.
+pub const FLAG_WITNESS: u8 = 2;
+/// The host wants to be in a store (auto_join 1, or `stategrid join` was run).
+pub const FLAG_WANTS_STORE: u8 = 4;
+
+/// Largest SWIM datagram foca produces and accepts (below a 1500-byte Ethernet MTU).
+pub const DATAGRAM_BYTES_MAX: usize = 1400;
+/// Static `hosts` entries at most (each is probed and announced to).
+pub const STATIC_HOSTS_MAX: usize = 256;
+/// Timers foca may have scheduled at once: a few per member; a bound against a bug looping.
+const TIMERS_MAX: usize = 4096;
+
+/// One host as SWIM knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Ident {
+    pub id: u64,
+    pub mgt: SocketAddr,
+    /// Wall-clock start time in milliseconds: a restarted host (same address) wins.
+    pub started_ms: u64,
+    /// Bumped by every identity change of one process.
+    pub generation: u16,
+    pub flags: u8,
+}
+
+impl Ident {
+    pub fn host(&self) -> HostId {
+        HostId(self.id)
+    }
+    pub fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+    /// A stand-in for a host known only by address (a static `hosts` entry, a multicast
+    /// sender): foca accepts an announce sent to any identity with its address.
+    pub fn placeholder(mgt: SocketAddr) -> Ident {
+        Ident {
+            id: 0,
+            mgt,
+            started_ms: 0,
+            generation: 0,
+            flags: 0,
+        }
+    }
+}
+
+impl foca::Identity for Ident {
+    type Addr = SocketAddr;
+
+    /// Declared down while alive (a false suspicion, a pause): come back under a newer
+    /// generation so SWIM sees the host again. Whether the store still has it is Raft's
+    /// decision (a host declared failed is expelled and must restart).
+    fn renew(&self) -> Option<Self> {
+        Some(Ident {
+            generation: self.generation.wrapping_add(1),
+            ..*self
+        })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.mgt
+    }
+
+    fn win_addr_conflict(&self, other: &Self) -> bool {
+        (self.started_ms, self.generation, self.id) > (other.started_ms, other.generation, other.id)
+    }
+}
+
+/// What SWIM reports, per host id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SwimEvent {
+    Up(Ident),
+    Down(HostId),
+}
+
+/// foca's settings for a store that must declare a dead host down within
+/// `failure_detection_ms`.
+///
+/// A dead host is noticed when some live host probes it: with every host probing one member
+/// per `probe_period` (round-robin over a shuffled list), the first probe of it comes within
+/// about one period; that probe fails at the end of its period (after the direct and indirect
+/// pings), the host is suspected, and declared down `suspect_to_down_after` later. So
+/// detection takes about `2 × probe_period + suspect_to_down_after`: with the period at 1/5 of
+/// the budget and the suspicion at 1/2, that is 0.9 of it, leaving a margin for scheduling.
+/// `probe_rtt` at 1/3 of the period leaves time for the indirect round. Gossip every
+/// period/3 spreads a suspicion fast enough for a live suspect to refute it.
+pub fn foca_config(failure_detection_ms: u64, expected_hosts: u32) -> FocaConfig {
+    assert!(
+        failure_detection_ms >= 300,
+        "config validation keeps it >= 300 ms"
+    );
+    let period_ms = failure_detection_ms / 5;
+    let mut c = FocaConfig::new_lan(std::num::NonZeroU32::new(expected_hosts.max(3)).unwrap());
+    c.probe_period = Duration::from_millis(period_ms);
+    c.probe_rtt = Duration::from_millis(period_ms / 3);
+    c.suspect_to_down_after = Duration::from_millis(failure_detection_ms / 2);
+    assert!(
+        2 * c.probe_period + c.suspect_to_down_after < Duration::from_millis(failure_detection_ms),
+        "detection must fit the budget"
+    );
+    c.max_packet_size = NonZeroUsize::new(DATAGRAM_BYTES_MAX).unwrap();
+    c.max_transmissions = NonZeroU8::new(8).unwrap();
+    c.notify_down_members = true;
+    c.periodic_gossip = Some(PeriodicParams {
+        frequency: Duration::from_millis((period_ms / 3).max(10)),
+        num_members: NonZeroUsize::new(3).unwrap(),
+    });
+    // Every few seconds ask one member for its member list: a host that joined through a
+    // different seed learns the rest of the store.
+    c.periodic_announce = Some(PeriodicParams {
+        frequency: Duration::from_secs(5),
+        num_members: NonZeroUsize::new(1).unwrap(),
+    });
+    c.periodic_announce_to_down_members = None;
+    c
+}
+
+/// Parses the `hosts` parameter: `ip:port` or bare `ip` (meaning `default_port`), separated
+/// by commas or whitespace. An error names the bad entry.
+pub fn parse_hosts(list: &str, default_port: u16) -> Result<Vec<SocketAddr>, String> {
+    let mut out = Vec::new();
+    for entry in list.split([',', ' ', '\t', '\n']).filter(|e| !e.is_empty()) {
+        let addr = if let Ok(a) = entry.parse::<SocketAddr>() {
+            a
+        } else if let Ok(ip) = entry.parse::<Ipv4Addr>() {
+            SocketAddr::new(ip.into(), default_port)
+        } else {
+            return Err(format!(
+                "'{entry}' is not a host: expected ip:mgt_port or ip, for example 10.0.0.2:2720"
+            ));
+        };
+        if addr.port() == 0 {
+            return Err(format!("'{entry}' has port 0: give the host's mgt_port"));
+        }
+        if !out.contains(&addr) {
+            out.push(addr);
+        }
+    }
+    if out.len() > STATIC_HOSTS_MAX {
+        return Err(format!(
+            "{} hosts listed; at most {STATIC_HOSTS_MAX} (the others are found through them)",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// What a host that is not in a store yet should do now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Keep looking.
+    Wait,
+    /// Create a new store with this host as its only member.
+    Bootstrap,
+    /// Ask the store's members to add this host.
+    Join,
+}
+
+/// The bootstrap rule (see `docs/cluster.md`, "Bootstrap or join").
+///
+/// - nothing can be discovered (no multicast, no static hosts): bootstrap at once;
+/// - any host found is already in a store: join it;
+/// - a witness never creates a store: it waits for one;
+/// - once `discovery_wait_ms` has passed: the host with the lowest id among itself and the
+///   found hosts that want a store and are not witnesses bootstraps; the others wait for it
+///   (it appears with [`FLAG_IN_STORE`], then they join).
+pub fn decide_start(
+    me: &Ident,
+    found: &[Ident],
+    elapsed_ms: u64,
+    discovery_wait_ms: u64,
+    can_discover: bool,
+) -> Start {
+    if found.iter().any(|h| h.has(FLAG_IN_STORE)) {
+        return Start::Join;
+    }
+    if me.has(FLAG_WITNESS) {
+        return Start::Wait;
+    }
+    if !can_discover {
+        return Start::Bootstrap;
+    }
+    if elapsed_ms < discovery_wait_ms {
+        return Start::Wait;
+    }
+    let lowest = found
+        .iter()
+        .filter(|h| h.has(FLAG_WANTS_STORE) && !h.has(FLAG_WITNESS))
+        .all(|h| me.id < h.id);
+    if lowest {
+        Start::Bootstrap
+    } else {
+        Start::Wait
+    }
+}
+
+type FocaT = Foca<Ident, PostcardCodec, StdRng, NoCustomBroadcast>;
+
+/// foca with its timers and the host table built from its notifications.
+pub struct Swim {
+    foca: FocaT,
+    rt: AccumulatingRuntime<Ident>,
+    /// (due ms, sequence) → timer.
+    timers: BTreeMap<(u64, u64), Timer<Ident>>,
+    timer_seq: u64,
+    /// Live hosts by id, with their current identity.
+    live: BTreeMap<HostId, Ident>,
+    events: Vec<SwimEvent>,
+}
+
+impl Swim {
+    pub fn new(me: Ident, cfg: FocaConfig, seed: u64) -> Swim {
+        Swim {
+            foca: Foca::new(me, cfg, StdRng::seed_from_u64(seed), PostcardCodec),
+            rt: AccumulatingRuntime::new(),
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            live: BTreeMap::new(),
+            events: Vec::new(),
+        }
+    }
+
+    pub fn me(&self) -> &Ident {
+        self.foca.identity()
+    }
+
+    /// Live hosts other than this one.
+    pub fn live(&self) -> impl Iterator<Item = &Ident> {
+        self.live.values()
+    }
+
+    pub fn addr_of(&self, id: HostId) -> Option<SocketAddr> {
+        self.live.get(&id).map(|i| i.mgt)
+    }
+
+    /// Sends an announce (a join request at the SWIM level) to whoever listens at `mgt`.
+    pub fn announce(&mut self, mgt: SocketAddr, now_ms: u64) {
+        if let Err(e) = self.foca.announce(Ident::placeholder(mgt), &mut self.rt) {
+            tracing::debug!("swim: announce to {mgt} failed: {e}");
+        }
+        self.drain(now_ms);
+    }
+
+    /// A datagram arrived. Junk from the network is expected on a UDP port: logged at debug.
+    pub fn on_datagram(&mut self, data: &[u8], from: SocketAddr, now_ms: u64) {
+        if let Err(e) = self.foca.handle_data(data, &mut self.rt) {
+            tracing::debug!("swim: datagram from {from} refused: {e}");
+        }
+        self.drain(now_ms);
+    }
+
+    /// Runs the timers due at `now_ms`.
+    pub fn on_time(&mut self, now_ms: u64) {
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now_ms {
+                break;
+            }
+            let t = entry.remove();
+            if let Err(e) = self.foca.handle_timer(t, &mut self.rt) {
+                tracing::debug!("swim: timer failed: {e}");
+            }
+            self.drain(now_ms);
+        }
+    }
+
+    /// Publishes new flags under a new generation.
+    pub fn set_flags(&mut self, flags: u8, now_ms: u64) {
+        let me = *self.foca.identity();
+        if me.flags == flags {
+            return;
+        }
+        let next = Ident {
+            flags,
+            generation: me.generation.wrapping_add(1),
+            ..me
+        };
+        if let Err(e) = self.foca.change_identity(next, &mut self.rt) {
+            tracing::warn!("swim: cannot publish flags {flags:#x}: {e}");
+        }
+        self.drain(now_ms);
+    }
+
+    /// Leaves the SWIM group politely (peers see us down at once instead of after a timeout).
+    pub fn leave(&mut self, now_ms: u64) {
+        if let Err(e) = self.foca.leave_cluster(&mut self.rt) {
+            tracing::debug!("swim: leave failed: {e}");
+        }
+        self.drain(now_ms);
+    }
+
+    /// Datagrams to send: `(to, bytes)`.
+    pub fn take_sends(&mut self) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Some((to, data)) = self.rt.to_send() {
+            out.push((to.mgt, data.to_vec()));
+        }
+        out
+    }
+
+    pub fn take_events(&mut self) -> Vec<SwimEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    fn drain(&mut self, now_ms: u64) {
+        while let Some((after, t)) = self.rt.to_schedule() {
+            if self.timers.len() >= TIMERS_MAX {
+                tracing::error!("swim: {TIMERS_MAX} timers pending; dropping one (a bug)");
+                continue;
+            }
+            self.timer_seq += 1;
+            let due = now_ms + after.as_millis() as u64;
+            self.timers.insert((due, self.timer_seq), t);
+        }
+        while let Some(n) = self.rt.to_notify() {
+            match n {
+                OwnedNotification::MemberUp(m) => self.up(m),
+                OwnedNotification::MemberDown(m) => self.down(m.host()),
+                OwnedNotification::Rename(old, new) => {
+                    if old.id != new.id {
+                        // A restart on the same address: the old incarnation is gone.
+                        self.down(old.host());
+                    }
+                    if self.live.contains_key(&old.host()) || old.id != new.id {
+                        self.up(new);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn up(&mut self, m: Ident) {
+        if m.id == 0 || m.id == self.foca.identity().id {
+            return;
+        }
+        let changed = self.live.insert(m.host(), m) != Some(m);
+        if changed {
+            self.events.push(SwimEvent::Up(m));
+        }
+    }
+
+    fn down(&mut self, h: HostId) {
+        if self.live.remove(&h).is_some() {
+            self.events.push(SwimEvent::Down(h));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ident(id: u64, flags: u8) -> Ident {
+        Ident {
+            id,
+            mgt: format!("127.0.0.{}:2720", id % 250 + 1).parse().unwrap(),
+            started_ms: 1,
+            generation: 0,
+            flags,
+        }
+    }
+
+    #[test]
+    fn hosts_lists_parse_and_name_the_bad_entry() {
+        assert_eq!(parse_hosts("", 2720).unwrap(), Vec::<SocketAddr>::new());
+        assert_eq!(
+            parse_hosts("127.0.0.2:30, 127.0.0.3 127.0.0.2:30", 2720).unwrap(),
+            vec![
+                "127.0.0.2:30".parse::<SocketAddr>().unwrap(),
+                "127.0.0.3:2720".parse::<SocketAddr>().unwrap()
+            ]
+        );
+        let e = parse_hosts("127.0.0.2:30,bogus:1", 2720).unwrap_err();
+        assert!(e.contains("'bogus:1'"), "{e}");
+        let e = parse_hosts("10.0.0.1:0", 2720).unwrap_err();
+        assert!(e.contains("port 0"), "{e}");
+        let many: Vec<String> = (0..300)
+            .map(|i| format!("10.0.{}.{}:1", i / 200, i % 200))
+            .collect();
+        assert!(
+            parse_hosts(&many.join(","), 1)
+                .unwrap_err()
+                .contains("at most")
+        );
+    }
+
+    #[test]
+    fn bootstrap_rule() {
+        let want = FLAG_WANTS_STORE;
+        let me = ident(5, want);
+        // Nothing to discover: at once.
+        assert_eq!(decide_start(&me, &[], 0, 1000, false), Start::Bootstrap);
+        // Looking: wait out the discovery time, then the lowest id bootstraps.
+        assert_eq!(decide_start(&me, &[], 10, 1000, true), Start::Wait);
+        assert_eq!(decide_start(&me, &[], 1000, 1000, true), Start::Bootstrap);
+        let higher = [ident(9, want), ident(7, want)];
+        assert_eq!(
+            decide_start(&me, &higher, 1000, 1000, true),
+            Start::Bootstrap
+        );
+        let lower = [ident(9, want), ident(3, want)];
+        assert_eq!(decide_start(&me, &lower, 5000, 1000, true), Start::Wait);
+        // A lower host that does not want a store, or a witness, does not hold us back.
+        let idle = [ident(3, 0), ident(2, want | FLAG_WITNESS)];
+        assert_eq!(decide_start(&me, &idle, 1000, 1000, true), Start::Bootstrap);
+        // Any host in a store: join, even before the wait ends, even if we are lowest.
+        let store = [ident(9, want | FLAG_IN_STORE)];
+        assert_eq!(decide_start(&me, &store, 0, 1000, true), Start::Join);
+        // A witness never bootstraps, even alone.
+        let w = ident(1, want | FLAG_WITNESS);
+        assert_eq!(decide_start(&w, &[], 5000, 1000, false), Start::Wait);
+        assert_eq!(decide_start(&w, &store, 0, 1000, true), Start::Join);
+    }
+
+    #[test]
+    fn detection_fits_the_budget() {
+        for ms in [300, 1500, 60_000] {
+            let c = foca_config(ms, 3);
+            assert!(c.probe_rtt < c.probe_period);
+            assert!(2 * c.probe_period + c.suspect_to_down_after < Duration::from_millis(ms));
+        }
+    }
+
+    /// Three foca instances exchanging datagrams in memory: they find each other through one
+    /// seed, and a silent one is reported down within the detection budget.
+    #[test]
+    fn members_find_each_other_and_a_silent_one_goes_down() {
+        let budget_ms = 1500;
+        let ids: Vec<Ident> = (1..=3).map(|i| ident(i, FLAG_WANTS_STORE)).collect();
+        let mut swims: Vec<Swim> = ids
+            .iter()
+            .map(|i| Swim::new(*i, foca_config(budget_ms, 3), i.id))
+            .collect();
+        let mut alive = [true; 3];
+        let mut now = 0u64;
+        swims[1].announce(ids[0].mgt, now);
+        swims[2].announce(ids[0].mgt, now);
+        let mut down_at = None;
+        let mut events: Vec<Vec<SwimEvent>> = vec![Vec::new(); 3];
+        while now < 10_000 {
+            now += 5;
+            if now == 3000 {
+                alive[2] = false;
+            }
+            for i in 0..3 {
+                if !alive[i] {
+                    continue;
+                }
+                swims[i].on_time(now);
+                for (to, data) in swims[i].take_sends() {
+                    if let Some(j) = ids.iter().position(|x| x.mgt == to)
+                        && alive[j]
+                    {
+                        let from = ids[i].mgt;
+                        swims[j].on_datagram(&data, from, now);
+                    }
+                }
+                events[i].extend(swims[i].take_events());
+            }
+            if now == 2995 {
+                for s in &swims {
+                    assert_eq!(s.live().count(), 2, "everyone sees the other two");
+                }
+            }
+            if now > 3000 && down_at.is_none() && events[0].contains(&SwimEvent::Down(HostId(3))) {
+                down_at = Some(now - 3000);
+            }
+        }
+        let took = down_at.expect("host 3 reported down");
+        // Not a timing assertion on wall time: this is simulated time, deterministic.
+        assert!(took <= budget_ms, "declared down after {took} ms");
+    }
+}
