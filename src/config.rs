@@ -69,6 +69,15 @@ pub enum ConfigError {
     Inconsistent(String),
 }
 
+/// `STATEGRID_*` variables that are not parameters: the control program's addresses, the log
+/// filter and the simulation's seed. A shell that sets them for the CLI can still run `serve`.
+const ENV_NOT_PARAMS: &[&str] = &[
+    "STATEGRID_HOST",
+    "STATEGRID_MGT",
+    "STATEGRID_LOG",
+    "STATEGRID_SIM_SEED",
+];
+
 /// All parameters, typed. Field names follow the parameter names.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -203,7 +212,7 @@ impl Config {
         }
         let mut env: Vec<(String, String)> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with("STATEGRID_") && k != "STATEGRID_HOST")
+            .filter(|(k, _)| k.starts_with("STATEGRID_") && !ENV_NOT_PARAMS.contains(&k.as_str()))
             .collect();
         env.sort();
         for (k, v) in env {
@@ -684,6 +693,10 @@ mod tests {
         let env = vec![
             ("STATEGRID_SVR_PORT".to_string(), "3001".to_string()),
             ("STATEGRID_HOST".to_string(), "ignored:1".to_string()),
+            // Before this was excluded, `STATEGRID_LOG=debug stategrid serve` refused to start
+            // ("unknown parameter 'log'").
+            ("STATEGRID_LOG".to_string(), "debug".to_string()),
+            ("STATEGRID_MGT".to_string(), "ignored:2".to_string()),
             ("PATH".to_string(), "/bin".to_string()),
         ];
         let sets = vec![("lock_timeout".to_string(), "20".to_string())];

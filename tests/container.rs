@@ -33,6 +33,17 @@ const OFFLINE_TAG: &str = "stategrid:test";
 /// The image under test: `SG_TEST_IMAGE` if set (for example one made with `docker build .`
 /// on a machine with a registry; used as it is), else [`OFFLINE_TAG`], built from this test
 /// build's binary.
+/// Containers of this file run one at a time. io_uring charges the memory it pins to the
+/// user (root, for every container here) against RLIMIT_MEMLOCK, and where the daemon may not
+/// raise that limit each server plans its rings to use all of it: two at once made the second
+/// fail with ENOMEM. A real deployment runs one host per machine.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn image() -> &'static str {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE.get_or_init(|| std::env::var("SG_TEST_IMAGE").unwrap_or_else(|_| OFFLINE_TAG.into()))
@@ -348,6 +359,7 @@ const PROFILE: &str = "seccomp=deploy/seccomp-io_uring.json";
 
 #[test]
 fn without_io_uring_the_server_exits_with_the_preflight_fix() {
+    let _serial = serial();
     let Some(env) = env() else { return };
     let started = Instant::now();
     let mut cleanup = Cleanup::default();
@@ -457,6 +469,7 @@ fn without_io_uring_the_server_exits_with_the_preflight_fix() {
 
 #[test]
 fn with_the_profile_it_serves_checks_health_and_stops_cleanly() {
+    let _serial = serial();
     let Some(env) = env() else { return };
     let started = Instant::now();
     let mut cleanup = Cleanup::default();
@@ -560,6 +573,7 @@ fn with_the_profile_it_serves_checks_health_and_stops_cleanly() {
 
 #[test]
 fn the_params_file_and_environment_configure_the_container() {
+    let _serial = serial();
     let Some(env) = env() else { return };
     let mut cleanup = Cleanup::default();
     let tmp = tempfile::tempdir().unwrap();
@@ -640,6 +654,7 @@ fn the_offline_image_declares_what_the_dockerfile_declares() {
 
 #[test]
 fn the_compose_files_are_valid_and_the_bridge_store_starts_healthy() {
+    let _serial = serial();
     let Some(env) = env() else { return };
     let Some(compose) = compose_command() else {
         assert!(

@@ -100,6 +100,7 @@ fn start_stategrid(shards: u32) -> Stategrid {
             .args(["--set", &format!("svr_port={port}")])
             .args(["--set", &format!("mgt_port={}", free_port())])
             .args(["--set", &format!("int_port={}", free_port())])
+            .args(["--set", "use_multicast=0"])
             .args(["--set", &format!("log_dir={}", dir.join("log").display())])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

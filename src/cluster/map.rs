@@ -167,6 +167,11 @@ impl Owners {
             .map(|i| self.ids[i])
     }
 
+    /// Every host with a copy in any role: where a change must go.
+    pub fn copies(&self) -> impl Iterator<Item = HostId> + '_ {
+        self.ids[..self.len as usize].iter().copied()
+    }
+
     /// Hosts that hold the partition's data (full and outgoing).
     pub fn holders(&self) -> impl Iterator<Item = HostId> + '_ {
         (0..self.len as usize)

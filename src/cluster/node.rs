@@ -1056,6 +1056,10 @@ impl ClusterNode {
             assert!(epoch > self.map.epoch, "epochs only grow");
             self.map = Rc::new(self.state.borrow().map.clone());
             self.out.push(Output::Installed(self.map.clone()));
+            // Ask for a lease on the new epoch at the next tick rather than at the next
+            // renewal: partitions that changed primary wait for it, and the leader grants an
+            // epoch only once every host has reported it, which this request does.
+            self.last_renew_ms = None;
             for (p, o) in self.map.owners.iter().enumerate() {
                 if o.pending().any(|h| h == me) && !self.migrations_done.contains(&(p as u16)) {
                     let from = o.primary().expect("a pending copy has a holder");

@@ -20,7 +20,11 @@ use super::map::{HostId, HostInfo, Owners, PARTITIONS};
 /// compare lease ends against it).
 pub fn now_ms() -> u64 {
     static START: OnceLock<std::time::Instant> = OnceLock::new();
-    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1
 }
 
 /// Where a host listens: one address, its management, client and internal ports.
@@ -58,7 +62,8 @@ impl fmt::Display for HostAddr {
 impl FromStr for HostAddr {
     type Err = String;
     fn from_str(s: &str) -> Result<HostAddr, String> {
-        let bad = || format!("'{s}' is not a host address (expected ip:mgt_port/svr_port/int_port)");
+        let bad =
+            || format!("'{s}' is not a host address (expected ip:mgt_port/svr_port/int_port)");
         let (ip, ports) = s.split_once(':').ok_or_else(bad)?;
         let mut it = ports.split('/').map(|p| p.parse::<u16>());
         let (Some(Ok(mgt_port)), Some(Ok(svr_port)), Some(Ok(int_port)), None) =
@@ -96,7 +101,11 @@ impl View {
     }
 
     pub fn check(&self) {
-        assert_eq!(self.owners.len(), PARTITIONS, "a view covers every partition");
+        assert_eq!(
+            self.owners.len(),
+            PARTITIONS,
+            "a view covers every partition"
+        );
     }
 }
 
@@ -233,7 +242,13 @@ mod tests {
         let a: HostAddr = "127.0.0.2:2720/2721/2722".parse().unwrap();
         assert_eq!(a.svr(), "127.0.0.2:2721".parse::<SocketAddr>().unwrap());
         assert_eq!(a.to_string(), "127.0.0.2:2720/2721/2722");
-        for bad in ["127.0.0.2", "127.0.0.2:1/2", "x:1/2/3", "1.2.3.4:1/2/3/4", "1.2.3.4:1/2/99999"] {
+        for bad in [
+            "127.0.0.2",
+            "127.0.0.2:1/2",
+            "x:1/2/3",
+            "1.2.3.4:1/2/3/4",
+            "1.2.3.4:1/2/99999",
+        ] {
             assert!(bad.parse::<HostAddr>().is_err(), "{bad}");
         }
     }

@@ -15,6 +15,8 @@ pub enum Op {
     Accept = 1,
     Recv = 2,
     Send = 3,
+    /// An outgoing connection to another host's `int_port` completed (or failed).
+    Connect = 4,
 }
 
 /// user_data layout: op (8 bits) | connection slot (24 bits) | slot generation (32 bits).
@@ -37,6 +39,7 @@ impl Token {
             1 => Some(Op::Accept),
             2 => Some(Op::Recv),
             3 => Some(Op::Send),
+            4 => Some(Op::Connect),
             _ => None,
         }
     }
@@ -152,6 +155,24 @@ impl Ring {
             .build()
             .user_data(token.0);
         // SAFETY: accept writes no user memory (no sockaddr requested).
+        unsafe { self.push(&sqe) };
+    }
+
+    /// Connects `fd` (a nonblocking stream socket) to the address at `addr`.
+    ///
+    /// # Safety
+    /// `addr..addr+len` must stay valid until the completion.
+    pub unsafe fn connect(
+        &mut self,
+        fd: RawFd,
+        addr: *const libc::sockaddr,
+        len: libc::socklen_t,
+        token: Token,
+    ) {
+        let sqe = opcode::Connect::new(types::Fd(fd), addr, len)
+            .build()
+            .user_data(token.0);
+        // SAFETY: forwarded from the caller.
         unsafe { self.push(&sqe) };
     }
 

@@ -110,6 +110,11 @@ pub fn route(req: &ArchivedRequest, me: usize, shards: usize) -> Route {
             me,
             shards,
         ),
+        // Host-to-host partition requests go to the partition's shard.
+        ArchivedRequest::MigratePull { partition, .. }
+        | ArchivedRequest::MigrateEnd { partition, .. } => {
+            to(owner_shard(partition.to_native() % PARTITIONS, shards))
+        }
         ArchivedRequest::Hello { .. } => Route::Local,
         _ => Route::Local,
     }

@@ -80,7 +80,9 @@ pub fn serve(params_file: Option<PathBuf>, sets: Vec<(String, String)>) -> i32 {
     } else {
         cfg.shards as usize
     };
-    let plan = match preflight::check(shards as u32, cfg.io_memory_bytes) {
+    // One glommio executor per shard plus the control plane's: the locked-memory budget is
+    // planned for all of them (the control plane's, with less io memory, fits in its share).
+    let plan = match preflight::check(shards as u32 + 1, cfg.io_memory_bytes) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("stategrid: {e}");
@@ -133,6 +135,30 @@ fn run(
             )
         })?);
     }
+    // int_port: other hosts' replication, migration and relayed requests, one SO_REUSEPORT
+    // listener per shard as for clients.
+    let int_addr = SocketAddr::new(cfg.net_interface.into(), cfg.int_port);
+    probe_port(int_addr).map_err(|e| {
+        (
+            exit::BIND,
+            format!("cannot listen on {int_addr} (int_port / net_interface): {e}. Is another stategrid using it? Choose another port with --set int_port=N"),
+        )
+    })?;
+    let mut int_listeners = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        int_listeners.push(listen(int_addr).map_err(|e| {
+            (
+                exit::BIND,
+                format!("cannot listen on {int_addr} (int_port / net_interface): {e}"),
+            )
+        })?);
+    }
+    let plane = Arc::new(crate::cluster::plane::Plane::new(shards));
+    let control = crate::cluster::control::start(
+        cfg.clone(),
+        plane.clone(),
+        crate::cluster::control::ControlRole::Host,
+    )?;
     let shared = Arc::new(Shared {
         shutdown: AtomicBool::new(false),
         drained: AtomicUsize::new(0),
@@ -156,12 +182,14 @@ fn run(
     let (waker_tx, waker_rx) = std::sync::mpsc::channel::<Result<RingWaker, String>>();
     let memory_per_shard = cfg.max_memory_bytes / shards as u64;
     let mut handles = Vec::with_capacity(shards);
-    for (id, (listener, (tx_row, rx_row))) in listeners
+    for (id, ((listener, int_listener), (tx_row, rx_row))) in listeners
         .into_iter()
+        .zip(int_listeners)
         .zip(senders.into_iter().zip(receivers))
         .enumerate()
     {
         let cfg = cfg.clone();
+        let plane = plane.clone();
         let shared = shared.clone();
         let waker_tx = waker_tx.clone();
         let cpu = cpus[id % cpus.len()];
@@ -179,6 +207,8 @@ fn run(
                     }
                 };
                 let _ = waker_tx.send(Ok(ring.waker()));
+                let plane_waker = ring.waker();
+                plane.add_waker(Box::new(move || plane_waker.wake()));
                 let limits = StoreLimits {
                     object_bytes_max: cfg.object_bytes_max as u32,
                     key_bytes_max: cfg.key_bytes_max,
@@ -201,6 +231,8 @@ fn run(
                     core,
                     ring,
                     listener,
+                    int_listener,
+                    plane,
                     shared.clone(),
                 )));
                 // Connect the mesh: every connect waits for its peer, so run them together.
@@ -261,6 +293,14 @@ fn run(
             Err(_) => return Err((exit::RUNTIME, "a shard stopped during start-up".into())),
         }
     }
+    // A lone host with nothing to discover forms its store at once: say "serving" only when
+    // it can serve keyed requests, so scripts that wait for the line need no retries.
+    if cfg.auto_join && !cfg.use_multicast && cfg.hosts.trim().is_empty() {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while plane.view().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
     tracing::info!(
         "stategrid {} serving on {addr}: {shards} shards, max_memory {} bytes, log_dir {}",
         env!("CARGO_PKG_VERSION"),
@@ -274,6 +314,7 @@ fn run(
             failed = true;
         }
     }
+    control.shutdown();
     if failed {
         return Err((exit::RUNTIME, "a shard failed; see the log".into()));
     }

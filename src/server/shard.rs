@@ -22,6 +22,10 @@ use stategrid_proto::{
     Response, codec, frame,
 };
 
+mod hosts;
+
+use hosts::{AnswerTo, ConnKind, Expect, HostRoute, Hosts};
+
 use super::exec::{Core, Route, Sink, VecSink};
 use super::gather::{self, Gather};
 use super::{Msg, Shared};
@@ -81,6 +85,13 @@ struct Conn {
     close_after_flush: bool,
     /// When the partial frame at the front of `rbuf` began arriving.
     partial_since_ms: Option<u64>,
+    kind: ConnKind,
+    /// A link whose connect has not completed (nothing is sent before).
+    connecting: bool,
+    /// A link's requests awaiting answers, in order: (link request id, what it is for).
+    expect: VecDeque<(u32, Expect)>,
+    /// A link's peer address, kept alive for the connect SQE.
+    peer_addr: Option<Box<socket2::SockAddr>>,
 }
 
 impl Conn {
@@ -102,6 +113,7 @@ pub struct Shard {
     pub now_ms: u64,
     draining: bool,
     completions: Vec<Completion>,
+    hosts: Hosts,
 }
 
 fn now_ms() -> u64 {
@@ -112,7 +124,14 @@ fn now_ms() -> u64 {
 }
 
 impl Shard {
-    pub fn new(core: Core, ring: Ring, listener: socket2::Socket, shared: Arc<Shared>) -> Shard {
+    pub fn new(
+        core: Core,
+        ring: Ring,
+        listener: socket2::Socket,
+        int_listener: socket2::Socket,
+        plane: Arc<crate::cluster::plane::Plane>,
+        shared: Arc<Shared>,
+    ) -> Shard {
         let shards = core.shards;
         Shard {
             core,
@@ -128,6 +147,7 @@ impl Shard {
             now_ms: now_ms(),
             draining: false,
             completions: Vec::with_capacity(1024),
+            hosts: Hosts::new(plane, int_listener),
         }
     }
 
@@ -138,6 +158,7 @@ impl Shard {
     pub fn start_accepting(&mut self) {
         let fd = self.listener.as_ref().expect("listener").as_raw_fd();
         self.ring.accept_multi(fd, Token::new(Op::Accept, 0, 0));
+        self.start_accepting_int();
     }
 
     // ---- the ring driver ------------------------------------------------------------------
@@ -145,6 +166,7 @@ impl Shard {
     /// One pass: submit, reap, handle. Returns how many completions were handled.
     fn pass(&mut self) -> usize {
         self.now_ms = now_ms();
+        self.cluster_pass();
         if let Err(e) = self.ring.enter() {
             tracing::error!(shard = self.core.shard, "io_uring enter failed: {e}");
         }
@@ -160,6 +182,10 @@ impl Shard {
         let n = batch.len();
         self.completions = batch;
         if n > 0 {
+            // Answers from other hosts may have freed room for migration streams.
+            self.cluster_pass();
+        }
+        if n > 0 {
             // Hand the sends and receives these completions queued to the kernel now.
             if let Err(e) = self.ring.enter() {
                 tracing::error!(shard = self.core.shard, "io_uring enter failed: {e}");
@@ -173,15 +199,23 @@ impl Shard {
             Some(Op::Accept) => self.on_accept(c),
             Some(Op::Recv) => self.on_recv(c),
             Some(Op::Send) => self.on_send(c),
+            Some(Op::Connect) => self.on_connect(c),
             None => {}
         }
     }
 
     fn on_accept(&mut self, c: Completion) {
+        // Token slot 1: the `int_port` listener (other hosts); 0: `svr_port` (clients).
+        let internal = c.token.slot() == 1;
         if c.result >= 0 {
             // SAFETY: the kernel handed us this new descriptor.
             let fd = unsafe { OwnedFd::from_raw_fd(c.result) };
-            self.add_conn(fd);
+            let kind = if internal {
+                ConnKind::Internal
+            } else {
+                ConnKind::Client
+            };
+            self.add_conn_kind(fd, kind);
         } else if !self.draining && c.result != -libc::ECANCELED {
             tracing::warn!(
                 shard = self.core.shard,
@@ -191,13 +225,19 @@ impl Shard {
         }
         if !c.more() && !self.draining && self.listener.is_some() {
             // The multishot accept ended (an error or a full CQ): arm it again.
-            self.start_accepting();
+            if internal {
+                self.start_accepting_int();
+            } else {
+                let fd = self.listener.as_ref().expect("listener").as_raw_fd();
+                self.ring.accept_multi(fd, Token::new(Op::Accept, 0, 0));
+            }
         }
     }
 
-    fn add_conn(&mut self, fd: OwnedFd) {
+    /// Adds a connection; None when refused (draining, or too many).
+    fn add_conn_kind(&mut self, fd: OwnedFd, kind: ConnKind) -> Option<u32> {
         if self.draining {
-            return;
+            return None;
         }
         let max = self.core.cfg.connections_per_shard_max as usize;
         if self.conns.len() >= max || self.conns.len() >= Token::SLOTS_MAX as usize {
@@ -222,7 +262,7 @@ impl Shard {
                 shard = self.core.shard,
                 "refused a connection: connections_per_shard_max ({max}) reached"
             );
-            return;
+            return None;
         }
         let one: libc::c_int = 1;
         // SAFETY: setsockopt on our socket with a valid int option.
@@ -251,10 +291,17 @@ impl Shard {
             read_closed: false,
             close_after_flush: false,
             partial_since_ms: None,
+            kind,
+            connecting: false,
+            expect: VecDeque::new(),
+            peer_addr: None,
         });
         let slot = self.conns.insert(conn) as u32;
         self.core.connections = self.conns.len() as u64;
-        self.want_recv(slot);
+        if !matches!(kind, ConnKind::Outbound(_)) {
+            self.want_recv(slot);
+        }
+        Some(slot)
     }
 
     fn conn_mut(&mut self, slot: u32, generation: u32) -> Option<&mut Conn> {
@@ -272,7 +319,12 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(slot as usize) else {
             return;
         };
-        if conn.recv_inflight || conn.read_closed || conn.close_after_flush || draining {
+        if conn.recv_inflight
+            || conn.read_closed
+            || conn.close_after_flush
+            || conn.connecting
+            || (draining && !matches!(conn.kind, ConnKind::Outbound(_)))
+        {
             return;
         }
         // Backpressure: a client that does not read its answers stops being read.
@@ -312,7 +364,11 @@ impl Shard {
             return;
         }
         conn.rbuf.advance(c.result as usize);
-        self.process_frames(slot, generation);
+        if matches!(conn.kind, ConnKind::Outbound(_)) {
+            self.process_answers(slot, generation);
+        } else {
+            self.process_frames(slot, generation);
+        }
         let recv_bytes = self.core.cfg.recv_buffer_bytes as usize;
         let Some(conn) = self.conn_mut(slot, generation) else {
             return;
@@ -496,12 +552,91 @@ impl Shard {
             let max = self.core.cfg.object_bytes_max;
             return self.respond_in_order(slot, |s| s.error(id, ErrorCode::ObjectTooLarge, max));
         }
+        let internal = self.conns[slot as usize].kind == ConnKind::Internal;
+        if req.is_internal() && !internal {
+            return self.respond_in_order(slot, |s| {
+                s.respond(
+                    id,
+                    &Response::Error(ErrorReply::with_message(
+                        ErrorCode::Forbidden,
+                        0,
+                        format!(
+                            "{} is a host-to-host request; send it to int_port",
+                            req.name()
+                        ),
+                    )),
+                    &[],
+                )
+            });
+        }
+        if matches!(req, ArchivedRequest::GetMap) {
+            let resp = self.map_response();
+            return self.respond_in_order(slot, |s| s.respond(id, &resp, &[]));
+        }
+        if let Some(why) = self.multi_host_refusal(req) {
+            return self.respond_in_order(slot, |s| {
+                s.respond(
+                    id,
+                    &Response::Error(ErrorReply::with_message(ErrorCode::Unsupported, 0, why)),
+                    &[],
+                )
+            });
+        }
+        // The host that serves a keyed request: this one, or the partition's primary.
+        let mut partition = None;
+        if let (Some(k), false) = (req.key(), req.is_internal()) {
+            let p = stategrid_proto::partition_of(stategrid_proto::key_hash(
+                k.ns.to_native(),
+                k.key.as_slice(),
+            )) as usize;
+            partition = Some(p);
+            match self.host_route(p, internal) {
+                HostRoute::Here => {}
+                HostRoute::Remote(host) => {
+                    let Some(seq) = self.reserve(slot, id, Slot::Forwarded) else {
+                        return;
+                    };
+                    return self.relay(
+                        host,
+                        slot,
+                        generation,
+                        seq,
+                        id,
+                        &frame_start[..frame_bytes],
+                    );
+                }
+                HostRoute::Refuse(code, detail) => {
+                    return self.respond_in_order(slot, |s| s.error(id, code, detail));
+                }
+            }
+        }
         let (me, shards) = (self.core.shard, self.core.shards);
         let route = match req {
             ArchivedRequest::Stats => Route::All,
             _ => super::exec::route(req, me, shards),
         };
         match route {
+            Route::Local if req.is_internal() => {
+                let mut bytes = Vec::new();
+                self.execute_internal(req, value, id, &mut VecSink(&mut bytes));
+                self.push_answer(slot, bytes);
+            }
+            Route::Local
+                if partition.is_some_and(|p| self.hosts.replicated(p))
+                    && !hosts::read_only(req) =>
+            {
+                let Some(seq) = self.reserve(slot, id, Slot::Forwarded) else {
+                    return;
+                };
+                let to = AnswerTo::Conn {
+                    slot,
+                    generation,
+                    seq,
+                };
+                if let Some(answer) = self.execute_replicated(req, value, id, to) {
+                    self.fill_slot(slot, generation, seq, 0, answer);
+                }
+            }
             Route::Local => {
                 let now = self.now_ms;
                 let core = &mut self.core;
@@ -697,7 +832,7 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(slot as usize) else {
             return;
         };
-        if conn.send_inflight || conn.filling.is_empty() {
+        if conn.send_inflight || conn.filling.is_empty() || conn.connecting {
             return;
         }
         std::mem::swap(&mut conn.sending, &mut conn.filling);
@@ -752,6 +887,8 @@ impl Shard {
         };
         let done_reading = conn.read_closed || conn.close_after_flush || self.draining;
         let idle = !conn.send_inflight
+            && !conn.connecting
+            && (conn.expect.is_empty() || conn.read_closed)
             && conn.filling.is_empty()
             && conn.waiting == 0
             && conn.slots.is_empty();
@@ -764,8 +901,9 @@ impl Shard {
             unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_RDWR) };
             return;
         }
-        self.conns.remove(slot as usize);
+        let mut conn = self.conns.remove(slot as usize);
         self.core.connections = self.conns.len() as u64;
+        self.link_closed(&mut conn);
     }
 
     // ---- between shards --------------------------------------------------------------------
@@ -811,6 +949,13 @@ impl Shard {
     /// Serves a frame forwarded from another shard (or a local part of a gather); the answer
     /// is a whole frame. Costs a copy of any value read, since it crosses threads.
     fn execute_frame(&mut self, frame: &AlignedBuf) -> Vec<u8> {
+        self.execute_frame_to(frame, None)
+            .expect("an answer is deferred only when a target is given")
+    }
+
+    /// As [`Shard::execute_frame`]; a change that must be replicated first answers later, to
+    /// `to` (then None is returned).
+    fn execute_frame_to(&mut self, frame: &AlignedBuf, to: Option<AnswerTo>) -> Option<Vec<u8>> {
         let mut out = Vec::with_capacity(256);
         let p = match frame::parse(frame.as_slice(), usize::MAX) {
             Ok(Some(p)) => p,
@@ -825,10 +970,29 @@ impl Shard {
                     )),
                     &[],
                 );
-                return out;
+                return Some(out);
             }
         };
         match codec::decode_request(p.archive) {
+            Ok(req) if req.is_internal() => {
+                self.execute_internal(req, p.value, p.header.request_id, &mut VecSink(&mut out));
+            }
+            Ok(req)
+                if to.is_some()
+                    && !hosts::read_only(req)
+                    && req.key().is_some_and(|k| {
+                        self.hosts.replicated(stategrid_proto::partition_of(
+                            stategrid_proto::key_hash(k.ns.to_native(), k.key.as_slice()),
+                        ) as usize)
+                    }) =>
+            {
+                return self.execute_replicated(
+                    req,
+                    p.value,
+                    p.header.request_id,
+                    to.expect("checked"),
+                );
+            }
             Ok(req) => {
                 let now = self.now_ms;
                 self.core.execute(
@@ -850,7 +1014,7 @@ impl Shard {
                 &[],
             ),
         }
-        out
+        Some(out)
     }
 
     pub fn on_msg(&mut self, msg: Msg) {
@@ -864,17 +1028,25 @@ impl Shard {
                 part,
                 frame,
             } => {
-                let answer = self.execute_frame(&frame);
-                self.send_to(
+                let to = AnswerTo::Shard {
                     origin,
-                    Msg::Reply {
-                        conn,
-                        generation,
-                        seq,
-                        part,
-                        frame: answer,
-                    },
-                );
+                    conn,
+                    generation,
+                    seq,
+                    part,
+                };
+                if let Some(answer) = self.execute_frame_to(&frame, Some(to)) {
+                    self.send_to(
+                        origin,
+                        Msg::Reply {
+                            conn,
+                            generation,
+                            seq,
+                            part,
+                            frame: answer,
+                        },
+                    );
+                }
             }
             Msg::Reply {
                 conn,
@@ -884,6 +1056,9 @@ impl Shard {
                 frame,
             } => self.on_reply(conn, generation, seq, part, frame),
         }
+        // A message may have started a migration stream or a pull: drive it now, not at the
+        // next ring completion (there may be none for a while).
+        self.cluster_pass();
         self.ring.submit();
     }
 
@@ -964,6 +1139,9 @@ impl Shard {
         self.now_ms = now_ms();
         let now = self.now_ms;
         self.core.store.sweep(now, SWEEP_SLOTS_PER_TICK);
+        self.publish_counters();
+        self.expire_pending();
+        self.cluster_pass();
         let timeout = self.core.cfg.frame_timeout_ms;
         let stuck: Vec<u32> = self
             .conns
@@ -995,7 +1173,8 @@ impl Shard {
             return;
         }
         self.draining = true;
-        if let Some(l) = self.listener.take() {
+        let listeners = [self.listener.take(), self.hosts.int_listener.take()];
+        for l in listeners.into_iter().flatten() {
             // Closing the socket alone would not end the multishot accept; shutdown does.
             // SAFETY: shutdown on our own listening socket.
             unsafe { libc::shutdown(l.as_raw_fd(), libc::SHUT_RDWR) };

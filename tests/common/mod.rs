@@ -85,6 +85,8 @@ impl TestServer {
             ("log_dir".into(), log_dir.display().to_string()),
             ("mgt_port".into(), ports[1].to_string()),
             ("int_port".into(), ports[2].to_string()),
+            // A lone host: nothing to discover, so it forms its one-host store at once.
+            ("use_multicast".into(), "0".into()),
         ];
         for (name, value) in extra_sets {
             sets.retain(|(n, _)| n != name);
@@ -143,7 +145,10 @@ impl TestServer {
                                 .map(|p| p.value)
                         });
                 match theirs {
-                    Ok(Some(dir)) if dir == ours => return Ok(()),
+                    Ok(Some(dir)) if dir == ours => {
+                        self.wait_until_joined();
+                        return Ok(());
+                    }
                     Ok(_) => {
                         let _ = self.child.kill();
                         let _ = self.child.wait();
@@ -161,6 +166,26 @@ impl TestServer {
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the host has formed (or joined) its store: until then keyed requests
+    /// are answered `NotJoined` or `NotPrimary`, and tests that speak the raw protocol do not
+    /// retry.
+    fn wait_until_joined(&mut self) {
+        let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
+        let client = self.blocking_client();
+        loop {
+            // A keyed request is served once the host has a map and a primary lease (the
+            // client retries NotJoined and NotPrimary meanwhile).
+            match client.namespace_unregistered("readiness").meta("probe") {
+                Ok(_) => return,
+                Err(e) if e.code() == Some(stategrid_proto::ErrorCode::NotFound) => return,
+                Err(e) if Instant::now() > deadline => {
+                    panic!("{} did not join a store: {e}\n{}", self.addr, self.output())
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
         }
     }
 

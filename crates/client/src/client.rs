@@ -29,6 +29,9 @@ struct Inner {
     addr: String,
     config: ClientConfig,
     settings: ConnSettings,
+    /// The store's map, when this client routes (the one `connect` made; the per-host
+    /// clients it opens do not).
+    routes: Option<std::sync::Mutex<Routes>>,
     /// The pool. An async mutex per slot, because replacing a connection awaits the connect.
     slots: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
     next_slot: AtomicUsize,
@@ -44,6 +47,46 @@ impl std::fmt::Debug for Client {
             .finish()
     }
 }
+
+/// Where keyed requests go in a multi-host store: the primary of each partition, as the
+/// store's map says (`GetMap`), refreshed when a host answers that the map changed
+/// (`NotPrimary`, `StaleEpoch`) or cannot be reached.
+#[derive(Default)]
+struct Routes {
+    epoch: u64,
+    /// Client addresses of the hosts, as the map lists them.
+    hosts: Vec<String>,
+    /// Per partition, the index in `hosts` of its primary (`u16::MAX`: none).
+    primaries: Vec<u16>,
+    /// A pool per host, opened on first use.
+    pools: std::collections::HashMap<String, Client>,
+    /// Set when the map must be fetched again before the next routed request.
+    stale: bool,
+}
+
+/// The key a request addresses, for routing.
+fn request_key(req: &Request) -> Option<&Key> {
+    match req {
+        Request::Add { key, .. }
+        | Request::Put { key, .. }
+        | Request::Update { key, .. }
+        | Request::UpdateIfVersion { key, .. }
+        | Request::Read { key }
+        | Request::ReadAndLock { key }
+        | Request::UpdateAndUnlock { key, .. }
+        | Request::Unlock { key, .. }
+        | Request::RefreshLock { key, .. }
+        | Request::Remove { key, .. }
+        | Request::Touch { key, .. }
+        | Request::Meta { key } => Some(key),
+        _ => None,
+    }
+}
+
+/// First wait between retries of a request the store could not serve yet; doubles up to
+/// `RETRY_BACKOFF_MS_MAX`. A failover takes about a second, so this keeps retries cheap.
+const RETRY_BACKOFF_MS_MIN: u64 = 10;
+const RETRY_BACKOFF_MS_MAX: u64 = 200;
 
 /// Opens one connection and finishes the handshake, within `connect_timeout_ms`.
 async fn open(addr: &str, config: &ClientConfig, settings: &ConnSettings) -> Result<Conn> {
@@ -94,6 +137,25 @@ impl Client {
     /// Connects to `addr` (`HOST:PORT`; the port defaults to 2721) and opens the pool's
     /// connections, so a wrong address fails here rather than on the first request.
     pub async fn connect(addr: &str, config: ClientConfig) -> Result<Client> {
+        let mut client = Client::connect_unrouted(addr, config).await?;
+        Arc::get_mut(&mut client.inner)
+            .expect("a new client is not shared yet")
+            .routes = Some(std::sync::Mutex::new(Routes {
+            stale: true,
+            ..Routes::default()
+        }));
+        // Best effort: a host that has not joined a store yet answers NotJoined, and the map
+        // is fetched again on the first routed request.
+        let _ = client.refresh_routes().await;
+        Ok(client)
+    }
+
+    /// A pool to one host of the store, which does not route further.
+    async fn connect_direct(addr: &str, config: ClientConfig) -> Result<Client> {
+        Client::connect_unrouted(addr, config).await
+    }
+
+    async fn connect_unrouted(addr: &str, config: ClientConfig) -> Result<Client> {
         config.validate()?;
         let addr = with_default_port(addr);
         let settings = ConnSettings {
@@ -115,10 +177,103 @@ impl Client {
                 addr,
                 config,
                 settings,
+                routes: None,
                 slots,
                 next_slot: AtomicUsize::new(0),
             }),
         })
+    }
+
+    /// Fetches the store's map from the seed host, or from any host the last map named.
+    async fn refresh_routes(&self) -> Result<()> {
+        let Some(routes) = &self.inner.routes else {
+            return Ok(());
+        };
+        let mut candidates = vec![None];
+        candidates.extend(routes.lock().unwrap().pools.values().cloned().map(Some));
+        let mut last = None;
+        for c in candidates {
+            let answer = match &c {
+                None => self.call_once(&Request::GetMap, &[]).await,
+                Some(pool) => pool.call_once(&Request::GetMap, &[]).await,
+            };
+            match answer {
+                Ok(RawReply {
+                    response: Response::Map(map),
+                    ..
+                }) => {
+                    let mut r = routes.lock().unwrap();
+                    if map.epoch >= r.epoch || r.stale {
+                        r.epoch = map.epoch;
+                        r.hosts = map.hosts.into_iter().map(|h| h.svr_addr).collect();
+                        r.primaries = map.primaries;
+                        let keep: std::collections::HashSet<&String> = r.hosts.iter().collect();
+                        let gone: Vec<String> = r
+                            .pools
+                            .keys()
+                            .filter(|a| !keep.contains(a))
+                            .cloned()
+                            .collect();
+                        for a in gone {
+                            r.pools.remove(&a);
+                        }
+                    }
+                    r.stale = false;
+                    return Ok(());
+                }
+                Ok(other) => last = Some(unexpected(&Request::GetMap, &other.response)),
+                Err(Error::Server(reply)) if reply.code == ErrorCode::InvalidRequest => {
+                    // A server from before multi-host stores: it serves everything itself, so
+                    // there is nothing to route (and no reason to ask again per request).
+                    routes.lock().unwrap().stale = false;
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least the seed was asked"))
+    }
+
+    /// The pool that serves `req`: its partition's primary in a multi-host store, else this.
+    async fn route(&self, req: &Request) -> Result<Option<Client>> {
+        let (Some(routes), Some(key)) = (&self.inner.routes, request_key(req)) else {
+            return Ok(None);
+        };
+        if routes.lock().unwrap().stale {
+            let _ = self.refresh_routes().await;
+        }
+        let p = stategrid_proto::partition_of(stategrid_proto::key_hash(key.ns, &key.key));
+        let addr = {
+            let r = routes.lock().unwrap();
+            if r.hosts.len() <= 1 {
+                return Ok(None);
+            }
+            match r
+                .primaries
+                .get(p as usize)
+                .and_then(|&i| r.hosts.get(i as usize))
+            {
+                Some(a) if *a == self.inner.addr => return Ok(None),
+                Some(a) => {
+                    if let Some(pool) = r.pools.get(a) {
+                        return Ok(Some(pool.clone()));
+                    }
+                    a.clone()
+                }
+                None => return Ok(None),
+            }
+        };
+        let pool = Client::connect_direct(&addr, self.inner.config.clone()).await?;
+        routes.lock().unwrap().pools.insert(addr, pool.clone());
+        Ok(Some(pool))
+    }
+
+    /// Does this client talk to a store of several hosts (so host failures are retried)?
+    fn multi_host(&self) -> bool {
+        self.inner
+            .routes
+            .as_ref()
+            .is_some_and(|r| r.lock().unwrap().hosts.len() > 1)
     }
 
     /// The address this client connects to.
@@ -154,16 +309,52 @@ impl Client {
 
     /// Sends one request with its trailer (`values` back to back) and waits for the answer,
     /// all within `request_timeout_ms`. A `Response::Error` arrives as [`Error::Server`].
+    ///
+    /// In a multi-host store a keyed request goes straight to its partition's primary, and a
+    /// request the store could not serve at that moment (a map change, a failover: the
+    /// retryable [`ErrorCode`]s, or the host it went to failing) is retried, with the map
+    /// fetched again, until `request_timeout_ms` runs out. A retried request may have been
+    /// applied by its first attempt: an `add` then reports `AlreadyExists`.
     async fn call_parts(&self, req: &Request, values: &[&[u8]]) -> Result<RawReply> {
         let ms = self.inner.config.request_timeout_ms;
-        let attempt = async {
-            let conn = self.conn().await?;
-            conn.call(req, values).await
-        };
-        match tokio::time::timeout(Duration::from_millis(ms), attempt).await {
-            Ok(answer) => answer,
-            Err(_) => Err(Error::Timeout { ms }),
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+        let mut backoff_ms = RETRY_BACKOFF_MS_MIN;
+        loop {
+            let attempt = async {
+                match self.route(req).await {
+                    Ok(Some(pool)) => pool.call_once(req, values).await,
+                    Ok(None) => self.call_once(req, values).await,
+                    Err(e) => Err(e),
+                }
+            };
+            let result = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(r) => r,
+                Err(_) => return Err(Error::Timeout { ms }),
+            };
+            let retry = match &result {
+                Err(Error::Server(reply)) => reply.code.is_retryable(),
+                Err(Error::Connect { .. } | Error::Closed { .. }) => self.multi_host(),
+                _ => false,
+            };
+            if !retry || self.inner.routes.is_none() {
+                return result;
+            }
+            if let Some(r) = &self.inner.routes {
+                r.lock().unwrap().stale = true;
+            }
+            let wait = Duration::from_millis(backoff_ms);
+            if tokio::time::Instant::now() + wait >= deadline {
+                return result;
+            }
+            tokio::time::sleep(wait).await;
+            backoff_ms = (backoff_ms * 2).min(RETRY_BACKOFF_MS_MAX);
         }
+    }
+
+    /// One attempt on this client's own pool.
+    async fn call_once(&self, req: &Request, values: &[&[u8]]) -> Result<RawReply> {
+        let conn = self.conn().await?;
+        conn.call(req, values).await
     }
 
     /// Sends any request and returns the raw answer: the escape hatch for requests this API

@@ -588,6 +588,11 @@ fn store_handler() -> impl Fn(Request, Vec<u8>) -> Action + Send + Sync + 'stati
                 objects: objects.len() as u64,
             }),
             Request::Unlock { .. } => reply(Response::Ok),
+            // A server that predates `GetMap` (the client must then just not route).
+            Request::GetMap => reply(Response::Error(ErrorReply::new(
+                ErrorCode::InvalidRequest,
+                0,
+            ))),
             other => panic!("fake server got {other:?}"),
         }
     }

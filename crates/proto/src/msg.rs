@@ -208,6 +208,11 @@ pub struct MapInfo {
     pub hosts: Vec<MapHost>,
     /// Per partition, the index in `hosts` of its primary; `u16::MAX` when it has none.
     pub primaries: Vec<u16>,
+    /// Partitions with a copy still moving (a pending or outgoing copy): 0 once settled.
+    pub moving: u32,
+    /// The fewest full replicas any partition has (below `max_replicas` while the store
+    /// re-creates copies after a failure).
+    pub replicas_min: u8,
 }
 
 impl Request {
@@ -661,11 +666,15 @@ impl ErrorCode {
             ErrorCode::NotPrimary => {
                 "host is not the primary of this object's partition (the map changed); fetch the map and retry"
             }
-            ErrorCode::StaleEpoch => "sender's partition map is out of date; fetch the map and retry",
+            ErrorCode::StaleEpoch => {
+                "sender's partition map is out of date; fetch the map and retry"
+            }
             ErrorCode::ReplicationFailed => {
                 "a replica did not confirm the change in time (replication_timeout_ms); the write may or may not have been applied; retry it"
             }
-            ErrorCode::Unsupported => "request is not supported by a multi-host store in this version",
+            ErrorCode::Unsupported => {
+                "request is not supported by a multi-host store in this version"
+            }
             ErrorCode::Forbidden => "host-to-host request sent to the client port; refused",
         }
     }

@@ -125,6 +125,7 @@ fn variant(r: &ArchivedResponse) -> &'static str {
         ArchivedResponse::Multi { .. } => "Multi",
         ArchivedResponse::Bulk { .. } => "Bulk",
         ArchivedResponse::Stats(_) => "Stats",
+        ArchivedResponse::Map(_) => "Map",
         ArchivedResponse::Error(_) => "Error",
     }
 }

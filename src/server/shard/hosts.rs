@@ -1,0 +1,1221 @@
+//! The shard's part of the multi-host store: routing to the primary host, synchronous
+//! replication, and migration streams, over connections to the other hosts' `int_port`.
+//!
+//! The control plane (`cluster::control`) decides who owns what and hands this shard a
+//! [`View`] and a lease through the [`Plane`]; this module acts on them:
+//!
+//! - **Routing.** A keyed request is served here only if this host is its partition's primary
+//!   and holds the lease for the installed map's epoch. A client request for a partition whose
+//!   primary is another host is relayed there over this shard's link to that host and the
+//!   answer comes back in request order. A request that arrived from another host (an
+//!   internal connection) is never relayed again: if this host is not the primary any more it
+//!   answers `NotPrimary`, and the client fetches the map and retries.
+//! - **Replication.** A request that changed an object (its version or lock) is answered only
+//!   after every other host with a copy of the partition (replicas, pending and outgoing
+//!   copies) has applied the object's new state (`Replicate`, the whole state: value, version,
+//!   times, lock, timeout; or its removal). A replica that does not confirm within
+//!   `replication_timeout_ms` turns the answer into `ReplicationFailed` (retryable); a replica
+//!   the map drops meanwhile (declared failed) is no longer waited for.
+//! - **Fencing.** A replica whose map is at least as new as the sender's accepts a change only
+//!   from the partition's primary in its own map; an old primary is refused (`StaleEpoch`).
+//! - **Migration.** A host named a pending copy asks the primary to stream the partition
+//!   (`MigratePull`); the primary walks a snapshot of the partition's slots and sends each
+//!   live object as a `Replicate` on the same link that carries the partition's replication,
+//!   so a change made during the move reaches the new copy after the older state it replaces.
+//!   `MigrateEnd` closes the stream and the new copy reports `MigrationDone` to the control
+//!   plane. Streams are paced by the link's queued bytes, so a partition move never holds the
+//!   shard for long.
+//!
+//! Links use the shard's own ring (connect, recv, sendmsg), like client connections.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+use hashbrown::HashMap;
+use slab::Slab;
+use stategrid_proto::{
+    ArchivedRequest, ErrorCode, ErrorReply, Key, MapHost, MapInfo, PARTITIONS, PROTOCOL_VERSION,
+    Request, Response, codec, frame, key_hash, partition_of,
+};
+
+use super::{Conn, Shard, Sink, VecSink};
+use crate::cluster::HostId;
+use crate::cluster::plane::{self, DataCmd, DataEvent, Plane, View};
+use crate::net::{AlignedBuf, Op, SendBatch, Token};
+use crate::server::Msg;
+use crate::store::KeyRef;
+
+/// Objects a migration stream sends per ring pass at most...
+const MIGRATE_BATCH_OBJECTS: usize = 256;
+/// ...and only while the link has fewer bytes than this queued: paces a partition move so
+/// client requests on this shard never wait behind a whole partition.
+const MIGRATE_QUEUE_BYTES_MAX: usize = 4 << 20;
+/// A pull with no object arriving for this long is asked again (the stream broke).
+const PULL_IDLE_TIMEOUT_MS: u64 = 5_000;
+/// Wait before asking again after a refused or failed pull.
+const PULL_RETRY_MS: u64 = 200;
+/// Wait before connecting again to a host whose link failed.
+const LINK_RETRY_MS: u64 = 100;
+/// Frames in flight on one link at most before relayed requests are refused (bounds memory
+/// when a peer stops answering).
+const LINK_INFLIGHT_MAX: usize = 65_536;
+
+/// What kind of peer a connection has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnKind {
+    /// An application on `svr_port`.
+    Client,
+    /// Another host, connected to our `int_port`: may send host-to-host requests.
+    Internal,
+    /// Our link to another host's `int_port`: we send requests, it answers.
+    Outbound(HostId),
+}
+
+/// What an answer on a link is for, in the order the requests went out.
+pub enum Expect {
+    Hello,
+    /// A replica's confirmation of a change.
+    Ack {
+        pending: u32,
+        host: HostId,
+    },
+    /// The answer to a client request relayed to the primary host.
+    Relay {
+        slot: u32,
+        generation: u32,
+        seq: u64,
+        id: u32,
+    },
+    PullAck {
+        partition: u16,
+    },
+    /// Migration stream frames: a failure shows on the receiver, which pulls again.
+    Ignore,
+}
+
+/// Where a deferred answer goes once its replicas confirmed.
+#[derive(Clone, Copy, Debug)]
+pub enum AnswerTo {
+    Conn {
+        slot: u32,
+        generation: u32,
+        seq: u64,
+    },
+    Shard {
+        origin: usize,
+        conn: u32,
+        generation: u32,
+        seq: u64,
+        part: u32,
+    },
+}
+
+/// A change applied here and waiting for its replicas.
+struct PendingWrite {
+    to: AnswerTo,
+    request_id: u32,
+    answer: Vec<u8>,
+    partition: u16,
+    waiting: Vec<HostId>,
+    failed: Option<(ErrorCode, u64)>,
+    deadline_ms: u64,
+}
+
+/// A partition this host is receiving.
+struct Pull {
+    source: Option<HostId>,
+    asked: bool,
+    failed: bool,
+    retry_at_ms: u64,
+    last_progress_ms: u64,
+}
+
+/// A partition this host is sending to a new copy.
+struct Stream {
+    to: HostId,
+    partition: u32,
+    slots: Vec<u32>,
+    pos: usize,
+    sent: u64,
+}
+
+/// The shard's multi-host state. See the module doc.
+pub struct Hosts {
+    pub plane: Arc<Plane>,
+    generation: u64,
+    pub view: Option<Arc<View>>,
+    /// `(epoch, until_ms)` on the [`plane::now_ms`] clock, read every pass.
+    lease: (u64, u64),
+    /// [`plane::now_ms`] at the start of this pass.
+    mono_ms: u64,
+    links: HashMap<HostId, (u32, u32)>,
+    link_retry_at_ms: HashMap<HostId, u64>,
+    pending: Slab<PendingWrite>,
+    pulls: HashMap<u16, Pull>,
+    streams: VecDeque<Stream>,
+    pub int_listener: Option<socket2::Socket>,
+    next_link_id: u32,
+    /// Did the installed map ever name more than this host? (Bulk requests are single-host.)
+    multi_host: bool,
+    /// Per partition, the first epoch of this host's current unbroken run as its primary
+    /// (`u64::MAX`: not primary).
+    primary_since: Vec<u64>,
+}
+
+impl Hosts {
+    pub fn new(plane: Arc<Plane>, int_listener: socket2::Socket) -> Hosts {
+        Hosts {
+            plane,
+            generation: u64::MAX,
+            view: None,
+            lease: (0, 0),
+            mono_ms: plane::now_ms(),
+            links: HashMap::new(),
+            link_retry_at_ms: HashMap::new(),
+            pending: Slab::new(),
+            pulls: HashMap::new(),
+            streams: VecDeque::new(),
+            int_listener: Some(int_listener),
+            next_link_id: 1,
+            multi_host: false,
+            primary_since: vec![u64::MAX; PARTITIONS as usize],
+        }
+    }
+
+    /// Is this host the primary of `p` with a valid lease now?
+    ///
+    /// A lease granted for epoch `L` covers every partition this host has been primary of
+    /// without a break since `L` or earlier (`primary_since`), while the installed map is at
+    /// least `L`. Why that is safe: no other host was primary of such a partition in any epoch
+    /// from `L` to ours; a host primary of it before `L` had, by the time `L` was granted,
+    /// installed `L` or lost its lease; and no epoch newer than ours is granted to anyone
+    /// until this host reports it. So a map change that leaves a partition where it was does
+    /// not pause it; only partitions that changed primary wait for the new epoch's lease.
+    #[inline]
+    fn serves(&self, view: &View, p: usize) -> bool {
+        let (lease_epoch, until_ms) = self.lease;
+        view.owners[p].primary() == Some(view.me)
+            && lease_epoch <= view.epoch
+            && lease_epoch >= self.primary_since[p]
+            && self.mono_ms < until_ms
+    }
+
+    /// The other hosts that must apply a change to `p` before it is acknowledged.
+    fn others(&self, p: usize) -> Vec<HostId> {
+        match &self.view {
+            Some(v) => v.owners[p].copies().filter(|&h| h != v.me).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Does a change to `p` need replication? Cheap: no allocation.
+    #[inline]
+    pub fn replicated(&self, p: usize) -> bool {
+        self.view
+            .as_ref()
+            .is_some_and(|v| v.owners[p].copies().any(|h| h != v.me))
+    }
+}
+
+/// Where the arrival shard sends a keyed request.
+pub enum HostRoute {
+    Here,
+    Remote(HostId),
+    Refuse(ErrorCode, u64),
+}
+
+/// Requests that change nothing (never replicated).
+pub(super) fn read_only(req: &ArchivedRequest) -> bool {
+    matches!(
+        req,
+        ArchivedRequest::Read { .. } | ArchivedRequest::Meta { .. }
+    )
+}
+
+impl Shard {
+    // ---- the plane -----------------------------------------------------------------------
+
+    /// Once per pass: new map, lease, commands; then pulls and migration streams.
+    pub(super) fn cluster_pass(&mut self) {
+        self.hosts.mono_ms = plane::now_ms();
+        self.hosts.lease = self.hosts.plane.lease();
+        let generation = self.hosts.plane.generation();
+        if generation != self.hosts.generation {
+            self.hosts.generation = generation;
+            self.on_new_view();
+        }
+        if !self.hosts.pulls.is_empty() {
+            self.pump_pulls();
+        }
+        if !self.hosts.streams.is_empty() {
+            self.pump_streams();
+        }
+    }
+
+    fn on_new_view(&mut self) {
+        let Some(view) = self.hosts.plane.view() else {
+            return;
+        };
+        let me = self.core.shard;
+        let shards = self.core.shards;
+        let previous = self.hosts.view.as_ref().map(|v| v.epoch);
+        let newer = previous != Some(view.epoch);
+        // A run as primary continues only across consecutive epochs this shard saw: a skipped
+        // epoch may have moved the partition away and back.
+        let consecutive = previous.is_some_and(|e| e + 1 == view.epoch);
+        for p in 0..PARTITIONS as usize {
+            let mine = view.owners[p].primary() == Some(view.me);
+            let since = &mut self.hosts.primary_since[p];
+            if !mine {
+                *since = u64::MAX;
+            } else if *since == u64::MAX || (newer && !consecutive) {
+                *since = view.epoch;
+            }
+        }
+        self.hosts.view = Some(view.clone());
+        if view.hosts.len() > 1 {
+            self.hosts.multi_host = true;
+        }
+        if newer {
+            tracing::debug!(shard = me, epoch = view.epoch, "map installed");
+            // Writes waiting for a host the map no longer gives a copy: that copy is gone
+            // (declared failed or moved away), so it is not waited for.
+            let ids: Vec<usize> = self.hosts.pending.iter().map(|(i, _)| i).collect();
+            for i in ids {
+                let pw = &mut self.hosts.pending[i];
+                let o = &view.owners[pw.partition as usize];
+                pw.waiting.retain(|&h| o.copies().any(|c| c == h));
+                if pw.waiting.is_empty() {
+                    self.complete_pending(i as u32);
+                }
+            }
+            // Drop copies this host no longer has a role in, and pulls no longer wanted.
+            for p in (me..PARTITIONS as usize).step_by(shards) {
+                let role = view.owners[p].role_of(view.me);
+                if role.is_none() && self.core.store.partition_len(p as u32) > 0 {
+                    let n = self.core.store.drop_partition(p as u32);
+                    tracing::debug!(shard = me, partition = p, objects = n, "copy dropped");
+                }
+                if role != Some(crate::cluster::Role::Pending) {
+                    self.hosts.pulls.remove(&(p as u16));
+                } else if let Some(pull) = self.hosts.pulls.get_mut(&(p as u16)) {
+                    // The primary changed: the old one dropped its stream; ask the new one.
+                    if pull.asked && pull.source != view.owners[p].primary() {
+                        pull.asked = false;
+                        pull.failed = false;
+                    }
+                }
+            }
+            // Links to hosts the map no longer names.
+            let gone: Vec<HostId> = self
+                .hosts
+                .links
+                .keys()
+                .copied()
+                .filter(|h| view.addr(*h).is_none())
+                .collect();
+            for h in gone {
+                self.close_link(h);
+            }
+            self.hosts.streams.retain(|s| {
+                view.owners[s.partition as usize]
+                    .copies()
+                    .any(|c| c == s.to)
+            });
+        }
+        for cmd in self.hosts.plane.take_cmds(me) {
+            match cmd {
+                DataCmd::Pull { partition, .. } => {
+                    let now = self.hosts.mono_ms;
+                    self.hosts.pulls.entry(partition).or_insert(Pull {
+                        source: None,
+                        asked: false,
+                        failed: false,
+                        retry_at_ms: now,
+                        last_progress_ms: now,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Publishes this shard's numbers for `stategrid query` (from housekeeping).
+    pub(super) fn publish_counters(&self) {
+        let st = self.core.store.stats();
+        let c = &self.hosts.plane.counters[self.core.shard];
+        c.objects
+            .store(st.objects, std::sync::atomic::Ordering::Relaxed);
+        c.memory_bytes
+            .store(st.object_bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Expires writes whose replicas did not confirm in time (from housekeeping).
+    pub(super) fn expire_pending(&mut self) {
+        let now = plane::now_ms();
+        let late: Vec<usize> = self
+            .hosts
+            .pending
+            .iter()
+            .filter(|(_, pw)| now >= pw.deadline_ms)
+            .map(|(i, _)| i)
+            .collect();
+        for i in late {
+            let timeout = self.core.cfg.replication_timeout_ms;
+            let pw = &mut self.hosts.pending[i];
+            tracing::warn!(
+                shard = self.core.shard,
+                partition = pw.partition,
+                "replicas {:?} did not confirm a change within replication_timeout_ms ({timeout} ms)",
+                pw.waiting
+            );
+            pw.failed = Some((ErrorCode::ReplicationFailed, timeout));
+            pw.waiting.clear();
+            self.complete_pending(i as u32);
+        }
+    }
+
+    // ---- routing -------------------------------------------------------------------------
+
+    /// Where a keyed request for partition `p` goes, decided on the shard it arrived at.
+    #[inline]
+    pub(super) fn host_route(&self, p: usize, internal: bool) -> HostRoute {
+        let Some(view) = &self.hosts.view else {
+            return HostRoute::Refuse(ErrorCode::NotJoined, 0);
+        };
+        match view.owners[p].primary() {
+            Some(h) if h == view.me => {
+                if self.hosts.serves(view, p) {
+                    HostRoute::Here
+                } else {
+                    HostRoute::Refuse(ErrorCode::NotPrimary, view.epoch)
+                }
+            }
+            Some(h) if !internal => HostRoute::Remote(h),
+            _ => HostRoute::Refuse(ErrorCode::NotPrimary, view.epoch),
+        }
+    }
+
+    /// Bulk and store-wide requests are served by one host only; refused once the store has
+    /// several (they would see or change only this host's part).
+    pub(super) fn multi_host_refusal(&self, req: &ArchivedRequest) -> Option<String> {
+        if !self.hosts.multi_host {
+            return None;
+        }
+        match req {
+            ArchivedRequest::MultiRead { .. }
+            | ArchivedRequest::BulkPut { .. }
+            | ArchivedRequest::NsClear { .. } => Some(format!(
+                "{} is not served by a multi-host store in this version; send the keys one by one",
+                req.name()
+            )),
+            _ => None,
+        }
+    }
+
+    /// `GetMap`: the primaries clients route by.
+    pub(super) fn map_response(&self) -> Response {
+        let Some(view) = &self.hosts.view else {
+            return Response::Error(ErrorReply::new(ErrorCode::NotJoined, 0));
+        };
+        let hosts: Vec<MapHost> = view
+            .hosts
+            .iter()
+            .filter_map(|h| {
+                let a = view.addr(h.id)?;
+                Some(MapHost {
+                    id: h.id.0,
+                    svr_addr: a.svr().to_string(),
+                })
+            })
+            .collect();
+        let primaries = view
+            .owners
+            .iter()
+            .map(|o| {
+                o.primary()
+                    .and_then(|p| hosts.iter().position(|h| h.id == p.0))
+                    .map_or(u16::MAX, |i| i as u16)
+            })
+            .collect();
+        let moving = view
+            .owners
+            .iter()
+            .filter(|o| o.copies().count() != o.targets().count() || o.pending().next().is_some())
+            .count() as u32;
+        let replicas_min = view
+            .owners
+            .iter()
+            .map(|o| o.replicas().count() as u8)
+            .min()
+            .unwrap_or(0);
+        Response::Map(MapInfo {
+            epoch: view.epoch,
+            hosts,
+            primaries,
+            moving,
+            replicas_min,
+        })
+    }
+
+    /// Relays a client's request frame to the primary host; the answer fills `seq`.
+    pub(super) fn relay(
+        &mut self,
+        host: HostId,
+        slot: u32,
+        generation: u32,
+        seq: u64,
+        id: u32,
+        frame: &[u8],
+    ) {
+        let sent = self.link_send(
+            host,
+            Expect::Relay {
+                slot,
+                generation,
+                seq,
+                id,
+            },
+            |b, link_id| {
+                let out = b.bytes_mut();
+                let start = out.len();
+                out.extend_from_slice(frame);
+                out[start + 12..start + 16].copy_from_slice(&link_id.to_le_bytes());
+            },
+        );
+        if !sent {
+            let epoch = self.hosts.view.as_ref().map_or(0, |v| v.epoch);
+            let mut bytes = Vec::new();
+            VecSink(&mut bytes).error(id, ErrorCode::NotPrimary, epoch);
+            self.fill_slot(slot, generation, seq, 0, bytes);
+        }
+    }
+
+    // ---- replication ---------------------------------------------------------------------
+
+    /// Serves a keyed request on its owner shard, replicating a change before answering.
+    /// Returns the answer now, or None when it will go to `to` after the replicas confirm.
+    ///
+    /// Cost over an unreplicated write: two more table probes (version before and after),
+    /// the key copied into each `Replicate` archive, and one round trip to the slowest
+    /// replica; the value itself is not copied (the link sends the stored buffer).
+    pub(super) fn execute_replicated(
+        &mut self,
+        req: &ArchivedRequest,
+        value: &[u8],
+        id: u32,
+        to: AnswerTo,
+    ) -> Option<Vec<u8>> {
+        let now = self.now_ms;
+        let k = req.key().expect("keyed request");
+        let (ns, key) = (k.ns.to_native(), k.key.as_slice());
+        let h = key_hash(ns, key);
+        let p = partition_of(h) as usize;
+        let kr = KeyRef::with_hash(ns, key, h);
+        let before = self.core.store.stamp(kr);
+        let mut answer = Vec::with_capacity(128);
+        self.core
+            .execute(req, value, now, id, &mut VecSink(&mut answer));
+        if read_only(req) || self.core.store.stamp(kr) == before {
+            return Some(answer);
+        }
+        let others = self.hosts.others(p);
+        if others.is_empty() {
+            return Some(answer);
+        }
+        let state = self.core.store.export(kr, now);
+        let deadline = plane::now_ms() + self.core.cfg.replication_timeout_ms;
+        let idx = self.hosts.pending.insert(PendingWrite {
+            to,
+            request_id: id,
+            answer,
+            partition: p as u16,
+            waiting: others.clone(),
+            failed: None,
+            deadline_ms: deadline,
+        }) as u32;
+        let (epoch, me) = {
+            let v = self.hosts.view.as_ref().expect("replicated implies a view");
+            (v.epoch, v.me)
+        };
+        for host in others {
+            let msg = Request::Replicate {
+                epoch,
+                from: me.0,
+                partition: p as u32,
+                key: Key {
+                    ns,
+                    key: key.to_vec(),
+                },
+                state: state.as_ref().map(|(s, _)| *s),
+            };
+            let v = state.as_ref().map(|(_, v)| v.clone());
+            let sent = self.link_send(host, Expect::Ack { pending: idx, host }, |b, link_id| {
+                encode_with_value(b, link_id, &msg, v);
+            });
+            if !sent {
+                // No address or too much in flight: this copy cannot confirm; the deadline or
+                // a new map settles the write.
+                tracing::debug!(shard = self.core.shard, ?host, "replication not sent");
+            }
+        }
+        None
+    }
+
+    /// Answers a write whose replicas all confirmed (or whose deadline passed).
+    fn complete_pending(&mut self, idx: u32) {
+        let pw = self.hosts.pending.remove(idx as usize);
+        let bytes = match pw.failed {
+            Some((code, detail)) => {
+                let mut b = Vec::new();
+                VecSink(&mut b).error(pw.request_id, code, detail);
+                b
+            }
+            None => pw.answer,
+        };
+        self.deliver(pw.to, bytes);
+    }
+
+    fn deliver(&mut self, to: AnswerTo, bytes: Vec<u8>) {
+        match to {
+            AnswerTo::Conn {
+                slot,
+                generation,
+                seq,
+            } => {
+                if self.fill_slot(slot, generation, seq, 0, bytes) {
+                    self.flush(slot);
+                    self.want_recv(slot);
+                    self.maybe_close(slot);
+                }
+            }
+            AnswerTo::Shard {
+                origin,
+                conn,
+                generation,
+                seq,
+                part,
+            } => self.send_to(
+                origin,
+                Msg::Reply {
+                    conn,
+                    generation,
+                    seq,
+                    part,
+                    frame: bytes,
+                },
+            ),
+        }
+    }
+
+    // ---- host-to-host requests (on the partition's owner shard) -------------------------
+
+    /// Serves `Replicate`, `MigratePull` and `MigrateEnd`.
+    pub(super) fn execute_internal(
+        &mut self,
+        req: &ArchivedRequest,
+        value: &[u8],
+        id: u32,
+        sink: &mut VecSink<'_>,
+    ) {
+        let Some(view) = self.hosts.view.clone() else {
+            return sink.error(id, ErrorCode::NotJoined, 0);
+        };
+        let now = self.now_ms;
+        match req {
+            ArchivedRequest::Replicate {
+                epoch,
+                from,
+                partition,
+                key,
+                state,
+            } => {
+                let (ns, k) = (key.ns.to_native(), key.key.as_slice());
+                let h = key_hash(ns, k);
+                let p = partition_of(h);
+                if p != partition.to_native() {
+                    return sink.respond(
+                        id,
+                        &Response::Error(ErrorReply::with_message(
+                            ErrorCode::InvalidRequest,
+                            0,
+                            format!("key is in partition {p}, not {partition}"),
+                        )),
+                        &[],
+                    );
+                }
+                let o = &view.owners[p as usize];
+                if view.epoch >= epoch.to_native()
+                    && (o.primary() != Some(HostId(from.to_native()))
+                        || o.role_of(view.me).is_none())
+                {
+                    return sink.error(id, ErrorCode::StaleEpoch, view.epoch);
+                }
+                let kr = KeyRef::with_hash(ns, k, h);
+                let result = match state.as_ref() {
+                    Some(st) => self.core.store.install(kr, &st.to_native(), value, now),
+                    None => {
+                        self.core.store.remove_exact(kr);
+                        Ok(())
+                    }
+                };
+                if let Some(pull) = self.hosts.pulls.get_mut(&(p as u16)) {
+                    pull.last_progress_ms = self.hosts.mono_ms;
+                    pull.failed |= result.is_err();
+                }
+                match result {
+                    Ok(()) => sink.respond(id, &Response::Ok, &[]),
+                    Err(e) => sink.error(id, e.code, e.detail),
+                }
+            }
+            ArchivedRequest::MigratePull {
+                epoch,
+                to,
+                partition,
+            } => {
+                let p = partition.to_native();
+                let to = HostId(to.to_native());
+                if p >= PARTITIONS {
+                    return sink.error(id, ErrorCode::InvalidRequest, p as u64);
+                }
+                let o = &view.owners[p as usize];
+                if view.epoch < epoch.to_native() || o.role_of(to).is_none() {
+                    // Our map does not list the new copy yet: our writes would not reach it.
+                    return sink.error(id, ErrorCode::StaleEpoch, view.epoch);
+                }
+                if o.primary() != Some(view.me) {
+                    return sink.error(id, ErrorCode::NotPrimary, view.epoch);
+                }
+                self.hosts
+                    .streams
+                    .retain(|s| !(s.to == to && s.partition == p));
+                self.hosts.streams.push_back(Stream {
+                    to,
+                    partition: p,
+                    slots: self.core.store.partition_slots(p),
+                    pos: 0,
+                    sent: 0,
+                });
+                sink.respond(id, &Response::Ok, &[]);
+            }
+            ArchivedRequest::MigrateEnd {
+                from,
+                partition,
+                objects,
+                ..
+            } => {
+                let p = partition.to_native() as u16;
+                let from = HostId(from.to_native());
+                if let Some(pull) = self.hosts.pulls.get_mut(&p) {
+                    if pull.source == Some(from) {
+                        if pull.failed {
+                            pull.asked = false;
+                            pull.failed = false;
+                            pull.retry_at_ms = self.hosts.mono_ms + PULL_RETRY_MS;
+                        } else {
+                            self.hosts.pulls.remove(&p);
+                            tracing::debug!(
+                                shard = self.core.shard,
+                                partition = p,
+                                objects = objects.to_native(),
+                                "partition received"
+                            );
+                            self.hosts
+                                .plane
+                                .push_event(DataEvent::MigrationDone { partition: p });
+                        }
+                    }
+                }
+                sink.respond(id, &Response::Ok, &[]);
+            }
+            _ => sink.error(id, ErrorCode::InvalidRequest, 0),
+        }
+    }
+
+    // ---- migration -----------------------------------------------------------------------
+
+    fn pump_pulls(&mut self) {
+        let Some(view) = self.hosts.view.clone() else {
+            return;
+        };
+        let now = self.hosts.mono_ms;
+        let mut asks = Vec::new();
+        for (&p, pull) in self.hosts.pulls.iter_mut() {
+            if pull.asked && now.saturating_sub(pull.last_progress_ms) > PULL_IDLE_TIMEOUT_MS {
+                pull.asked = false;
+            }
+            if pull.asked || now < pull.retry_at_ms {
+                continue;
+            }
+            let Some(primary) = view.owners[p as usize].primary() else {
+                continue;
+            };
+            if primary == view.me {
+                continue;
+            }
+            pull.asked = true;
+            pull.source = Some(primary);
+            pull.last_progress_ms = now;
+            asks.push((p, primary));
+        }
+        for (p, primary) in asks {
+            let msg = Request::MigratePull {
+                epoch: view.epoch,
+                to: view.me.0,
+                partition: p as u32,
+            };
+            let sent = self.link_send(primary, Expect::PullAck { partition: p }, |b, link_id| {
+                encode_with_value(b, link_id, &msg, None);
+            });
+            if !sent {
+                self.pull_failed(p);
+            }
+        }
+    }
+
+    fn pull_failed(&mut self, p: u16) {
+        let now = self.hosts.mono_ms;
+        if let Some(pull) = self.hosts.pulls.get_mut(&p) {
+            pull.asked = false;
+            pull.retry_at_ms = now + PULL_RETRY_MS;
+        }
+    }
+
+    fn pump_streams(&mut self) {
+        let Some(view) = self.hosts.view.clone() else {
+            return;
+        };
+        let now = self.now_ms;
+        while let Some(s) = self.hosts.streams.front() {
+            let (to, p) = (s.to, s.partition);
+            if view.owners[p as usize].primary() != Some(view.me) {
+                // No longer the primary: the new one serves the pull again.
+                self.hosts.streams.pop_front();
+                continue;
+            }
+            if self.link_queued_bytes(to) > MIGRATE_QUEUE_BYTES_MAX {
+                return;
+            }
+            let mut n = 0;
+            while n < MIGRATE_BATCH_OBJECTS {
+                let s = self.hosts.streams.front_mut().expect("front exists");
+                let Some(&slot) = s.slots.get(s.pos) else {
+                    break;
+                };
+                s.pos += 1;
+                let Some(obj) = self.core.store.export_slot(slot, p, now) else {
+                    continue;
+                };
+                n += 1;
+                let msg = Request::Replicate {
+                    epoch: view.epoch,
+                    from: view.me.0,
+                    partition: p,
+                    key: Key {
+                        ns: obj.ns,
+                        key: obj.key,
+                    },
+                    state: Some(obj.state),
+                };
+                let value = Some(obj.value);
+                if !self.link_send(to, Expect::Ignore, |b, link_id| {
+                    encode_with_value(b, link_id, &msg, value);
+                }) {
+                    self.hosts.streams.pop_front();
+                    return;
+                }
+                self.hosts.streams.front_mut().expect("front exists").sent += 1;
+            }
+            let s = self.hosts.streams.front().expect("front exists");
+            if s.pos < s.slots.len() {
+                return; // more next pass
+            }
+            let msg = Request::MigrateEnd {
+                epoch: view.epoch,
+                from: view.me.0,
+                partition: p,
+                objects: s.sent,
+            };
+            tracing::debug!(
+                shard = self.core.shard,
+                partition = p,
+                ?to,
+                objects = s.sent,
+                "partition sent"
+            );
+            self.hosts.streams.pop_front();
+            self.link_send(to, Expect::Ignore, |b, link_id| {
+                encode_with_value(b, link_id, &msg, None);
+            });
+        }
+    }
+
+    // ---- links ---------------------------------------------------------------------------
+
+    fn link_queued_bytes(&self, host: HostId) -> usize {
+        self.hosts
+            .links
+            .get(&host)
+            .and_then(|&(slot, generation)| {
+                self.conns
+                    .get(slot as usize)
+                    .filter(|c| c.generation == generation)
+            })
+            .map_or(0, |c| c.queued_bytes())
+    }
+
+    /// Queues one request on the link to `host` (opening it if needed); `encode` writes the
+    /// frame with the link's request id. False when it cannot be sent.
+    fn link_send(
+        &mut self,
+        host: HostId,
+        expect: Expect,
+        encode: impl FnOnce(&mut SendBatch, u32),
+    ) -> bool {
+        let slot = match self.link_slot(host) {
+            Some(s) => s,
+            None => return false,
+        };
+        let id = self.hosts.next_link_id;
+        self.hosts.next_link_id = self.hosts.next_link_id.wrapping_add(1).max(1);
+        let conn = &mut self.conns[slot as usize];
+        if conn.expect.len() >= LINK_INFLIGHT_MAX {
+            return false;
+        }
+        encode(&mut conn.filling, id);
+        conn.expect.push_back((id, expect));
+        if !conn.connecting {
+            self.flush(slot);
+        }
+        true
+    }
+
+    /// The live link to `host`, opened now if there is none (unless it failed very recently).
+    fn link_slot(&mut self, host: HostId) -> Option<u32> {
+        if let Some(&(slot, generation)) = self.hosts.links.get(&host) {
+            if self.conns.get(slot as usize).is_some_and(|c| {
+                c.generation == generation && !c.close_after_flush && !c.read_closed
+            }) {
+                return Some(slot);
+            }
+            self.hosts.links.remove(&host);
+        }
+        let now = self.hosts.mono_ms;
+        if self
+            .hosts
+            .link_retry_at_ms
+            .get(&host)
+            .is_some_and(|&t| now < t)
+        {
+            return None;
+        }
+        if self.draining {
+            return None;
+        }
+        let addr = self.hosts.view.as_ref()?.addr(host)?.int();
+        let sock = match socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM.nonblocking().cloexec(),
+            Some(socket2::Protocol::TCP),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(
+                    shard = self.core.shard,
+                    "cannot open a socket to {addr}: {e}"
+                );
+                return None;
+            }
+        };
+        let _ = sock.set_tcp_nodelay(true);
+        // SAFETY: the descriptor is moved out of the socket2 wrapper, which forgets it.
+        let fd = unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(sock)) };
+        let slot = self.add_conn_kind(fd, ConnKind::Outbound(host))?;
+        let conn = &mut self.conns[slot as usize];
+        conn.connecting = true;
+        conn.hello_done = true;
+        let sa = Box::new(socket2::SockAddr::from(addr));
+        let (ptr, len) = (sa.as_ptr() as *const libc::sockaddr, sa.len());
+        conn.peer_addr = Some(sa);
+        // The Hello goes first, sent as soon as the connection is up.
+        let id = 0;
+        codec::encode_request(
+            conn.filling.bytes_mut(),
+            id,
+            &Request::Hello {
+                version: PROTOCOL_VERSION,
+                client: format!("stategrid {} host link", env!("CARGO_PKG_VERSION")),
+            },
+            &[],
+        );
+        conn.expect.push_back((id, Expect::Hello));
+        let token = Token::new(Op::Connect, slot, conn.generation);
+        let raw = conn.fd.as_raw_fd();
+        // SAFETY: the address lives in the boxed connection until it is freed, which waits
+        // for this completion (`connecting`).
+        unsafe { self.ring.connect(raw, ptr, len, token) };
+        let generation = conn.generation;
+        self.hosts.links.insert(host, (slot, generation));
+        Some(slot)
+    }
+
+    pub(super) fn on_connect(&mut self, c: crate::net::Completion) {
+        let (slot, generation) = (c.token.slot(), c.token.generation());
+        let Some(conn) = self.conn_mut(slot, generation) else {
+            return;
+        };
+        conn.connecting = false;
+        if c.result < 0 {
+            let ConnKind::Outbound(host) = conn.kind else {
+                return;
+            };
+            tracing::debug!(
+                shard = self.core.shard,
+                ?host,
+                "link failed: {}",
+                std::io::Error::from_raw_os_error(-c.result)
+            );
+            let retry = self.hosts.mono_ms + LINK_RETRY_MS;
+            self.hosts.link_retry_at_ms.insert(host, retry);
+            let conn = &mut self.conns[slot as usize];
+            conn.filling.clear();
+            conn.read_closed = true;
+            conn.close_after_flush = true;
+            self.maybe_close(slot);
+            return;
+        }
+        self.flush(slot);
+        self.want_recv(slot);
+    }
+
+    fn close_link(&mut self, host: HostId) {
+        if let Some((slot, generation)) = self.hosts.links.remove(&host) {
+            if let Some(conn) = self.conn_mut(slot, generation) {
+                conn.read_closed = true;
+                conn.close_after_flush = true;
+                // SAFETY: shutdown on our own socket; pending operations complete.
+                unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_RDWR) };
+                self.maybe_close(slot);
+            }
+        }
+    }
+
+    /// A link is closing: settles what waited on it.
+    pub(super) fn link_closed(&mut self, conn: &mut Conn) {
+        let ConnKind::Outbound(host) = conn.kind else {
+            return;
+        };
+        if self
+            .hosts
+            .links
+            .get(&host)
+            .is_some_and(|&(_, g)| g == conn.generation)
+        {
+            self.hosts.links.remove(&host);
+        }
+        let epoch = self.hosts.view.as_ref().map_or(0, |v| v.epoch);
+        for (_, e) in std::mem::take(&mut conn.expect) {
+            match e {
+                // The copy may or may not have the change: keep waiting until the map drops
+                // the host or the deadline passes.
+                Expect::Ack { .. } | Expect::Hello | Expect::Ignore => {}
+                Expect::Relay {
+                    slot,
+                    generation,
+                    seq,
+                    id,
+                } => {
+                    let mut b = Vec::new();
+                    VecSink(&mut b).error(id, ErrorCode::NotPrimary, epoch);
+                    self.deliver(
+                        AnswerTo::Conn {
+                            slot,
+                            generation,
+                            seq,
+                        },
+                        b,
+                    );
+                }
+                Expect::PullAck { partition } => self.pull_failed(partition),
+            }
+        }
+    }
+
+    /// Answers arriving on a link, in the order the requests went out.
+    pub(super) fn process_answers(&mut self, slot: u32, generation: u32) {
+        let frame_max = self.core.cfg.frame_bytes_max as usize;
+        let conn = &mut self.conns[slot as usize];
+        let rbuf = std::mem::replace(&mut conn.rbuf, AlignedBuf::with_capacity(0));
+        let mut pos = 0;
+        let mut broken = None;
+        loop {
+            let bytes = &rbuf.as_slice()[pos..];
+            let p = match frame::parse(bytes, frame_max) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    broken = Some(format!("bad frame: {e}"));
+                    break;
+                }
+            };
+            pos += p.frame_bytes;
+            let Some(conn) = self.conn_mut(slot, generation) else {
+                break;
+            };
+            let Some((id, expect)) = conn.expect.pop_front() else {
+                broken = Some("an answer nobody asked for".into());
+                break;
+            };
+            if id != p.header.request_id {
+                broken = Some(format!(
+                    "answer {} arrived where {id} was expected",
+                    p.header.request_id
+                ));
+                break;
+            }
+            let resp = match codec::decode_response(p.archive) {
+                Ok(r) => r,
+                Err(e) => {
+                    broken = Some(format!("invalid answer: {e}"));
+                    break;
+                }
+            };
+            let error = match resp {
+                stategrid_proto::ArchivedResponse::Error(e) => Some(e.to_reply()),
+                _ => None,
+            };
+            match expect {
+                Expect::Hello => {
+                    if let Some(e) = error {
+                        broken = Some(format!("the peer refused our hello: {e:?}"));
+                        break;
+                    }
+                }
+                Expect::Ack { pending, host } => {
+                    if let Some(pw) = self.hosts.pending.get_mut(pending as usize) {
+                        if let Some(e) = &error {
+                            pw.failed.get_or_insert((e.code, e.detail));
+                        }
+                        pw.waiting.retain(|&h| h != host);
+                        if pw.waiting.is_empty() {
+                            self.complete_pending(pending);
+                        }
+                    }
+                }
+                Expect::Relay {
+                    slot: to,
+                    generation: g,
+                    seq,
+                    id,
+                } => {
+                    let mut answer = bytes[..p.frame_bytes].to_vec();
+                    answer[12..16].copy_from_slice(&id.to_le_bytes());
+                    self.deliver(
+                        AnswerTo::Conn {
+                            slot: to,
+                            generation: g,
+                            seq,
+                        },
+                        answer,
+                    );
+                }
+                Expect::PullAck { partition } => {
+                    if error.is_some() {
+                        self.pull_failed(partition);
+                    }
+                }
+                Expect::Ignore => {
+                    if let Some(e) = error {
+                        tracing::debug!(shard = self.core.shard, "migration frame refused: {e:?}");
+                    }
+                }
+            }
+        }
+        let shard = self.core.shard;
+        let Some(conn) = self.conn_mut(slot, generation) else {
+            return;
+        };
+        conn.rbuf = rbuf;
+        conn.rbuf.consume(pos);
+        if let Some(why) = broken {
+            tracing::warn!(shard, "closing a host link: {why}");
+            conn.read_closed = true;
+            conn.close_after_flush = true;
+            // SAFETY: shutdown on our own socket.
+            unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+    }
+
+    /// Arms `svr_port`'s and `int_port`'s accepts (token slot 0 and 1).
+    pub(super) fn start_accepting_int(&mut self) {
+        if let Some(l) = &self.hosts.int_listener {
+            let fd = l.as_raw_fd();
+            self.ring.accept_multi(fd, Token::new(Op::Accept, 1, 0));
+        }
+    }
+}
+
+/// Encodes a request whose trailer is a stored value, without copying the value.
+fn encode_with_value(
+    b: &mut SendBatch,
+    id: u32,
+    req: &Request,
+    value: Option<crate::store::Value>,
+) {
+    let len = value.as_ref().map_or(0, |v| v.len());
+    codec::encode_head(b.bytes_mut(), id, req, len);
+    if let Some(v) = value {
+        b.push_value(v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stategrid_proto::ObjectState;
+
+    #[test]
+    fn encoded_replicate_frames_decode_with_their_value() {
+        let mut b = SendBatch::default();
+        let req = Request::Replicate {
+            epoch: 7,
+            from: 3,
+            partition: 5,
+            key: Key {
+                ns: 1,
+                key: b"k".to_vec(),
+            },
+            state: Some(ObjectState {
+                version: 9,
+                created_ms: 1,
+                updated_ms: 2,
+                expires_at_ms: 0,
+                lock_token: 0,
+                lock_expires_at_ms: 0,
+                timeout: Default::default(),
+                evictable: true,
+            }),
+        };
+        encode_with_value(&mut b, 42, &req, Some(std::rc::Rc::from(&b"hello"[..])));
+        // Flatten the batch as sendmsg would.
+        let msg = b.prepare();
+        let mut flat = Vec::new();
+        // SAFETY: prepare returns a msghdr pointing into the batch, valid until it changes.
+        unsafe {
+            for i in 0..(*msg).msg_iovlen {
+                let iov = *(*msg).msg_iov.add(i);
+                flat.extend_from_slice(std::slice::from_raw_parts(
+                    iov.iov_base as *const u8,
+                    iov.iov_len,
+                ));
+            }
+        }
+        let buf = AlignedBuf::from_slice(&flat);
+        let p = frame::parse(buf.as_slice(), usize::MAX).unwrap().unwrap();
+        assert_eq!(p.header.request_id, 42);
+        assert_eq!(p.value, b"hello");
+        let r = codec::decode_request(p.archive).unwrap();
+        assert!(r.is_internal());
+        assert_eq!(r.key().unwrap().key.as_slice(), b"k");
+    }
+}

@@ -1,0 +1,525 @@
+//! The multi-host store with real processes: several `stategrid serve` on loopback, each bound
+//! to its own 127.0.0.x address with the same ports, finding each other through the static
+//! `hosts` list. Every acknowledged write must survive `kill -9` of a host; a new host takes its
+//! share; a leaving host loses nothing. Times are measured and printed, never asserted.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use stategrid_client::ClientConfig;
+use stategrid_client::blocking::Client;
+use stategrid_client::proto::hash::namespace_id;
+use stategrid_client::proto::{MapInfo, Request, Response, key_hash, partition_of};
+
+use common::{bin, free_port};
+
+/// How long the store may take to form, fail over or settle before a test gives up.
+const SETTLE_TIMEOUT_MS: u64 = 60_000;
+
+/// One host: its process, its address and its files.
+struct Host {
+    ip: String,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Host {
+    fn svr(&self, ports: &Ports) -> String {
+        format!("{}:{}", self.ip, ports.svr)
+    }
+    fn mgt(&self, ports: &Ports) -> String {
+        format!("{}:{}", self.ip, ports.mgt)
+    }
+    fn output(&self) -> String {
+        let read = |n: &str| std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default();
+        format!(
+            "--- {} stderr ---\n{}",
+            self.ip,
+            read("stderr.txt")
+                .lines()
+                .rev()
+                .take(60)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    }
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.output());
+        }
+        self.kill9();
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Ports {
+    mgt: u16,
+    svr: u16,
+    int: u16,
+}
+
+fn ports() -> Ports {
+    Ports {
+        mgt: free_port(),
+        svr: free_port(),
+        int: free_port(),
+    }
+}
+
+/// Starts a host on `ip` that knows the others through `peers` (their ips).
+fn start_host(ip: &str, peers: &[&str], p: Ports, extra: &[(&str, &str)]) -> Host {
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("log");
+    let hosts: Vec<String> = peers.iter().map(|h| format!("{h}:{}", p.mgt)).collect();
+    let mut cmd = Command::new(bin());
+    cmd.arg("serve");
+    let mut sets: Vec<(String, String)> = vec![
+        ("net_interface".into(), ip.into()),
+        ("svr_port".into(), p.svr.to_string()),
+        ("mgt_port".into(), p.mgt.to_string()),
+        ("int_port".into(), p.int.to_string()),
+        ("use_multicast".into(), "0".into()),
+        ("hosts".into(), hosts.join(",")),
+        ("shards".into(), "1".into()),
+        ("max_replicas".into(), "1".into()),
+        ("log_dir".into(), log_dir.display().to_string()),
+        ("log_level".into(), "info".into()),
+    ];
+    for (n, v) in extra {
+        sets.retain(|(k, _)| k != n);
+        sets.push((n.to_string(), v.to_string()));
+    }
+    for (n, v) in &sets {
+        cmd.arg("--set").arg(format!("{n}={v}"));
+    }
+    let stderr = std::fs::File::create(dir.path().join("stderr.txt")).unwrap();
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    let child = cmd.spawn().expect("spawn stategrid serve");
+    Host {
+        ip: ip.into(),
+        child: Some(child),
+        dir,
+    }
+}
+
+fn client(addr: &str, request_timeout_ms: u64) -> Client {
+    let config = ClientConfig {
+        request_timeout_ms,
+        connect_timeout_ms: 2_000,
+        ..ClientConfig::default()
+    };
+    let deadline = Instant::now() + Duration::from_millis(SETTLE_TIMEOUT_MS);
+    loop {
+        match Client::connect(addr, config.clone()) {
+            Ok(c) => return c,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("cannot connect to {addr}: {e}"),
+        }
+    }
+}
+
+fn map(c: &Client) -> Option<MapInfo> {
+    match c.raw_request(&Request::GetMap, &[]) {
+        Ok(r) => match r.response {
+            Response::Map(m) => Some(m),
+            other => panic!("GetMap answered {other:?}"),
+        },
+        Err(_) => None,
+    }
+}
+
+/// Waits until the map names exactly `want` hosts (by client address), every partition has a
+/// primary and `replicas` full replicas, and nothing is moving. Returns the map.
+fn wait_settled(c: &Client, want: &[String], replicas: u8, hosts: &[&Host]) -> MapInfo {
+    let deadline = Instant::now() + Duration::from_millis(SETTLE_TIMEOUT_MS);
+    let mut last = None;
+    loop {
+        if let Some(m) = map(c) {
+            let mut names: Vec<&String> = m.hosts.iter().map(|h| &h.svr_addr).collect();
+            names.sort();
+            let mut want_sorted: Vec<&String> = want.iter().collect();
+            want_sorted.sort();
+            let used: std::collections::HashSet<u16> = m.primaries.iter().copied().collect();
+            if m.primaries.iter().all(|&p| p != u16::MAX)
+                && m.moving == 0
+                && m.replicas_min >= replicas
+                && want_sorted.iter().all(|w| {
+                    m.hosts
+                        .iter()
+                        .position(|h| &h.svr_addr == *w)
+                        .is_some_and(|i| used.contains(&(i as u16)))
+                })
+                && m.primaries
+                    .iter()
+                    .all(|&p| want.contains(&m.hosts[p as usize].svr_addr))
+            {
+                return m;
+            }
+            last = Some(m);
+        }
+        if Instant::now() > deadline {
+            let outputs: Vec<String> = hosts.iter().map(|h| h.output()).collect();
+            panic!(
+                "store did not settle on {want:?} with {replicas} replicas within {SETTLE_TIMEOUT_MS} ms; last map: epoch {:?}, hosts {:?}, moving {:?}, replicas_min {:?}\n{}",
+                last.as_ref().map(|m| m.epoch),
+                last.as_ref().map(|m| m.hosts.clone()),
+                last.as_ref().map(|m| m.moving),
+                last.as_ref().map(|m| m.replicas_min),
+                outputs.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn primaries_per_host(m: &MapInfo) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for &p in &m.primaries {
+        *counts
+            .entry(m.hosts[p as usize].svr_addr.clone())
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
+/// The value written for `key` at writer step `n`: lets a read tell which write it sees.
+fn value_of(key: &str, n: u64) -> Vec<u8> {
+    let mut v = format!("{key}:{n}:").into_bytes();
+    v.resize(200, b'x');
+    v
+}
+
+fn step_of(value: &[u8]) -> u64 {
+    let s = std::str::from_utf8(value).expect("utf-8 value");
+    s.split(':').nth(1).unwrap().parse().unwrap()
+}
+
+/// Writes `keys` (each once, step 0) from `threads` threads; returns acked (step, version).
+fn write_all(c: &Client, ns: &str, keys: &[String]) -> HashMap<String, (u64, u64)> {
+    let acked = Mutex::new(HashMap::new());
+    let chunks: Vec<&[String]> = keys.chunks(keys.len().div_ceil(4)).collect();
+    std::thread::scope(|s| {
+        for chunk in chunks {
+            let acked = &acked;
+            s.spawn(move || {
+                let n = c.namespace(ns).unwrap();
+                for k in chunk {
+                    let v = n
+                        .put(k, value_of(k, 0), stategrid_client::WriteOptions::new())
+                        .unwrap_or_else(|e| panic!("put {k}: {e}"));
+                    acked.lock().unwrap().insert(k.clone(), (0, v));
+                }
+            });
+        }
+    });
+    acked.into_inner().unwrap()
+}
+
+/// Reads every key and checks it shows at least its latest acknowledged write.
+fn check_all(c: &Client, ns: &str, acked: &HashMap<String, (u64, u64)>) {
+    let n = c.namespace(ns).unwrap();
+    let mut lost = Vec::new();
+    for (k, &(step, version)) in acked {
+        match n.read(k) {
+            Ok(r) => {
+                // Writers race on keys: the newest acknowledged write is the one with the
+                // highest version; a read must show it or a newer one.
+                let got = step_of(&r.value);
+                if r.meta.version < version || (r.meta.version == version && got != step) {
+                    lost.push(format!(
+                        "{k}: acked step {step} version {version}, read step {got} version {}",
+                        r.meta.version
+                    ));
+                }
+            }
+            Err(e) => lost.push(format!("{k}: {e}")),
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(10)]
+    );
+}
+
+/// Updates random keys of `keys` until `stop`, recording for each key the acknowledged
+/// (step, version) with the highest version. Steps are unique across writers (the seed's
+/// high bits), so a read's step names the exact write it shows.
+fn writer(
+    c: Client,
+    ns: String,
+    keys: Arc<Vec<String>>,
+    acked: Arc<Mutex<HashMap<String, (u64, u64)>>>,
+    stop: Arc<AtomicBool>,
+    errors: Arc<Mutex<Vec<String>>>,
+    seed: u64,
+) {
+    let n = c.namespace(&ns).unwrap();
+    let mut x = seed | 1;
+    let mut step = (seed << 32) + 1;
+    while !stop.load(Ordering::Relaxed) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let k = &keys[(x % keys.len() as u64) as usize];
+        match n.put(k, value_of(k, step), stategrid_client::WriteOptions::new()) {
+            Ok(v) => {
+                let mut a = acked.lock().unwrap();
+                let e = a.entry(k.clone()).or_insert((0, 0));
+                if v > e.1 {
+                    *e = (step, v);
+                }
+            }
+            Err(e) => errors.lock().unwrap().push(format!("put {k}: {e}")),
+        }
+        step += 1;
+    }
+}
+
+fn keys(n: usize, prefix: &str) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i:06}")).collect()
+}
+
+fn ip(last: u8) -> String {
+    format!("127.0.0.{last}")
+}
+
+#[test]
+fn three_hosts_keep_every_acknowledged_write_through_kill_9() {
+    let p = ports();
+    let ips: Vec<String> = [21, 22, 23].iter().map(|&i| ip(i)).collect();
+    let mut hosts: Vec<Host> = ips
+        .iter()
+        .map(|me| {
+            let peers: Vec<&str> = ips
+                .iter()
+                .filter(|o| *o != me)
+                .map(|s| s.as_str())
+                .collect();
+            start_host(me, &peers, p, &[])
+        })
+        .collect();
+    let svrs: Vec<String> = hosts.iter().map(|h| h.svr(&p)).collect();
+    let c = client(&svrs[0], 10_000);
+    let refs: Vec<&Host> = hosts.iter().collect();
+    let m = wait_settled(&c, &svrs, 1, &refs);
+    let counts = primaries_per_host(&m);
+    println!("3 hosts formed: epoch {}, primaries {counts:?}", m.epoch);
+    for (h, &n) in &counts {
+        assert!(
+            (340..=343).contains(&n),
+            "{h} is primary of {n} partitions, not about 1024/3"
+        );
+    }
+
+    // 10,000 objects, every acknowledgement recorded.
+    let ns = "sessions";
+    let all = keys(10_000, "k");
+    let acked = Arc::new(Mutex::new(write_all(&c, ns, &all)));
+    let keys_arc = Arc::new(all.clone());
+
+    // Load while a host dies: two writers through the first host.
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let writers: Vec<_> = (0..2)
+        .map(|i| {
+            let (c, ns, keys, acked, stop, errors) = (
+                client(&svrs[0], 10_000),
+                ns.to_string(),
+                keys_arc.clone(),
+                acked.clone(),
+                stop.clone(),
+                errors.clone(),
+            );
+            std::thread::spawn(move || writer(c, ns, keys, acked, stop, errors, 0x9E37 + i))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Keys whose primary is the host about to die: they measure the failover.
+    let victim = 1;
+    let victim_index = m
+        .hosts
+        .iter()
+        .position(|h| h.svr_addr == svrs[victim])
+        .unwrap() as u16;
+    let ns_id = namespace_id(ns);
+    let probes: Vec<&String> = all
+        .iter()
+        .filter(|k| {
+            m.primaries[partition_of(key_hash(ns_id, k.as_bytes())) as usize] == victim_index
+        })
+        .take(64)
+        .collect();
+    assert!(!probes.is_empty());
+
+    let killed_at = Instant::now();
+    hosts[victim].kill9();
+    // Poll the victim's keys with a client that gives up quickly, until every one reads.
+    let quick = client(&svrs[0], 100);
+    let qn = quick.namespace_unregistered(ns);
+    let mut waiting: Vec<&String> = probes.clone();
+    while !waiting.is_empty() {
+        waiting.retain(|k| qn.read(k).is_err());
+        assert!(
+            killed_at.elapsed() < Duration::from_millis(SETTLE_TIMEOUT_MS),
+            "{} keys of the killed host still unreadable after {SETTLE_TIMEOUT_MS} ms",
+            waiting.len()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let recovered = killed_at.elapsed();
+    println!(
+        "kill -9 of {}: every key served again after {} ms",
+        svrs[victim],
+        recovered.as_millis()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let errors = errors.lock().unwrap().clone();
+    println!(
+        "writer errors beyond retries during the failover: {}",
+        errors.len()
+    );
+    assert!(
+        errors.is_empty(),
+        "writes failed beyond retries: {:?}",
+        &errors[..errors.len().min(5)]
+    );
+
+    // Replicas re-made on the survivors; every acknowledged write readable.
+    let survivors: Vec<String> = vec![svrs[0].clone(), svrs[2].clone()];
+    let refs: Vec<&Host> = hosts.iter().collect();
+    let m2 = wait_settled(&c, &survivors, 1, &refs);
+    println!(
+        "after the failure: epoch {}, primaries {:?}",
+        m2.epoch,
+        primaries_per_host(&m2)
+    );
+    let acked = acked.lock().unwrap().clone();
+    check_all(&c, ns, &acked);
+    // Through the other survivor as well (its own pool, server-side forwarding aside).
+    check_all(&client(&svrs[2], 10_000), ns, &acked);
+}
+
+#[test]
+fn a_fourth_host_takes_its_share_and_a_leaving_host_loses_nothing() {
+    let p = ports();
+    let ips: Vec<String> = [31, 32, 33, 34].iter().map(|&i| ip(i)).collect();
+    let peers_of =
+        |me: &String| -> Vec<String> { ips.iter().filter(|o| *o != me).cloned().collect() };
+    let mut hosts: Vec<Host> = ips[..3]
+        .iter()
+        .map(|me| {
+            let peers = peers_of(me);
+            let peers: Vec<&str> = peers.iter().map(|s| s.as_str()).collect();
+            start_host(me, &peers, p, &[("shards", "2")])
+        })
+        .collect();
+    let svrs: Vec<String> = ips.iter().map(|i| format!("{i}:{}", p.svr)).collect();
+    let c = client(&svrs[0], 10_000);
+    let refs: Vec<&Host> = hosts.iter().collect();
+    wait_settled(&c, &svrs[..3], 1, &refs);
+    let ns = "carts";
+    let all = keys(5_000, "c");
+    let acked = Arc::new(Mutex::new(write_all(&c, ns, &all)));
+
+    // A 4th host joins while writers run.
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let keys_arc = Arc::new(all.clone());
+    let spawn_writer = |i: u64| {
+        let (c, ns, keys, acked, stop, errors) = (
+            client(&svrs[0], 10_000),
+            ns.to_string(),
+            keys_arc.clone(),
+            acked.clone(),
+            stop.clone(),
+            errors.clone(),
+        );
+        std::thread::spawn(move || writer(c, ns, keys, acked, stop, errors, 0x51 + i))
+    };
+    let w = spawn_writer(1);
+    let joined_at = Instant::now();
+    let peers = peers_of(&ips[3]);
+    let peers: Vec<&str> = peers.iter().map(|s| s.as_str()).collect();
+    hosts.push(start_host(&ips[3], &peers, p, &[("shards", "2")]));
+    let refs: Vec<&Host> = hosts.iter().collect();
+    let m = wait_settled(&c, &svrs, 1, &refs);
+    let took = joined_at.elapsed();
+    let counts = primaries_per_host(&m);
+    println!(
+        "4th host joined: settled in {} ms ({} objects moved at most), primaries {counts:?}",
+        took.as_millis(),
+        all.len()
+    );
+    for (h, &n) in &counts {
+        assert!(
+            (255..=257).contains(&n),
+            "{h} is primary of {n} partitions, not about 1024/4"
+        );
+    }
+
+    // The second host leaves, waiting until its partitions moved away.
+    let out = Command::new(bin())
+        .args(["leave", "--wait", "--mgt", &hosts[1].mgt(&p)])
+        .output()
+        .expect("run stategrid leave");
+    assert!(
+        out.status.success(),
+        "stategrid leave --wait failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let remaining: Vec<String> = vec![svrs[0].clone(), svrs[2].clone(), svrs[3].clone()];
+    let refs: Vec<&Host> = hosts.iter().collect();
+    let m = wait_settled(&c, &remaining, 1, &refs);
+    println!("after leave: primaries {:?}", primaries_per_host(&m));
+    stop.store(true, Ordering::Relaxed);
+    w.join().unwrap();
+    let errors = errors.lock().unwrap().clone();
+    assert!(
+        errors.is_empty(),
+        "writes failed beyond retries: {:?}",
+        &errors[..errors.len().min(5)]
+    );
+    let acked = acked.lock().unwrap().clone();
+    check_all(&c, ns, &acked);
+    // The host that left holds nothing and is still up.
+    assert!(
+        hosts[1]
+            .child
+            .as_mut()
+            .unwrap()
+            .try_wait()
+            .unwrap()
+            .is_none()
+    );
+}
