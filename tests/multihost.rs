@@ -512,6 +512,28 @@ fn a_fourth_host_takes_its_share_and_a_leaving_host_loses_nothing() {
     );
     let acked = acked.lock().unwrap().clone();
     check_all(&c, ns, &acked);
+
+    // Multi-key requests span hosts: the client splits them per key.
+    let n = c.namespace("bulk").unwrap();
+    let items: Vec<(String, Vec<u8>)> = (0..200)
+        .map(|i| (format!("b{i}"), format!("v{i}").into_bytes()))
+        .collect();
+    let written = n
+        .bulk_put(&items, stategrid_client::WriteOptions::new())
+        .unwrap();
+    assert!(written.iter().all(|r| r.is_ok()), "{written:?}");
+    let keys: Vec<&String> = items.iter().map(|(k, _)| k).collect();
+    let read = n.multi_read(&keys).unwrap();
+    for ((_, v), r) in items.iter().zip(&read) {
+        assert_eq!(&r.as_ref().unwrap().value, v);
+    }
+    // A namespace-wide clear is not served by a multi-host store yet: a typed refusal.
+    let e = n.clear().unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(stategrid_client::ErrorCode::Unsupported),
+        "{e}"
+    );
     // The host that left holds nothing and is still up.
     assert!(
         hosts[1]

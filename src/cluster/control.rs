@@ -162,7 +162,7 @@ pub fn start(
         )
     };
     let listener = bind_tcp(mgt).map_err(|e| bind_err("TCP", e))?;
-    let udp = UdpSocket::bind(mgt).map_err(|e| bind_err("UDP", e))?;
+    let udp = bind_udp(mgt).map_err(|e| bind_err("UDP", e))?;
     udp.set_nonblocking(true)
         .map_err(|e| (exit::RUNTIME, format!("management UDP socket: {e}")))?;
     let static_hosts: Vec<SocketAddr> = swim::parse_hosts(&cfg.hosts, cfg.mgt_port)
@@ -219,6 +219,17 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
 
 /// A socket receiving the multicast group on `mgt_port`; also sets the unicast socket up to
 /// send to the group on `net_interface` (loop on, TTL 1: the local network only).
+/// The management UDP socket. SO_REUSEADDR so the multicast socket can bind the group's
+/// address on the same port: without it, with `net_interface` 0.0.0.0 (the container image's
+/// default), that bind failed with EADDRINUSE and multicast discovery was off. The TCP
+/// listener on the same port (bound first, without it) still keeps a second host off the port.
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
 fn join_multicast(cfg: &Config, udp: &UdpSocket) -> io::Result<UdpSocket> {
     let group = SocketAddr::new(cfg.mcast_ip.into(), cfg.mgt_port);
     let s = Socket::new(Domain::IPV4, Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
@@ -232,6 +243,38 @@ fn join_multicast(cfg: &Config, udp: &UdpSocket) -> io::Result<UdpSocket> {
     udp.set_multicast_ttl_v4(1)?;
     socket2::SockRef::from(udp).set_multicast_if_v4(&cfg.net_interface)?;
     Ok(s.into())
+}
+
+/// The address other hosts reach this one at: `net_interface`, or, when that is 0.0.0.0 (every
+/// address; the container image's default), the address the kernel would send from toward the
+/// multicast group, i.e. the interface of the default route. Found by connecting a UDP socket,
+/// which sends nothing.
+fn advertised_ip(cfg: &Config) -> Ipv4Addr {
+    if !cfg.net_interface.is_unspecified() {
+        return cfg.net_interface;
+    }
+    let found = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .and_then(|s| {
+            s.connect((cfg.mcast_ip, cfg.mgt_port))?;
+            s.local_addr()
+        })
+        .ok()
+        .and_then(|a| match a.ip() {
+            std::net::IpAddr::V4(ip) if !ip.is_unspecified() => Some(ip),
+            _ => None,
+        });
+    match found {
+        Some(ip) => {
+            tracing::info!("net_interface is 0.0.0.0: advertising {ip} to other hosts");
+            ip
+        }
+        None => {
+            tracing::warn!(
+                "net_interface is 0.0.0.0 and no route tells this host's address: other hosts cannot reach it; set net_interface to this host's address"
+            );
+            cfg.net_interface
+        }
+    }
 }
 
 /// A nonblocking TCP connect from `net_interface` (so peers see the configured address).
@@ -406,7 +449,7 @@ impl Ctl {
         let mut rng = StdRng::seed_from_u64(entropy());
         let me = HostId(rng.random_range(1..u64::MAX));
         let addr = HostAddr {
-            ip: cfg.net_interface,
+            ip: advertised_ip(&cfg),
             mgt_port: cfg.mgt_port,
             svr_port: cfg.svr_port,
             int_port: cfg.int_port,

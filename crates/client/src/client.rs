@@ -268,7 +268,8 @@ impl Client {
         Ok(Some(pool))
     }
 
-    /// Does this client talk to a store of several hosts (so host failures are retried)?
+    /// Does this client talk to a store of several hosts (so host failures are retried, and
+    /// multi-key requests are split per key)?
     fn multi_host(&self) -> bool {
         self.inner
             .routes
@@ -407,6 +408,27 @@ impl Client {
             other => Err(unexpected(&req, &other)),
         }
     }
+}
+
+/// Per-item results of requests run one per item (in a multi-host store), in item order: a
+/// server's refusal is the item's error; anything else (timeout, lost connection) fails all.
+async fn collect_items<T: Send + 'static>(
+    mut set: tokio::task::JoinSet<(usize, Result<T>)>,
+    n: usize,
+) -> Result<Vec<std::result::Result<T, ErrorReply>>> {
+    let mut out: Vec<Option<std::result::Result<T, ErrorReply>>> = (0..n).map(|_| None).collect();
+    while let Some(joined) = set.join_next().await {
+        let (i, r) = joined.map_err(|e| Error::Protocol(format!("a per-item task failed: {e}")))?;
+        out[i] = Some(match r {
+            Ok(v) => Ok(v),
+            Err(Error::Server(reply)) => Err(reply),
+            Err(e) => return Err(e),
+        });
+    }
+    Ok(out
+        .into_iter()
+        .map(|r| r.expect("every item answered"))
+        .collect())
 }
 
 /// The error for an answer that does not fit its request.
@@ -828,6 +850,16 @@ impl Namespace {
         &self,
         keys: &[K],
     ) -> Result<Vec<Result<ReadResult, ErrorReply>>> {
+        if self.client.multi_host() {
+            // The keys live on several hosts: one read each, all in flight at once, each to
+            // its partition's primary.
+            let mut set = tokio::task::JoinSet::new();
+            for (i, k) in keys.iter().enumerate() {
+                let (ns, key) = (self.clone(), k.as_ref().to_vec());
+                set.spawn(async move { (i, ns.read(&key).await) });
+            }
+            return collect_items(set, keys.len()).await;
+        }
         let req = Request::MultiRead {
             ns: self.id,
             keys: keys.iter().map(|k| k.as_ref().to_vec()).collect(),
@@ -883,6 +915,15 @@ impl Namespace {
         opts: impl Into<WriteOpts>,
     ) -> Result<Vec<Result<u64, ErrorReply>>> {
         let opts = opts.into();
+        if self.client.multi_host() {
+            // As in multi_read: each put goes to its own primary (and is replicated there).
+            let mut set = tokio::task::JoinSet::new();
+            for (i, (k, v)) in items.iter().enumerate() {
+                let (ns, key, value) = (self.clone(), k.as_ref().to_vec(), v.as_ref().to_vec());
+                set.spawn(async move { (i, ns.put(&key, &value, opts).await) });
+            }
+            return collect_items(set, items.len()).await;
+        }
         let mut bulk = Vec::with_capacity(items.len());
         let mut values: Vec<&[u8]> = Vec::with_capacity(items.len());
         for (key, value) in items {
