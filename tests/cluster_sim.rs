@@ -568,6 +568,7 @@ fn short(m: &PeerMsg) -> String {
             format!("migrated {} partitions", partitions.len())
         }
         PeerMsg::LeaveRequest => "leave?".into(),
+        PeerMsg::RejoinRequest => "rejoin?".into(),
     }
 }
 

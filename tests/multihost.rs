@@ -534,7 +534,8 @@ fn a_fourth_host_takes_its_share_and_a_leaving_host_loses_nothing() {
         Some(stategrid_client::ErrorCode::Unsupported),
         "{e}"
     );
-    // The host that left holds nothing and is still up.
+    // The host that left holds nothing and is still up; `join` makes it take a share again
+    // (before that was handled, it answered "already a member" and stayed leaving).
     assert!(
         hosts[1]
             .child
@@ -544,4 +545,24 @@ fn a_fourth_host_takes_its_share_and_a_leaving_host_loses_nothing() {
             .unwrap()
             .is_none()
     );
+    let out = Command::new(bin())
+        .args(["join", "--mgt", &hosts[1].mgt(&p)])
+        .output()
+        .expect("run stategrid join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let refs: Vec<&Host> = hosts.iter().collect();
+    let m = wait_settled(&c, &svrs, 1, &refs);
+    println!("after join: primaries {:?}", primaries_per_host(&m));
+    check_all(&c, ns, &acked);
+
+    // Copies made by migration are complete: with a host gone, the promoted ones serve all.
+    hosts[2].kill9();
+    let rest: Vec<String> = vec![svrs[0].clone(), svrs[1].clone(), svrs[3].clone()];
+    let refs: Vec<&Host> = hosts.iter().collect();
+    wait_settled(&c, &rest, 1, &refs);
+    check_all(&c, ns, &acked);
 }

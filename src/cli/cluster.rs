@@ -119,10 +119,10 @@ pub fn query_text(r: &QueryReply) -> String {
 pub(super) fn join(cli: &Cli) -> Result<Outcome, Failure> {
     let v = strip_ok(call(cli, "join", &Request::Join, ADMIN_TIMEOUT_MS)?);
     let state = v["state"].as_str().unwrap_or("joining").to_owned();
-    let text = if state == "member" {
-        "already a member of the store".to_owned()
-    } else {
-        "joining the store (see `stategrid query`)".to_owned()
+    let text = match state.as_str() {
+        "member" => "already an active member of the store".to_owned(),
+        "rejoining" => "taking a share of the partitions again (see `stategrid query`)".to_owned(),
+        _ => "joining the store (see `stategrid query`)".to_owned(),
     };
     Ok(Outcome::lines(text, v))
 }

@@ -1094,11 +1094,19 @@ impl Ctl {
             Request::Query => self.start_query(conn, now),
             Request::Join => {
                 if self.node.is_some() {
-                    let member = self
+                    let state = self
                         .node
                         .as_ref()
-                        .is_some_and(|n| n.state().host(self.me).is_some());
-                    let state = if member { "member" } else { "joining" };
+                        .and_then(|n| n.state().host(self.me).map(|h| h.state));
+                    let state = match state {
+                        // A host that left takes its share again.
+                        Some(HostState::Leaving) => {
+                            self.inputs.push_back(Input::Join);
+                            "rejoining"
+                        }
+                        Some(_) => "member",
+                        None => "joining",
+                    };
                     return self.answer(conn, admin::ok_line(serde_json::json!({"state": state})));
                 }
                 self.wants_store = true;

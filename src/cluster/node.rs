@@ -154,6 +154,8 @@ pub enum PeerMsg {
     },
     /// A follower asks the leader to move its partitions away (`Input::Leave` on that host).
     LeaveRequest,
+    /// A leaving (or left) host asks to take its share again (`Input::Join` on that host).
+    RejoinRequest,
 }
 
 impl PeerMsg {
@@ -334,6 +336,7 @@ pub struct ClusterNode {
     up: BTreeSet<HostId>,
     joining: bool,
     leave_requested: bool,
+    rejoin_requested: bool,
     expelled: bool,
     // Host side of leases.
     lease_seq: u64,
@@ -348,6 +351,8 @@ pub struct ClusterNode {
     joins: BTreeMap<HostId, (HostInfo, bool)>,
     /// Hosts (this one included) that asked to leave and are still Active.
     leaves: BTreeSet<HostId>,
+    /// Leaving hosts that asked to become active again (leader only).
+    rejoins: BTreeSet<HostId>,
     ready_moves: BTreeSet<(u16, HostId)>,
     proposed_at_ms: Option<u64>,
     /// The last planner run: (epoch, hosts, finished moves) and its result if it changed
@@ -430,6 +435,7 @@ impl ClusterNode {
             up: BTreeSet::new(),
             joining: false,
             leave_requested: false,
+            rejoin_requested: false,
             expelled: false,
             lease_seq: 0,
             lease_requests: VecDeque::new(),
@@ -441,6 +447,7 @@ impl ClusterNode {
             leases: BTreeMap::new(),
             joins: BTreeMap::new(),
             leaves: BTreeSet::new(),
+            rejoins: BTreeSet::new(),
             ready_moves: BTreeSet::new(),
             proposed_at_ms: None,
             plan_cache: None,
@@ -543,8 +550,22 @@ impl ClusterNode {
                     self.down.insert(host);
                 }
             },
-            Input::Join => self.joining = true,
-            Input::Leave => self.leave_requested = true,
+            Input::Join => {
+                let state = self.state.borrow().host(self.cfg.id).map(|h| h.state);
+                match state {
+                    // A member that left (or is leaving) takes its share again.
+                    Some(HostState::Leaving) => {
+                        self.rejoin_requested = true;
+                        self.leave_requested = false;
+                    }
+                    Some(_) => {}
+                    None => self.joining = true,
+                }
+            }
+            Input::Leave => {
+                self.leave_requested = true;
+                self.rejoin_requested = false;
+            }
             Input::MigrationDone { partition } => {
                 self.migrations_done.insert(partition);
             }
@@ -587,7 +608,14 @@ impl ClusterNode {
             PeerMsg::LeaseGrant { seq, epoch } => self.on_lease_grant(seq, epoch),
             PeerMsg::LeaveRequest => {
                 if self.is_leader() && self.state.borrow().host(from).is_some() {
+                    self.rejoins.remove(&from);
                     self.leaves.insert(from);
+                }
+            }
+            PeerMsg::RejoinRequest => {
+                if self.is_leader() && self.state.borrow().host(from).is_some() {
+                    self.leaves.remove(&from);
+                    self.rejoins.insert(from);
                 }
             }
             PeerMsg::MigrationDone { partitions } => {
@@ -652,6 +680,17 @@ impl ClusterNode {
                 }
                 Some(HostState::Active) | Some(HostState::Joining) => {}
                 _ => self.leave_requested = false,
+            }
+        }
+        if self.rejoin_requested {
+            // Asked until the log says Active again, like a leave.
+            let state = self.state.borrow().host(me).map(|h| h.state);
+            match state {
+                Some(HostState::Leaving) if leader != me => {
+                    self.send(leader, PeerMsg::RejoinRequest)
+                }
+                Some(HostState::Leaving) => {}
+                _ => self.rejoin_requested = false,
             }
         }
         if !self.cfg.witness {
@@ -886,6 +925,20 @@ impl ClusterNode {
         }
         if self.leave_requested {
             self.leaves.insert(me);
+        }
+        if self.rejoin_requested {
+            self.rejoins.insert(me);
+        }
+        self.rejoins
+            .retain(|id| st.host(*id).is_some_and(|h| h.state == HostState::Leaving));
+        if let Some(&id) = self.rejoins.iter().next() {
+            return self.propose(
+                now_ms,
+                Command::SetHostState {
+                    id,
+                    state: HostState::Active,
+                },
+            );
         }
         // Joining hosts stay in the set until Active; Leaving, Failed or gone ones are done.
         self.leaves.retain(|id| {

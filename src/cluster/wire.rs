@@ -83,6 +83,7 @@ enum JsonMsg {
     LeaseGrant { seq: u64, epoch: u64 },
     MigrationDone { partitions: Vec<u16> },
     LeaveRequest,
+    RejoinRequest,
 }
 
 /// One frame for `msg` from `from`, length prefix included.
@@ -108,6 +109,7 @@ pub fn encode_frame(from: HostId, msg: &PeerMsg) -> Vec<u8> {
                     partitions: partitions.clone(),
                 },
                 PeerMsg::LeaveRequest => JsonMsg::LeaveRequest,
+                PeerMsg::RejoinRequest => JsonMsg::RejoinRequest,
             };
             (
                 KIND_JSON,
@@ -159,6 +161,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(HostId, PeerMsg, usize)>, Wire
             JsonMsg::LeaseGrant { seq, epoch } => PeerMsg::LeaseGrant { seq, epoch },
             JsonMsg::MigrationDone { partitions } => PeerMsg::MigrationDone { partitions },
             JsonMsg::LeaveRequest => PeerMsg::LeaveRequest,
+            JsonMsg::RejoinRequest => PeerMsg::RejoinRequest,
         },
         k => return Err(WireError::UnknownKind(k)),
     };

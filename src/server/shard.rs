@@ -782,8 +782,16 @@ impl Shard {
     /// Takes a queue slot for an answer another shard will produce; None when the
     /// connection has too many waiting (it then got TooManyInFlight).
     fn reserve(&mut self, slot: u32, id: u32, s: Slot) -> Option<u64> {
-        let max = self.core.cfg.inflight_per_conn_max;
         let conn = &mut self.conns[slot as usize];
+        // A link from another host carries many clients' requests, replication and migration
+        // at once: its bound is the sender's (hosts::LINK_INFLIGHT_MAX), not a client's. With
+        // the client limit, relayed writes failed with TooManyInFlight and migration frames
+        // were refused under load.
+        let max = if conn.kind == ConnKind::Internal {
+            hosts::LINK_INFLIGHT_MAX as u32
+        } else {
+            self.core.cfg.inflight_per_conn_max
+        };
         if conn.waiting >= max {
             self.respond_in_order(slot, |sink| {
                 sink.error(id, ErrorCode::TooManyInFlight, max as u64)

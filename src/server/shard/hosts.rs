@@ -59,7 +59,7 @@ const PULL_RETRY_MS: u64 = 200;
 const LINK_RETRY_MS: u64 = 100;
 /// Frames in flight on one link at most before relayed requests are refused (bounds memory
 /// when a peer stops answering).
-const LINK_INFLIGHT_MAX: usize = 65_536;
+pub const LINK_INFLIGHT_MAX: usize = 65_536;
 
 /// What kind of peer a connection has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,7 +90,11 @@ pub enum Expect {
     PullAck {
         partition: u16,
     },
-    /// Migration stream frames: a failure shows on the receiver, which pulls again.
+    /// A migration stream's object: `MigrateEnd` waits until every one is confirmed.
+    Stream {
+        id: u64,
+    },
+    /// `MigrateEnd`: the receiver reports the move itself.
     Ignore,
 }
 
@@ -133,11 +137,17 @@ struct Pull {
 
 /// A partition this host is sending to a new copy.
 struct Stream {
+    id: u64,
     to: HostId,
     partition: u32,
     slots: Vec<u32>,
     pos: usize,
     sent: u64,
+    /// Objects sent and not yet confirmed; `MigrateEnd` goes only when this is 0 and none was
+    /// refused, so "the move is done" always means every object arrived.
+    unconfirmed: u64,
+    /// A refused object: the stream starts over from a fresh snapshot.
+    failed: bool,
 }
 
 /// The shard's multi-host state. See the module doc.
@@ -156,6 +166,7 @@ pub struct Hosts {
     streams: VecDeque<Stream>,
     pub int_listener: Option<socket2::Socket>,
     next_link_id: u32,
+    next_stream_id: u64,
     /// Did the installed map ever name more than this host? (Bulk requests are single-host.)
     multi_host: bool,
     /// Per partition, the first epoch of this host's current unbroken run as its primary
@@ -178,6 +189,7 @@ impl Hosts {
             streams: VecDeque::new(),
             int_listener: Some(int_listener),
             next_link_id: 1,
+            next_stream_id: 1,
             multi_host: false,
             primary_since: vec![u64::MAX; PARTITIONS as usize],
         }
@@ -689,12 +701,17 @@ impl Shard {
                 self.hosts
                     .streams
                     .retain(|s| !(s.to == to && s.partition == p));
+                let stream_id = self.hosts.next_stream_id;
+                self.hosts.next_stream_id += 1;
                 self.hosts.streams.push_back(Stream {
+                    id: stream_id,
                     to,
                     partition: p,
                     slots: self.core.store.partition_slots(p),
                     pos: 0,
                     sent: 0,
+                    unconfirmed: 0,
+                    failed: false,
                 });
                 sink.respond(id, &Response::Ok, &[]);
             }
@@ -818,17 +835,34 @@ impl Shard {
                     state: Some(obj.state),
                 };
                 let value = Some(obj.value);
-                if !self.link_send(to, Expect::Ignore, |b, link_id| {
+                let id = self.hosts.streams.front().expect("front exists").id;
+                if !self.link_send(to, Expect::Stream { id }, |b, link_id| {
                     encode_with_value(b, link_id, &msg, value);
                 }) {
                     self.hosts.streams.pop_front();
                     return;
                 }
-                self.hosts.streams.front_mut().expect("front exists").sent += 1;
+                let s = self.hosts.streams.front_mut().expect("front exists");
+                s.sent += 1;
+                s.unconfirmed += 1;
             }
-            let s = self.hosts.streams.front().expect("front exists");
-            if s.pos < s.slots.len() {
-                return; // more next pass
+            let s = self.hosts.streams.front_mut().expect("front exists");
+            if s.pos < s.slots.len() || s.unconfirmed > 0 {
+                return; // more next pass, or confirmations still to come
+            }
+            if s.failed {
+                // Some object was refused: send the partition again, from a fresh snapshot.
+                s.failed = false;
+                s.pos = 0;
+                s.sent = 0;
+                s.slots = self.core.store.partition_slots(p);
+                tracing::debug!(
+                    shard = self.core.shard,
+                    partition = p,
+                    ?to,
+                    "stream restarted"
+                );
+                continue;
             }
             let msg = Request::MigrateEnd {
                 epoch: view.epoch,
@@ -1019,6 +1053,8 @@ impl Shard {
                 // The copy may or may not have the change: keep waiting until the map drops
                 // the host or the deadline passes.
                 Expect::Ack { .. } | Expect::Hello | Expect::Ignore => {}
+                // The stream's host is unreachable: the receiver asks again.
+                Expect::Stream { id } => self.hosts.streams.retain(|s| s.id != id),
                 Expect::Relay {
                     slot,
                     generation,
@@ -1124,9 +1160,23 @@ impl Shard {
                         self.pull_failed(partition);
                     }
                 }
+                Expect::Stream { id } => {
+                    let shard = self.core.shard;
+                    if let Some(s) = self.hosts.streams.iter_mut().find(|s| s.id == id) {
+                        s.unconfirmed -= 1;
+                        if let Some(e) = error {
+                            tracing::debug!(
+                                shard,
+                                partition = s.partition,
+                                "migration object refused: {e:?}"
+                            );
+                            s.failed = true;
+                        }
+                    }
+                }
                 Expect::Ignore => {
                     if let Some(e) = error {
-                        tracing::debug!(shard = self.core.shard, "migration frame refused: {e:?}");
+                        tracing::debug!(shard = self.core.shard, "migration end refused: {e:?}");
                     }
                 }
             }
