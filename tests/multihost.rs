@@ -377,6 +377,25 @@ fn three_hosts_keep_every_acknowledged_write_through_kill_9() {
         .collect();
     assert!(!probes.is_empty());
 
+    // A session on the doomed host, locked, with a sliding timeout: the lock (same token),
+    // version and timeout must survive the failover.
+    let sessions = c.namespace("locked").unwrap();
+    let locked_key = (0..)
+        .map(|i| format!("s{i}"))
+        .find(|k| {
+            m.primaries[partition_of(key_hash(namespace_id("locked"), k.as_bytes())) as usize]
+                == victim_index
+        })
+        .unwrap();
+    sessions
+        .put(
+            &locked_key,
+            b"cart",
+            stategrid_client::WriteOptions::sliding(600),
+        )
+        .unwrap();
+    let lock = sessions.read_and_lock(&locked_key).unwrap();
+
     let killed_at = Instant::now();
     hosts[victim].kill9();
     // Poll the victim's keys with a client that gives up quickly, until every one reads.
@@ -425,6 +444,26 @@ fn three_hosts_keep_every_acknowledged_write_through_kill_9() {
     );
     let acked = acked.lock().unwrap().clone();
     check_all(&c, ns, &acked);
+    // The lock survived: another client is refused, the holder's token still works.
+    let meta = sessions.meta(&locked_key).unwrap();
+    assert!(
+        meta.lock.is_some(),
+        "the lock was lost in the failover: {meta:?}"
+    );
+    assert_eq!(meta.version, lock.meta.version);
+    assert_eq!(meta.timeout.timeout_s, 600);
+    let e = sessions
+        .update(&locked_key, b"other", stategrid_client::WriteOptions::new())
+        .unwrap_err();
+    assert_eq!(e.code(), Some(stategrid_client::ErrorCode::Locked), "{e}");
+    sessions
+        .update_and_unlock(
+            &locked_key,
+            b"cart2",
+            stategrid_client::WriteOptions::sliding(600),
+            lock.lock_token,
+        )
+        .unwrap();
     // Through the other survivor as well (its own pool, server-side forwarding aside).
     check_all(&client(&svrs[2], 10_000), ns, &acked);
 }
