@@ -482,7 +482,7 @@ pub static PARAMS: &[ParamSpec] = &[
         "hosts",
         "",
         true,
-        "static list of other hosts (ip:mgt_port,... ; a bare ip means this host's mgt_port) to find the store without multicast",
+        "static list of other hosts (ip:mgt_port or name:mgt_port, comma-separated; no port: this host's mgt_port; DNS names, e.g. compose services, are looked up again every 2 s) to find the store without multicast",
         |c, v| {
             crate::cluster::swim::parse_hosts(v, 1)?;
             c.hosts = v.to_owned()

@@ -90,6 +90,8 @@ pub const TICK_MS: u64 = 10;
 const HEARTBEAT_TICKS: usize = 2;
 /// Raft election timeout range in ticks (100-200 ms): drawn once per start.
 const ELECTION_TICKS: std::ops::Range<usize> = 10..20;
+/// Names in `hosts` are looked up again this often (a lookup blocks the control thread).
+pub const STATIC_RESOLVE_MS: u64 = 2000;
 /// Static `hosts` not yet seen by SWIM are announced to this often.
 pub const STATIC_ANNOUNCE_MS: u64 = 500;
 /// A multicast announcement this often.
@@ -165,11 +167,8 @@ pub fn start(
     let udp = bind_udp(mgt).map_err(|e| bind_err("UDP", e))?;
     udp.set_nonblocking(true)
         .map_err(|e| (exit::RUNTIME, format!("management UDP socket: {e}")))?;
-    let static_hosts: Vec<SocketAddr> = swim::parse_hosts(&cfg.hosts, cfg.mgt_port)
-        .map_err(|e| (exit::USAGE, format!("parameter hosts: {e}")))?
-        .into_iter()
-        .filter(|a| *a != mgt)
-        .collect();
+    let static_hosts = swim::parse_hosts(&cfg.hosts, cfg.mgt_port)
+        .map_err(|e| (exit::USAGE, format!("parameter hosts: {e}")))?;
     let mcast = if cfg.use_multicast {
         match join_multicast(&cfg, &udp) {
             Ok(s) => Some(s),
@@ -420,7 +419,10 @@ struct Ctl {
     udp: UdpSocket,
     mcast: Option<UdpSocket>,
     mcast_warned: bool,
-    static_hosts: Vec<SocketAddr>,
+    static_hosts: Vec<swim::HostSpec>,
+    /// What `static_hosts` resolved to last (this host's own address left out).
+    static_addrs: Vec<SocketAddr>,
+    next_resolve_ms: u64,
     conns: BTreeMap<u64, Conn>,
     links: BTreeMap<HostId, Link>,
     calls: BTreeMap<u64, Call>,
@@ -444,7 +446,7 @@ impl Ctl {
         listener: TcpListener,
         udp: UdpSocket,
         mcast: Option<UdpSocket>,
-        static_hosts: Vec<SocketAddr>,
+        static_hosts: Vec<swim::HostSpec>,
     ) -> Ctl {
         let mut rng = StdRng::seed_from_u64(entropy());
         let me = HostId(rng.random_range(1..u64::MAX));
@@ -512,6 +514,8 @@ impl Ctl {
             mcast,
             mcast_warned: false,
             static_hosts,
+            static_addrs: Vec::new(),
+            next_resolve_ms: 0,
             conns: BTreeMap::new(),
             links: BTreeMap::new(),
             calls: BTreeMap::new(),
@@ -638,10 +642,32 @@ impl Ctl {
     }
 
     fn discovery(&mut self, now: u64) {
+        if now >= self.next_resolve_ms && !self.static_hosts.is_empty() {
+            // Names are looked up again now and then: a container named in `hosts` may start
+            // later, or come back with another address.
+            self.next_resolve_ms = now + STATIC_RESOLVE_MS;
+            let me = self.swim.me().mgt;
+            let bound = SocketAddr::new(self.cfg.net_interface.into(), self.cfg.mgt_port);
+            let mut addrs = Vec::new();
+            for spec in &self.static_hosts {
+                let found = spec.resolve();
+                if found.is_empty() {
+                    tracing::debug!(
+                        "hosts entry {}:{} does not resolve (yet)",
+                        spec.host,
+                        spec.port
+                    );
+                }
+                addrs.extend(found.into_iter().filter(|a| *a != me && *a != bound));
+            }
+            addrs.sort();
+            addrs.dedup();
+            self.static_addrs = addrs;
+        }
         if now >= self.next_static_ms {
             self.next_static_ms = now + STATIC_ANNOUNCE_MS;
             let unseen: Vec<SocketAddr> = self
-                .static_hosts
+                .static_addrs
                 .iter()
                 .copied()
                 .filter(|a| !self.swim.live().any(|l| l.mgt == *a))

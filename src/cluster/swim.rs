@@ -144,25 +144,70 @@ pub fn foca_config(failure_detection_ms: u64, expected_hosts: u32) -> FocaConfig
     c
 }
 
-/// Parses the `hosts` parameter: `ip:port` or bare `ip` (meaning `default_port`), separated
-/// by commas or whitespace. An error names the bad entry.
-pub fn parse_hosts(list: &str, default_port: u16) -> Result<Vec<SocketAddr>, String> {
+/// One entry of the `hosts` parameter: an IPv4 address or a DNS name (a compose service, a
+/// Kubernetes headless service), and the host's `mgt_port`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostSpec {
+    pub host: String,
+    pub port: u16,
+}
+
+impl HostSpec {
+    /// The addresses the entry names now: the IP itself, or what DNS answers (IPv4 only; empty
+    /// when the name does not resolve yet, for example a container that has not started).
+    /// A DNS lookup blocks: call it rarely (the control plane does, every few seconds).
+    pub fn resolve(&self) -> Vec<SocketAddr> {
+        if let Ok(ip) = self.host.parse::<Ipv4Addr>() {
+            return vec![SocketAddr::new(ip.into(), self.port)];
+        }
+        use std::net::ToSocketAddrs;
+        (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map(|it| it.filter(|a| a.is_ipv4()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Parses `hosts`: entries `host:mgt_port` or `host` (this host's `mgt_port`), separated by
+/// commas or spaces, where `host` is an IPv4 address or a DNS name. The error names the entry.
+pub fn parse_hosts(list: &str, default_port: u16) -> Result<Vec<HostSpec>, String> {
     let mut out = Vec::new();
     for entry in list.split([',', ' ', '\t', '\n']).filter(|e| !e.is_empty()) {
-        let addr = if let Ok(a) = entry.parse::<SocketAddr>() {
-            a
-        } else if let Ok(ip) = entry.parse::<Ipv4Addr>() {
-            SocketAddr::new(ip.into(), default_port)
-        } else {
-            return Err(format!(
-                "'{entry}' is not a host: expected ip:mgt_port or ip, for example 10.0.0.2:2720"
-            ));
+        let bad = |why: &str| {
+            format!(
+                "'{entry}' is not a host: {why}; expected ip:mgt_port, name:mgt_port, ip or name, for example 10.0.0.2:2720 or host2:2720"
+            )
         };
-        if addr.port() == 0 {
+        let (host, port) = match entry.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| bad("the port is not a number"))?,
+            ),
+            None => (entry, default_port),
+        };
+        let is_ip = host.parse::<Ipv4Addr>().is_ok();
+        let is_name = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            })
+            && !host.chars().all(|c| c.is_ascii_digit() || c == '.');
+        if !is_ip && !is_name {
+            return Err(bad("neither an IPv4 address nor a DNS name"));
+        }
+        if port == 0 {
             return Err(format!("'{entry}' has port 0: give the host's mgt_port"));
         }
-        if !out.contains(&addr) {
-            out.push(addr);
+        let spec = HostSpec {
+            host: host.to_owned(),
+            port,
+        };
+        if !out.contains(&spec) {
+            out.push(spec);
         }
     }
     if out.len() > STATIC_HOSTS_MAX {
@@ -391,16 +436,41 @@ mod tests {
 
     #[test]
     fn hosts_lists_parse_and_name_the_bad_entry() {
-        assert_eq!(parse_hosts("", 2720).unwrap(), Vec::<SocketAddr>::new());
+        let spec = |h: &str, port| HostSpec {
+            host: h.into(),
+            port,
+        };
+        assert_eq!(parse_hosts("", 2720).unwrap(), Vec::<HostSpec>::new());
         assert_eq!(
             parse_hosts("127.0.0.2:30, 127.0.0.3 127.0.0.2:30", 2720).unwrap(),
+            vec![spec("127.0.0.2", 30), spec("127.0.0.3", 2720)]
+        );
+        // DNS names, as compose and Kubernetes give them.
+        assert_eq!(
+            parse_hosts("host2:2720,host3,db-1.svc.local", 2720).unwrap(),
             vec![
-                "127.0.0.2:30".parse::<SocketAddr>().unwrap(),
-                "127.0.0.3:2720".parse::<SocketAddr>().unwrap()
+                spec("host2", 2720),
+                spec("host3", 2720),
+                spec("db-1.svc.local", 2720)
             ]
         );
-        let e = parse_hosts("127.0.0.2:30,bogus:1", 2720).unwrap_err();
-        assert!(e.contains("'bogus:1'"), "{e}");
+        assert_eq!(
+            spec("127.0.0.9", 5).resolve(),
+            vec!["127.0.0.9:5".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(
+            spec("localhost", 7).resolve().first(),
+            Some(&"127.0.0.1:7".parse::<SocketAddr>().unwrap())
+        );
+        for bad in ["bo gus!:1", "host:x", "999.1.1.1", "a..b", ":5"] {
+            let e = parse_hosts(bad, 2720).unwrap_err();
+            assert!(
+                e.contains("is not a host") || e.contains("port 0"),
+                "{bad}: {e}"
+            );
+        }
+        let e = parse_hosts("127.0.0.2:30,bog/us:1", 2720).unwrap_err();
+        assert!(e.contains("'bog/us:1'"), "{e}");
         let e = parse_hosts("10.0.0.1:0", 2720).unwrap_err();
         assert!(e.contains("port 0"), "{e}");
         let many: Vec<String> = (0..300)
