@@ -569,6 +569,7 @@ fn short(m: &PeerMsg) -> String {
         }
         PeerMsg::LeaveRequest => "leave?".into(),
         PeerMsg::RejoinRequest => "rejoin?".into(),
+        PeerMsg::Expelled => "expelled".into(),
     }
 }
 

@@ -27,12 +27,11 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+
 /// The tag the offline script builds for the tests (apart from a user's `stategrid:local`).
 const OFFLINE_TAG: &str = "stategrid:test";
 
-/// The image under test: `SG_TEST_IMAGE` if set (for example one made with `docker build .`
-/// on a machine with a registry; used as it is), else [`OFFLINE_TAG`], built from this test
-/// build's binary.
 /// Containers of this file run one at a time. io_uring charges the memory it pins to the
 /// user (root, for every container here) against RLIMIT_MEMLOCK, and where the daemon may not
 /// raise that limit each server plans its rings to use all of it: two at once made the second
@@ -44,6 +43,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The image under test: `SG_TEST_IMAGE` if set (for example one made with `docker build .`
+/// on a machine with a registry; used as it is), else [`OFFLINE_TAG`], built from this test
+/// build's binary.
 fn image() -> &'static str {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE.get_or_init(|| std::env::var("SG_TEST_IMAGE").unwrap_or_else(|_| OFFLINE_TAG.into()))
@@ -880,4 +882,303 @@ fn image_settings(config: &serde_json::Value) -> Settings {
         );
     }
     s
+}
+
+// ---------------------------------------------------------------------------------------
+// A 3-host store in containers, under faults
+
+/// One host container of the fault test: its name and its address on the test's network.
+struct StoreHost {
+    name: String,
+}
+
+impl StoreHost {
+    /// The container's address on `net` (empty while it is disconnected or stopped).
+    fn ip(&self, net: &str) -> String {
+        inspect(
+            &self.name,
+            &format!(
+                "{{{{with index .NetworkSettings.Networks \"{net}\"}}}}{{{{.IPAddress}}}}{{{{end}}}}"
+            ),
+        )
+    }
+    fn running(&self) -> bool {
+        inspect(&self.name, "{{.State.Running}}") == "true"
+    }
+}
+
+/// Starts a store host on `net` that finds the others by their container names (Docker's DNS),
+/// restarted by Docker when it exits on its own (a host the store declared failed exits 1 and
+/// comes back as a new member, as the README says to run it).
+fn start_store_host(env: &Env, net: &str, name: &str, others: &[String]) -> StoreHost {
+    let hosts: Vec<String> = others.iter().map(|o| format!("{o}:2720")).collect();
+    docker_ok(&[
+        "run",
+        "--detach",
+        "--name",
+        name,
+        "--label",
+        "io.stategrid.test=1",
+        "--network",
+        net,
+        "--restart",
+        "on-failure",
+        "--security-opt",
+        PROFILE,
+        "--ulimit",
+        &env.memlock,
+        "-e",
+        "STATEGRID_MAX_REPLICAS=1",
+        "-e",
+        "STATEGRID_USE_MULTICAST=0",
+        "-e",
+        &format!("STATEGRID_HOSTS={}", hosts.join(",")),
+        // Three servers share this machine's locked-memory budget (see `serial`).
+        "-e",
+        "STATEGRID_SHARDS=1",
+        "-e",
+        "STATEGRID_IO_MEMORY_BYTES=128KiB",
+        image(),
+    ]);
+    StoreHost { name: name.into() }
+}
+
+#[test]
+fn a_three_host_store_in_containers_survives_kill_partition_and_rolling_restart() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Mutex};
+
+    use common::store::*;
+    use stategrid_client::proto::hash::namespace_id;
+    use stategrid_client::proto::{key_hash, partition_of};
+
+    let _serial = serial();
+    let Some(env) = env() else { return };
+    let started = Instant::now();
+    let mut cleanup = Cleanup::default();
+    let net = cleanup.network();
+    let names: Vec<String> = (1..=3)
+        .map(|i| cleanup.container(&format!("host{i}")))
+        .collect();
+    let hosts: Vec<StoreHost> = names
+        .iter()
+        .map(|me| {
+            let others: Vec<String> = names.iter().filter(|o| *o != me).cloned().collect();
+            start_store_host(env, &net, me, &others)
+        })
+        .collect();
+    let all_logs = || {
+        names
+            .iter()
+            .map(|n| {
+                let l = logs(n);
+                let tail: Vec<&str> = l.lines().rev().take(40).collect();
+                format!(
+                    "--- {n} ---\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let svr = |h: &StoreHost| format!("{}:2721", h.ip(&net));
+    let want = |hs: &[&StoreHost]| -> Vec<String> { hs.iter().map(|h| svr(h)).collect() };
+    let c = client(&svr(&hosts[0]), 10_000);
+    let m = wait_settled(&c, &want(&[&hosts[0], &hosts[1], &hosts[2]]), 1, all_logs);
+    let formed_s = started.elapsed().as_secs_f64();
+
+    // Load with every acknowledgement recorded, through the first host.
+    let ns = "sessions";
+    let all = keys(3_000, "k");
+    let acked = Arc::new(Mutex::new(write_all(&c, ns, &all)));
+    let keys_arc = Arc::new(all.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let writers: Vec<_> = (0..2)
+        .map(|i| {
+            let (c, ns, keys, acked, stop, errors) = (
+                client(&svr(&hosts[0]), 10_000),
+                ns.to_string(),
+                keys_arc.clone(),
+                acked.clone(),
+                stop.clone(),
+                errors.clone(),
+            );
+            std::thread::spawn(move || writer(c, ns, keys, acked, stop, errors, 0x77 + i))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+
+    // 1. docker kill (SIGKILL) of the second host: its keys are served again by the others.
+    let victim = svr(&hosts[1]);
+    let victim_index = m.hosts.iter().position(|h| h.svr_addr == victim).unwrap() as u16;
+    let probes: Vec<&String> = all
+        .iter()
+        .filter(|k| {
+            m.primaries[partition_of(key_hash(namespace_id(ns), k.as_bytes())) as usize]
+                == victim_index
+        })
+        .take(32)
+        .collect();
+    let quick = client(&svr(&hosts[0]), 200);
+    let qn = quick.namespace_unregistered(ns);
+    let killed = Instant::now();
+    docker_ok(&["kill", &hosts[1].name]);
+    let mut waiting = probes.clone();
+    while !waiting.is_empty() {
+        waiting.retain(|k| qn.read(k).is_err());
+        assert!(
+            killed.elapsed() < Duration::from_millis(SETTLE_TIMEOUT_MS),
+            "keys of the killed host unreadable\n{}",
+            all_logs()
+        );
+    }
+    let kill_served_ms = killed.elapsed().as_millis();
+    check_all(&c, ns, &acked.lock().unwrap().clone());
+    // It comes back as a new member (docker kill is a manual stop: no automatic restart).
+    if !hosts[1].running() {
+        docker_ok(&["start", &hosts[1].name]);
+    }
+    let m = wait_settled(&c, &want(&[&hosts[0], &hosts[1], &hosts[2]]), 1, all_logs);
+
+    // 2. A network cut isolates the third host: it stops acknowledging writes once its lease
+    //    runs out; the two others keep serving (its partitions fail over to them).
+    let minority = &hosts[2];
+    let minority_index = m
+        .hosts
+        .iter()
+        .position(|h| h.svr_addr == svr(minority))
+        .unwrap() as u16;
+    let minority_key = all
+        .iter()
+        .find(|k| {
+            m.primaries[partition_of(key_hash(namespace_id(ns), k.as_bytes())) as usize]
+                == minority_index
+        })
+        .unwrap()
+        .clone();
+    let cut = Instant::now();
+    docker_ok(&["network", "disconnect", &net, &minority.name]);
+    let majority: Vec<&StoreHost> = vec![&hosts[0], &hosts[1]];
+    let n = c.namespace(ns).unwrap();
+    let v = n
+        .put(
+            &minority_key,
+            value_of(&minority_key, 1 << 40),
+            stategrid_client::WriteOptions::new(),
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "the majority does not serve {minority_key}: {e}\nmap: {:?}\n{}",
+                map(&c).map(|m| (m.epoch, m.hosts)),
+                all_logs()
+            )
+        });
+    acked
+        .lock()
+        .unwrap()
+        .insert(minority_key.clone(), (1 << 40, v));
+    let majority_serves_ms = cut.elapsed().as_millis();
+    // Inside the isolated host, a write of a key it was primary of must be refused.
+    let refused_after = wait_for(
+        "the isolated host to stop acknowledging writes",
+        Duration::from_secs(30),
+        || {
+            let out = docker(&[
+                "exec",
+                &minority.name,
+                "stategrid",
+                "put",
+                ns,
+                &minority_key,
+                "from-the-minority",
+            ]);
+            (!out.status.success()).then(|| cut.elapsed())
+        },
+    );
+    // From then on it keeps refusing (sampled), while the majority serves that key.
+    for _ in 0..3 {
+        let out = docker(&[
+            "exec",
+            &minority.name,
+            "stategrid",
+            "put",
+            ns,
+            &minority_key,
+            "from-the-minority",
+        ]);
+        assert!(
+            !out.status.success(),
+            "the isolated host acknowledged a write: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    // 3. Reconnected, the isolated host learns it was declared failed, exits, is restarted by
+    //    Docker as a new member and joins: the store heals to three hosts with replicas.
+    docker_ok(&["network", "connect", &net, &minority.name]);
+    let healed = Instant::now();
+    wait_for(
+        "the isolated host to have an address on the network again",
+        Duration::from_millis(SETTLE_TIMEOUT_MS),
+        || (!minority.ip(&net).is_empty()).then_some(()),
+    );
+    wait_settled(
+        &c,
+        &want(&[majority[0], majority[1], minority]),
+        1,
+        all_logs,
+    );
+    let heal_ms = healed.elapsed().as_millis();
+
+    // 4. Rolling restart of all three (SIGTERM, then start) under load, one at a time.
+    let mut restart_ms = Vec::new();
+    for h in &hosts {
+        let t = Instant::now();
+        let before = map(&c).expect("a map");
+        let old_id = before
+            .hosts
+            .iter()
+            .find(|x| x.svr_addr == svr(h))
+            .map(|x| x.id);
+        docker_ok(&["restart", "--time", &STOP_TIMEOUT_S.to_string(), &h.name]);
+        // The restarted host is a new member (a new id at the same address); only once it
+        // is in and every partition has its replica again may the next host go.
+        wait_for(
+            "the restarted host to rejoin as a new member",
+            Duration::from_millis(SETTLE_TIMEOUT_MS),
+            || {
+                map(&c).and_then(|m| {
+                    m.hosts
+                        .iter()
+                        .any(|x| x.svr_addr == svr(h) && Some(x.id) != old_id && x.active)
+                        .then_some(())
+                })
+            },
+        );
+        wait_settled(&c, &want(&[&hosts[0], &hosts[1], &hosts[2]]), 1, all_logs);
+        restart_ms.push(t.elapsed().as_millis());
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let errors = errors.lock().unwrap().clone();
+    assert!(
+        errors.is_empty(),
+        "writes failed beyond retries: {:?}\n{}",
+        &errors[..errors.len().min(5)],
+        all_logs()
+    );
+    let acked = acked.lock().unwrap().clone();
+    check_all(&c, ns, &acked);
+    eprintln!(
+        "containers: store of 3 formed in {formed_s:.1} s; docker kill: keys served again after {kill_served_ms} ms; \
+         network cut: the majority served the cut-off host's keys {majority_serves_ms} ms after the cut, the cut-off host refused writes (checked at {} ms); \
+         reconnect: healed to 3 hosts in {heal_ms} ms; rolling restart: {restart_ms:?} ms per host; \
+         {} acknowledged writes, none lost, no client error beyond retries",
+        refused_after.as_millis(),
+        acked.len()
+    );
 }

@@ -5,21 +5,16 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use stategrid_client::ClientConfig;
-use stategrid_client::blocking::Client;
 use stategrid_client::proto::hash::namespace_id;
-use stategrid_client::proto::{MapInfo, Request, Response, key_hash, partition_of};
+use stategrid_client::proto::{key_hash, partition_of};
 
+use common::store::*;
 use common::{bin, free_port};
-
-/// How long the store may take to form, fail over or settle before a test gives up.
-const SETTLE_TIMEOUT_MS: u64 = 60_000;
 
 /// One host: its process, its address and its files.
 struct Host {
@@ -121,187 +116,12 @@ fn start_host(ip: &str, peers: &[&str], p: Ports, extra: &[(&str, &str)]) -> Hos
     }
 }
 
-fn client(addr: &str, request_timeout_ms: u64) -> Client {
-    let config = ClientConfig {
-        request_timeout_ms,
-        connect_timeout_ms: 2_000,
-        ..ClientConfig::default()
-    };
-    let deadline = Instant::now() + Duration::from_millis(SETTLE_TIMEOUT_MS);
-    loop {
-        match Client::connect(addr, config.clone()) {
-            Ok(c) => return c,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => panic!("cannot connect to {addr}: {e}"),
-        }
-    }
-}
-
-fn map(c: &Client) -> Option<MapInfo> {
-    match c.raw_request(&Request::GetMap, &[]) {
-        Ok(r) => match r.response {
-            Response::Map(m) => Some(m),
-            other => panic!("GetMap answered {other:?}"),
-        },
-        Err(_) => None,
-    }
-}
-
-/// Waits until the map names exactly `want` hosts (by client address), every partition has a
-/// primary and `replicas` full replicas, and nothing is moving. Returns the map.
-fn wait_settled(c: &Client, want: &[String], replicas: u8, hosts: &[&Host]) -> MapInfo {
-    let deadline = Instant::now() + Duration::from_millis(SETTLE_TIMEOUT_MS);
-    let mut last = None;
-    loop {
-        if let Some(m) = map(c) {
-            let mut names: Vec<&String> = m.hosts.iter().map(|h| &h.svr_addr).collect();
-            names.sort();
-            let mut want_sorted: Vec<&String> = want.iter().collect();
-            want_sorted.sort();
-            let used: std::collections::HashSet<u16> = m.primaries.iter().copied().collect();
-            if m.primaries.iter().all(|&p| p != u16::MAX)
-                && m.moving == 0
-                && m.replicas_min >= replicas
-                && want_sorted.iter().all(|w| {
-                    m.hosts
-                        .iter()
-                        .position(|h| &h.svr_addr == *w)
-                        .is_some_and(|i| used.contains(&(i as u16)))
-                })
-                && m.primaries
-                    .iter()
-                    .all(|&p| want.contains(&m.hosts[p as usize].svr_addr))
-            {
-                return m;
-            }
-            last = Some(m);
-        }
-        if Instant::now() > deadline {
-            let outputs: Vec<String> = hosts.iter().map(|h| h.output()).collect();
-            panic!(
-                "store did not settle on {want:?} with {replicas} replicas within {SETTLE_TIMEOUT_MS} ms; last map: epoch {:?}, hosts {:?}, moving {:?}, replicas_min {:?}\n{}",
-                last.as_ref().map(|m| m.epoch),
-                last.as_ref().map(|m| m.hosts.clone()),
-                last.as_ref().map(|m| m.moving),
-                last.as_ref().map(|m| m.replicas_min),
-                outputs.join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn primaries_per_host(m: &MapInfo) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for &p in &m.primaries {
-        *counts
-            .entry(m.hosts[p as usize].svr_addr.clone())
-            .or_insert(0) += 1;
-    }
-    counts
-}
-
-/// The value written for `key` at writer step `n`: lets a read tell which write it sees.
-fn value_of(key: &str, n: u64) -> Vec<u8> {
-    let mut v = format!("{key}:{n}:").into_bytes();
-    v.resize(200, b'x');
-    v
-}
-
-fn step_of(value: &[u8]) -> u64 {
-    let s = std::str::from_utf8(value).expect("utf-8 value");
-    s.split(':').nth(1).unwrap().parse().unwrap()
-}
-
-/// Writes `keys` (each once, step 0) from `threads` threads; returns acked (step, version).
-fn write_all(c: &Client, ns: &str, keys: &[String]) -> HashMap<String, (u64, u64)> {
-    let acked = Mutex::new(HashMap::new());
-    let chunks: Vec<&[String]> = keys.chunks(keys.len().div_ceil(4)).collect();
-    std::thread::scope(|s| {
-        for chunk in chunks {
-            let acked = &acked;
-            s.spawn(move || {
-                let n = c.namespace(ns).unwrap();
-                for k in chunk {
-                    let v = n
-                        .put(k, value_of(k, 0), stategrid_client::WriteOptions::new())
-                        .unwrap_or_else(|e| panic!("put {k}: {e}"));
-                    acked.lock().unwrap().insert(k.clone(), (0, v));
-                }
-            });
-        }
-    });
-    acked.into_inner().unwrap()
-}
-
-/// Reads every key and checks it shows at least its latest acknowledged write.
-fn check_all(c: &Client, ns: &str, acked: &HashMap<String, (u64, u64)>) {
-    let n = c.namespace(ns).unwrap();
-    let mut lost = Vec::new();
-    for (k, &(step, version)) in acked {
-        match n.read(k) {
-            Ok(r) => {
-                // Writers race on keys: the newest acknowledged write is the one with the
-                // highest version; a read must show it or a newer one.
-                let got = step_of(&r.value);
-                if r.meta.version < version || (r.meta.version == version && got != step) {
-                    lost.push(format!(
-                        "{k}: acked step {step} version {version}, read step {got} version {}",
-                        r.meta.version
-                    ));
-                }
-            }
-            Err(e) => lost.push(format!("{k}: {e}")),
-        }
-    }
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged writes lost, e.g. {:?}",
-        lost.len(),
-        acked.len(),
-        &lost[..lost.len().min(10)]
-    );
-}
-
-/// Updates random keys of `keys` until `stop`, recording for each key the acknowledged
-/// (step, version) with the highest version. Steps are unique across writers (the seed's
-/// high bits), so a read's step names the exact write it shows.
-fn writer(
-    c: Client,
-    ns: String,
-    keys: Arc<Vec<String>>,
-    acked: Arc<Mutex<HashMap<String, (u64, u64)>>>,
-    stop: Arc<AtomicBool>,
-    errors: Arc<Mutex<Vec<String>>>,
-    seed: u64,
-) {
-    let n = c.namespace(&ns).unwrap();
-    let mut x = seed | 1;
-    let mut step = (seed << 32) + 1;
-    while !stop.load(Ordering::Relaxed) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let k = &keys[(x % keys.len() as u64) as usize];
-        match n.put(k, value_of(k, step), stategrid_client::WriteOptions::new()) {
-            Ok(v) => {
-                let mut a = acked.lock().unwrap();
-                let e = a.entry(k.clone()).or_insert((0, 0));
-                if v > e.1 {
-                    *e = (step, v);
-                }
-            }
-            Err(e) => errors.lock().unwrap().push(format!("put {k}: {e}")),
-        }
-        step += 1;
-    }
-}
-
-fn keys(n: usize, prefix: &str) -> Vec<String> {
-    (0..n).map(|i| format!("{prefix}-{i:06}")).collect()
+fn outputs(hosts: &[&Host]) -> String {
+    hosts
+        .iter()
+        .map(|h| h.output())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn ip(last: u8) -> String {
@@ -326,7 +146,7 @@ fn three_hosts_keep_every_acknowledged_write_through_kill_9() {
     let svrs: Vec<String> = hosts.iter().map(|h| h.svr(&p)).collect();
     let c = client(&svrs[0], 10_000);
     let refs: Vec<&Host> = hosts.iter().collect();
-    let m = wait_settled(&c, &svrs, 1, &refs);
+    let m = wait_settled(&c, &svrs, 1, || outputs(&refs));
     let counts = primaries_per_host(&m);
     println!("3 hosts formed: epoch {}, primaries {counts:?}", m.epoch);
     for (h, &n) in &counts {
@@ -436,7 +256,7 @@ fn three_hosts_keep_every_acknowledged_write_through_kill_9() {
     // Replicas re-made on the survivors; every acknowledged write readable.
     let survivors: Vec<String> = vec![svrs[0].clone(), svrs[2].clone()];
     let refs: Vec<&Host> = hosts.iter().collect();
-    let m2 = wait_settled(&c, &survivors, 1, &refs);
+    let m2 = wait_settled(&c, &survivors, 1, || outputs(&refs));
     println!(
         "after the failure: epoch {}, primaries {:?}",
         m2.epoch,
@@ -485,7 +305,7 @@ fn a_fourth_host_takes_its_share_and_a_leaving_host_loses_nothing() {
     let svrs: Vec<String> = ips.iter().map(|i| format!("{i}:{}", p.svr)).collect();
     let c = client(&svrs[0], 10_000);
     let refs: Vec<&Host> = hosts.iter().collect();
-    wait_settled(&c, &svrs[..3], 1, &refs);
+    wait_settled(&c, &svrs[..3], 1, || outputs(&refs));
     let ns = "carts";
     let all = keys(5_000, "c");
     let acked = Arc::new(Mutex::new(write_all(&c, ns, &all)));
@@ -511,7 +331,7 @@ fn a_fourth_host_takes_its_share_and_a_leaving_host_loses_nothing() {
     let peers: Vec<&str> = peers.iter().map(|s| s.as_str()).collect();
     hosts.push(start_host(&ips[3], &peers, p, &[("shards", "2")]));
     let refs: Vec<&Host> = hosts.iter().collect();
-    let m = wait_settled(&c, &svrs, 1, &refs);
+    let m = wait_settled(&c, &svrs, 1, || outputs(&refs));
     let took = joined_at.elapsed();
     let counts = primaries_per_host(&m);
     println!(
@@ -539,7 +359,7 @@ fn a_fourth_host_takes_its_share_and_a_leaving_host_loses_nothing() {
     );
     let remaining: Vec<String> = vec![svrs[0].clone(), svrs[2].clone(), svrs[3].clone()];
     let refs: Vec<&Host> = hosts.iter().collect();
-    let m = wait_settled(&c, &remaining, 1, &refs);
+    let m = wait_settled(&c, &remaining, 1, || outputs(&refs));
     println!("after leave: primaries {:?}", primaries_per_host(&m));
     stop.store(true, Ordering::Relaxed);
     w.join().unwrap();
@@ -594,7 +414,7 @@ fn a_fourth_host_takes_its_share_and_a_leaving_host_loses_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     let refs: Vec<&Host> = hosts.iter().collect();
-    let m = wait_settled(&c, &svrs, 1, &refs);
+    let m = wait_settled(&c, &svrs, 1, || outputs(&refs));
     println!("after join: primaries {:?}", primaries_per_host(&m));
     check_all(&c, ns, &acked);
 
@@ -602,6 +422,6 @@ fn a_fourth_host_takes_its_share_and_a_leaving_host_loses_nothing() {
     hosts[2].kill9();
     let rest: Vec<String> = vec![svrs[0].clone(), svrs[1].clone(), svrs[3].clone()];
     let refs: Vec<&Host> = hosts.iter().collect();
-    wait_settled(&c, &rest, 1, &refs);
+    wait_settled(&c, &rest, 1, || outputs(&refs));
     check_all(&c, ns, &acked);
 }

@@ -810,6 +810,7 @@ impl Ctl {
                     epoch: map.epoch,
                     hosts: map.hosts.clone(),
                     owners: map.owners.clone(),
+                    primary_since: Vec::new(), // filled in by publish
                 });
             }
             Output::Migrate {

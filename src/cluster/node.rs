@@ -55,6 +55,10 @@ pub const VOTERS_MAX: usize = 5;
 const LEASE_REQUESTS_MAX: usize = 8;
 /// Join requests the leader remembers at once.
 const JOINS_MAX: usize = 64;
+/// Removed hosts remembered (to tell one that comes back that it was expelled).
+const REMOVED_REMEMBERED_MAX: usize = 1024;
+/// A host declared failed is told so at most this often.
+const EXPELLED_NOTICE_MS: u64 = 500;
 /// Log entries kept after compaction (lagging members get a snapshot instead).
 const LOG_ENTRIES_MAX: u64 = 64;
 
@@ -156,6 +160,10 @@ pub enum PeerMsg {
     LeaveRequest,
     /// A leaving (or left) host asks to take its share again (`Input::Join` on that host).
     RejoinRequest,
+    /// "The store declared you failed": sent to a host that the sender's applied (so
+    /// committed) state lists as failed or removed, when it speaks up again: after a network
+    /// cut long enough for the group to remove it, it would never hear so through Raft.
+    Expelled,
 }
 
 impl PeerMsg {
@@ -204,6 +212,9 @@ pub struct ClusterState {
     pub witnesses: BTreeSet<HostId>,
     pub params: BTreeMap<String, String>,
     pub map: PartitionMap,
+    /// Hosts removed after being declared failed (at most `REMOVED_REMEMBERED_MAX`).
+    #[serde(default)]
+    pub removed: BTreeSet<HostId>,
     next_join_seq: u64,
 }
 
@@ -242,6 +253,12 @@ impl ClusterState {
                 }
             }
             Command::RemoveHost { id } => {
+                // Only failed hosts are removed: remember them, to tell them if they return.
+                if self.removed.len() >= REMOVED_REMEMBERED_MAX {
+                    let oldest = *self.removed.iter().next().expect("not empty");
+                    self.removed.remove(&oldest);
+                }
+                self.removed.insert(id);
                 self.hosts.retain(|h| h.id != id);
                 self.join_seq.remove(&id);
                 self.witnesses.remove(&id);
@@ -351,6 +368,8 @@ pub struct ClusterNode {
     joins: BTreeMap<HostId, (HostInfo, bool)>,
     /// Hosts (this one included) that asked to leave and are still Active.
     leaves: BTreeSet<HostId>,
+    /// When each failed host was last told it was expelled.
+    expelled_notices: BTreeMap<HostId, u64>,
     /// Leaving hosts that asked to become active again (leader only).
     rejoins: BTreeSet<HostId>,
     ready_moves: BTreeSet<(u16, HostId)>,
@@ -447,6 +466,7 @@ impl ClusterNode {
             leases: BTreeMap::new(),
             joins: BTreeMap::new(),
             leaves: BTreeSet::new(),
+            expelled_notices: BTreeMap::new(),
             rejoins: BTreeSet::new(),
             ready_moves: BTreeSet::new(),
             proposed_at_ms: None,
@@ -588,6 +608,25 @@ impl ClusterNode {
     }
 
     fn on_peer(&mut self, now_ms: u64, from: HostId, msg: PeerMsg) {
+        let declared_failed = {
+            let st = self.state.borrow();
+            st.removed.contains(&from)
+                || st.host(from).is_some_and(|h| h.state == HostState::Failed)
+        };
+        if declared_failed && !matches!(msg, PeerMsg::Expelled) {
+            let due = self
+                .expelled_notices
+                .get(&from)
+                .is_none_or(|&t| now_ms >= t + EXPELLED_NOTICE_MS);
+            if due {
+                if self.expelled_notices.len() >= REMOVED_REMEMBERED_MAX {
+                    self.expelled_notices.clear();
+                }
+                self.expelled_notices.insert(from, now_ms);
+                self.send(from, PeerMsg::Expelled);
+            }
+            return;
+        }
         match msg {
             PeerMsg::Raft(m) => {
                 // A message for an older incarnation or another group is dropped by raft-rs
@@ -610,6 +649,16 @@ impl ClusterNode {
                 if self.is_leader() && self.state.borrow().host(from).is_some() {
                     self.rejoins.remove(&from);
                     self.leaves.insert(from);
+                }
+            }
+            PeerMsg::Expelled => {
+                // The sender's applied state is committed: if it lists this host as failed,
+                // it is, for good. A host that is not a member yet ignores it (it may be a
+                // message meant for an earlier incarnation's id, which cannot be this one).
+                let member = self.state.borrow().host(self.cfg.id).is_some();
+                if member && !self.expelled {
+                    self.expelled = true;
+                    self.out.push(Output::Expelled);
                 }
             }
             PeerMsg::RejoinRequest => {

@@ -89,6 +89,10 @@ pub struct View {
     pub hosts: Vec<HostInfo>,
     /// `PARTITIONS` entries: primary first, then replicas, pending and outgoing copies.
     pub owners: Vec<Owners>,
+    /// Per partition, the first epoch of this host's current unbroken run as its primary
+    /// (`u64::MAX`: not primary). Filled in by [`Plane::publish`], which sees every installed
+    /// map in order; a shard may miss some when several arrive between two of its passes.
+    pub primary_since: Vec<u64>,
 }
 
 impl View {
@@ -106,6 +110,7 @@ impl View {
             PARTITIONS,
             "a view covers every partition"
         );
+        assert_eq!(self.primary_since.len(), PARTITIONS);
     }
 }
 
@@ -169,10 +174,28 @@ impl Plane {
 
     // ---- control plane side ------------------------------------------------------------
 
-    /// Installs a new map for the shards and wakes them.
-    pub fn publish(&self, view: View) {
+    /// Installs a new map for the shards and wakes them. Call it for every installed map, in
+    /// order: `primary_since` is computed from the previous one. A run as primary continues
+    /// only from the epoch just before (a skipped epoch, as after a snapshot, may have moved the
+    /// partition away and back).
+    pub fn publish(&self, mut view: View) {
+        let mut slot = self.view.lock().unwrap();
+        let prev = slot.as_ref().filter(|p| p.epoch + 1 == view.epoch);
+        view.primary_since = (0..PARTITIONS)
+            .map(|p| {
+                if view.owners[p].primary() != Some(view.me) {
+                    u64::MAX
+                } else {
+                    match prev.map(|v| v.primary_since[p]) {
+                        Some(since) if since != u64::MAX => since,
+                        _ => view.epoch,
+                    }
+                }
+            })
+            .collect();
         view.check();
-        *self.view.lock().unwrap() = Some(Arc::new(view));
+        *slot = Some(Arc::new(view));
+        drop(slot);
         self.bump();
     }
 
@@ -236,6 +259,35 @@ impl Plane {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn view(me: u64, epoch: u64, primary: &[u64]) -> View {
+        use super::super::map::Role;
+        View {
+            me: HostId(me),
+            epoch,
+            hosts: Vec::new(),
+            owners: (0..PARTITIONS)
+                .map(|p| Owners::from_entries(&[(HostId(primary[p % primary.len()]), Role::Full)]))
+                .collect(),
+            primary_since: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn primary_runs_continue_over_consecutive_epochs_only() {
+        let plane = Plane::new(1);
+        plane.publish(view(1, 5, &[1, 2]));
+        let v = plane.view().unwrap();
+        assert_eq!((v.primary_since[0], v.primary_since[1]), (5, u64::MAX));
+        // Epoch 6: partition 0 stays here, 1 moves here.
+        plane.publish(view(1, 6, &[1, 1]));
+        let v = plane.view().unwrap();
+        assert_eq!((v.primary_since[0], v.primary_since[1]), (5, 6));
+        // Epoch 9 skips 7 and 8 (a snapshot): every run starts again.
+        plane.publish(view(1, 9, &[1, 1]));
+        let v = plane.view().unwrap();
+        assert_eq!((v.primary_since[0], v.primary_since[1]), (9, 9));
+    }
 
     #[test]
     fn host_addr_round_trips_and_rejects_junk() {

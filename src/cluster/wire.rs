@@ -84,6 +84,7 @@ enum JsonMsg {
     MigrationDone { partitions: Vec<u16> },
     LeaveRequest,
     RejoinRequest,
+    Expelled,
 }
 
 /// One frame for `msg` from `from`, length prefix included.
@@ -110,6 +111,7 @@ pub fn encode_frame(from: HostId, msg: &PeerMsg) -> Vec<u8> {
                 },
                 PeerMsg::LeaveRequest => JsonMsg::LeaveRequest,
                 PeerMsg::RejoinRequest => JsonMsg::RejoinRequest,
+                PeerMsg::Expelled => JsonMsg::Expelled,
             };
             (
                 KIND_JSON,
@@ -162,6 +164,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(HostId, PeerMsg, usize)>, Wire
             JsonMsg::MigrationDone { partitions } => PeerMsg::MigrationDone { partitions },
             JsonMsg::LeaveRequest => PeerMsg::LeaveRequest,
             JsonMsg::RejoinRequest => PeerMsg::RejoinRequest,
+            JsonMsg::Expelled => PeerMsg::Expelled,
         },
         k => return Err(WireError::UnknownKind(k)),
     };

@@ -29,6 +29,7 @@ pub fn bin() -> PathBuf {
 
 #[path = "../support/ports.rs"]
 mod ports;
+pub mod store;
 pub use ports::free_port;
 
 /// A running `stategrid serve`, killed when dropped.

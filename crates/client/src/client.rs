@@ -117,6 +117,14 @@ async fn open(addr: &str, config: &ClientConfig, settings: &ConnSettings) -> Res
         addr: addr.to_owned(),
         source,
     })?;
+    // A peer that vanished without a reset fails the connection after this long, so the
+    // request is retried elsewhere (see `dead_peer_timeout_ms`).
+    socket2::SockRef::from(&stream)
+        .set_tcp_user_timeout(Some(Duration::from_millis(config.dead_peer_timeout_ms)))
+        .map_err(|source| Error::Connect {
+            addr: addr.to_owned(),
+            source,
+        })?;
     let (rd, wr) = stream.into_split();
     match tokio::time::timeout(timeout, Conn::handshake(rd, wr, addr, settings)).await {
         Ok(conn) => conn,
@@ -330,7 +338,14 @@ impl Client {
             };
             let result = match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(r) => r,
-                Err(_) => return Err(Error::Timeout { ms }),
+                Err(_) => {
+                    // The host may be gone without a reset (its address unreachable): look at
+                    // the map again before the next request rather than going back to it.
+                    if let Some(r) = &self.inner.routes {
+                        r.lock().unwrap().stale = true;
+                    }
+                    return Err(Error::Timeout { ms });
+                }
             };
             let retry = match &result {
                 Err(Error::Server(reply)) => reply.code.is_retryable(),

@@ -36,6 +36,11 @@ pub struct ClientConfig {
     pub recv_buffer_bytes: usize,
     /// Sent to the server in `Hello`, for its logs.
     pub client_name: String,
+    /// How long sent bytes may go unacknowledged before a connection is declared dead
+    /// (`TCP_USER_TIMEOUT`). A host that vanished from the network (a cable cut, a container
+    /// disconnected) sends no reset: without this a request to it would wait all of
+    /// `request_timeout_ms` instead of failing over. At least 1.
+    pub dead_peer_timeout_ms: u64,
 }
 
 impl Default for ClientConfig {
@@ -48,6 +53,7 @@ impl Default for ClientConfig {
             frame_bytes_max: 256 << 20,
             recv_buffer_bytes: 64 << 10,
             client_name: concat!("stategrid-client/", env!("CARGO_PKG_VERSION")).to_owned(),
+            dead_peer_timeout_ms: 2_000,
         }
     }
 }
@@ -73,6 +79,9 @@ impl ClientConfig {
         }
         if self.recv_buffer_bytes < 64 {
             return fail("recv_buffer_bytes must be at least 64");
+        }
+        if self.dead_peer_timeout_ms == 0 {
+            return fail("dead_peer_timeout_ms must be at least 1");
         }
         Ok(())
     }

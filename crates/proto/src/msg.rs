@@ -198,6 +198,8 @@ pub struct MapHost {
     pub id: u64,
     /// Its client address (`ip:svr_port`).
     pub svr_addr: String,
+    /// Takes its share of partitions (false: joining, or leaving the store).
+    pub active: bool,
 }
 
 /// The answer to `GetMap`.

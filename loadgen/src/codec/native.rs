@@ -6,7 +6,7 @@
 //! | put               | `Put`              | `Written`                |                           |
 //! | read-and-lock     | `ReadAndLock`      | `Value { lock_token }`   | `NotFound` = miss, `Locked` = busy |
 //! | update-and-unlock | `UpdateAndUnlock`  | `Written`                |                           |
-//! | session-create    | `Put`              | `Written`                |                           |
+//! | session-create    | `Add`              | `Written`                | `AlreadyExists` = busy    |
 //!
 //! Session writes carry a sliding timeout (`--session-timeout`), as a session provider's do.
 //! A connection first sends `Hello` and `NsOpen` (namespace `loadgen` unless told otherwise) and
@@ -78,7 +78,10 @@ impl Native {
                 opts: session_opts,
                 lock_token: 0,
             },
-            create: Msg::Put {
+            // Create only, as a session provider does: a put would clear the lock another
+            // connection just took on a session both found missing (its update-and-unlock then
+            // fails with LockLost).
+            create: Msg::Add {
                 key: key(),
                 opts: session_opts,
             },
@@ -103,6 +106,7 @@ fn set_key(msg: &mut Msg, ns: u32, bytes: &[u8]) {
         Msg::Read { key }
         | Msg::ReadAndLock { key }
         | Msg::Put { key, .. }
+        | Msg::Add { key, .. }
         | Msg::UpdateAndUnlock { key, .. } => key,
         _ => unreachable!("only keyed requests are kept"),
     };
@@ -211,7 +215,8 @@ impl Codec for Native {
             ArchivedResponse::Written { .. } | ArchivedResponse::Ok => (Status::Ok, None),
             ArchivedResponse::Error(e) => match e.code.to_native() {
                 ErrorCode::NotFound => (Status::Miss, None),
-                ErrorCode::Locked => (Status::Busy, None),
+                // Locked by another; or, for a session create, created by another meanwhile.
+                ErrorCode::Locked | ErrorCode::AlreadyExists => (Status::Busy, None),
                 code => (Status::Error(ServerError::new(&format!("{code:?}"))), None),
             },
             other => {
@@ -382,6 +387,10 @@ mod tests {
                     "put timeout={:?}",
                     opts.to_native().timeout.map(|t| t.timeout_s)
                 ),
+                ArchivedRequest::Add { opts, .. } => format!(
+                    "add timeout={:?}",
+                    opts.to_native().timeout.map(|t| t.timeout_s)
+                ),
                 ArchivedRequest::ReadAndLock { .. } => "lock".to_string(),
                 ArchivedRequest::UpdateAndUnlock {
                     lock_token, opts, ..
@@ -423,7 +432,7 @@ mod tests {
                 5,
                 b"lg:0000000004".to_vec(),
                 b"new".to_vec(),
-                "put timeout=Some(1200)".into(),
+                "add timeout=Some(1200)".into(),
             ),
         ];
         assert_eq!(seen, want);
@@ -514,6 +523,11 @@ mod tests {
         );
         assert_eq!(
             status(reply_of(&err(ErrorCode::Locked), b"", 1).unwrap()),
+            Status::Busy
+        );
+        // A session another connection created first.
+        assert_eq!(
+            status(reply_of(&err(ErrorCode::AlreadyExists), b"", 1).unwrap()),
             Status::Busy
         );
         assert_eq!(

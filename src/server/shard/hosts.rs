@@ -55,6 +55,8 @@ const MIGRATE_QUEUE_BYTES_MAX: usize = 4 << 20;
 const PULL_IDLE_TIMEOUT_MS: u64 = 5_000;
 /// Wait before asking again after a refused or failed pull.
 const PULL_RETRY_MS: u64 = 200;
+/// Sent bytes unacknowledged this long fail a link (`TCP_USER_TIMEOUT`).
+const LINK_DEAD_PEER_TIMEOUT_MS: u64 = 1_500;
 /// Wait before connecting again to a host whose link failed.
 const LINK_RETRY_MS: u64 = 100;
 /// Frames in flight on one link at most before relayed requests are refused (bounds memory
@@ -169,9 +171,6 @@ pub struct Hosts {
     next_stream_id: u64,
     /// Did the installed map ever name more than this host? (Bulk requests are single-host.)
     multi_host: bool,
-    /// Per partition, the first epoch of this host's current unbroken run as its primary
-    /// (`u64::MAX`: not primary).
-    primary_since: Vec<u64>,
 }
 
 impl Hosts {
@@ -191,14 +190,13 @@ impl Hosts {
             next_link_id: 1,
             next_stream_id: 1,
             multi_host: false,
-            primary_since: vec![u64::MAX; PARTITIONS as usize],
         }
     }
 
     /// Is this host the primary of `p` with a valid lease now?
     ///
     /// A lease granted for epoch `L` covers every partition this host has been primary of
-    /// without a break since `L` or earlier (`primary_since`), while the installed map is at
+    /// without a break since `L` or earlier (`View::primary_since`), while the installed map is at
     /// least `L`. Why that is safe: no other host was primary of such a partition in any epoch
     /// from `L` to ours; a host primary of it before `L` had, by the time `L` was granted,
     /// installed `L` or lost its lease; and no epoch newer than ours is granted to anyone
@@ -209,7 +207,7 @@ impl Hosts {
         let (lease_epoch, until_ms) = self.lease;
         view.owners[p].primary() == Some(view.me)
             && lease_epoch <= view.epoch
-            && lease_epoch >= self.primary_since[p]
+            && lease_epoch >= view.primary_since[p]
             && self.mono_ms < until_ms
     }
 
@@ -271,20 +269,7 @@ impl Shard {
         };
         let me = self.core.shard;
         let shards = self.core.shards;
-        let previous = self.hosts.view.as_ref().map(|v| v.epoch);
-        let newer = previous != Some(view.epoch);
-        // A run as primary continues only across consecutive epochs this shard saw: a skipped
-        // epoch may have moved the partition away and back.
-        let consecutive = previous.is_some_and(|e| e + 1 == view.epoch);
-        for p in 0..PARTITIONS as usize {
-            let mine = view.owners[p].primary() == Some(view.me);
-            let since = &mut self.hosts.primary_since[p];
-            if !mine {
-                *since = u64::MAX;
-            } else if *since == u64::MAX || (newer && !consecutive) {
-                *since = view.epoch;
-            }
-        }
+        let newer = self.hosts.view.as_ref().map(|v| v.epoch) != Some(view.epoch);
         self.hosts.view = Some(view.clone());
         if view.hosts.len() > 1 {
             self.hosts.multi_host = true;
@@ -430,14 +415,18 @@ impl Shard {
         let Some(view) = &self.hosts.view else {
             return Response::Error(ErrorReply::new(ErrorCode::NotJoined, 0));
         };
+        // Hosts declared failed are left out: clients must not route to them, and a host that
+        // comes back at the same address is a new member with a new id.
         let hosts: Vec<MapHost> = view
             .hosts
             .iter()
+            .filter(|h| h.state != crate::cluster::HostState::Failed)
             .filter_map(|h| {
                 let a = view.addr(h.id)?;
                 Some(MapHost {
                     id: h.id.0,
                     svr_addr: a.svr().to_string(),
+                    active: h.state == crate::cluster::HostState::Active,
                 })
             })
             .collect();
@@ -455,10 +444,11 @@ impl Shard {
             .iter()
             .filter(|o| o.copies().count() != o.targets().count() || o.pending().next().is_some())
             .count() as u32;
+        let live = |id: HostId| hosts.iter().any(|h| h.id == id.0);
         let replicas_min = view
             .owners
             .iter()
-            .map(|o| o.replicas().count() as u8)
+            .map(|o| o.replicas().filter(|&r| live(r)).count() as u8)
             .min()
             .unwrap_or(0);
         Response::Map(MapInfo {
@@ -962,6 +952,11 @@ impl Shard {
             }
         };
         let _ = sock.set_tcp_nodelay(true);
+        // A host cut off the network sends no reset: fail the link (and what waits on it)
+        // instead of leaving relayed requests hanging until their clients give up.
+        let _ = sock.set_tcp_user_timeout(Some(std::time::Duration::from_millis(
+            LINK_DEAD_PEER_TIMEOUT_MS,
+        )));
         // SAFETY: the descriptor is moved out of the socket2 wrapper, which forgets it.
         let fd = unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(sock)) };
         let slot = self.add_conn_kind(fd, ConnKind::Outbound(host))?;
