@@ -425,3 +425,79 @@ fn a_fourth_host_takes_its_share_and_a_leaving_host_loses_nothing() {
     wait_settled(&c, &rest, 1, || outputs(&refs));
     check_all(&c, ns, &acked);
 }
+
+#[test]
+fn writes_relayed_both_ways_between_replicating_hosts_do_not_stall() {
+    use common::raw::Raw;
+    use stategrid_client::proto::{Key, Request, Response, WriteOpts};
+
+    // Two hosts, each the other's replica. Each gets pipelined writes for keys whose primary is
+    // the other, so both relay writes to each other while replicating to each other. With
+    // relayed writes and replication acknowledgements on one in-order link, each host's
+    // acknowledgement waited behind a relayed write that waited for the other's: writes
+    // stalled until replication_timeout_ms and failed with ReplicationFailed.
+    let p = ports();
+    let ips = [ip(41), ip(42)];
+    let hosts: Vec<Host> = (0..2)
+        .map(|i| start_host(&ips[i], &[&ips[1 - i]], p, &[]))
+        .collect();
+    let svrs: Vec<String> = hosts.iter().map(|h| h.svr(&p)).collect();
+    let c = client(&svrs[0], 10_000);
+    let refs: Vec<&Host> = hosts.iter().collect();
+    let m = wait_settled(&c, &svrs, 1, || outputs(&refs));
+    let ns = namespace_id("relay");
+    let index_of = |addr: &str| m.hosts.iter().position(|h| h.svr_addr == addr).unwrap() as u16;
+    let keys_on = |host: usize| -> Vec<String> {
+        (0..)
+            .map(|i| format!("r{i}"))
+            .filter(|k| {
+                m.primaries[partition_of(key_hash(ns, k.as_bytes())) as usize]
+                    == index_of(&svrs[host])
+            })
+            .take(2_000)
+            .collect()
+    };
+    const PIPELINE: usize = 64;
+    let threads: Vec<_> = (0..2)
+        .map(|i| {
+            // Host i gets the keys host 1 - i is primary of.
+            let addr: std::net::SocketAddr = svrs[i].parse().unwrap();
+            let keys = keys_on(1 - i);
+            std::thread::spawn(move || {
+                let mut raw = Raw::hello_to(addr);
+                let mut failed = Vec::new();
+                for chunk in keys.chunks(PIPELINE) {
+                    for (j, k) in chunk.iter().enumerate() {
+                        raw.send(
+                            10 + j as u32,
+                            &Request::Put {
+                                key: Key {
+                                    ns,
+                                    key: k.as_bytes().to_vec(),
+                                },
+                                opts: WriteOpts::default(),
+                            },
+                            &[7u8; 512],
+                        );
+                    }
+                    for _ in chunk {
+                        match raw.recv().1 {
+                            Response::Written { .. } => {}
+                            other => failed.push(format!("{other:?}")),
+                        }
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    for t in threads {
+        let failed = t.join().unwrap();
+        assert!(
+            failed.is_empty(),
+            "{} relayed writes failed, e.g. {:?}",
+            failed.len(),
+            &failed[..failed.len().min(3)]
+        );
+    }
+}

@@ -298,7 +298,7 @@ impl Shard {
         });
         let slot = self.conns.insert(conn) as u32;
         self.core.connections = self.conns.len() as u64;
-        if !matches!(kind, ConnKind::Outbound(_)) {
+        if !matches!(kind, ConnKind::Outbound(..)) {
             self.want_recv(slot);
         }
         Some(slot)
@@ -323,7 +323,7 @@ impl Shard {
             || conn.read_closed
             || conn.close_after_flush
             || conn.connecting
-            || (draining && !matches!(conn.kind, ConnKind::Outbound(_)))
+            || (draining && !matches!(conn.kind, ConnKind::Outbound(..)))
         {
             return;
         }
@@ -364,7 +364,7 @@ impl Shard {
             return;
         }
         conn.rbuf.advance(c.result as usize);
-        if matches!(conn.kind, ConnKind::Outbound(_)) {
+        if matches!(conn.kind, ConnKind::Outbound(..)) {
             self.process_answers(slot, generation);
         } else {
             self.process_frames(slot, generation);

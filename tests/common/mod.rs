@@ -29,6 +29,7 @@ pub fn bin() -> PathBuf {
 
 #[path = "../support/ports.rs"]
 mod ports;
+pub mod raw;
 pub mod store;
 pub use ports::free_port;
 

@@ -71,7 +71,21 @@ pub enum ConnKind {
     /// Another host, connected to our `int_port`: may send host-to-host requests.
     Internal,
     /// Our link to another host's `int_port`: we send requests, it answers.
-    Outbound(HostId),
+    Outbound(HostId, LinkClass),
+}
+
+/// A shard keeps two links to each other host, because a host answers a link's requests in
+/// order. Relayed client writes wait for replication; if replication acknowledgements shared
+/// their link they could wait behind such a write on the other host, whose own
+/// acknowledgement waits behind ours: measured with load on both hosts, writes stalled until
+/// `replication_timeout_ms`. Acknowledging a `Replicate` never waits on another host, so on
+/// its own link nothing can wait in a cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LinkClass {
+    /// Replication, migration streams and pulls.
+    Data,
+    /// Client requests relayed to the partition's primary.
+    Relay,
 }
 
 /// What an answer on a link is for, in the order the requests went out.
@@ -161,8 +175,8 @@ pub struct Hosts {
     lease: (u64, u64),
     /// [`plane::now_ms`] at the start of this pass.
     mono_ms: u64,
-    links: HashMap<HostId, (u32, u32)>,
-    link_retry_at_ms: HashMap<HostId, u64>,
+    links: HashMap<(HostId, LinkClass), (u32, u32)>,
+    link_retry_at_ms: HashMap<(HostId, LinkClass), u64>,
     pending: Slab<PendingWrite>,
     pulls: HashMap<u16, Pull>,
     streams: VecDeque<Stream>,
@@ -309,7 +323,7 @@ impl Shard {
                 .hosts
                 .links
                 .keys()
-                .copied()
+                .map(|&(h, _)| h)
                 .filter(|h| view.addr(*h).is_none())
                 .collect();
             for h in gone {
@@ -472,6 +486,7 @@ impl Shard {
     ) {
         let sent = self.link_send(
             host,
+            LinkClass::Relay,
             Expect::Relay {
                 slot,
                 generation,
@@ -552,9 +567,14 @@ impl Shard {
                 state: state.as_ref().map(|(s, _)| *s),
             };
             let v = state.as_ref().map(|(_, v)| v.clone());
-            let sent = self.link_send(host, Expect::Ack { pending: idx, host }, |b, link_id| {
-                encode_with_value(b, link_id, &msg, v);
-            });
+            let sent = self.link_send(
+                host,
+                LinkClass::Data,
+                Expect::Ack { pending: idx, host },
+                |b, link_id| {
+                    encode_with_value(b, link_id, &msg, v);
+                },
+            );
             if !sent {
                 // No address or too much in flight: this copy cannot confirm; the deadline or
                 // a new map settles the write.
@@ -771,9 +791,14 @@ impl Shard {
                 to: view.me.0,
                 partition: p as u32,
             };
-            let sent = self.link_send(primary, Expect::PullAck { partition: p }, |b, link_id| {
-                encode_with_value(b, link_id, &msg, None);
-            });
+            let sent = self.link_send(
+                primary,
+                LinkClass::Data,
+                Expect::PullAck { partition: p },
+                |b, link_id| {
+                    encode_with_value(b, link_id, &msg, None);
+                },
+            );
             if !sent {
                 self.pull_failed(p);
             }
@@ -826,7 +851,7 @@ impl Shard {
                 };
                 let value = Some(obj.value);
                 let id = self.hosts.streams.front().expect("front exists").id;
-                if !self.link_send(to, Expect::Stream { id }, |b, link_id| {
+                if !self.link_send(to, LinkClass::Data, Expect::Stream { id }, |b, link_id| {
                     encode_with_value(b, link_id, &msg, value);
                 }) {
                     self.hosts.streams.pop_front();
@@ -868,7 +893,7 @@ impl Shard {
                 "partition sent"
             );
             self.hosts.streams.pop_front();
-            self.link_send(to, Expect::Ignore, |b, link_id| {
+            self.link_send(to, LinkClass::Data, Expect::Ignore, |b, link_id| {
                 encode_with_value(b, link_id, &msg, None);
             });
         }
@@ -879,7 +904,7 @@ impl Shard {
     fn link_queued_bytes(&self, host: HostId) -> usize {
         self.hosts
             .links
-            .get(&host)
+            .get(&(host, LinkClass::Data))
             .and_then(|&(slot, generation)| {
                 self.conns
                     .get(slot as usize)
@@ -893,10 +918,11 @@ impl Shard {
     fn link_send(
         &mut self,
         host: HostId,
+        class: LinkClass,
         expect: Expect,
         encode: impl FnOnce(&mut SendBatch, u32),
     ) -> bool {
-        let slot = match self.link_slot(host) {
+        let slot = match self.link_slot(host, class) {
             Some(s) => s,
             None => return false,
         };
@@ -915,20 +941,21 @@ impl Shard {
     }
 
     /// The live link to `host`, opened now if there is none (unless it failed very recently).
-    fn link_slot(&mut self, host: HostId) -> Option<u32> {
-        if let Some(&(slot, generation)) = self.hosts.links.get(&host) {
+    fn link_slot(&mut self, host: HostId, class: LinkClass) -> Option<u32> {
+        let key = (host, class);
+        if let Some(&(slot, generation)) = self.hosts.links.get(&key) {
             if self.conns.get(slot as usize).is_some_and(|c| {
                 c.generation == generation && !c.close_after_flush && !c.read_closed
             }) {
                 return Some(slot);
             }
-            self.hosts.links.remove(&host);
+            self.hosts.links.remove(&key);
         }
         let now = self.hosts.mono_ms;
         if self
             .hosts
             .link_retry_at_ms
-            .get(&host)
+            .get(&key)
             .is_some_and(|&t| now < t)
         {
             return None;
@@ -959,7 +986,7 @@ impl Shard {
         )));
         // SAFETY: the descriptor is moved out of the socket2 wrapper, which forgets it.
         let fd = unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(sock)) };
-        let slot = self.add_conn_kind(fd, ConnKind::Outbound(host))?;
+        let slot = self.add_conn_kind(fd, ConnKind::Outbound(host, class))?;
         let conn = &mut self.conns[slot as usize];
         conn.connecting = true;
         conn.hello_done = true;
@@ -984,7 +1011,7 @@ impl Shard {
         // for this completion (`connecting`).
         unsafe { self.ring.connect(raw, ptr, len, token) };
         let generation = conn.generation;
-        self.hosts.links.insert(host, (slot, generation));
+        self.hosts.links.insert(key, (slot, generation));
         Some(slot)
     }
 
@@ -995,7 +1022,7 @@ impl Shard {
         };
         conn.connecting = false;
         if c.result < 0 {
-            let ConnKind::Outbound(host) = conn.kind else {
+            let ConnKind::Outbound(host, class) = conn.kind else {
                 return;
             };
             tracing::debug!(
@@ -1005,7 +1032,7 @@ impl Shard {
                 std::io::Error::from_raw_os_error(-c.result)
             );
             let retry = self.hosts.mono_ms + LINK_RETRY_MS;
-            self.hosts.link_retry_at_ms.insert(host, retry);
+            self.hosts.link_retry_at_ms.insert((host, class), retry);
             let conn = &mut self.conns[slot as usize];
             conn.filling.clear();
             conn.read_closed = true;
@@ -1018,29 +1045,31 @@ impl Shard {
     }
 
     fn close_link(&mut self, host: HostId) {
-        if let Some((slot, generation)) = self.hosts.links.remove(&host) {
-            if let Some(conn) = self.conn_mut(slot, generation) {
-                conn.read_closed = true;
-                conn.close_after_flush = true;
-                // SAFETY: shutdown on our own socket; pending operations complete.
-                unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_RDWR) };
-                self.maybe_close(slot);
+        for class in [LinkClass::Data, LinkClass::Relay] {
+            if let Some((slot, generation)) = self.hosts.links.remove(&(host, class)) {
+                if let Some(conn) = self.conn_mut(slot, generation) {
+                    conn.read_closed = true;
+                    conn.close_after_flush = true;
+                    // SAFETY: shutdown on our own socket; pending operations complete.
+                    unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_RDWR) };
+                    self.maybe_close(slot);
+                }
             }
         }
     }
 
     /// A link is closing: settles what waited on it.
     pub(super) fn link_closed(&mut self, conn: &mut Conn) {
-        let ConnKind::Outbound(host) = conn.kind else {
+        let ConnKind::Outbound(host, class) = conn.kind else {
             return;
         };
         if self
             .hosts
             .links
-            .get(&host)
+            .get(&(host, class))
             .is_some_and(|&(_, g)| g == conn.generation)
         {
-            self.hosts.links.remove(&host);
+            self.hosts.links.remove(&(host, class));
         }
         let epoch = self.hosts.view.as_ref().map_or(0, |v| v.epoch);
         for (_, e) in std::mem::take(&mut conn.expect) {
