@@ -203,9 +203,14 @@ impl Plane {
     pub fn set_lease(&self, epoch: u64, until_ms: u64) {
         // Order: the shards read until after epoch; a reader that sees the new end with the
         // old epoch refuses (epochs differ), never the reverse.
+        let old_epoch = self.lease_epoch.load(Ordering::Acquire);
         self.lease_until_ms.store(0, Ordering::Release);
         self.lease_epoch.store(epoch, Ordering::Release);
         self.lease_until_ms.store(until_ms, Ordering::Release);
+        if epoch != old_epoch {
+            // A lease for a new epoch releases requests the shards hold for moved partitions.
+            self.wake();
+        }
     }
 
     /// Queues a command for the shard that owns `partition`.
@@ -250,6 +255,10 @@ impl Plane {
 
     fn bump(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+        self.wake();
+    }
+
+    fn wake(&self) {
         for w in self.wakers.lock().unwrap().iter() {
             w();
         }

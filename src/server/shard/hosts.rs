@@ -55,6 +55,11 @@ const MIGRATE_QUEUE_BYTES_MAX: usize = 4 << 20;
 const PULL_IDLE_TIMEOUT_MS: u64 = 5_000;
 /// Wait before asking again after a refused or failed pull.
 const PULL_RETRY_MS: u64 = 200;
+/// Requests held per shard at most while a partition's new primary waits for its lease...
+const DEFERRED_MAX: usize = 4096;
+/// ...and for at most this long (the lease is asked for as soon as a map is installed and
+/// renewed every `failure_detection_ms / 12`); then they are answered `NotPrimary`.
+const DEFER_MS_MAX: u64 = 100;
 /// Sent bytes unacknowledged this long fail a link (`TCP_USER_TIMEOUT`).
 const LINK_DEAD_PEER_TIMEOUT_MS: u64 = 1_500;
 /// Wait before connecting again to a host whose link failed.
@@ -142,6 +147,17 @@ struct PendingWrite {
     deadline_ms: u64,
 }
 
+/// A request held until this host's lease covers its partition (see [`HostRoute::Wait`]).
+struct Deferred {
+    partition: usize,
+    slot: u32,
+    generation: u32,
+    seq: u64,
+    id: u32,
+    frame: AlignedBuf,
+    deadline_ms: u64,
+}
+
 /// A partition this host is receiving.
 struct Pull {
     source: Option<HostId>,
@@ -180,6 +196,7 @@ pub struct Hosts {
     pending: Slab<PendingWrite>,
     pulls: HashMap<u16, Pull>,
     streams: VecDeque<Stream>,
+    deferred: VecDeque<Deferred>,
     pub int_listener: Option<socket2::Socket>,
     next_link_id: u32,
     next_stream_id: u64,
@@ -200,6 +217,7 @@ impl Hosts {
             pending: Slab::new(),
             pulls: HashMap::new(),
             streams: VecDeque::new(),
+            deferred: VecDeque::new(),
             int_listener: Some(int_listener),
             next_link_id: 1,
             next_stream_id: 1,
@@ -246,6 +264,9 @@ impl Hosts {
 pub enum HostRoute {
     Here,
     Remote(HostId),
+    /// This host is the primary in its map but its lease does not cover the partition yet
+    /// (it just became primary): hold the request until the lease arrives.
+    Wait,
     Refuse(ErrorCode, u64),
 }
 
@@ -274,6 +295,80 @@ impl Shard {
         }
         if !self.hosts.streams.is_empty() {
             self.pump_streams();
+        }
+        if !self.hosts.deferred.is_empty() {
+            self.pump_deferred();
+        }
+    }
+
+    /// Holds a keyed request until the lease covers its partition ([`HostRoute::Wait`]).
+    pub(super) fn defer(
+        &mut self,
+        partition: usize,
+        slot: u32,
+        generation: u32,
+        seq: u64,
+        id: u32,
+        frame: &[u8],
+    ) {
+        self.hosts.deferred.push_back(Deferred {
+            partition,
+            slot,
+            generation,
+            seq,
+            id,
+            frame: AlignedBuf::from_slice(frame),
+            deadline_ms: self.hosts.mono_ms + DEFER_MS_MAX,
+        });
+    }
+
+    /// Serves held requests whose partition the lease now covers; answers `NotPrimary` to
+    /// those whose partition moved away or that waited too long.
+    fn pump_deferred(&mut self) {
+        let Some(view) = self.hosts.view.clone() else {
+            return;
+        };
+        let now = self.hosts.mono_ms;
+        let mut i = 0;
+        while i < self.hosts.deferred.len() {
+            let d = &self.hosts.deferred[i];
+            let mine = view.owners[d.partition].primary() == Some(view.me);
+            let ready = mine && self.hosts.serves(&view, d.partition);
+            if !ready && mine && now < d.deadline_ms {
+                i += 1;
+                continue;
+            }
+            let d = self.hosts.deferred.remove(i).expect("index in range");
+            let to = AnswerTo::Conn {
+                slot: d.slot,
+                generation: d.generation,
+                seq: d.seq,
+            };
+            if !ready {
+                let mut b = Vec::new();
+                VecSink(&mut b).error(d.id, ErrorCode::NotPrimary, view.epoch);
+                self.deliver(to, b);
+                continue;
+            }
+            let owner = crate::server::owner_shard(d.partition as u32, self.core.shards);
+            if owner == self.core.shard {
+                if let Some(answer) = self.execute_frame_to(&d.frame, Some(to)) {
+                    self.deliver(to, answer);
+                }
+            } else {
+                let origin = self.core.shard;
+                self.send_to(
+                    owner,
+                    Msg::Forward {
+                        origin,
+                        conn: d.slot,
+                        generation: d.generation,
+                        seq: d.seq,
+                        part: 0,
+                        frame: d.frame,
+                    },
+                );
+            }
         }
     }
 
@@ -398,6 +493,8 @@ impl Shard {
             Some(h) if h == view.me => {
                 if self.hosts.serves(view, p) {
                     HostRoute::Here
+                } else if self.hosts.deferred.len() < DEFERRED_MAX {
+                    HostRoute::Wait
                 } else {
                     HostRoute::Refuse(ErrorCode::NotPrimary, view.epoch)
                 }
