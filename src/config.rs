@@ -119,6 +119,7 @@ pub struct Config {
     pub frame_timeout_ms: u64,
     pub sweep_interval_ms: u64,
     pub shutdown_timeout_ms: u64,
+    pub leave_timeout_ms: u64,
     pub ring_entries: u32,
     pub io_memory_bytes: u64,
 }
@@ -169,6 +170,7 @@ impl Config {
             frame_timeout_ms: 0,
             sweep_interval_ms: 0,
             shutdown_timeout_ms: 0,
+            leave_timeout_ms: 0,
             ring_entries: 0,
             io_memory_bytes: 0,
         }
@@ -629,6 +631,14 @@ pub static PARAMS: &[ParamSpec] = &[
         "how often each shard removes expired objects and expired locks",
         |c, v| c.sweep_interval_ms = parse_u64(v, 10, 60_000)?,
         |c| c.sweep_interval_ms.to_string()
+    ),
+    param!(
+        "leave_timeout_ms",
+        "5000",
+        true,
+        "on SIGTERM in a store of several hosts, how long to spend moving this host's partitions to the others before stopping (0: stop at once and let them fail over)",
+        |c, v| c.leave_timeout_ms = parse_u64(v, 0, 600_000)?,
+        |c| c.leave_timeout_ms.to_string()
     ),
     param!(
         "shutdown_timeout_ms",

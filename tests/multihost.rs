@@ -424,6 +424,25 @@ fn a_fourth_host_takes_its_share_and_a_leaving_host_loses_nothing() {
     let refs: Vec<&Host> = hosts.iter().collect();
     wait_settled(&c, &rest, 1, || outputs(&refs));
     check_all(&c, ns, &acked);
+
+    // SIGTERM leaves cleanly: the host hands its partitions over before it stops.
+    let mut child = hosts[3].child.take().unwrap();
+    // SAFETY: signalling our own child, still running (not yet waited for).
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}\n{}", hosts[3].output());
+    assert!(
+        hosts[3].output().contains("left the store"),
+        "{}",
+        hosts[3].output()
+    );
+    let rest: Vec<String> = vec![svrs[0].clone(), svrs[1].clone()];
+    let refs: Vec<&Host> = hosts.iter().collect();
+    wait_settled(&c, &rest, 1, || outputs(&refs));
+    check_all(&c, ns, &acked);
 }
 
 #[test]

@@ -763,6 +763,11 @@ impl Ctl {
                 DataEvent::MigrationDone { partition } => {
                     self.inputs.push_back(Input::MigrationDone { partition })
                 }
+                DataEvent::Leave => {
+                    if self.node.is_some() && self.role == ControlRole::Host {
+                        self.inputs.push_back(Input::Leave);
+                    }
+                }
             }
         }
         self.inputs.push_back(Input::Tick);

@@ -129,7 +129,11 @@ pub enum DataCmd {
 /// What the data plane reports to the control plane.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DataEvent {
-    MigrationDone { partition: u16 },
+    MigrationDone {
+        partition: u16,
+    },
+    /// The process is stopping (SIGTERM): move this host's partitions away first.
+    Leave,
 }
 
 /// Per-shard numbers the control plane reads for `stategrid query`.
@@ -224,6 +228,21 @@ impl Plane {
     }
 
     // ---- data plane side ---------------------------------------------------------------
+
+    /// Could another host take this one's partitions (an active host with a weight)?
+    pub fn others_can_take(&self) -> bool {
+        self.view().is_some_and(|v| {
+            v.hosts
+                .iter()
+                .any(|h| h.id != v.me && h.weight > 0 && h.state == super::map::HostState::Active)
+        })
+    }
+
+    /// Does this host still hold a copy of any partition in the installed map?
+    pub fn holds_partitions(&self) -> bool {
+        self.view()
+            .is_some_and(|v| v.owners.iter().any(|o| o.role_of(v.me).is_some()))
+    }
 
     /// Registers how to wake a shard's loop (its ring's eventfd).
     pub fn add_waker(&self, wake: Box<dyn Fn() + Send>) {

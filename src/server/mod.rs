@@ -307,7 +307,7 @@ fn run(
         cfg.max_memory_bytes,
         cfg.log_dir.display()
     );
-    wait_for_signal(&shared, wakers);
+    wait_for_signal(&shared, wakers, &plane, cfg.leave_timeout_ms);
     let mut failed = false;
     for h in handles {
         if h.join().is_err() {
@@ -351,8 +351,14 @@ fn probe_port(addr: SocketAddr) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Blocks the main thread until SIGTERM or SIGINT, then starts the drain.
-fn wait_for_signal(shared: &Arc<Shared>, wakers: Vec<RingWaker>) {
+/// Blocks the main thread until SIGTERM or SIGINT, then leaves the store (its partitions move
+/// to the other hosts, bounded by `leave_timeout_ms`) and starts the drain.
+fn wait_for_signal(
+    shared: &Arc<Shared>,
+    wakers: Vec<RingWaker>,
+    plane: &crate::cluster::plane::Plane,
+    leave_timeout_ms: u64,
+) {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
         Ok(s) => s,
@@ -362,8 +368,31 @@ fn wait_for_signal(shared: &Arc<Shared>, wakers: Vec<RingWaker>) {
         }
     };
     if let Some(sig) = signals.forever().next() {
-        tracing::info!(signal = sig, "signal received: draining");
+        tracing::info!(signal = sig, "signal received");
     }
+    // Leaving cleanly: hand the partitions over while still serving, so the store keeps every
+    // replica and no partition waits for a failover. Bounded: a store that cannot move them in
+    // time (no other host, a huge host) fails them over as for a crash.
+    if leave_timeout_ms > 0 && plane.holds_partitions() && plane.others_can_take() {
+        let started = std::time::Instant::now();
+        plane.push_event(crate::cluster::plane::DataEvent::Leave);
+        while plane.holds_partitions()
+            && started.elapsed() < std::time::Duration::from_millis(leave_timeout_ms)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if plane.holds_partitions() {
+            tracing::warn!(
+                "partitions not moved away within leave_timeout_ms ({leave_timeout_ms} ms): the others fail them over"
+            );
+        } else {
+            tracing::info!(
+                "left the store in {} ms: this host holds no partitions",
+                started.elapsed().as_millis()
+            );
+        }
+    }
+    tracing::info!("draining");
     shared.shutdown.store(true, Ordering::Release);
     for w in &wakers {
         w.wake();
