@@ -1156,12 +1156,22 @@ impl ClusterNode {
         let epoch = self.state.borrow().map.epoch;
         if maybe_installed && epoch != self.map.epoch {
             assert!(epoch > self.map.epoch, "epochs only grow");
-            self.map = Rc::new(self.state.borrow().map.clone());
+            let old = std::mem::replace(&mut self.map, Rc::new(self.state.borrow().map.clone()));
             self.out.push(Output::Installed(self.map.clone()));
-            // Ask for a lease on the new epoch at the next tick rather than at the next
-            // renewal: partitions that changed primary wait for it, and the leader grants an
-            // epoch only once every host has reported it, which this request does.
-            self.last_renew_ms = None;
+            // A host that became primary of a partition asks for a lease on the new epoch at
+            // the next tick rather than at the next renewal: requests for that partition wait
+            // for it. Only then: asking on every install flooded the leader with ReadIndex
+            // rounds while migrations installed a map per tick, and in the simulation (seed
+            // 44) elections then stopped converging.
+            let gained = self
+                .map
+                .owners
+                .iter()
+                .zip(old.owners.iter())
+                .any(|(n, o)| n.primary() == Some(me) && o.primary() != Some(me));
+            if gained {
+                self.last_renew_ms = None;
+            }
             for (p, o) in self.map.owners.iter().enumerate() {
                 if o.pending().any(|h| h == me) && !self.migrations_done.contains(&(p as u16)) {
                     let from = o.primary().expect("a pending copy has a holder");
