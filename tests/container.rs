@@ -945,12 +945,7 @@ fn start_store_host(env: &Env, net: &str, name: &str, others: &[String]) -> Stor
 
 #[test]
 fn a_three_host_store_in_containers_survives_kill_partition_and_rolling_restart() {
-    use std::sync::atomic::AtomicBool;
-    use std::sync::{Arc, Mutex};
-
     use common::store::*;
-    use stategrid_client::proto::hash::namespace_id;
-    use stategrid_client::proto::{key_hash, partition_of};
 
     let _serial = serial();
     let Some(env) = env() else { return };
@@ -990,36 +985,12 @@ fn a_three_host_store_in_containers_survives_kill_partition_and_rolling_restart(
     // Load with every acknowledgement recorded, through the first host.
     let ns = "sessions";
     let all = keys(3_000, "k");
-    let acked = Arc::new(Mutex::new(write_all(&c, ns, &all)));
-    let keys_arc = Arc::new(all.clone());
-    let stop = Arc::new(AtomicBool::new(false));
-    let errors = Arc::new(Mutex::new(Vec::new()));
-    let writers: Vec<_> = (0..2)
-        .map(|i| {
-            let (c, ns, keys, acked, stop, errors) = (
-                client(&svr(&hosts[0]), 10_000),
-                ns.to_string(),
-                keys_arc.clone(),
-                acked.clone(),
-                stop.clone(),
-                errors.clone(),
-            );
-            std::thread::spawn(move || writer(c, ns, keys, acked, stop, errors, 0x77 + i))
-        })
-        .collect();
+    let load = Load::start(&svr(&hosts[0]), ns, &all, write_all(&c, ns, &all), 2);
     std::thread::sleep(Duration::from_millis(500));
 
     // 1. docker kill (SIGKILL) of the second host: its keys are served again by the others.
     let victim = svr(&hosts[1]);
-    let victim_index = m.hosts.iter().position(|h| h.svr_addr == victim).unwrap() as u16;
-    let probes: Vec<&String> = all
-        .iter()
-        .filter(|k| {
-            m.primaries[partition_of(key_hash(namespace_id(ns), k.as_bytes())) as usize]
-                == victim_index
-        })
-        .take(32)
-        .collect();
+    let probes = keys_on(&m, ns, &all, &victim, 32);
     let quick = client(&svr(&hosts[0]), 200);
     let qn = quick.namespace_unregistered(ns);
     let killed = Instant::now();
@@ -1034,7 +1005,7 @@ fn a_three_host_store_in_containers_survives_kill_partition_and_rolling_restart(
         );
     }
     let kill_served_ms = killed.elapsed().as_millis();
-    check_all(&c, ns, &acked.lock().unwrap().clone());
+    check_all(&c, ns, &load.acked.lock().unwrap().clone());
     // It comes back as a new member (docker kill is a manual stop: no automatic restart).
     if !hosts[1].running() {
         docker_ok(&["start", &hosts[1].name]);
@@ -1044,19 +1015,7 @@ fn a_three_host_store_in_containers_survives_kill_partition_and_rolling_restart(
     // 2. A network cut isolates the third host: it stops acknowledging writes once its lease
     //    runs out; the two others keep serving (its partitions fail over to them).
     let minority = &hosts[2];
-    let minority_index = m
-        .hosts
-        .iter()
-        .position(|h| h.svr_addr == svr(minority))
-        .unwrap() as u16;
-    let minority_key = all
-        .iter()
-        .find(|k| {
-            m.primaries[partition_of(key_hash(namespace_id(ns), k.as_bytes())) as usize]
-                == minority_index
-        })
-        .unwrap()
-        .clone();
+    let minority_key = keys_on(&m, ns, &all, &svr(minority), 1)[0].clone();
     let cut = Instant::now();
     docker_ok(&["network", "disconnect", &net, &minority.name]);
     let majority: Vec<&StoreHost> = vec![&hosts[0], &hosts[1]];
@@ -1074,7 +1033,8 @@ fn a_three_host_store_in_containers_survives_kill_partition_and_rolling_restart(
                 all_logs()
             )
         });
-    acked
+    // Step 1 << 40 is no writer's (writer i counts from ((i + 1) << 40) + 1).
+    load.acked
         .lock()
         .unwrap()
         .insert(minority_key.clone(), (1 << 40, v));
@@ -1160,18 +1120,13 @@ fn a_three_host_store_in_containers_survives_kill_partition_and_rolling_restart(
         restart_ms.push(t.elapsed().as_millis());
     }
 
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.join().unwrap();
-    }
-    let errors = errors.lock().unwrap().clone();
+    let (acked, errors) = load.stop();
     assert!(
         errors.is_empty(),
         "writes failed beyond retries: {:?}\n{}",
         &errors[..errors.len().min(5)],
         all_logs()
     );
-    let acked = acked.lock().unwrap().clone();
     check_all(&c, ns, &acked);
     eprintln!(
         "containers: store of 3 formed in {formed_s:.1} s; docker kill: keys served again after {kill_served_ms} ms; \

@@ -6,8 +6,6 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stategrid_client::proto::hash::namespace_id;
@@ -159,54 +157,20 @@ fn three_hosts_keep_every_acknowledged_write_through_kill_9() {
     // 10,000 objects, every acknowledgement recorded.
     let ns = "sessions";
     let all = keys(10_000, "k");
-    let acked = Arc::new(Mutex::new(write_all(&c, ns, &all)));
-    let keys_arc = Arc::new(all.clone());
-
     // Load while a host dies: two writers through the first host.
-    let stop = Arc::new(AtomicBool::new(false));
-    let errors = Arc::new(Mutex::new(Vec::new()));
-    let writers: Vec<_> = (0..2)
-        .map(|i| {
-            let (c, ns, keys, acked, stop, errors) = (
-                client(&svrs[0], 10_000),
-                ns.to_string(),
-                keys_arc.clone(),
-                acked.clone(),
-                stop.clone(),
-                errors.clone(),
-            );
-            std::thread::spawn(move || writer(c, ns, keys, acked, stop, errors, 0x9E37 + i))
-        })
-        .collect();
+    let load = Load::start(&svrs[0], ns, &all, write_all(&c, ns, &all), 2);
     std::thread::sleep(Duration::from_millis(500));
 
     // Keys whose primary is the host about to die: they measure the failover.
     let victim = 1;
-    let victim_index = m
-        .hosts
-        .iter()
-        .position(|h| h.svr_addr == svrs[victim])
-        .unwrap() as u16;
-    let ns_id = namespace_id(ns);
-    let probes: Vec<&String> = all
-        .iter()
-        .filter(|k| {
-            m.primaries[partition_of(key_hash(ns_id, k.as_bytes())) as usize] == victim_index
-        })
-        .take(64)
-        .collect();
+    let probes = keys_on(&m, ns, &all, &svrs[victim], 64);
     assert!(!probes.is_empty());
 
     // A session on the doomed host, locked, with a sliding timeout: the lock (same token),
     // version and timeout must survive the failover.
     let sessions = c.namespace("locked").unwrap();
-    let locked_key = (0..)
-        .map(|i| format!("s{i}"))
-        .find(|k| {
-            m.primaries[partition_of(key_hash(namespace_id("locked"), k.as_bytes())) as usize]
-                == victim_index
-        })
-        .unwrap();
+    let candidates = keys(10_000, "s");
+    let locked_key = keys_on(&m, "locked", &candidates, &svrs[victim], 1)[0].clone();
     sessions
         .put(
             &locked_key,
@@ -238,11 +202,7 @@ fn three_hosts_keep_every_acknowledged_write_through_kill_9() {
         recovered.as_millis()
     );
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.join().unwrap();
-    }
-    let errors = errors.lock().unwrap().clone();
+    let (acked, errors) = load.stop();
     println!(
         "writer errors beyond retries during the failover: {}",
         errors.len()
@@ -262,7 +222,6 @@ fn three_hosts_keep_every_acknowledged_write_through_kill_9() {
         m2.epoch,
         primaries_per_host(&m2)
     );
-    let acked = acked.lock().unwrap().clone();
     check_all(&c, ns, &acked);
     // The lock survived: another client is refused, the holder's token still works.
     let meta = sessions.meta(&locked_key).unwrap();
@@ -308,24 +267,9 @@ fn a_fourth_host_takes_its_share_and_a_leaving_host_loses_nothing() {
     wait_settled(&c, &svrs[..3], 1, || outputs(&refs));
     let ns = "carts";
     let all = keys(5_000, "c");
-    let acked = Arc::new(Mutex::new(write_all(&c, ns, &all)));
 
-    // A 4th host joins while writers run.
-    let stop = Arc::new(AtomicBool::new(false));
-    let errors = Arc::new(Mutex::new(Vec::new()));
-    let keys_arc = Arc::new(all.clone());
-    let spawn_writer = |i: u64| {
-        let (c, ns, keys, acked, stop, errors) = (
-            client(&svrs[0], 10_000),
-            ns.to_string(),
-            keys_arc.clone(),
-            acked.clone(),
-            stop.clone(),
-            errors.clone(),
-        );
-        std::thread::spawn(move || writer(c, ns, keys, acked, stop, errors, 0x51 + i))
-    };
-    let w = spawn_writer(1);
+    // A 4th host joins while a writer runs.
+    let load = Load::start(&svrs[0], ns, &all, write_all(&c, ns, &all), 1);
     let joined_at = Instant::now();
     let peers = peers_of(&ips[3]);
     let peers: Vec<&str> = peers.iter().map(|s| s.as_str()).collect();
@@ -361,15 +305,12 @@ fn a_fourth_host_takes_its_share_and_a_leaving_host_loses_nothing() {
     let refs: Vec<&Host> = hosts.iter().collect();
     let m = wait_settled(&c, &remaining, 1, || outputs(&refs));
     println!("after leave: primaries {:?}", primaries_per_host(&m));
-    stop.store(true, Ordering::Relaxed);
-    w.join().unwrap();
-    let errors = errors.lock().unwrap().clone();
+    let (acked, errors) = load.stop();
     assert!(
         errors.is_empty(),
         "writes failed beyond retries: {:?}",
         &errors[..errors.len().min(5)]
     );
-    let acked = acked.lock().unwrap().clone();
     check_all(&c, ns, &acked);
 
     // Multi-key requests span hosts: the client splits them per key.

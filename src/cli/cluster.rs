@@ -176,7 +176,7 @@ pub fn witness(params: Option<PathBuf>, sets: Vec<(String, String)>) -> i32 {
             return exit::USAGE;
         }
     };
-    let _guard = init_logging(&cfg);
+    let _guard = crate::server::init_logging(&cfg);
     // The control thread runs a glommio executor: the same io_uring checks as `serve`.
     if let Err(e) = preflight::check(1, 64 << 10) {
         eprintln!("stategrid: {e}");
@@ -205,48 +205,6 @@ pub fn witness(params: Option<PathBuf>, sets: Vec<(String, String)>) -> i32 {
     }
     handle.shutdown();
     exit::OK
-}
-
-/// Logs to stderr and to `log_dir/stategrid.log` when writable, like `serve` (whose setup is
-/// private to the server module).
-fn init_logging(cfg: &Config) -> Option<tracing_appender::non_blocking::WorkerGuard> {
-    use tracing_subscriber::{EnvFilter, fmt, prelude::*};
-    let filter = || {
-        EnvFilter::try_from_env("STATEGRID_LOG").unwrap_or_else(|_| EnvFilter::new(&cfg.log_level))
-    };
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let stderr = fmt::layer()
-        .with_ansi(colour)
-        .with_writer(std::io::stderr)
-        .with_filter(filter());
-    let file = std::fs::create_dir_all(&cfg.log_dir).and_then(|_| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(cfg.log_dir.join("stategrid.log"))
-    });
-    match file {
-        Ok(f) => {
-            let (writer, guard) = tracing_appender::non_blocking(f);
-            let layer = fmt::layer()
-                .with_ansi(false)
-                .with_writer(writer)
-                .with_filter(filter());
-            let _ = tracing_subscriber::registry()
-                .with(stderr)
-                .with(layer)
-                .try_init();
-            Some(guard)
-        }
-        Err(e) => {
-            let _ = tracing_subscriber::registry().with(stderr).try_init();
-            tracing::warn!(
-                "not logging to {}: {e} (set log_dir to a writable directory)",
-                cfg.log_dir.display()
-            );
-            None
-        }
-    }
 }
 
 #[cfg(test)]

@@ -421,8 +421,9 @@ fn seed(shard: usize) -> u64 {
     t ^ ((std::process::id() as u64) << 32) ^ (shard as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-/// Logs to stderr and, when `log_dir` is writable, to `log_dir/stategrid.log`.
-fn init_logging(cfg: &Config) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+/// Logs to stderr and, when `log_dir` is writable, to `log_dir/stategrid.log` (`serve` and
+/// `witness`).
+pub(crate) fn init_logging(cfg: &Config) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     use tracing_subscriber::{EnvFilter, fmt, prelude::*};
     let filter = || {
         EnvFilter::try_from_env("STATEGRID_LOG").unwrap_or_else(|_| EnvFilter::new(&cfg.log_level))

@@ -1050,16 +1050,7 @@ impl Shard {
                     part,
                 };
                 if let Some(answer) = self.execute_frame_to(&frame, Some(to)) {
-                    self.send_to(
-                        origin,
-                        Msg::Reply {
-                            conn,
-                            generation,
-                            seq,
-                            part,
-                            frame: answer,
-                        },
-                    );
+                    self.deliver(to, answer);
                 }
             }
             Msg::Reply {

@@ -535,7 +535,7 @@ impl Store {
     fn insert_new(&mut self, k: KeyRef<'_>, value: &[u8], opts: WriteOpts, now_ms: u64) -> u64 {
         // No timeout given: never expires (Timeout's default is 0 s).
         let timeout = opts.timeout.unwrap_or_default();
-        let slot = self.slab.insert(Entry {
+        self.file(Entry {
             hash: k.hash,
             version: 1,
             created_ms: now_ms,
@@ -551,6 +551,14 @@ impl Store {
             evictable: opts.evictable,
             referenced: false,
         });
+        1
+    }
+
+    /// Files `entry` (an object not in the store; room already made): slab, partition table,
+    /// LRU list and the counts. Returns its slot.
+    fn file(&mut self, entry: Entry) -> u32 {
+        let (hash, ns, evictable) = (entry.hash, entry.ns, entry.evictable);
+        let slot = self.slab.insert(entry);
         // NIL marks "no slot" in the LRU links, so it can never be one.
         let slot = match u32::try_from(slot) {
             Ok(s) if s != NIL => s,
@@ -558,17 +566,17 @@ impl Store {
         };
         self.slots_end = self.slots_end.max(slot + 1);
         let slab = &self.slab;
-        self.tables[partition_of(k.hash) as usize].insert_unique(table_hash(k.hash), slot, |&s| {
+        self.tables[partition_of(hash) as usize].insert_unique(table_hash(hash), slot, |&s| {
             table_hash(slab[s as usize].hash)
         });
         let cost = self.slab[slot as usize].cost_bytes();
         self.object_bytes += cost;
-        if opts.evictable {
+        if evictable {
             self.lru.push_head(&mut self.slab, slot);
             self.evictable_bytes += cost;
         }
-        *self.ns_counts.entry(k.ns).or_insert(0) += 1;
-        1
+        *self.ns_counts.entry(ns).or_insert(0) += 1;
+        slot
     }
 
     /// Replaces a present object's value (room already made, checks passed). Returns the new

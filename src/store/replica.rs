@@ -8,7 +8,7 @@ use std::rc::Rc;
 use stategrid_proto::{NsId, ObjectState, PARTITIONS, partition_of};
 
 use super::entry::{Entry, KeyBytes, Lock, NIL, object_cost_bytes};
-use super::{KeyRef, Store, StoreError, Value, table_hash};
+use super::{KeyRef, Store, StoreError, Value};
 
 /// Whether a request changed an object, compared before and after it: version and lock.
 /// (A read that restarts a sliding timeout changes neither and is not replicated: after a
@@ -86,7 +86,7 @@ impl Store {
             token,
             expires_at_ms: state.lock_expires_at_ms,
         });
-        let slot = self.slab.insert(Entry {
+        self.file(Entry {
             hash: k.hash,
             version: state.version,
             created_ms: state.created_ms,
@@ -102,22 +102,6 @@ impl Store {
             evictable: state.evictable,
             referenced: false,
         });
-        let slot = match u32::try_from(slot) {
-            Ok(s) if s != NIL => s,
-            _ => panic!("a shard holds at most {} objects", NIL - 1),
-        };
-        self.slots_end = self.slots_end.max(slot + 1);
-        let slab = &self.slab;
-        self.tables[partition_of(k.hash) as usize].insert_unique(table_hash(k.hash), slot, |&s| {
-            table_hash(slab[s as usize].hash)
-        });
-        let cost = self.slab[slot as usize].cost_bytes();
-        self.object_bytes += cost;
-        if state.evictable {
-            self.lru.push_head(&mut self.slab, slot);
-            self.evictable_bytes += cost;
-        }
-        *self.ns_counts.entry(k.ns).or_insert(0) += 1;
         Ok(())
     }
 
@@ -163,5 +147,112 @@ impl Store {
             self.remove_slot(s);
         }
         slots.len() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use stategrid_proto::{Timeout, TimeoutKind, WriteOpts, key_hash};
+
+    use super::*;
+    use crate::store::StoreLimits;
+
+    const NS: NsId = 3;
+    const NOW: u64 = 1_000_000;
+
+    fn k(key: &[u8]) -> KeyRef<'_> {
+        KeyRef::new(NS, key)
+    }
+
+    #[test]
+    fn a_copy_installed_from_an_export_is_the_same_object() {
+        let mut primary = Store::new(StoreLimits::default(), 1);
+        let opts = WriteOpts {
+            timeout: Some(Timeout {
+                timeout_s: 600,
+                kind: TimeoutKind::Sliding,
+            }),
+            evictable: false,
+        };
+        primary.put(k(b"s"), b"cart", opts, NOW).unwrap();
+        primary.put(k(b"s"), b"cart2", opts, NOW + 5).unwrap();
+        let (_, _, token) = primary.read_and_lock(k(b"s"), NOW + 7).unwrap();
+        let (state, value) = primary.export(k(b"s"), NOW + 8).unwrap();
+        assert_eq!(state.lock_token, token);
+
+        let mut replica = Store::new(StoreLimits::default(), 2);
+        replica.install(k(b"s"), &state, &value, NOW + 9).unwrap();
+        // Version, times, lock (same token), timeout and evictability all survive.
+        assert_eq!(replica.export(k(b"s"), NOW + 9).unwrap().0, state);
+        assert_eq!(
+            replica.meta(k(b"s"), NOW + 9).unwrap(),
+            primary.meta(k(b"s"), NOW + 9).unwrap()
+        );
+        assert_eq!(replica.stats().object_bytes, primary.stats().object_bytes);
+        // The lock holds on the copy: the holder's token works, another writer is refused.
+        assert!(
+            replica
+                .update(k(b"s"), b"x", WriteOpts::default(), None, NOW + 10)
+                .is_err()
+        );
+        replica
+            .update_and_unlock(k(b"s"), b"done", opts, token, NOW + 11)
+            .unwrap();
+
+        // Installing over an existing object replaces it; an expired state removes it.
+        replica.install(k(b"s"), &state, &value, NOW + 12).unwrap();
+        assert_eq!(replica.export(k(b"s"), NOW + 12).unwrap().0, state);
+        let expired = ObjectState {
+            expires_at_ms: NOW,
+            ..state
+        };
+        replica
+            .install(k(b"s"), &expired, &value, NOW + 13)
+            .unwrap();
+        assert!(replica.export(k(b"s"), NOW + 13).is_none());
+        assert_eq!(replica.stats().objects, 0);
+        assert_eq!(replica.stats().object_bytes, 0);
+    }
+
+    #[test]
+    fn a_partition_is_exported_slot_by_slot_and_dropped_whole() {
+        let mut s = Store::new(StoreLimits::default(), 1);
+        let keys: Vec<Vec<u8>> = (0..2000).map(|i| format!("k{i}").into_bytes()).collect();
+        for key in &keys {
+            s.put(k(key), b"v", WriteOpts::default(), NOW).unwrap();
+        }
+        let p = partition_of(key_hash(NS, &keys[0]));
+        let in_p: Vec<&Vec<u8>> = keys
+            .iter()
+            .filter(|key| partition_of(key_hash(NS, key)) == p)
+            .collect();
+        let slots = s.partition_slots(p);
+        assert_eq!(slots.len(), in_p.len());
+        let mut exported: Vec<Vec<u8>> = slots
+            .iter()
+            .filter_map(|&slot| s.export_slot(slot, p, NOW))
+            .map(|e| e.key)
+            .collect();
+        exported.sort();
+        let mut want: Vec<Vec<u8>> = in_p.iter().map(|k| k.to_vec()).collect();
+        want.sort();
+        assert_eq!(exported, want);
+        // A slot freed and reused by another partition's object is not exported as p's.
+        s.remove_exact(k(in_p[0]));
+        let other = (0..)
+            .map(|i| format!("o{i}").into_bytes())
+            .find(|key| partition_of(key_hash(NS, key)) != p)
+            .unwrap();
+        s.put(k(&other), b"v", WriteOpts::default(), NOW).unwrap();
+        let again: usize = slots
+            .iter()
+            .filter(|&&slot| s.export_slot(slot, p, NOW).is_some())
+            .count();
+        assert_eq!(again, in_p.len() - 1);
+
+        let before = s.stats().objects;
+        assert_eq!(s.drop_partition(p), (in_p.len() - 1) as u64);
+        assert_eq!(s.stats().objects, before - (in_p.len() as u64 - 1));
+        assert_eq!(s.partition_len(p), 0);
     }
 }

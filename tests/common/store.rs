@@ -174,38 +174,103 @@ pub fn check_all(c: &Client, ns: &str, acked: &Acked) {
     );
 }
 
-/// Updates random keys of `keys` until `stop`, recording for each key the acknowledged
-/// (step, version) with the highest version. Steps are unique across writers (the seed's
-/// high bits), so a read's step names the exact write it shows.
-pub fn writer(
-    c: Client,
-    ns: String,
-    keys: Arc<Vec<String>>,
-    acked: Arc<Mutex<HashMap<String, (u64, u64)>>>,
+/// Writers updating random keys of a store until stopped, each recording for every key the
+/// acknowledged (step, version) with the highest version. Steps are unique across writers
+/// (the writer's index in the high bits), so a read's step names the exact write it shows.
+pub struct Load {
+    /// What the writers had acknowledged so far (the test may add its own writes).
+    pub acked: Arc<Mutex<Acked>>,
     stop: Arc<AtomicBool>,
     errors: Arc<Mutex<Vec<String>>>,
-    seed: u64,
-) {
-    let n = c.namespace(&ns).unwrap();
-    let mut x = seed | 1;
-    let mut step = (seed << 32) + 1;
-    while !stop.load(Ordering::Relaxed) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let k = &keys[(x % keys.len() as u64) as usize];
-        match n.put(k, value_of(k, step), stategrid_client::WriteOptions::new()) {
-            Ok(v) => {
-                let mut a = acked.lock().unwrap();
-                let e = a.entry(k.clone()).or_insert((0, 0));
-                if v > e.1 {
-                    *e = (step, v);
-                }
-            }
-            Err(e) => errors.lock().unwrap().push(format!("put {k}: {e}")),
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    /// `writers` threads, each with its own client of `addr`, over `keys` of namespace `ns`,
+    /// starting from what `acked` already holds.
+    pub fn start(addr: &str, ns: &str, keys: &[String], acked: Acked, writers: u64) -> Load {
+        let acked = Arc::new(Mutex::new(acked));
+        let stop = Arc::new(AtomicBool::new(false));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let keys = Arc::new(keys.to_vec());
+        let threads = (0..writers)
+            .map(|i| {
+                let c = client(addr, 10_000);
+                let (ns, keys, acked, stop, errors) = (
+                    ns.to_string(),
+                    keys.clone(),
+                    acked.clone(),
+                    stop.clone(),
+                    errors.clone(),
+                );
+                std::thread::spawn(move || {
+                    let n = c.namespace(&ns).unwrap();
+                    let mut x = (0x9E37_79B9 + i) | 1;
+                    let mut step = ((i + 1) << 40) + 1;
+                    while !stop.load(Ordering::Relaxed) {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let k = &keys[(x % keys.len() as u64) as usize];
+                        match n.put(k, value_of(k, step), stategrid_client::WriteOptions::new()) {
+                            Ok(v) => {
+                                let mut a = acked.lock().unwrap();
+                                let e = a.entry(k.clone()).or_insert((0, 0));
+                                if v > e.1 {
+                                    *e = (step, v);
+                                }
+                            }
+                            Err(e) => errors.lock().unwrap().push(format!("put {k}: {e}")),
+                        }
+                        step += 1;
+                    }
+                })
+            })
+            .collect();
+        Load {
+            acked,
+            stop,
+            errors,
+            threads,
         }
-        step += 1;
     }
+
+    /// Stops the writers; returns every acknowledged write and the errors beyond retries.
+    pub fn stop(self) -> (Acked, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let errors = self.errors.lock().unwrap().clone();
+        let acked = self.acked.lock().unwrap().clone();
+        (acked, errors)
+    }
+}
+
+/// Up to `n` of `keys` (namespace `ns`) whose primary is the host at `svr_addr` in map `m`.
+pub fn keys_on<'a>(
+    m: &MapInfo,
+    ns: &str,
+    keys: &'a [String],
+    svr_addr: &str,
+    n: usize,
+) -> Vec<&'a String> {
+    let id = stategrid_client::proto::hash::namespace_id(ns);
+    let host = m
+        .hosts
+        .iter()
+        .position(|h| h.svr_addr == svr_addr)
+        .unwrap_or_else(|| panic!("{svr_addr} is not in the map")) as u16;
+    keys.iter()
+        .filter(|k| {
+            let p = stategrid_client::proto::partition_of(stategrid_client::proto::key_hash(
+                id,
+                k.as_bytes(),
+            ));
+            m.primaries[p as usize] == host
+        })
+        .take(n)
+        .collect()
 }
 
 pub fn keys(n: usize, prefix: &str) -> Vec<String> {

@@ -117,10 +117,22 @@ async fn open(addr: &str, config: &ClientConfig, settings: &ConnSettings) -> Res
         addr: addr.to_owned(),
         source,
     })?;
-    // A peer that vanished without a reset fails the connection after this long, so the
-    // request is retried elsewhere (see `dead_peer_timeout_ms`).
-    socket2::SockRef::from(&stream)
-        .set_tcp_user_timeout(Some(Duration::from_millis(config.dead_peer_timeout_ms)))
+    // A peer that vanished without a reset fails the connection after about this long, so
+    // the request is retried elsewhere (see `dead_peer_timeout_ms`): TCP_USER_TIMEOUT when
+    // sent bytes go unacknowledged, keepalive probes when a request was delivered and then
+    // its host died (nothing unacknowledged, so only probes notice).
+    let dead = Duration::from_millis(config.dead_peer_timeout_ms);
+    let sock = socket2::SockRef::from(&stream);
+    sock.set_tcp_user_timeout(Some(dead))
+        .and_then(|_| {
+            sock.set_tcp_keepalive(
+                &socket2::TcpKeepalive::new()
+                    // The kernel counts these in whole seconds.
+                    .with_time((dead / 2).max(Duration::from_secs(1)))
+                    .with_interval((dead / 4).max(Duration::from_secs(1)))
+                    .with_retries(2),
+            )
+        })
         .map_err(|source| Error::Connect {
             addr: addr.to_owned(),
             source,

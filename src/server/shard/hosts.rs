@@ -695,7 +695,7 @@ impl Shard {
         self.deliver(pw.to, bytes);
     }
 
-    fn deliver(&mut self, to: AnswerTo, bytes: Vec<u8>) {
+    pub(super) fn deliver(&mut self, to: AnswerTo, bytes: Vec<u8>) {
         match to {
             AnswerTo::Conn {
                 slot,
@@ -1078,9 +1078,17 @@ impl Shard {
         let _ = sock.set_tcp_nodelay(true);
         // A host cut off the network sends no reset: fail the link (and what waits on it)
         // instead of leaving relayed requests hanging until their clients give up.
-        let _ = sock.set_tcp_user_timeout(Some(std::time::Duration::from_millis(
-            LINK_DEAD_PEER_TIMEOUT_MS,
-        )));
+        let dead = std::time::Duration::from_millis(LINK_DEAD_PEER_TIMEOUT_MS);
+        let _ = sock.set_tcp_user_timeout(Some(dead));
+        // And a host that died after our requests reached it (nothing unacknowledged):
+        // keepalive probes notice.
+        let _ = sock.set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                // The kernel counts these in whole seconds: about 3 s in all.
+                .with_time(std::time::Duration::from_secs(1))
+                .with_interval(std::time::Duration::from_secs(1))
+                .with_retries(2),
+        );
         // SAFETY: the descriptor is moved out of the socket2 wrapper, which forgets it.
         let fd = unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(sock)) };
         let slot = self.add_conn_kind(fd, ConnKind::Outbound(host, class))?;
