@@ -609,7 +609,15 @@ impl Shard {
                     let Some(seq) = self.reserve(slot, id, Slot::Forwarded) else {
                         return;
                     };
-                    return self.defer(p, slot, generation, seq, id, &frame_start[..frame_bytes]);
+                    return self.defer(
+                        p,
+                        internal,
+                        slot,
+                        generation,
+                        seq,
+                        id,
+                        &frame_start[..frame_bytes],
+                    );
                 }
                 HostRoute::Refuse(code, detail) => {
                     return self.respond_in_order(slot, |s| s.error(id, code, detail));

@@ -150,6 +150,8 @@ struct PendingWrite {
 /// A request held until this host's lease covers its partition (see [`HostRoute::Wait`]).
 struct Deferred {
     partition: usize,
+    /// Relayed by another host (never relayed again).
+    internal: bool,
     slot: u32,
     generation: u32,
     seq: u64,
@@ -302,9 +304,11 @@ impl Shard {
     }
 
     /// Holds a keyed request until the lease covers its partition ([`HostRoute::Wait`]).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn defer(
         &mut self,
         partition: usize,
+        internal: bool,
         slot: u32,
         generation: u32,
         seq: u64,
@@ -313,6 +317,7 @@ impl Shard {
     ) {
         self.hosts.deferred.push_back(Deferred {
             partition,
+            internal,
             slot,
             generation,
             seq,
@@ -322,8 +327,8 @@ impl Shard {
         });
     }
 
-    /// Serves held requests whose partition the lease now covers; answers `NotPrimary` to
-    /// those whose partition moved away or that waited too long.
+    /// Serves held requests whose partition the lease now covers; relays a client's whose
+    /// partition moved to another host; answers `NotPrimary` to those that waited too long.
     fn pump_deferred(&mut self) {
         let Some(view) = self.hosts.view.clone() else {
             return;
@@ -332,9 +337,12 @@ impl Shard {
         let mut i = 0;
         while i < self.hosts.deferred.len() {
             let d = &self.hosts.deferred[i];
-            let mine = view.owners[d.partition].primary() == Some(view.me);
+            let primary = view.owners[d.partition].primary();
+            let mine = primary == Some(view.me);
             let ready = mine && self.hosts.serves(&view, d.partition);
-            if !ready && mine && now < d.deadline_ms {
+            // A client's request whose partition now has another primary goes there.
+            let elsewhere = primary.filter(|&h| h != view.me && !d.internal);
+            if !ready && elsewhere.is_none() && now < d.deadline_ms {
                 i += 1;
                 continue;
             }
@@ -344,6 +352,16 @@ impl Shard {
                 generation: d.generation,
                 seq: d.seq,
             };
+            if let (false, Some(host)) = (ready, elsewhere) {
+                self.relay(host, d.slot, d.generation, d.seq, d.id, d.frame.as_slice());
+                // A relay that could not be sent filled the slot: send it (we are outside
+                // `process_frames`, so the connection may be flushed here).
+                if self.conn_mut(d.slot, d.generation).is_some() {
+                    self.flush(d.slot);
+                    self.maybe_close(d.slot);
+                }
+                continue;
+            }
             if !ready {
                 let mut b = Vec::new();
                 VecSink(&mut b).error(d.id, ErrorCode::NotPrimary, view.epoch);
@@ -500,6 +518,9 @@ impl Shard {
                 }
             }
             Some(h) if !internal => HostRoute::Remote(h),
+            // Relayed here by a host whose map is newer than ours, most likely (it names us):
+            // hold it until our map catches up rather than bounce it.
+            Some(_) if self.hosts.deferred.len() < DEFERRED_MAX => HostRoute::Wait,
             _ => HostRoute::Refuse(ErrorCode::NotPrimary, view.epoch),
         }
     }
