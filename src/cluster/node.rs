@@ -361,8 +361,6 @@ pub struct ClusterNode {
     lease_epoch: u64,
     lease_until_ms: u64,
     last_renew_ms: Option<u64>,
-    /// A map was installed since the last lease request: ask again sooner (see after_apply).
-    renew_soon: bool,
     migrations_done: BTreeSet<u16>,
     // Leader side.
     leader_since_ms: Option<u64>,
@@ -463,7 +461,6 @@ impl ClusterNode {
             lease_epoch: 0,
             lease_until_ms: 0,
             last_renew_ms: None,
-            renew_soon: false,
             migrations_done: BTreeSet::new(),
             leader_since_ms: None,
             leases: BTreeMap::new(),
@@ -692,15 +689,13 @@ impl ClusterNode {
         if self.joining && member {
             self.joining = false;
         }
-        let renew_due = self.last_renew_ms.is_none_or(|t| {
-            now_ms >= t + self.cfg.lease_renew_ms
-                || (self.renew_soon && now_ms >= t + self.cfg.lease_renew_ms / 4)
-        });
+        let renew_due = self
+            .last_renew_ms
+            .is_none_or(|t| now_ms >= t + self.cfg.lease_renew_ms);
         if !renew_due {
             return;
         }
         self.last_renew_ms = Some(now_ms);
-        self.renew_soon = false;
         if self.joining {
             let host = HostInfo {
                 id: me,
@@ -1163,13 +1158,13 @@ impl ClusterNode {
             assert!(epoch > self.map.epoch, "epochs only grow");
             let old = std::mem::replace(&mut self.map, Rc::new(self.state.borrow().map.clone()));
             self.out.push(Output::Installed(self.map.clone()));
-            // Ask for a lease on the new epoch (which also reports having installed it) soon
-            // rather than at the next renewal: the leader grants an epoch only once every host
-            // reported it, and requests for partitions that changed primary wait for that.
-            // At once when this host became primary of a partition; otherwise within a quarter
-            // of the renewal period. Asking at every install flooded the leader with ReadIndex
+            // A host that became primary of a partition asks for a lease on the new epoch at
+            // the next tick rather than at the next renewal: requests for that partition wait
+            // for it. Only then: asking on every install flooded the leader with ReadIndex
             // rounds while migrations installed a map per tick, and in the simulation (seed
-            // 44) elections then stopped converging.
+            // 44) elections then stopped converging. (Asking within a quarter of the renewal
+            // period instead was tried: it did not shorten a move's NotPrimary window, see
+            // perf/RESULTS.md.)
             let gained = self
                 .map
                 .owners
@@ -1178,8 +1173,6 @@ impl ClusterNode {
                 .any(|(n, o)| n.primary() == Some(me) && o.primary() != Some(me));
             if gained {
                 self.last_renew_ms = None;
-            } else {
-                self.renew_soon = true;
             }
             for (p, o) in self.map.owners.iter().enumerate() {
                 if o.pending().any(|h| h == me) && !self.migrations_done.contains(&(p as u16)) {

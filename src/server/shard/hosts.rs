@@ -518,9 +518,6 @@ impl Shard {
                 }
             }
             Some(h) if !internal => HostRoute::Remote(h),
-            // Relayed here by a host whose map is newer than ours, most likely (it names us):
-            // hold it until our map catches up rather than bounce it.
-            Some(_) if self.hosts.deferred.len() < DEFERRED_MAX => HostRoute::Wait,
             _ => HostRoute::Refuse(ErrorCode::NotPrimary, view.epoch),
         }
     }
