@@ -143,6 +143,45 @@ fn oversized_frame_gets_frame_too_large_then_close() {
 }
 
 #[test]
+fn host_to_host_requests_on_the_client_port_are_forbidden() {
+    let server = TestServer::start(&[]);
+    let check = plant(&server);
+    let mut c = Raw::hello(&server);
+    // A client must not be able to overwrite an object as if it were the primary replicating.
+    c.send(
+        3,
+        &Request::Replicate {
+            epoch: u64::MAX,
+            from: 1,
+            partition: stategrid_proto::partition_of(stategrid_proto::key_hash(
+                stategrid_proto::hash::namespace_id("planted"),
+                b"k",
+            )),
+            key: key(stategrid_proto::hash::namespace_id("planted"), "k"),
+            state: None,
+        },
+        b"",
+    );
+    let (id, resp) = c.recv();
+    assert_eq!(id, 3);
+    assert_eq!(error_code(&resp), ErrorCode::Forbidden, "{resp:?}");
+    c.send(
+        4,
+        &Request::MigratePull {
+            epoch: 1,
+            to: 1,
+            partition: 0,
+        },
+        b"",
+    );
+    assert_eq!(error_code(&c.recv().1), ErrorCode::Forbidden);
+    // The connection goes on, and the object is untouched.
+    c.send(5, &Request::GetMap, b"");
+    assert!(matches!(c.recv().1, Response::Map(_)));
+    check();
+}
+
+#[test]
 fn value_over_object_bytes_max_is_refused_and_the_connection_goes_on() {
     let server = TestServer::start(&[("object_bytes_max", "1024")]);
     let mut c = Raw::hello(&server);

@@ -68,6 +68,15 @@ pub enum Route {
     Split,
 }
 
+/// The route to the shard that owns partition `p`, seen from shard `me`.
+#[inline]
+pub fn partition_route(p: u32, me: usize, shards: usize) -> Route {
+    match owner_shard(p, shards) {
+        s if s == me => Route::Local,
+        s => Route::Shard(s),
+    }
+}
+
 /// Decides where `req` is served. Cheap: one hash for a keyed request.
 pub fn route(req: &ArchivedRequest, me: usize, shards: usize) -> Route {
     let to = |s: usize| {
@@ -79,7 +88,7 @@ pub fn route(req: &ArchivedRequest, me: usize, shards: usize) -> Route {
     };
     if let Some(k) = req.key() {
         let p = partition_of(key_hash(k.ns.to_native(), k.key.as_slice()));
-        return to(owner_shard(p, shards));
+        return partition_route(p, me, shards);
     }
     match req {
         // The namespace registry lives on shard 0.

@@ -625,8 +625,10 @@ impl Shard {
             }
         }
         let (me, shards) = (self.core.shard, self.core.shards);
-        let route = match req {
-            ArchivedRequest::Stats => Route::All,
+        let route = match (req, partition) {
+            (ArchivedRequest::Stats, _) => Route::All,
+            // The key was hashed for the host route above: not again.
+            (_, Some(p)) => super::exec::partition_route(p as u32, me, shards),
             _ => super::exec::route(req, me, shards),
         };
         match route {

@@ -64,25 +64,6 @@ struct Routes {
     stale: bool,
 }
 
-/// The key a request addresses, for routing.
-fn request_key(req: &Request) -> Option<&Key> {
-    match req {
-        Request::Add { key, .. }
-        | Request::Put { key, .. }
-        | Request::Update { key, .. }
-        | Request::UpdateIfVersion { key, .. }
-        | Request::Read { key }
-        | Request::ReadAndLock { key }
-        | Request::UpdateAndUnlock { key, .. }
-        | Request::Unlock { key, .. }
-        | Request::RefreshLock { key, .. }
-        | Request::Remove { key, .. }
-        | Request::Touch { key, .. }
-        | Request::Meta { key } => Some(key),
-        _ => None,
-    }
-}
-
 /// First wait between retries of a request the store could not serve yet; doubles up to
 /// `RETRY_BACKOFF_MS_MAX`. A failover takes about a second, so this keeps retries cheap.
 const RETRY_BACKOFF_MS_MIN: u64 = 10;
@@ -256,18 +237,19 @@ impl Client {
 
     /// The pool that serves `req`: its partition's primary in a multi-host store, else this.
     async fn route(&self, req: &Request) -> Result<Option<Client>> {
-        let (Some(routes), Some(key)) = (&self.inner.routes, request_key(req)) else {
+        let (Some(routes), Some(key)) = (&self.inner.routes, req.key()) else {
             return Ok(None);
         };
         if routes.lock().unwrap().stale {
             let _ = self.refresh_routes().await;
         }
-        let p = stategrid_proto::partition_of(stategrid_proto::key_hash(key.ns, &key.key));
         let addr = {
             let r = routes.lock().unwrap();
+            // One host (or no map): nothing to route, not even a hash to compute.
             if r.hosts.len() <= 1 {
                 return Ok(None);
             }
+            let p = stategrid_proto::partition_of(stategrid_proto::key_hash(key.ns, &key.key));
             match r
                 .primaries
                 .get(p as usize)

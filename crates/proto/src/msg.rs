@@ -218,6 +218,27 @@ pub struct MapInfo {
 }
 
 impl Request {
+    /// The object this request addresses, if it addresses exactly one (as
+    /// [`ArchivedRequest::key`] for the archived form: clients route by it).
+    pub fn key(&self) -> Option<&Key> {
+        match self {
+            Request::Add { key, .. }
+            | Request::Put { key, .. }
+            | Request::Update { key, .. }
+            | Request::UpdateIfVersion { key, .. }
+            | Request::Read { key }
+            | Request::ReadAndLock { key }
+            | Request::UpdateAndUnlock { key, .. }
+            | Request::Unlock { key, .. }
+            | Request::RefreshLock { key, .. }
+            | Request::Remove { key, .. }
+            | Request::Touch { key, .. }
+            | Request::Meta { key }
+            | Request::Replicate { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
     /// Short name for logs and errors.
     pub fn name(&self) -> &'static str {
         ArchivedRequest::name_of(self.tag())

@@ -245,14 +245,6 @@ impl Hosts {
             && self.mono_ms < until_ms
     }
 
-    /// The other hosts that must apply a change to `p` before it is acknowledged.
-    fn others(&self, p: usize) -> Vec<HostId> {
-        match &self.view {
-            Some(v) => v.owners[p].copies().filter(|&h| h != v.me).collect(),
-            None => Vec::new(),
-        }
-    }
-
     /// Does a change to `p` need replication? Cheap: no allocation.
     #[inline]
     pub fn replicated(&self, p: usize) -> bool {
@@ -629,8 +621,9 @@ impl Shard {
     /// Returns the answer now, or None when it will go to `to` after the replicas confirm.
     ///
     /// Cost over an unreplicated write: two more table probes (version before and after),
-    /// the key copied into each `Replicate` archive, and one round trip to the slowest
-    /// replica; the value itself is not copied (the link sends the stored buffer).
+    /// two allocations (the waiting hosts, the key copied once into the `Replicate` archive),
+    /// one archive serialization per copy, and one round trip to the slowest copy; the value
+    /// itself is not copied (the link sends the stored buffer).
     pub(super) fn execute_replicated(
         &mut self,
         req: &ArchivedRequest,
@@ -651,36 +644,36 @@ impl Shard {
         if read_only(req) || self.core.store.stamp(kr) == before {
             return Some(answer);
         }
-        let others = self.hosts.others(p);
-        if others.is_empty() {
+        let (epoch, me, owners) = match &self.hosts.view {
+            Some(v) => (v.epoch, v.me, v.owners[p]),
+            None => return Some(answer),
+        };
+        let waiting: Vec<HostId> = owners.copies().filter(|&h| h != me).collect();
+        if waiting.is_empty() {
             return Some(answer);
         }
         let state = self.core.store.export(kr, now);
-        let deadline = plane::now_ms() + self.core.cfg.replication_timeout_ms;
         let idx = self.hosts.pending.insert(PendingWrite {
             to,
             request_id: id,
             answer,
             partition: p as u16,
-            waiting: others.clone(),
+            waiting,
             failed: None,
-            deadline_ms: deadline,
+            deadline_ms: self.hosts.mono_ms + self.core.cfg.replication_timeout_ms,
         }) as u32;
-        let (epoch, me) = {
-            let v = self.hosts.view.as_ref().expect("replicated implies a view");
-            (v.epoch, v.me)
+        // One archive for every copy: the key is copied once, the value not at all.
+        let msg = Request::Replicate {
+            epoch,
+            from: me.0,
+            partition: p as u32,
+            key: Key {
+                ns,
+                key: key.to_vec(),
+            },
+            state: state.as_ref().map(|(s, _)| *s),
         };
-        for host in others {
-            let msg = Request::Replicate {
-                epoch,
-                from: me.0,
-                partition: p as u32,
-                key: Key {
-                    ns,
-                    key: key.to_vec(),
-                },
-                state: state.as_ref().map(|(s, _)| *s),
-            };
+        for host in owners.copies().filter(|&h| h != me) {
             let v = state.as_ref().map(|(_, v)| v.clone());
             let sent = self.link_send(
                 host,
