@@ -92,7 +92,9 @@ fn parse_multibulk(
         if buf.len() > HEADER_LINE_BYTES_MAX {
             return err("too big mbulk count string");
         }
-        return Ok(Parsed::Incomplete { need: buf.len() + 1 });
+        return Ok(Parsed::Incomplete {
+            need: buf.len() + 1,
+        });
     };
     let n = match parse_len(&buf[1..end]) {
         Some(n) if n <= lim.items_max as i64 => n,
@@ -155,7 +157,9 @@ fn parse_inline(
         if buf.len() > lim.inline_bytes_max {
             return err("too big inline request");
         }
-        return Ok(Parsed::Incomplete { need: buf.len() + 1 });
+        return Ok(Parsed::Incomplete {
+            need: buf.len() + 1,
+        });
     };
     if nl > lim.inline_bytes_max {
         return err("too big inline request");
@@ -340,16 +344,28 @@ mod tests {
         assert_eq!(e(b"*1\r\n:1\r\n"), "Protocol error: expected '$', got ':'");
         assert_eq!(e(b"*1\r\n$-2\r\n"), "Protocol error: invalid bulk length");
         assert_eq!(e(b"*1\r\n$101\r\n"), "Protocol error: invalid bulk length");
-        assert_eq!(e(b"*1\r\n$1\r\nabc\r\n"), "Protocol error: expected CRLF after a bulk string");
+        assert_eq!(
+            e(b"*1\r\n$1\r\nabc\r\n"),
+            "Protocol error: expected CRLF after a bulk string"
+        );
         assert_eq!(e(&[b'a'; 65]), "Protocol error: too big inline request");
-        assert_eq!(e(b"set \"a\n"), "Protocol error: unbalanced quotes in request");
-        assert_eq!(e(b"set \"a\"b\n"), "Protocol error: unbalanced quotes in request");
+        assert_eq!(
+            e(b"set \"a\n"),
+            "Protocol error: unbalanced quotes in request"
+        );
+        assert_eq!(
+            e(b"set \"a\"b\n"),
+            "Protocol error: unbalanced quotes in request"
+        );
     }
 
     #[test]
     fn inline() {
         assert_eq!(cmd(b"PING\r\n"), vec![b"PING".to_vec()]);
-        assert_eq!(cmd(b"  set  k   v\n"), vec![b"set".to_vec(), b"k".to_vec(), b"v".to_vec()]);
+        assert_eq!(
+            cmd(b"  set  k   v\n"),
+            vec![b"set".to_vec(), b"k".to_vec(), b"v".to_vec()]
+        );
         assert_eq!(
             cmd(b"set \"a b\\n\\x41\" 'it\\'s'\r\n"),
             vec![b"set".to_vec(), b"a b\nA".to_vec(), b"it's".to_vec()]
