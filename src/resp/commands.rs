@@ -1441,14 +1441,7 @@ fn client(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
         // CLIENT LIST shows this connection only: connections live on their shards.
         let line = client_line(s, h);
         let resp3 = s.resp3;
-        let info = eq(sub, "info");
-        s.lit(h, |o| {
-            if info {
-                reply::verbatim(o, &line, resp3)
-            } else {
-                reply::verbatim(o, &line, resp3)
-            }
-        });
+        s.lit(h, |o| reply::verbatim(o, &line, resp3));
     } else if eq(sub, "no-evict") || eq(sub, "no-touch") {
         s.lit(h, reply::ok);
     } else {

@@ -340,10 +340,8 @@ impl RespOut {
                 None => reply::bulk(b.bytes_mut(), b""),
             },
             (Combine::Array, _) => reply::null(b.bytes_mut(), self.resp3),
-            (_, Response::Error(e)) => {
-                if self.acc_err.is_none() {
-                    self.acc_err = Some(error_text(e));
-                }
+            (_, Response::Error(e)) if self.acc_err.is_none() => {
+                self.acc_err = Some(error_text(e));
             }
             (Combine::Sum, Response::Int { n }) => self.acc_int += n,
             (Combine::Keys, Response::Keys { keys, .. }) => self.acc_keys.extend(

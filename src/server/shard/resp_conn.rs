@@ -66,7 +66,7 @@ impl RespConn {
 /// a copy of the value: these answers are already bytes.
 pub(super) fn render_native(out: &mut RespOut, b: &mut SendBatch, bytes: &[u8]) {
     let copy;
-    let buf = if (bytes.as_ptr() as usize).is_multiple_of(8) {
+    let buf = if (bytes.as_ptr() as usize) % 8 == 0 {
         bytes
     } else {
         copy = AlignedBuf::from_slice(bytes);
@@ -129,7 +129,7 @@ impl commands::Host for Glue<'_> {
         frame.clear();
         codec::encode_request(&mut frame, 0, req, value);
         let copy;
-        let buf = if (frame.as_ptr() as usize).is_multiple_of(8) {
+        let buf = if (frame.as_ptr() as usize) % 8 == 0 {
             &frame[..]
         } else {
             copy = AlignedBuf::from_slice(&frame);
