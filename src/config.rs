@@ -97,6 +97,13 @@ pub struct Config {
     pub store_weight: u32,
     pub auto_join: bool,
     pub hosts: String,
+    /// The store's shared secret, inline (prefer `cluster_key_file`: never in `ps`).
+    pub cluster_key: String,
+    pub cluster_key_file: PathBuf,
+    pub insecure_cluster: bool,
+    /// The secret itself, read from `cluster_key_file` or `cluster_key` by [`Config::load`]
+    /// (not a parameter).
+    pub peer_key: Option<crate::auth::peer::ClusterKey>,
     /// How long SWIM may take to declare a dead host down.
     pub failure_detection_ms: u64,
     /// How long a starting host looks for a store before the lowest id bootstraps one.
@@ -111,6 +118,10 @@ pub struct Config {
     pub key_bytes_max: u32,
     pub namespace_bytes_max: u32,
     pub frame_bytes_max: u64,
+    pub unauth_frame_bytes_max: u64,
+    pub conn_held_bytes_max: u64,
+    pub mgt_connections_max: u32,
+    pub mgt_frame_bytes_max: u64,
     pub connections_per_shard_max: u32,
     pub inflight_per_conn_max: u32,
     pub items_per_request_max: u32,
@@ -162,6 +173,10 @@ impl Config {
             store_weight: 0,
             auto_join: false,
             hosts: String::new(),
+            cluster_key: String::new(),
+            cluster_key_file: PathBuf::new(),
+            insecure_cluster: false,
+            peer_key: None,
             failure_detection_ms: 0,
             discovery_wait_ms: 0,
             replication_timeout_ms: 0,
@@ -172,6 +187,10 @@ impl Config {
             key_bytes_max: 0,
             namespace_bytes_max: 0,
             frame_bytes_max: 0,
+            unauth_frame_bytes_max: 0,
+            conn_held_bytes_max: 0,
+            mgt_connections_max: 0,
+            mgt_frame_bytes_max: 0,
             connections_per_shard_max: 0,
             inflight_per_conn_max: 0,
             items_per_request_max: 0,
@@ -240,6 +259,8 @@ impl Config {
             c.set(k, v, Source::Set)?;
         }
         c.validate()?;
+        c.peer_key =
+            crate::auth::peer::ClusterKey::from_config(&c).map_err(ConfigError::Inconsistent)?;
         Ok(c)
     }
 
@@ -282,6 +303,17 @@ impl Config {
             return Err(ConfigError::Inconsistent(format!(
                 "frame_bytes_max ({}) must be at least object_bytes_max + 1 MiB ({needed}) so the largest object fits in a frame",
                 self.frame_bytes_max
+            )));
+        }
+        if !self.net_interface.is_loopback()
+            && self.cluster_key.is_empty()
+            && self.cluster_key_file.as_os_str().is_empty()
+            && !self.insecure_cluster
+        {
+            return Err(ConfigError::Inconsistent(format!(
+                "net_interface {} is reachable from other machines, and no cluster key is set: anyone who reaches int_port or mgt_port could act as a host of this store. {}; or set insecure_cluster 1 on a network you trust completely",
+                self.net_interface,
+                crate::auth::peer::KEY_HOWTO
             )));
         }
         if self.max_memory_bytes != 0 && self.max_memory_bytes < self.object_bytes_max {
@@ -375,6 +407,9 @@ macro_rules! param {
         }
     };
 }
+
+/// What a secret parameter reads back as (`stategrid show`, `Stats`).
+pub const REDACTED: &str = "<set>";
 
 /// Every parameter: name, default, meaning. ScaleOut's names first.
 pub static PARAMS: &[ParamSpec] = &[
@@ -508,6 +543,34 @@ pub static PARAMS: &[ParamSpec] = &[
         |c| c.hosts.clone()
     ),
     param!(
+        "cluster_key_file",
+        "",
+        true,
+        "file holding the store's shared secret (at least 16 bytes; e.g. `head -c 32 /dev/urandom | base64 > cluster.key`): every host-to-host connection and datagram proves it holds the same key. Required when net_interface is not a loopback address (see insecure_cluster)",
+        |c, v| c.cluster_key_file = PathBuf::from(v),
+        |c| c.cluster_key_file.display().to_string()
+    ),
+    param!(
+        "cluster_key",
+        "",
+        true,
+        "the store's shared secret inline (at least 16 bytes); prefer cluster_key_file, which keeps it out of `ps` and out of params files. Shown as <set> when read back",
+        |c, v| c.cluster_key = v.to_owned(),
+        |c| if c.cluster_key.is_empty() {
+            String::new()
+        } else {
+            REDACTED.to_owned()
+        }
+    ),
+    param!(
+        "insecure_cluster",
+        "0",
+        true,
+        "1: let a host bound to a non-loopback address run without a cluster key (anyone who reaches int_port or mgt_port can then act as a host); only for networks you trust completely",
+        |c, v| c.insecure_cluster = parse_bool(v)?,
+        |c| (c.insecure_cluster as u8).to_string()
+    ),
+    param!(
         "failure_detection_ms",
         "1500",
         true,
@@ -591,6 +654,38 @@ pub static PARAMS: &[ParamSpec] = &[
         "largest request frame; must be at least object_bytes_max + 1 MiB. A larger frame closes its connection",
         |c, v| c.frame_bytes_max = parse_bytes(v)?.clamp(64, u32::MAX as u64),
         |c| c.frame_bytes_max.to_string()
+    ),
+    param!(
+        "unauth_frame_bytes_max",
+        "64KiB",
+        true,
+        "largest frame a connection may send before it is trusted (before Hello on svr_port and int_port): a peer that proved nothing cannot make the server buffer more",
+        |c, v| c.unauth_frame_bytes_max = parse_bytes(v)?.clamp(1024, 64 << 20),
+        |c| c.unauth_frame_bytes_max.to_string()
+    ),
+    param!(
+        "conn_held_bytes_max",
+        "16MiB",
+        true,
+        "bytes of one connection's requests held as copies while they wait for another shard or host; above it the server stops reading that connection until answers drain (backpressure)",
+        |c, v| c.conn_held_bytes_max = parse_bytes(v)?.max(4096),
+        |c| c.conn_held_bytes_max.to_string()
+    ),
+    param!(
+        "mgt_connections_max",
+        "256",
+        true,
+        "connections mgt_port accepts at once (peers and admin clients); more are closed at once with a log line",
+        |c, v| c.mgt_connections_max = parse_u64(v, 4, 65_536)? as u32,
+        |c| c.mgt_connections_max.to_string()
+    ),
+    param!(
+        "mgt_frame_bytes_max",
+        "16MiB",
+        true,
+        "largest host-to-host frame on mgt_port (a Raft snapshot of the whole map must fit); a larger one closes the connection",
+        |c, v| c.mgt_frame_bytes_max = parse_bytes(v)?.clamp(1 << 20, 1 << 30),
+        |c| c.mgt_frame_bytes_max.to_string()
     ),
     param!(
         "connections_per_shard_max",

@@ -20,6 +20,7 @@
 //! `stategrid-client`, so applications never build glommio.
 
 pub mod alloc_count;
+pub mod auth;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -36,6 +36,10 @@ const OFFLINE_TAG: &str = "stategrid:test";
 /// user (root, for every container here) against RLIMIT_MEMLOCK, and where the daemon may not
 /// raise that limit each server plans its rings to use all of it: two at once made the second
 /// fail with ENOMEM. A real deployment runs one host per machine.
+/// Containers listen on their own (non-loopback) address, so each gets a cluster key: inline
+/// here for brevity (docs/security.md prefers a mounted key file, as compose.yml does).
+const CLUSTER_KEY_ENV: &str = "STATEGRID_CLUSTER_KEY=container-tests-cluster-key-0123456789";
+
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     SERIAL
@@ -377,6 +381,8 @@ fn without_io_uring_the_server_exits_with_the_preflight_fix() {
         &blocked,
         "--label",
         "io.stategrid.test=1",
+        "--env",
+        CLUSTER_KEY_ENV,
         "--network",
         "none",
         "--security-opt",
@@ -405,6 +411,8 @@ fn without_io_uring_the_server_exits_with_the_preflight_fix() {
         &memlock,
         "--label",
         "io.stategrid.test=1",
+        "--env",
+        CLUSTER_KEY_ENV,
         "--network",
         "none",
         "--security-opt",
@@ -429,6 +437,8 @@ fn without_io_uring_the_server_exits_with_the_preflight_fix() {
         &default,
         "--label",
         "io.stategrid.test=1",
+        "--env",
+        CLUSTER_KEY_ENV,
         "--network",
         "none",
         "--ulimit",
@@ -484,6 +494,8 @@ fn with_the_profile_it_serves_checks_health_and_stops_cleanly() {
         &c,
         "--label",
         "io.stategrid.test=1",
+        "--env",
+        CLUSTER_KEY_ENV,
         "--network",
         &net,
         "--security-opt",
@@ -590,6 +602,8 @@ fn the_params_file_and_environment_configure_the_container() {
         &c,
         "--label",
         "io.stategrid.test=1",
+        "--env",
+        CLUSTER_KEY_ENV,
         "--network",
         "none",
         "--security-opt",
@@ -671,6 +685,11 @@ fn the_compose_files_are_valid_and_the_bridge_store_starts_healthy() {
     let started = Instant::now();
     let memlock = env.memlock.trim_start_matches("memlock=");
     let deploy = repo().join("deploy");
+    // The bridge store listens on container addresses: it needs a cluster key (a file, as
+    // docs/security.md shows).
+    let key_dir = tempfile::tempdir().unwrap();
+    let key_file = key_dir.path().join("cluster.key");
+    std::fs::write(&key_file, "Y29tcG9zZS10ZXN0LWNsdXN0ZXIta2V5LTAxMjM0NQ==\n").unwrap();
     let compose_cmd = |file: &str, project: &str, args: &[&str]| {
         run(Command::new(&compose[0])
             .args(&compose[1..])
@@ -678,7 +697,8 @@ fn the_compose_files_are_valid_and_the_bridge_store_starts_healthy() {
             .args(args)
             .current_dir(&deploy)
             .env("SG_IMAGE", image())
-            .env("SG_MEMLOCK", memlock))
+            .env("SG_MEMLOCK", memlock)
+            .env("SG_CLUSTER_KEY_FILE", &key_file))
     };
     for file in ["compose.yml", "compose.host-network.yml"] {
         let out = compose_cmd(file, "sgtest-config", &["config", "-q"]);
@@ -919,6 +939,8 @@ fn start_store_host(env: &Env, net: &str, name: &str, others: &[String]) -> Stor
         name,
         "--label",
         "io.stategrid.test=1",
+        "--env",
+        CLUSTER_KEY_ENV,
         "--network",
         net,
         "--restart",

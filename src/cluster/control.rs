@@ -46,6 +46,7 @@ use super::node::{ClusterNode, Input, MemberEvent, NodeConfig, Output, PeerMsg};
 use super::plane::{DataCmd, DataEvent, HostAddr, Plane, View, now_ms};
 use super::swim::{self, FLAG_IN_STORE, FLAG_WANTS_STORE, FLAG_WITNESS, Ident, Start, Swim};
 use super::wire::{self, ConnKind};
+use crate::auth::peer::{self, Initiator, Responder};
 use crate::config::Config;
 use crate::preflight::exit;
 
@@ -98,11 +99,6 @@ pub const STATIC_ANNOUNCE_MS: u64 = 500;
 pub const MCAST_ANNOUNCE_MS: u64 = 1000;
 /// First bytes of a multicast announcement (followed by the sender's JSON [`Ident`]).
 const MCAST_MAGIC: &[u8; 4] = b"SGD1";
-/// Incoming management connections at once (peers and admin); more are closed at accept.
-const CONNECTIONS_MAX: usize = 256;
-/// Outgoing bytes queued for one peer; more are dropped (Raft retransmits). Room for the
-/// largest frame twice.
-const LINK_QUEUE_BYTES_MAX: usize = 2 * wire::PEER_FRAME_BYTES_MAX;
 /// Reconnect backoff to a peer: first wait and cap.
 const BACKOFF_FIRST_MS: u64 = 50;
 const BACKOFF_MAX_MS: u64 = 1000;
@@ -110,6 +106,8 @@ const BACKOFF_MAX_MS: u64 = 1000;
 const CONNECT_TIMEOUT_MS: u64 = 1000;
 /// Bytes read from one socket per pass (a fast sender cannot starve the others).
 const READ_BYTES_PER_PASS_MAX: usize = 4 << 20;
+/// A dropped datagram is logged at most this often.
+const BAD_DATAGRAM_LOG_MS: u64 = 10_000;
 /// Datagrams handled per pass.
 const DATAGRAMS_PER_PASS_MAX: usize = 256;
 /// How long `query` waits for the other hosts' counters.
@@ -360,7 +358,20 @@ struct Conn {
     /// An admin request is being answered: read no further request meanwhile.
     busy: bool,
     last_ms: u64,
+    /// When the unfinished bytes at the front of `inbuf` began waiting for the rest.
+    partial_since_ms: Option<u64>,
     closing: bool,
+    /// A peer connection's cluster-key handshake (`auth::peer`): frames are decoded only
+    /// once the peer is proven, and must then come from the proven host.
+    auth: PeerAuth,
+}
+
+/// Where an accepted peer connection is in the cluster-key handshake.
+enum PeerAuth {
+    /// No cluster key: the sender id in each frame is believed (loopback-only stores).
+    Open,
+    Responder(Box<Responder>),
+    Proven(HostId),
 }
 
 /// The outgoing connection to one peer.
@@ -373,6 +384,11 @@ struct Link {
     out_off: usize,
     backoff_ms: u64,
     next_attempt_ms: u64,
+    /// With a cluster key: our side of the handshake until the peer has proven itself;
+    /// frames wait in `held` meanwhile, the peer's challenge arrives in `inbuf`.
+    init: Option<Initiator>,
+    held: Vec<u8>,
+    inbuf: Vec<u8>,
 }
 
 /// An outgoing admin request to another host (gathering counters, forwarding `set`).
@@ -419,6 +435,8 @@ struct Ctl {
     udp: UdpSocket,
     mcast: Option<UdpSocket>,
     mcast_warned: bool,
+    /// When a datagram was last dropped for a bad seal with a log line (rate-limited).
+    bad_datagram_logged_ms: Option<u64>,
     static_hosts: Vec<swim::HostSpec>,
     /// What `static_hosts` resolved to last (this host's own address left out).
     static_addrs: Vec<SocketAddr>,
@@ -513,6 +531,7 @@ impl Ctl {
             udp,
             mcast,
             mcast_warned: false,
+            bad_datagram_logged_ms: None,
             static_hosts,
             static_addrs: Vec::new(),
             next_resolve_ms: 0,
@@ -575,11 +594,44 @@ impl Ctl {
 
     // ---- SWIM and discovery ----------------------------------------------------------
 
+    /// With a cluster key, seals an outgoing datagram (`auth::peer`); else returns it as is.
+    fn seal(&self, body: Vec<u8>) -> Vec<u8> {
+        match &self.cfg.peer_key {
+            Some(k) => k.seal(&body, peer::wall_ms()),
+            None => body,
+        }
+    }
+
+    /// With a cluster key, checks an incoming datagram's seal and returns its body; a
+    /// datagram that fails is dropped before it is decoded, with a log line now and then.
+    fn open<'a>(&mut self, dgram: &'a [u8], from: SocketAddr, now: u64) -> Option<&'a [u8]> {
+        let Some(k) = &self.cfg.peer_key else {
+            return Some(dgram);
+        };
+        match k.open(dgram, peer::wall_ms()) {
+            Ok(body) => Some(body),
+            Err(e) => {
+                if self
+                    .bad_datagram_logged_ms
+                    .is_none_or(|t| now >= t + BAD_DATAGRAM_LOG_MS)
+                {
+                    self.bad_datagram_logged_ms = Some(now);
+                    tracing::warn!("datagram from {from} dropped: {e}");
+                }
+                None
+            }
+        }
+    }
+
     fn recv_datagrams(&mut self, now: u64) {
         let mut buf = [0u8; 2048];
         for _ in 0..DATAGRAMS_PER_PASS_MAX {
             match self.udp.recv_from(&mut buf) {
-                Ok((n, from)) => self.swim.on_datagram(&buf[..n], from, now),
+                Ok((n, from)) => {
+                    if let Some(body) = self.open(&buf[..n], from, now) {
+                        self.swim.on_datagram(body, from, now)
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     tracing::debug!("management UDP receive: {e}");
@@ -588,11 +640,14 @@ impl Ctl {
             }
         }
         let mut heard = Vec::new();
-        if let Some(m) = &self.mcast {
-            for _ in 0..DATAGRAMS_PER_PASS_MAX {
+        for _ in 0..DATAGRAMS_PER_PASS_MAX {
+            let Some(m) = &self.mcast else { break };
+            {
                 match m.recv_from(&mut buf) {
                     Ok((n, from)) => {
-                        let d = &buf[..n];
+                        let Some(d) = self.open(&buf[..n], from, now) else {
+                            continue;
+                        };
                         match d
                             .strip_prefix(MCAST_MAGIC)
                             .and_then(|b| serde_json::from_slice::<Ident>(b).ok())
@@ -619,6 +674,7 @@ impl Ctl {
 
     fn send_datagrams(&mut self) {
         for (to, data) in self.swim.take_sends() {
+            let data = self.seal(data);
             if let Err(e) = self.udp.send_to(&data, to) {
                 tracing::debug!("swim datagram to {to}: {e}");
             }
@@ -680,6 +736,7 @@ impl Ctl {
             self.next_mcast_ms = now + MCAST_ANNOUNCE_MS;
             let mut d = MCAST_MAGIC.to_vec();
             d.extend_from_slice(&serde_json::to_vec(self.swim.me()).expect("ident encodes"));
+            let d = self.seal(d);
             let group = SocketAddrV4::new(self.cfg.mcast_ip, self.cfg.mgt_port);
             if let Err(e) = self.udp.send_to(&d, group)
                 && !self.mcast_warned
@@ -873,6 +930,9 @@ impl Ctl {
             out_off: 0,
             backoff_ms: BACKOFF_FIRST_MS,
             next_attempt_ms: now,
+            init: None,
+            held: Vec::new(),
+            inbuf: Vec::new(),
         });
         if link.stream.is_none() {
             if now < link.next_attempt_ms {
@@ -887,6 +947,14 @@ impl Ctl {
                     link.out.clear();
                     link.out_off = 0;
                     link.out.extend_from_slice(&wire::PEER_MAGIC);
+                    link.held.clear();
+                    link.inbuf.clear();
+                    link.init = None;
+                    if let Some(key) = &self.cfg.peer_key {
+                        let (init, hello) = Initiator::start(key, self.me.0, Some(to.0));
+                        link.out.extend_from_slice(&hello);
+                        link.init = Some(init);
+                    }
                 }
                 Err(e) => {
                     tracing::debug!("connect to {addr}: {e}");
@@ -897,11 +965,18 @@ impl Ctl {
             }
         }
         let frame = wire::encode_frame(self.me, msg);
-        if link.out.len() + frame.len() > LINK_QUEUE_BYTES_MAX {
+        // Outgoing bytes queued for one peer: room for the largest frame twice; more are
+        // dropped (Raft retransmits).
+        let queue_max = 2 * self.cfg.mgt_frame_bytes_max as usize;
+        if link.out.len() + link.held.len() + frame.len() > queue_max {
             tracing::debug!("queue to {addr} full: message dropped");
             return;
         }
-        link.out.extend_from_slice(&frame);
+        if link.init.is_some() {
+            link.held.extend_from_slice(&frame);
+        } else {
+            link.out.extend_from_slice(&frame);
+        }
     }
 
     fn progress_links(&mut self, now: u64) {
@@ -923,12 +998,39 @@ impl Ctl {
                     Err(e) => Err(e),
                 }
             };
+            // The peer's challenge: answer it, then release what waited.
+            let r = r.and_then(|()| match &l.init {
+                Some(init) if l.connected => {
+                    let s = l.stream.as_mut().expect("checked above");
+                    if !read_some(s, &mut l.inbuf)? {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                    match init.on_challenge(&l.inbuf) {
+                        Ok(None) => Ok(()),
+                        Ok(Some((proof, _))) => {
+                            l.init = None;
+                            l.inbuf = Vec::new();
+                            l.out.extend_from_slice(&proof);
+                            l.out.append(&mut l.held);
+                            write_some(s, &mut l.out, &mut l.out_off)
+                        }
+                        Err(e) => {
+                            tracing::warn!("management link to {} refused: {e}", l.addr);
+                            Err(io::ErrorKind::PermissionDenied.into())
+                        }
+                    }
+                }
+                _ => Ok(()),
+            });
             if let Err(e) = r {
                 tracing::debug!("link to {} ({}): {e}", admin::id_text(*id), l.addr);
                 l.stream = None;
                 l.connected = false;
                 l.out.clear();
                 l.out_off = 0;
+                l.held.clear();
+                l.inbuf.clear();
+                l.init = None;
                 l.next_attempt_ms = now + l.backoff_ms;
                 l.backoff_ms = (l.backoff_ms * 2).min(BACKOFF_MAX_MS);
             }
@@ -960,9 +1062,10 @@ impl Ctl {
         loop {
             match self.listener.accept() {
                 Ok((stream, from)) => {
-                    if self.conns.len() >= CONNECTIONS_MAX {
+                    let max = self.cfg.mgt_connections_max as usize;
+                    if self.conns.len() >= max {
                         tracing::warn!(
-                            "management connection from {from} refused: {CONNECTIONS_MAX} already open"
+                            "management connection from {from} refused: mgt_connections_max ({max}) already open"
                         );
                         continue;
                     }
@@ -982,7 +1085,9 @@ impl Ctl {
                             out_off: 0,
                             busy: false,
                             last_ms: now,
+                            partial_since_ms: None,
                             closing: false,
+                            auth: PeerAuth::Open,
                         },
                     );
                 }
@@ -996,6 +1101,9 @@ impl Ctl {
     }
 
     fn read_conns(&mut self, now: u64) {
+        let frame_max = self.cfg.mgt_frame_bytes_max as usize;
+        let frame_timeout_ms = self.cfg.frame_timeout_ms;
+        let me = self.me.0;
         let ids: Vec<u64> = self.conns.keys().copied().collect();
         for cid in ids {
             let mut requests = Vec::new();
@@ -1012,29 +1120,77 @@ impl Ctl {
                     Err(e) => close = Some(format!("read failed: {e}")),
                 }
                 if c.inbuf.is_empty() && close.is_none() {
-                    if c.kind == Some(ConnKind::Admin) && !c.busy && now > c.last_ms + ADMIN_IDLE_MS
-                    {
+                    // An idle admin connection, or one that never said what it speaks, holds
+                    // one of `mgt_connections_max` slots: closed after a while.
+                    let unproven =
+                        c.kind != Some(ConnKind::Peer) || matches!(c.auth, PeerAuth::Responder(_));
+                    if unproven && !c.busy && now > c.last_ms + ADMIN_IDLE_MS {
                         close = Some(String::new());
                     }
                 } else {
                     c.last_ms = now;
+                }
+                // A frame left half-sent holds its bytes: as on svr_port, not for ever.
+                if c.inbuf.is_empty() || c.busy {
+                    c.partial_since_ms = None;
+                } else if now > *c.partial_since_ms.get_or_insert(now) + frame_timeout_ms {
+                    close = Some(format!(
+                        "a frame was left half-sent for over frame_timeout_ms ({frame_timeout_ms} ms)"
+                    ));
                 }
                 if c.kind.is_none() && close.is_none() {
                     match wire::classify(&c.inbuf) {
                         Ok(Some(ConnKind::Peer)) => {
                             c.kind = Some(ConnKind::Peer);
                             c.inbuf.drain(..wire::PEER_MAGIC.len());
+                            if let Some(key) = &self.cfg.peer_key {
+                                c.auth = PeerAuth::Responder(Box::new(Responder::new(key, me)));
+                            }
                         }
                         Ok(Some(ConnKind::Admin)) => c.kind = Some(ConnKind::Admin),
                         Ok(None) => {}
                         Err(e) => close = Some(e.to_string()),
                     }
                 }
+                if c.kind == Some(ConnKind::Peer) && close.is_none() {
+                    // Nothing is decoded before the peer proves it holds the cluster key.
+                    while let PeerAuth::Responder(r) = &mut c.auth {
+                        match r.on_bytes(&c.inbuf) {
+                            Ok(peer::Step::More) => break,
+                            Ok(peer::Step::Send { used, bytes }) => {
+                                c.inbuf.drain(..used);
+                                c.out.extend_from_slice(&bytes);
+                            }
+                            Ok(peer::Step::Done { used, peer }) => {
+                                c.inbuf.drain(..used);
+                                c.auth = PeerAuth::Proven(HostId(peer));
+                            }
+                            Err(e) => {
+                                close = Some(format!("host handshake failed: {e}"));
+                                break;
+                            }
+                        }
+                    }
+                }
+                let proven = match c.auth {
+                    PeerAuth::Proven(h) => Some(h),
+                    PeerAuth::Open | PeerAuth::Responder(_) => None,
+                };
+                // Still proving (or refused): decode nothing.
+                let decodable = !matches!(c.auth, PeerAuth::Responder(_)) && close.is_none();
                 match c.kind {
-                    Some(ConnKind::Peer) => {
+                    Some(ConnKind::Peer) if decodable => {
                         let mut used = 0;
                         loop {
-                            match wire::decode_frame(&c.inbuf[used..]) {
+                            match wire::decode_frame(&c.inbuf[used..], frame_max) {
+                                Ok(Some((from, _, _))) if proven.is_some_and(|h| h != from) => {
+                                    close = Some(format!(
+                                        "a frame claims to come from host {} but this connection proved it is host {}",
+                                        admin::id_text(from),
+                                        admin::id_text(proven.expect("checked"))
+                                    ));
+                                    break;
+                                }
                                 Ok(Some((from, msg, n))) => {
                                     used += n;
                                     frames.push((from, msg));
@@ -1048,6 +1204,7 @@ impl Ctl {
                         }
                         c.inbuf.drain(..used);
                     }
+                    Some(ConnKind::Peer) => {}
                     Some(ConnKind::Admin) => {
                         if !c.busy
                             && let Some(nl) = c.inbuf.iter().position(|&b| b == b'\n')

@@ -1063,28 +1063,35 @@ impl ClusterNode {
             let mut rd = self.raw.ready();
             self.send_raft(rd.take_messages());
             if !rd.snapshot().is_empty() {
+                // Bytes from another host: a snapshot that does not decode or apply is
+                // dropped with an error, never a panic (the leader sends another).
                 let snap = rd.snapshot().clone();
-                let mut st: ClusterState =
-                    serde_json::from_slice(snap.get_data()).expect("snapshot state decodes");
-                st.applied_index = snap.get_metadata().index;
-                *self.state.borrow_mut() = st;
-                self.raw
-                    .mut_store()
-                    .mem
-                    .wl()
-                    .apply_snapshot(snap)
-                    .expect("apply snapshot");
-                self.after_apply(true);
+                match serde_json::from_slice::<ClusterState>(snap.get_data()) {
+                    Ok(mut st) => {
+                        st.applied_index = snap.get_metadata().index;
+                        let index = st.applied_index;
+                        let applied = self.raw.mut_store().mem.wl().apply_snapshot(snap);
+                        match applied {
+                            Ok(()) => {
+                                *self.state.borrow_mut() = st;
+                                self.after_apply(true);
+                            }
+                            Err(e) => tracing::error!(
+                                "dropped a Raft snapshot at index {index} that does not apply: {e}"
+                            ),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("dropped a Raft snapshot whose state does not decode: {e}")
+                    }
+                }
             }
             let committed = rd.take_committed_entries();
             self.apply_entries(now_ms, committed);
-            if !rd.entries().is_empty() {
-                self.raw
-                    .mut_store()
-                    .mem
-                    .wl()
-                    .append(rd.entries())
-                    .expect("append");
+            if !rd.entries().is_empty()
+                && let Err(e) = self.raw.mut_store().mem.wl().append(rd.entries())
+            {
+                tracing::error!("dropped Raft entries that do not append: {e}");
             }
             if let Some(hs) = rd.hs() {
                 self.raw.mut_store().mem.wl().set_hardstate(hs.clone());
@@ -1130,17 +1137,28 @@ impl ClusterNode {
         for e in entries {
             if e.get_entry_type() == EntryType::EntryConfChange {
                 if !e.data.is_empty() {
-                    let cc = ConfChange::parse_from_bytes(&e.data).expect("conf change decodes");
-                    let cs = self
-                        .raw
-                        .apply_conf_change(&cc)
-                        .expect("conf change applies");
-                    self.raw.mut_store().mem.wl().set_conf_state(cs);
+                    // Committed entries came from the leader's log: one that does not decode
+                    // or apply is dropped with an error, never a panic.
+                    match ConfChange::parse_from_bytes(&e.data)
+                        .map_err(|e| e.to_string())
+                        .and_then(|cc| self.raw.apply_conf_change(&cc).map_err(|e| e.to_string()))
+                    {
+                        Ok(cs) => self.raw.mut_store().mem.wl().set_conf_state(cs),
+                        Err(why) => tracing::error!(
+                            index = e.index,
+                            "dropped a Raft membership change: {why}"
+                        ),
+                    }
                 }
                 self.proposed_at_ms = None;
             } else if !e.data.is_empty() {
-                let c: Command = serde_json::from_slice(&e.data).expect("command decodes");
-                installed |= self.state.borrow_mut().apply(c);
+                match serde_json::from_slice::<Command>(&e.data) {
+                    Ok(c) => installed |= self.state.borrow_mut().apply(c),
+                    Err(why) => tracing::error!(
+                        index = e.index,
+                        "dropped a Raft entry whose command does not decode: {why}"
+                    ),
+                }
                 self.proposed_at_ms = None;
             } else if self.is_leader() {
                 // The leader's empty entry of a new term: it may propose now.
@@ -1176,7 +1194,13 @@ impl ClusterNode {
             }
             for (p, o) in self.map.owners.iter().enumerate() {
                 if o.pending().any(|h| h == me) && !self.migrations_done.contains(&(p as u16)) {
-                    let from = o.primary().expect("a pending copy has a holder");
+                    let Some(from) = o.primary() else {
+                        tracing::error!(
+                            partition = p,
+                            "a pending copy without a primary to copy from"
+                        );
+                        continue;
+                    };
                     self.out.push(Output::Migrate {
                         partition: p as u16,
                         from,

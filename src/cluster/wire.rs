@@ -20,7 +20,7 @@ use super::node::PeerMsg;
 
 /// The first bytes of a peer connection ("stategrid peer", version 1).
 pub const PEER_MAGIC: [u8; 4] = *b"SGP1";
-/// Largest peer frame. A Raft snapshot carries the whole cluster state (the map is about
+/// Largest peer frame by default (`mgt_frame_bytes_max`). A Raft snapshot carries the whole cluster state (the map is about
 /// 200 KiB of JSON for 1024 partitions) and raft-rs batches entries up to 1 MiB per message,
 /// so 16 MiB leaves ample room while bounding what a broken peer can make us buffer.
 pub const PEER_FRAME_BYTES_MAX: usize = 16 << 20;
@@ -47,8 +47,8 @@ pub enum WireError {
         "neither a peer connection (starts with SGP1) nor an admin request (a JSON object per line); first bytes {0:02x?}"
     )]
     UnknownStart(Vec<u8>),
-    #[error("peer frame of {0} bytes is over the {PEER_FRAME_BYTES_MAX}-byte limit")]
-    FrameTooLarge(usize),
+    #[error("peer frame of {0} bytes is over mgt_frame_bytes_max ({1} bytes)")]
+    FrameTooLarge(usize, usize),
     #[error("peer frame of {0} bytes is shorter than its {HEADER_BYTES}-byte header")]
     FrameTooShort(usize),
     #[error("peer frame of unknown kind {0}")]
@@ -130,14 +130,17 @@ pub fn encode_frame(from: HostId, msg: &PeerMsg) -> Vec<u8> {
 
 /// Decodes the first frame of `buf`: `Ok(Some((sender, message, bytes used)))`, `Ok(None)` if
 /// the frame is not complete yet, `Err` if the bytes are bad (close the connection).
-pub fn decode_frame(buf: &[u8]) -> Result<Option<(HostId, PeerMsg, usize)>, WireError> {
+pub fn decode_frame(
+    buf: &[u8],
+    frame_bytes_max: usize,
+) -> Result<Option<(HostId, PeerMsg, usize)>, WireError> {
     let Some(len_bytes) = buf.get(..4) else {
         return Ok(None);
     };
     let len = u32::from_be_bytes(len_bytes.try_into().expect("4 bytes")) as usize;
     // Checked before waiting for the body: an oversized length is refused at once.
-    if len > PEER_FRAME_BYTES_MAX {
-        return Err(WireError::FrameTooLarge(len));
+    if len > frame_bytes_max {
+        return Err(WireError::FrameTooLarge(len, frame_bytes_max));
     }
     if len < HEADER_BYTES {
         return Err(WireError::FrameTooShort(len));
@@ -180,11 +183,16 @@ mod tests {
         let bytes = encode_frame(HostId(0xfeed), &msg);
         // Every strict prefix is incomplete, never an error.
         for cut in 0..bytes.len() {
-            assert_eq!(decode_frame(&bytes[..cut]).unwrap().map(|x| x.2), None);
+            assert_eq!(
+                decode_frame(&bytes[..cut], PEER_FRAME_BYTES_MAX)
+                    .unwrap()
+                    .map(|x| x.2),
+                None
+            );
         }
         let mut two = bytes.clone();
         two.extend_from_slice(&bytes);
-        let (from, back, used) = decode_frame(&two).unwrap().unwrap();
+        let (from, back, used) = decode_frame(&two, PEER_FRAME_BYTES_MAX).unwrap().unwrap();
         assert_eq!((from, used), (HostId(0xfeed), bytes.len()));
         back
     }
@@ -240,7 +248,9 @@ mod tests {
     }
 
     fn err(buf: &[u8]) -> WireError {
-        decode_frame(buf).map(|_| ()).expect_err("bad frame")
+        decode_frame(buf, PEER_FRAME_BYTES_MAX)
+            .map(|_| ())
+            .expect_err("bad frame")
     }
 
     #[test]
@@ -249,11 +259,11 @@ mod tests {
         let big = ((PEER_FRAME_BYTES_MAX + 1) as u32).to_be_bytes();
         assert_eq!(
             err(&big),
-            WireError::FrameTooLarge(PEER_FRAME_BYTES_MAX + 1)
+            WireError::FrameTooLarge(PEER_FRAME_BYTES_MAX + 1, PEER_FRAME_BYTES_MAX)
         );
         assert_eq!(
             err(&[0xff, 0xff, 0xff, 0xff]),
-            WireError::FrameTooLarge(u32::MAX as usize)
+            WireError::FrameTooLarge(u32::MAX as usize, PEER_FRAME_BYTES_MAX)
         );
         // Shorter than its header.
         assert_eq!(err(&[0, 0, 0, 3, 1, 2, 3]), WireError::FrameTooShort(3));

@@ -25,7 +25,7 @@ use stategrid_proto::{
 mod hosts;
 mod resp_conn;
 
-use hosts::{AnswerTo, ConnKind, Expect, HostRoute, Hosts};
+use hosts::{AnswerTo, ConnKind, Expect, HostRoute, Hosts, LinkAuth};
 use resp_conn::{RespConn, RespShard};
 
 use super::exec::{Core, Route, Sink, VecSink};
@@ -78,9 +78,12 @@ enum Slot {
     Ready(Vec<u8>),
     /// Bytes already in the connection's wire form (a literal RESP reply) that wait.
     Raw(Vec<u8>),
-    /// Waiting for another shard.
-    Forwarded,
-    Gather(Gather),
+    /// Waiting for another shard or host; holds `bytes` of request copies meanwhile
+    /// (counted in [`Conn::held_bytes`]).
+    Forwarded {
+        bytes: u32,
+    },
+    Gather(Gather, u32),
 }
 
 struct Conn {
@@ -97,6 +100,10 @@ struct Conn {
     slot_base: u64,
     /// Forwarded or gathered requests not yet answered.
     waiting: u32,
+    /// Bytes of this connection's requests held as copies while they wait (forwarded to
+    /// other shards, relayed, deferred): reading pauses above `conn_held_bytes_max`, so a
+    /// peer that pipelines large frames cannot queue unbounded copies between shards.
+    held_bytes: usize,
     /// No more reading: EOF, an error, or shutdown.
     read_closed: bool,
     /// Close once everything queued is sent (after a framing error).
@@ -112,11 +119,29 @@ struct Conn {
     peer_addr: Option<Box<socket2::SockAddr>>,
     /// Some when the connection speaks RESP (see `resp_conn`).
     resp: Option<Box<RespConn>>,
+    /// Host-to-host connections: the cluster-key handshake (`hosts::LinkAuth`).
+    auth: LinkAuth,
 }
 
 impl Conn {
     fn queued_bytes(&self) -> usize {
         self.sending.queued_bytes() + self.filling.queued_bytes()
+    }
+
+    /// Has the peer done what lets it send full-size frames? A client after `Hello`; another
+    /// host after `Hello` on `int_port`; our own links always (we chose whom to dial).
+    fn trusted(&self) -> bool {
+        matches!(self.kind, ConnKind::Outbound(..)) || self.hello_done
+    }
+
+    /// The largest frame this connection may send now: `unauth_frame_bytes_max` until it is
+    /// trusted, so a peer that has proven nothing cannot make the shard buffer much.
+    fn frame_max(&self, cfg: &crate::config::Config) -> usize {
+        if self.trusted() {
+            cfg.frame_bytes_max as usize
+        } else {
+            cfg.unauth_frame_bytes_max as usize
+        }
     }
 }
 
@@ -135,6 +160,10 @@ pub struct Shard {
     completions: Vec<Completion>,
     hosts: Hosts,
     resp: RespShard,
+}
+
+fn conn_kind(conns: &Slab<Box<Conn>>, slot: u32) -> Option<ConnKind> {
+    conns.get(slot as usize).map(|c| c.kind)
 }
 
 fn now_ms() -> u64 {
@@ -302,6 +331,15 @@ impl Shard {
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             )
         };
+        // Another host dialling int_port proves it holds the cluster key before anything
+        // else (our own links start their side in `link_slot`).
+        let auth = match (&self.core.cfg.peer_key, kind) {
+            (Some(key), ConnKind::Internal) => {
+                let me = self.hosts.view.as_ref().map_or(0, |v| v.me.0);
+                LinkAuth::Responder(Box::new(crate::auth::peer::Responder::new(key, me)))
+            }
+            _ => LinkAuth::Open,
+        };
         self.next_generation = self.next_generation.wrapping_add(1).max(1);
         let conn = Box::new(Conn {
             fd,
@@ -315,6 +353,7 @@ impl Shard {
             slots: VecDeque::new(),
             slot_base: 0,
             waiting: 0,
+            held_bytes: 0,
             read_closed: false,
             close_after_flush: false,
             partial_since_ms: None,
@@ -323,6 +362,7 @@ impl Shard {
             expect: VecDeque::new(),
             peer_addr: None,
             resp: None,
+            auth,
         });
         let slot = self.conns.insert(conn) as u32;
         self.core.connections = self.conns.len() as u64;
@@ -341,8 +381,9 @@ impl Shard {
 
     /// Arms a receive if the connection wants one and is not held back.
     fn want_recv(&mut self, slot: u32) {
-        let out_max = self.core.cfg.conn_out_bytes_max as usize;
-        let frame_max = self.core.cfg.frame_bytes_max as usize;
+        let cfg = &self.core.cfg;
+        let out_max = cfg.conn_out_bytes_max as usize;
+        let held_max = cfg.conn_held_bytes_max as usize;
         let draining = self.draining;
         let Some(conn) = self.conns.get_mut(slot as usize) else {
             return;
@@ -355,19 +396,30 @@ impl Shard {
         {
             return;
         }
-        // Backpressure: a client that does not read its answers stops being read.
-        if conn.queued_bytes() > out_max {
+        // Backpressure: a client that does not read its answers stops being read, and so does
+        // one whose waiting requests hold too many bytes of copies (forwarded, relayed).
+        if conn.queued_bytes() > out_max || conn.held_bytes > held_max {
             return;
         }
-        // Make room for at least the rest of the frame (or RESP command) at the front.
-        let need = match &conn.resp {
-            Some(r) => r.need,
-            None => {
-                frame::needed_bytes(conn.rbuf.as_slice(), frame_max).unwrap_or(frame::HEADER_BYTES)
-            }
-        };
-        if conn.rbuf.capacity() - conn.rbuf.len() == 0 || need > conn.rbuf.capacity() {
-            conn.rbuf.reserve_total(need.max(conn.rbuf.len() + 4096));
+        // The receive buffer grows with the bytes that actually arrived, never to the length a
+        // header (or a RESP bulk length) claims: a full buffer doubles, capped at what the
+        // partial frame or command at its front needs. A peer that announces a huge frame and
+        // sends nothing costs one initial buffer; a real large frame costs about
+        // log2(frame / recv_buffer_bytes) regrowths and, in all, about one extra copy of itself.
+        let frame_max = conn.frame_max(cfg);
+        if conn.rbuf.len() == conn.rbuf.capacity() {
+            let cap = conn.rbuf.capacity();
+            let need = match &conn.resp {
+                Some(r) => r.need,
+                None => frame::needed_bytes(conn.rbuf.as_slice(), frame_max)
+                    .unwrap_or(frame::HEADER_BYTES),
+            };
+            let target = if need > cap {
+                need.min(cap.saturating_mul(2).max(4096))
+            } else {
+                cap + 4096
+            };
+            conn.rbuf.reserve_total(target);
         }
         let spare = conn.rbuf.spare_mut();
         let (ptr, len) = (
@@ -396,7 +448,11 @@ impl Shard {
             return;
         }
         conn.rbuf.advance(c.result as usize);
-        if matches!(conn.kind, ConnKind::Outbound(..)) {
+        let proven = !conn.auth.pending() || self.link_handshake(slot);
+        let outbound = matches!(conn_kind(&self.conns, slot), Some(ConnKind::Outbound(..)));
+        if !proven || self.conn_mut(slot, generation).is_none() {
+            // Still proving itself (or refused): nothing is decoded yet.
+        } else if outbound {
             self.process_answers(slot, generation);
         } else if self.detect_resp(slot) {
             self.process_resp(slot, generation);
@@ -433,14 +489,19 @@ impl Shard {
     /// Known mistakes to avoid here: logging per request, allocating per request, touching
     /// another connection's state.
     fn process_frames(&mut self, slot: u32, generation: u32) {
-        let frame_max = self.core.cfg.frame_bytes_max as usize;
         let conn = self.conns.get_mut(slot as usize).expect("live connection");
+        let mut frame_max = conn.frame_max(&self.core.cfg);
         // Take the buffer out so requests can borrow it while the shard is borrowed mutably.
         let rbuf = std::mem::replace(&mut conn.rbuf, AlignedBuf::with_capacity(0));
         self.prefetch_reads(rbuf.as_slice(), frame_max);
         let mut pos = 0usize;
         loop {
             let bytes = &rbuf.as_slice()[pos..];
+            let trusted = self.conns[slot as usize].trusted();
+            if trusted {
+                // `Hello` may have just lifted the limit (cheap: two loads).
+                frame_max = self.conns[slot as usize].frame_max(&self.core.cfg);
+            }
             match frame::parse(bytes, frame_max) {
                 Ok(Some(p)) => {
                     pos += p.frame_bytes;
@@ -468,11 +529,17 @@ impl Shard {
                         } => (ErrorCode::FrameTooLarge, frame_bytes_max as u64, request_id),
                         _ => (ErrorCode::BadFrame, 0, 0),
                     };
+                    let e = match e {
+                        FrameError::TooLarge { frame_bytes, .. } if !trusted => format!(
+                            "frame of {frame_bytes} bytes before Hello exceeds unauth_frame_bytes_max ({frame_max} bytes); send Hello first"
+                        ),
+                        e => e.to_string(),
+                    };
                     tracing::debug!(shard = self.core.shard, "closing a connection: {e}");
                     self.respond_in_order(slot, |sink| {
                         sink.respond(
                             id,
-                            &Response::Error(ErrorReply::with_message(code, detail, e.to_string())),
+                            &Response::Error(ErrorReply::with_message(code, detail, e)),
                             &[],
                         )
                     });
@@ -587,6 +654,21 @@ impl Shard {
             return self.respond_in_order(slot, |s| s.error(id, ErrorCode::ObjectTooLarge, max));
         }
         let internal = self.conns[slot as usize].kind == ConnKind::Internal;
+        if let LinkAuth::Proven(host) = self.conns[slot as usize].auth
+            && let Some(why) = hosts::sender_mismatch(req, host)
+        {
+            tracing::warn!(
+                shard = self.core.shard,
+                "refused a host-to-host request: {why}"
+            );
+            return self.respond_in_order(slot, |s| {
+                s.respond(
+                    id,
+                    &Response::Error(ErrorReply::with_message(ErrorCode::Forbidden, 0, why)),
+                    &[],
+                )
+            });
+        }
         if req.is_internal() && !internal {
             return self.respond_in_order(slot, |s| {
                 s.respond(
@@ -627,7 +709,13 @@ impl Shard {
             match self.host_route(p, internal) {
                 HostRoute::Here => {}
                 HostRoute::Remote(host) => {
-                    let Some(seq) = self.reserve(slot, id, Slot::Forwarded) else {
+                    let Some(seq) = self.reserve(
+                        slot,
+                        id,
+                        Slot::Forwarded {
+                            bytes: frame_bytes as u32,
+                        },
+                    ) else {
                         return;
                     };
                     return self.relay(
@@ -640,7 +728,13 @@ impl Shard {
                     );
                 }
                 HostRoute::Wait => {
-                    let Some(seq) = self.reserve(slot, id, Slot::Forwarded) else {
+                    let Some(seq) = self.reserve(
+                        slot,
+                        id,
+                        Slot::Forwarded {
+                            bytes: frame_bytes as u32,
+                        },
+                    ) else {
                         return;
                     };
                     return self.defer(
@@ -675,7 +769,13 @@ impl Shard {
                 if partition.is_some_and(|p| self.hosts.replicated(p))
                     && !hosts::read_only(req) =>
             {
-                let Some(seq) = self.reserve(slot, id, Slot::Forwarded) else {
+                let Some(seq) = self.reserve(
+                    slot,
+                    id,
+                    Slot::Forwarded {
+                        bytes: frame_bytes as u32,
+                    },
+                ) else {
                     return;
                 };
                 let to = AnswerTo::Conn {
@@ -700,7 +800,13 @@ impl Shard {
                 }
             }
             Route::Shard(to) => {
-                let Some(seq) = self.reserve(slot, id, Slot::Forwarded) else {
+                let Some(seq) = self.reserve(
+                    slot,
+                    id,
+                    Slot::Forwarded {
+                        bytes: frame_bytes as u32,
+                    },
+                ) else {
                     return;
                 };
                 let frame = AlignedBuf::from_slice(&frame_start[..frame_bytes]);
@@ -730,7 +836,7 @@ impl Shard {
                     items: 0,
                     remaining: shards,
                 };
-                let Some(seq) = self.reserve(slot, id, Slot::Gather(g)) else {
+                let Some(seq) = self.reserve(slot, id, Slot::Gather(g, frame_bytes as u32)) else {
                     return;
                 };
                 for s in 0..shards {
@@ -771,7 +877,7 @@ impl Shard {
                     items,
                     remaining: parts.len(),
                 };
-                let Some(seq) = self.reserve(slot, id, Slot::Gather(g)) else {
+                let Some(seq) = self.reserve(slot, id, Slot::Gather(g, frame_bytes as u32)) else {
                     return;
                 };
                 for (part, (s, frame, _)) in parts.into_iter().enumerate() {
@@ -852,6 +958,10 @@ impl Shard {
             return None;
         }
         conn.waiting += 1;
+        conn.held_bytes += match &s {
+            Slot::Forwarded { bytes } | Slot::Gather(_, bytes) => *bytes as usize,
+            Slot::Ready(_) | Slot::Raw(_) => 0,
+        };
         conn.slots.push_back(s);
         Some(conn.slot_base + conn.slots.len() as u64 - 1)
     }
@@ -893,7 +1003,7 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(slot as usize) else {
             return;
         };
-        if conn.send_inflight || conn.filling.is_empty() || conn.connecting {
+        if conn.send_inflight || conn.filling.is_empty() || conn.connecting || conn.auth.pending() {
             return;
         }
         std::mem::swap(&mut conn.sending, &mut conn.filling);
@@ -1150,15 +1260,18 @@ impl Shard {
             return true;
         };
         match s {
-            Slot::Forwarded => {
+            Slot::Forwarded { bytes } => {
+                conn.held_bytes -= *bytes as usize;
                 *s = Slot::Ready(answer);
                 conn.waiting -= 1;
             }
-            Slot::Gather(g) => {
+            Slot::Gather(g, bytes) => {
                 g.parts[part as usize] = Some(answer);
                 g.remaining -= 1;
                 if g.remaining == 0 {
-                    let Slot::Gather(g) = std::mem::replace(s, Slot::Forwarded) else {
+                    conn.held_bytes -= *bytes as usize;
+                    let Slot::Gather(g, _) = std::mem::replace(s, Slot::Forwarded { bytes: 0 })
+                    else {
                         unreachable!()
                     };
                     let mut out = Vec::new();

@@ -40,6 +40,7 @@ use stategrid_proto::{
 };
 
 use super::{Conn, Shard, Sink, VecSink};
+use crate::auth::peer;
 use crate::cluster::HostId;
 use crate::cluster::plane::{self, DataCmd, DataEvent, Plane, View};
 use crate::net::{AlignedBuf, Op, SendBatch, Token};
@@ -67,6 +68,61 @@ const LINK_RETRY_MS: u64 = 100;
 /// Frames in flight on one link at most before relayed requests are refused (bounds memory
 /// when a peer stops answering).
 pub const LINK_INFLIGHT_MAX: usize = 65_536;
+
+/// Where a host-to-host connection is in the cluster-key handshake ([`peer`]). Nothing on the
+/// connection is decoded as a frame, and nothing of ours is sent, until it is `Proven`.
+pub enum LinkAuth {
+    /// No handshake: a client connection, or a store without a cluster key.
+    Open,
+    /// We dialled: our hello (kept here until the connect completes) went first; waiting for
+    /// the responder's challenge.
+    Initiator(Box<peer::Initiator>, Option<Vec<u8>>),
+    /// Another host dialled us: waiting for its hello, then its proof.
+    Responder(Box<peer::Responder>),
+    /// The peer proved it holds the cluster key and is this host.
+    Proven(HostId),
+}
+
+impl LinkAuth {
+    pub fn pending(&self) -> bool {
+        matches!(self, LinkAuth::Initiator(..) | LinkAuth::Responder(..))
+    }
+}
+
+/// For a request from host `peer` (proven on its connection), why it is refused: a
+/// host-to-host request names its sender (or the copy it is for) and that must be the
+/// connection's host, never a host it claims to speak for.
+pub(super) fn sender_mismatch(req: &ArchivedRequest, peer: HostId) -> Option<String> {
+    let (field, claimed) = match req {
+        ArchivedRequest::Replicate { from, .. } => ("from", from.to_native()),
+        ArchivedRequest::MigrateEnd { from, .. } => ("from", from.to_native()),
+        ArchivedRequest::MigratePull { to, .. } => ("to", to.to_native()),
+        _ => return None,
+    };
+    (claimed != peer.0).then(|| {
+        format!(
+            "{} names {field} host {claimed:#x}, but this connection proved it is host {:#x}",
+            req.name(),
+            peer.0
+        )
+    })
+}
+
+/// Sends a handshake message straight on a socket nothing else has sent on yet (tens of
+/// bytes into an empty socket buffer: it goes whole or the connection is useless). One
+/// syscall, once per connection.
+fn send_now(fd: std::os::fd::RawFd, bytes: &[u8]) -> bool {
+    // SAFETY: a nonblocking send of our own bytes on our own socket.
+    let n = unsafe {
+        libc::send(
+            fd,
+            bytes.as_ptr() as *const libc::c_void,
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    n == bytes.len() as isize
+}
 
 /// What kind of peer a connection has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -775,9 +831,15 @@ impl Shard {
                     );
                 }
                 let o = &view.owners[p as usize];
-                if view.epoch >= epoch.to_native()
-                    && (o.primary() != Some(HostId(from.to_native()))
-                        || o.role_of(view.me).is_none())
+                let from = HostId(from.to_native());
+                // Fencing. A primary takes changes only from its own clients: a host that
+                // claims a newer map is refused until this host has installed that map too
+                // (then it is not the primary any more), so no change reaches a primary's copy
+                // without being replicated from it.
+                let primary_here = o.primary() == Some(view.me) && from != view.me;
+                if primary_here
+                    || (view.epoch >= epoch.to_native()
+                        && (o.primary() != Some(from) || o.role_of(view.me).is_none()))
                 {
                     return sink.error(id, ErrorCode::StaleEpoch, view.epoch);
                 }
@@ -1103,9 +1165,15 @@ impl Shard {
         // SAFETY: the descriptor is moved out of the socket2 wrapper, which forgets it.
         let fd = unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(sock)) };
         let slot = self.add_conn_kind(fd, ConnKind::Outbound(host, class))?;
+        let peer_key = self.core.cfg.peer_key.clone();
+        let me = self.hosts.view.as_ref().map_or(0, |v| v.me.0);
         let conn = &mut self.conns[slot as usize];
         conn.connecting = true;
         conn.hello_done = true;
+        if let Some(peer_key) = peer_key {
+            let (init, hello) = peer::Initiator::start(&peer_key, me, Some(host.0));
+            conn.auth = LinkAuth::Initiator(Box::new(init), Some(hello));
+        }
         let sa = Box::new(socket2::SockAddr::from(addr));
         let (ptr, len) = (sa.as_ptr() as *const libc::sockaddr, sa.len());
         conn.peer_addr = Some(sa);
@@ -1156,8 +1224,98 @@ impl Shard {
             self.maybe_close(slot);
             return;
         }
+        if let LinkAuth::Initiator(_, hello) = &mut conn.auth
+            && let Some(hello) = hello.take()
+            && !send_now(conn.fd.as_raw_fd(), &hello)
+        {
+            return self.fail_handshake(slot, "cannot send the handshake".into());
+        }
         self.flush(slot);
         self.want_recv(slot);
+    }
+
+    /// Advances the cluster-key handshake with the bytes at the front of the receive buffer.
+    /// Returns true once the peer is proven (frames may follow in the buffer).
+    pub(super) fn link_handshake(&mut self, slot: u32) -> bool {
+        let conn = &mut self.conns[slot as usize];
+        let fd = conn.fd.as_raw_fd();
+        let result = match &mut conn.auth {
+            LinkAuth::Open | LinkAuth::Proven(_) => return true,
+            LinkAuth::Initiator(init, _) => match init.on_challenge(conn.rbuf.as_slice()) {
+                Ok(None) => return false,
+                Ok(Some((proof, id))) => {
+                    conn.rbuf.consume(peer::CHALLENGE_BYTES);
+                    if send_now(fd, &proof) {
+                        conn.auth = LinkAuth::Proven(HostId(id));
+                        Ok(true)
+                    } else {
+                        Err("cannot send the handshake proof".to_string())
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            },
+            LinkAuth::Responder(resp) => {
+                let mut outcome = Ok(false);
+                loop {
+                    match resp.on_bytes(conn.rbuf.as_slice()) {
+                        Ok(peer::Step::More) => return false,
+                        Ok(peer::Step::Send { used, bytes }) => {
+                            conn.rbuf.consume(used);
+                            if !send_now(fd, &bytes) {
+                                outcome = Err("cannot send the handshake challenge".to_string());
+                                break;
+                            }
+                        }
+                        Ok(peer::Step::Done { used, peer }) => {
+                            conn.rbuf.consume(used);
+                            conn.auth = LinkAuth::Proven(HostId(peer));
+                            break;
+                        }
+                        Err(e) => {
+                            outcome = Err(e.to_string());
+                            break;
+                        }
+                    }
+                }
+                outcome
+            }
+        };
+        match result {
+            Ok(flush) => {
+                if flush {
+                    // What waited for the handshake (our Hello first) goes now.
+                    self.flush(slot);
+                }
+                true
+            }
+            Err(why) => {
+                self.fail_handshake(slot, why);
+                false
+            }
+        }
+    }
+
+    /// Drops a connection whose peer did not prove itself, saying why and how to fix it.
+    fn fail_handshake(&mut self, slot: u32, why: String) {
+        let shard = self.core.shard;
+        let conn = &mut self.conns[slot as usize];
+        let fd = conn.fd.as_raw_fd();
+        let peer = socket2::SockRef::from(&conn.fd)
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map_or_else(|| "?".to_string(), |a| a.to_string());
+        tracing::warn!(shard, %peer, "host-to-host connection refused: {why}");
+        conn.filling.clear();
+        conn.read_closed = true;
+        conn.close_after_flush = true;
+        if let ConnKind::Outbound(host, class) = conn.kind {
+            let retry = self.hosts.mono_ms + LINK_RETRY_MS;
+            self.hosts.link_retry_at_ms.insert((host, class), retry);
+        }
+        // SAFETY: shutdown on our own socket; pending operations complete.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        self.maybe_close(slot);
     }
 
     fn close_link(&mut self, host: HostId) {
