@@ -138,6 +138,7 @@ fn forged_int_frames(epoch: u64, from: u64, thief: u64, partition: u32, key: &Ke
         lock_expires_at_ms: 0,
         timeout: Default::default(),
         evictable: true,
+        kind: Default::default(),
     };
     let reqs = [
         Request::Replicate {
