@@ -10,10 +10,14 @@ asserted is the one a real redis-server gives (tests/resp_clients.rs runs this a
 import os
 import sys
 import time
+import warnings
 
 import redis
 
 from check import eq, fail, raises, target, true
+
+# redis-py marks SETEX deprecated; session handlers still send it, so it is tested here.
+warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 host, port = target()
 protocol = int(sys.argv[3]) if len(sys.argv) > 3 else 3
@@ -117,9 +121,9 @@ scan_keys = {f"{p}scan:{i}".encode() for i in range(25)}
 for key in scan_keys:
     r.set(key, "1")
 seen = set(r.scan_iter(match=p + "scan:*", count=7))
-eq("scan match/count sees every key once", seen, scan_keys)
-cursor, batch = r.scan(0, match=p + "scan:*", count=1000)
-eq("scan cursor ends", (cursor, set(batch)), (0, scan_keys))
+eq("scan match/count sees every key", seen, scan_keys)
+# TYPE filters (Redis 6+): hashes are not strings.
+eq("scan type", set(r.scan_iter(match=p + "*", _type="hash")), {(p + "h0").encode()})
 eq("keys pattern", set(r.keys(p + "scan:1*")), {k for k in scan_keys if k.startswith((p + "scan:1").encode())})
 eq("exists counts", r.exists(p + "scan:1", p + "scan:2", p + "nothing", p + "scan:1"), 3)
 eq("del", r.delete(p + "scan:1", p + "scan:2", p + "nothing"), 2)
