@@ -217,6 +217,35 @@ fn cluster_clients_pass_against_redis_cluster() {
     );
 }
 
+/// The negative control: a server that differs from Redis in one command (GETDEL renamed away,
+/// so it answers "unknown command") fails the program, and the failure names the step.
+#[test]
+fn a_client_program_fails_when_the_server_differs_from_redis() {
+    let test = "a_client_program_fails_when_the_server_differs_from_redis";
+    let Some(bin) = require(Tool::RedisServer, test) else {
+        return;
+    };
+    let Some((py, plain)) = python_program(test, "redis_py_plain.py") else {
+        return;
+    };
+    let redis = RedisServer::start(&bin, &["--rename-command", "GETDEL", ""]);
+    let mut cmd = Command::new(py);
+    cmd.arg(plain).arg("127.0.0.1").arg(redis.port.to_string());
+    let r = run(cmd);
+    assert!(
+        !r.ok(),
+        "the program passed against a server without GETDEL:\n{}",
+        r.output
+    );
+    assert!(
+        r.output
+            .contains("FAIL unexpected ResponseError: unknown command 'GETDEL'")
+            && r.output.contains(r#"eq("getdel", r.getdel(k), b"v7")"#),
+        "the failure does not name the GETDEL step:\n{}",
+        r.output
+    );
+}
+
 // ---- stategrid --------------------------------------------------------------------------------
 
 #[test]

@@ -6,6 +6,18 @@ value Redis gives, so a failing Rust test prints exactly what differed.
 
 import os
 import sys
+import traceback
+
+
+def _unexpected(exc_type, exc, tb):
+    """An exception no check expected (a server error reply, a dropped connection): the
+    traceback shows the step's line; the FAIL line says what the server did."""
+    traceback.print_exception(exc_type, exc, tb)
+    print(f"FAIL unexpected {exc_type.__name__}: {exc}", file=sys.stderr)
+    sys.exit(1)
+
+
+sys.excepthook = _unexpected
 
 
 def target():
