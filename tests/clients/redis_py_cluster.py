@@ -63,6 +63,10 @@ if anywhere:
         eq(f"plain client on {name} reads every key (relayed)", [conn.get(k) for k in keys],
            [f"v{i}".encode() for i in range(N)])
 
+# SCAN through the cluster client visits every primary: each key once over the whole store.
+eq("cluster scan sees every key", sorted(rc.scan_iter(match="cl:*", count=50)),
+   sorted(k.encode() for k in keys))
+
 eq("keyslot is Redis's CRC16", rc.keyslot("foo"), 12182)
 eq("hash tag decides the slot", rc.keyslot("{user1}.a"), rc.keyslot("{user1}.b"))
 
