@@ -114,6 +114,16 @@ pub struct Config {
     pub connections_per_shard_max: u32,
     pub inflight_per_conn_max: u32,
     pub items_per_request_max: u32,
+    /// Port where every connection speaks RESP; 0 = off (svr_port detects RESP anyway).
+    pub resp_port: u16,
+    /// Redis databases (`SELECT 0..N-1`), namespaces `redis-0`...
+    pub resp_databases: u32,
+    /// Items in one RESP command (`*N`).
+    pub resp_multibulk_items_max: u32,
+    /// Longest inline (telnet-style) RESP command line.
+    pub resp_inline_bytes_max: u32,
+    /// Fields one Redis hash may hold.
+    pub hash_fields_max: u32,
     pub conn_out_bytes_max: u64,
     pub recv_buffer_bytes: u32,
     pub frame_timeout_ms: u64,
@@ -165,6 +175,11 @@ impl Config {
             connections_per_shard_max: 0,
             inflight_per_conn_max: 0,
             items_per_request_max: 0,
+            resp_port: 0,
+            resp_databases: 0,
+            resp_multibulk_items_max: 0,
+            resp_inline_bytes_max: 0,
+            hash_fields_max: 0,
             conn_out_bytes_max: 0,
             recv_buffer_bytes: 0,
             frame_timeout_ms: 0,
@@ -251,6 +266,7 @@ impl Config {
             ("svr_port", self.svr_port),
             ("mgt_port", self.mgt_port),
             ("int_port", self.int_port),
+            ("resp_port", self.resp_port),
         ];
         for (i, (a, pa)) in ports.iter().enumerate() {
             for (b, pb) in &ports[i + 1..] {
@@ -591,6 +607,46 @@ pub static PARAMS: &[ParamSpec] = &[
         "requests one connection may have waiting for an answer; more get TooManyInFlight",
         |c, v| c.inflight_per_conn_max = parse_u64(v, 1, 1 << 20)? as u32,
         |c| c.inflight_per_conn_max.to_string()
+    ),
+    param!(
+        "resp_port",
+        "0",
+        true,
+        "port where every connection speaks the Redis protocol (RESP); 0 = off. svr_port also accepts RESP, told apart by the first bytes",
+        |c, v| c.resp_port = parse_u64(v, 0, 65535)? as u16,
+        |c| c.resp_port.to_string()
+    ),
+    param!(
+        "resp_databases",
+        "16",
+        true,
+        "Redis databases a RESP client may SELECT (0 to N-1); database N is the namespace redis-N",
+        |c, v| c.resp_databases = parse_u64(v, 1, 65536)? as u32,
+        |c| c.resp_databases.to_string()
+    ),
+    param!(
+        "resp_multibulk_items_max",
+        "1048576",
+        true,
+        "arguments one RESP command may carry (its *N); more closes the connection with a protocol error",
+        |c, v| c.resp_multibulk_items_max = parse_u64(v, 1, 1 << 24)? as u32,
+        |c| c.resp_multibulk_items_max.to_string()
+    ),
+    param!(
+        "resp_inline_bytes_max",
+        "65536",
+        true,
+        "longest inline (telnet-style, not *N) RESP command line, in bytes; longer closes the connection",
+        |c, v| c.resp_inline_bytes_max = parse_u64(v, 16, 1 << 26)? as u32,
+        |c| c.resp_inline_bytes_max.to_string()
+    ),
+    param!(
+        "hash_fields_max",
+        "65536",
+        true,
+        "fields one Redis hash may hold; a write beyond it fails (TooManyItems) and changes nothing",
+        |c, v| c.hash_fields_max = parse_u64(v, 1, 1 << 24)? as u32,
+        |c| c.hash_fields_max.to_string()
     ),
     param!(
         "items_per_request_max",

@@ -12,6 +12,8 @@
 //! - [`net`]: the shard's socket path: an io_uring ring of its own (`DEFER_TASKRUN` +
 //!   `SINGLE_ISSUER`) driven from a glommio task, batching accepts, receives and sends.
 //! - [`cli`]: the `stategrid` control program (a client of the server).
+//! - [`resp`]: the Redis protocol front (RESP2/3 parser, command table, reply rendering); its
+//!   commands become native requests on the shard's one routing path.
 //! - [`cluster`]: the multi-host core (partition map, planner, Raft on the map, leases); pure logic.
 //!
 //! The wire protocol lives in the `stategrid-proto` crate and the client library in
@@ -23,5 +25,6 @@ pub mod cluster;
 pub mod config;
 pub mod net;
 pub mod preflight;
+pub mod resp;
 pub mod server;
 pub mod store;

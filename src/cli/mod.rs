@@ -414,7 +414,9 @@ pub fn client_exit_code(error: &ClientError) -> i32 {
             | ErrorCode::StaleEpoch
             | ErrorCode::ReplicationFailed
             | ErrorCode::Unsupported
-            | ErrorCode::Forbidden => EXIT_REFUSED,
+            | ErrorCode::Forbidden
+            | ErrorCode::WrongType
+            | ErrorCode::NotInteger => EXIT_REFUSED,
         },
         // Reached the server, which refused to speak this protocol version.
         ClientError::UnsupportedVersion { .. } => EXIT_REFUSED,

@@ -194,6 +194,17 @@ impl SendBatch {
         );
     }
 
+    /// Appends a stored value with no padding (the Redis protocol's framing has none). No
+    /// copy: the batch holds a reference until the send completes.
+    pub fn push_value_unpadded(&mut self, value: Rc<[u8]>) {
+        if value.is_empty() {
+            return;
+        }
+        self.close_bytes();
+        self.value_bytes += value.len();
+        self.segs.push(Seg::Value(value));
+    }
+
     fn close_bytes(&mut self) {
         if self.bytes.len() > self.mark {
             self.segs.push(Seg::Bytes {

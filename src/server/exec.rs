@@ -10,7 +10,7 @@ use stategrid_proto::{
 };
 
 use crate::config::Config;
-use crate::store::{KeyRef, Store, StoreError, Value};
+use crate::store::{KeyRef, RedisOut, Store, StoreError, Value};
 
 /// Where an answer goes.
 pub trait Sink {
@@ -356,6 +356,39 @@ impl Core {
                 Ok(meta) => Response::Meta { meta },
                 Err(e) => store_err(e),
             },
+            ArchivedRequest::Redis { op, .. } => {
+                let fields_max = self.cfg.hash_fields_max as usize;
+                match s.redis(k, op.to_native(), value, fields_max, now) {
+                    Ok(RedisOut::Ok) => Response::Ok,
+                    Ok(RedisOut::Nil) => Response::Nil,
+                    Ok(RedisOut::Int(n)) => Response::Int { n },
+                    Ok(RedisOut::Value(v)) => {
+                        // As `Read`: the stored buffer goes to the sink by reference.
+                        let meta = stategrid_proto::Meta {
+                            value_bytes: v.len() as u32,
+                            version: 0,
+                            created_ms: 0,
+                            updated_ms: 0,
+                            timeout: Default::default(),
+                            expires_in_ms: None,
+                            lock: None,
+                            evictable: true,
+                        };
+                        return sink.respond(
+                            id,
+                            &Response::Value {
+                                meta,
+                                lock_token: None,
+                            },
+                            std::slice::from_ref(&v),
+                        );
+                    }
+                    Ok(RedisOut::Items(bytes, count)) => {
+                        return sink.respond(id, &Response::Items { count }, &[Value::from(bytes)]);
+                    }
+                    Err(e) => store_err(e),
+                }
+            }
             _ => unreachable!("not a keyed request"),
         };
         sink.respond(id, &resp, &[]);

@@ -153,6 +153,23 @@ fn run(
             )
         })?);
     }
+    // resp_port (optional): every connection there speaks RESP.
+    let mut resp_listeners: Vec<Option<socket2::Socket>> = (0..shards).map(|_| None).collect();
+    if cfg.resp_port != 0 {
+        let resp_addr = SocketAddr::new(cfg.net_interface.into(), cfg.resp_port);
+        let bind_err = |e: std::io::Error| {
+            (
+                exit::BIND,
+                format!(
+                    "cannot listen on {resp_addr} (resp_port / net_interface): {e}. Is Redis or another program using it? Choose another port with --set resp_port=N, or 0 for none"
+                ),
+            )
+        };
+        probe_port(resp_addr).map_err(bind_err)?;
+        for l in resp_listeners.iter_mut() {
+            *l = Some(listen(resp_addr).map_err(bind_err)?);
+        }
+    }
     let plane = Arc::new(crate::cluster::plane::Plane::new(shards));
     let control = crate::cluster::control::start(
         cfg.clone(),
@@ -182,9 +199,10 @@ fn run(
     let (waker_tx, waker_rx) = std::sync::mpsc::channel::<Result<RingWaker, String>>();
     let memory_per_shard = cfg.max_memory_bytes / shards as u64;
     let mut handles = Vec::with_capacity(shards);
-    for (id, ((listener, int_listener), (tx_row, rx_row))) in listeners
+    for (id, (((listener, int_listener), resp_listener), (tx_row, rx_row))) in listeners
         .into_iter()
         .zip(int_listeners)
+        .zip(resp_listeners)
         .zip(senders.into_iter().zip(receivers))
         .enumerate()
     {
@@ -235,6 +253,7 @@ fn run(
                     plane,
                     shared.clone(),
                 )));
+                shard.borrow_mut().set_resp_listener(resp_listener);
                 // Connect the mesh: every connect waits for its peer, so run them together.
                 // glommio 0.9's connect parks a waker that its reactor re-checks only when it
                 // wakes for another reason; the peer connecting does not wake it. Without a

@@ -23,8 +23,10 @@ use stategrid_proto::{
 };
 
 mod hosts;
+mod resp_conn;
 
 use hosts::{AnswerTo, ConnKind, Expect, HostRoute, Hosts};
+use resp_conn::{RespConn, RespShard};
 
 use super::exec::{Core, Route, Sink, VecSink};
 use super::gather::{self, Gather};
@@ -35,11 +37,25 @@ use crate::net::{AlignedBuf, Completion, Op, Ring, SendBatch, Token};
 /// bounds the pause a tick adds to the shard.
 const SWEEP_SLOTS_PER_TICK: usize = 4096;
 
-/// A batched answer sink writing into a connection's send batch (the local hot path).
-struct BatchSink<'a>(&'a mut SendBatch);
+/// A batched answer sink writing into a connection's send batch (the local hot path). A RESP
+/// connection's answers are rendered as RESP instead (the second field).
+struct BatchSink<'a>(&'a mut SendBatch, Option<&'a mut crate::resp::RespOut>);
+
+impl<'a> BatchSink<'a> {
+    fn of(conn: &'a mut Conn) -> BatchSink<'a> {
+        BatchSink(
+            &mut conn.filling,
+            conn.resp.as_deref_mut().map(|r| &mut r.out),
+        )
+    }
+}
 
 impl Sink for BatchSink<'_> {
     fn respond(&mut self, request_id: u32, resp: &Response, values: &[crate::store::Value]) {
+        if let Some(out) = self.1.as_deref_mut() {
+            let v = values.first().map(crate::resp::ValRef::Stored);
+            return out.render(self.0, resp, v);
+        }
         let total: usize = values.iter().map(|v| v.len()).sum();
         codec::encode_head(self.0.bytes_mut(), request_id, resp, total);
         match values {
@@ -60,6 +76,8 @@ impl Sink for BatchSink<'_> {
 enum Slot {
     /// An answer that waits for an earlier one.
     Ready(Vec<u8>),
+    /// Bytes already in the connection's wire form (a literal RESP reply) that wait.
+    Raw(Vec<u8>),
     /// Waiting for another shard.
     Forwarded,
     Gather(Gather),
@@ -92,6 +110,8 @@ struct Conn {
     expect: VecDeque<(u32, Expect)>,
     /// A link's peer address, kept alive for the connect SQE.
     peer_addr: Option<Box<socket2::SockAddr>>,
+    /// Some when the connection speaks RESP (see `resp_conn`).
+    resp: Option<Box<RespConn>>,
 }
 
 impl Conn {
@@ -114,6 +134,7 @@ pub struct Shard {
     draining: bool,
     completions: Vec<Completion>,
     hosts: Hosts,
+    resp: RespShard,
 }
 
 fn now_ms() -> u64 {
@@ -148,6 +169,7 @@ impl Shard {
             draining: false,
             completions: Vec::with_capacity(1024),
             hosts: Hosts::new(plane, int_listener),
+            resp: RespShard::default(),
         }
     }
 
@@ -159,6 +181,7 @@ impl Shard {
         let fd = self.listener.as_ref().expect("listener").as_raw_fd();
         self.ring.accept_multi(fd, Token::new(Op::Accept, 0, 0));
         self.start_accepting_int();
+        self.start_accepting_resp();
     }
 
     // ---- the ring driver ------------------------------------------------------------------
@@ -205,7 +228,11 @@ impl Shard {
     }
 
     fn on_accept(&mut self, c: Completion) {
-        // Token slot 1: the `int_port` listener (other hosts); 0: `svr_port` (clients).
+        // Token slot 1: the `int_port` listener (other hosts); 0: `svr_port` (clients);
+        // 2: `resp_port` (Redis clients).
+        if c.token.slot() == resp_conn::RESP_ACCEPT_SLOT {
+            return self.on_accept_resp(c);
+        }
         let internal = c.token.slot() == 1;
         if c.result >= 0 {
             // SAFETY: the kernel handed us this new descriptor.
@@ -295,6 +322,7 @@ impl Shard {
             connecting: false,
             expect: VecDeque::new(),
             peer_addr: None,
+            resp: None,
         });
         let slot = self.conns.insert(conn) as u32;
         self.core.connections = self.conns.len() as u64;
@@ -331,9 +359,13 @@ impl Shard {
         if conn.queued_bytes() > out_max {
             return;
         }
-        // Make room for at least the rest of the frame at the front.
-        let need =
-            frame::needed_bytes(conn.rbuf.as_slice(), frame_max).unwrap_or(frame::HEADER_BYTES);
+        // Make room for at least the rest of the frame (or RESP command) at the front.
+        let need = match &conn.resp {
+            Some(r) => r.need,
+            None => {
+                frame::needed_bytes(conn.rbuf.as_slice(), frame_max).unwrap_or(frame::HEADER_BYTES)
+            }
+        };
         if conn.rbuf.capacity() - conn.rbuf.len() == 0 || need > conn.rbuf.capacity() {
             conn.rbuf.reserve_total(need.max(conn.rbuf.len() + 4096));
         }
@@ -366,6 +398,8 @@ impl Shard {
         conn.rbuf.advance(c.result as usize);
         if matches!(conn.kind, ConnKind::Outbound(..)) {
             self.process_answers(slot, generation);
+        } else if self.detect_resp(slot) {
+            self.process_resp(slot, generation);
         } else {
             self.process_frames(slot, generation);
         }
@@ -489,7 +523,7 @@ impl Shard {
     fn respond_in_order(&mut self, slot: u32, f: impl FnOnce(&mut dyn DynSink)) {
         let conn = &mut self.conns[slot as usize];
         if conn.slots.is_empty() {
-            f(&mut BatchSink(&mut conn.filling));
+            f(&mut BatchSink::of(conn));
         } else {
             let mut bytes = Vec::new();
             f(&mut VecSink(&mut bytes));
@@ -658,7 +692,7 @@ impl Shard {
                 let core = &mut self.core;
                 let conn = &mut self.conns[slot as usize];
                 if conn.slots.is_empty() {
-                    core.execute(req, value, now, id, &mut BatchSink(&mut conn.filling));
+                    core.execute(req, value, now, id, &mut BatchSink::of(conn));
                 } else {
                     let mut bytes = Vec::new();
                     core.execute(req, value, now, id, &mut VecSink(&mut bytes));
@@ -758,7 +792,10 @@ impl Shard {
     fn push_answer(&mut self, slot: u32, bytes: Vec<u8>) {
         let conn = &mut self.conns[slot as usize];
         if conn.slots.is_empty() {
-            conn.filling.bytes_mut().extend_from_slice(&bytes);
+            match conn.resp.as_deref_mut() {
+                Some(r) => resp_conn::render_native(&mut r.out, &mut conn.filling, &bytes),
+                None => conn.filling.bytes_mut().extend_from_slice(&bytes),
+            }
         } else {
             conn.slots.push_back(Slot::Ready(bytes));
         }
@@ -848,7 +885,7 @@ impl Shard {
                 Response::Error(ErrorReply::new(ErrorCode::HandshakeRequired, 0))
             }
         };
-        Sink::respond(&mut BatchSink(&mut conn.filling), id, &resp, &[]);
+        Sink::respond(&mut BatchSink::of(conn), id, &resp, &[]);
     }
 
     /// Starts sending the filled batch if no send is in flight. One sendmsg per batch.
@@ -1131,18 +1168,23 @@ impl Shard {
                     conn.waiting -= 1;
                 }
             }
-            Slot::Ready(_) => {
+            Slot::Ready(_) | Slot::Raw(_) => {
                 tracing::error!(shard, "an answer arrived twice for one request");
                 return true;
             }
         }
-        // Move every ready answer at the front into the send batch.
-        while let Some(Slot::Ready(_)) = conn.slots.front() {
-            let Some(Slot::Ready(bytes)) = conn.slots.pop_front() else {
-                unreachable!()
-            };
+        // Move every ready answer at the front into the send batch (rendered as RESP for a
+        // RESP connection: here, in request order).
+        while let Some(Slot::Ready(_) | Slot::Raw(_)) = conn.slots.front() {
             conn.slot_base += 1;
-            conn.filling.bytes_mut().extend_from_slice(&bytes);
+            match conn.slots.pop_front() {
+                Some(Slot::Ready(bytes)) => match conn.resp.as_deref_mut() {
+                    Some(r) => resp_conn::render_native(&mut r.out, &mut conn.filling, &bytes),
+                    None => conn.filling.bytes_mut().extend_from_slice(&bytes),
+                },
+                Some(Slot::Raw(bytes)) => conn.filling.bytes_mut().extend_from_slice(&bytes),
+                _ => unreachable!(),
+            }
         }
         true
     }
@@ -1188,7 +1230,11 @@ impl Shard {
             return;
         }
         self.draining = true;
-        let listeners = [self.listener.take(), self.hosts.int_listener.take()];
+        let listeners = [
+            self.listener.take(),
+            self.hosts.int_listener.take(),
+            self.resp.listener.take(),
+        ];
         for l in listeners.into_iter().flatten() {
             // Closing the socket alone would not end the multishot accept; shutdown does.
             // SAFETY: shutdown on our own listening socket.

@@ -6,7 +6,7 @@
 use std::num::NonZeroU64;
 use std::rc::Rc;
 
-use stategrid_proto::{LockInfo, Meta, NsId, Timeout};
+use stategrid_proto::{LockInfo, Meta, NsId, Timeout, ValueKind};
 
 /// A stored value. Immutable once stored and reference-counted, so a read hands the network
 /// layer a clone of the `Rc` (no copy) and a later write never disturbs a send in progress:
@@ -45,6 +45,8 @@ pub(super) struct Entry {
     pub lru_prev: u32,
     pub lru_next: u32,
     pub evictable: bool,
+    /// A string, or a Redis hash in `store::hash`'s encoding.
+    pub kind: ValueKind,
     /// Used since it last reached the LRU tail (CLOCK's reference bit): reads set it instead of
     /// relinking the entry, which would touch two neighbours' cache lines on every read.
     pub referenced: bool,

@@ -24,6 +24,10 @@ impl StoreError {
     pub(super) const ALREADY_EXISTS: StoreError = StoreError::new(ErrorCode::AlreadyExists, 0);
     pub(super) const LOCK_LOST: StoreError = StoreError::new(ErrorCode::LockLost, 0);
     pub(super) const LOW_MEMORY: StoreError = StoreError::new(ErrorCode::LowMemory, 0);
+    pub(super) const WRONG_TYPE: StoreError = StoreError::new(ErrorCode::WrongType, 0);
+    /// detail 0: not an integer; 1: the result would overflow.
+    pub(super) const NOT_INTEGER: StoreError = StoreError::new(ErrorCode::NotInteger, 0);
+    pub(super) const OVERFLOW: StoreError = StoreError::new(ErrorCode::NotInteger, 1);
 
     /// Another holder has the lock for `expires_in_ms` more.
     #[inline]

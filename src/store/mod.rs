@@ -51,9 +51,11 @@
 mod entry;
 mod error;
 mod expiry;
+pub mod hash;
 mod limits;
 mod lock;
 mod lru;
+mod redis;
 mod replica;
 mod scan;
 
@@ -69,7 +71,9 @@ use std::rc::Rc;
 
 use hashbrown::{HashMap, HashTable};
 use slab::Slab;
-use stategrid_proto::{Meta, NsId, PARTITIONS, Timeout, TimeoutKind, WriteOpts, partition_of};
+use stategrid_proto::{
+    Meta, NsId, PARTITIONS, Timeout, TimeoutKind, ValueKind, WriteOpts, partition_of,
+};
 
 use entry::{Entry, KeyBytes, Lock, NIL, object_cost_bytes};
 use expiry::deadline_ms;
@@ -80,6 +84,7 @@ use lru::Lru;
 pub use entry::Value;
 pub use error::StoreError;
 pub use limits::{StoreLimits, StoreStats};
+pub use redis::{RedisOut, parse_i64};
 pub use replica::{Exported, Stamp};
 pub use scan::ObjectRef;
 
@@ -309,6 +314,9 @@ impl Store {
     #[inline]
     pub fn read(&mut self, k: KeyRef<'_>, now_ms: u64) -> Result<(Meta, Value), StoreError> {
         let slot = self.find_live(k, now_ms).ok_or(StoreError::NOT_FOUND)?;
+        if self.slab[slot as usize].kind != ValueKind::String {
+            return Err(StoreError::WRONG_TYPE);
+        }
         self.note_read(slot, now_ms);
         let e = &self.slab[slot as usize];
         Ok((e.meta(now_ms), Rc::clone(&e.value)))
@@ -549,6 +557,7 @@ impl Store {
             lru_prev: NIL,
             lru_next: NIL,
             evictable: opts.evictable,
+            kind: ValueKind::String,
             referenced: false,
         });
         1
@@ -615,6 +624,8 @@ impl Store {
         }
         e.lock = lock;
         e.evictable = opts.evictable;
+        // A native write stores bytes: whatever the object held, it is a string now.
+        e.kind = ValueKind::String;
         let new_cost = e.cost_bytes();
         let version = e.version;
         self.object_bytes = self.object_bytes - old_cost + new_cost;

@@ -33,6 +33,7 @@ fn state_of(e: &Entry) -> ObjectState {
         lock_expires_at_ms: e.lock.map_or(0, |l| l.expires_at_ms),
         timeout: e.timeout,
         evictable: e.evictable,
+        kind: e.kind,
     }
 }
 
@@ -100,6 +101,7 @@ impl Store {
             lru_prev: NIL,
             lru_next: NIL,
             evictable: state.evictable,
+            kind: state.kind,
             referenced: false,
         });
         Ok(())

@@ -157,6 +157,11 @@ pub enum Request {
         partition: u32,
         objects: u64,
     },
+    // ---- Client requests added later (appended: variant numbers are wire format) ------------
+    /// A Redis-protocol operation on one object (see `RedisOp` and docs/redis.md). Values (a
+    /// string, or a hash's fields) ride in the trailer. Served by the partition's primary and
+    /// replicated by state like every other write.
+    Redis { key: Key, op: RedisOp },
 }
 
 /// An object's whole state, as replication and migration copy it. Times are Unix
@@ -174,6 +179,156 @@ pub struct ObjectState {
     pub lock_expires_at_ms: u64,
     pub timeout: Timeout,
     pub evictable: bool,
+    /// What the value bytes are: a string, or a hash in the store's field encoding.
+    pub kind: ValueKind,
+}
+
+/// What an object's value bytes hold. Native reads serve strings only (`WrongType` for others).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+#[repr(u8)]
+pub enum ValueKind {
+    /// Opaque bytes (every native write; Redis strings).
+    #[default]
+    String,
+    /// A Redis hash: field/value pairs in the encoding of `stategrid::store::hash`.
+    Hash,
+}
+
+impl ArchivedValueKind {
+    pub fn to_native(&self) -> ValueKind {
+        match self {
+            ArchivedValueKind::String => ValueKind::String,
+            ArchivedValueKind::Hash => ValueKind::Hash,
+        }
+    }
+}
+
+/// A `SET` condition.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+#[repr(u8)]
+pub enum SetCond {
+    Always,
+    /// NX
+    IfAbsent,
+    /// XX
+    IfPresent,
+}
+
+/// What a write does to the object's expiry.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+pub enum SetExpire {
+    /// KEEPTTL (and GETEX without an option): the expiry stays.
+    Keep,
+    /// No expiry (a plain SET, PERSIST).
+    Clear,
+    /// Expire at this Unix time in milliseconds (EX/PX/EXAT/PXAT, converted by the server).
+    AtMs(u64),
+}
+
+/// An `EXPIRE` condition (Redis 7).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+#[repr(u8)]
+pub enum ExpireCond {
+    Always,
+    /// NX: only when the key has no expiry.
+    Nx,
+    /// XX: only when it has one.
+    Xx,
+    /// GT: only when the new expiry is later (no expiry counts as infinite).
+    Gt,
+    /// LT: only when the new expiry is sooner.
+    Lt,
+}
+
+/// The operations a Redis command becomes. Each runs atomically on the primary's shard; writes
+/// respect a native client's lock (`Locked`) instead of breaking it. Answers: `Int`, `Nil`,
+/// `Ok`, `Value` (the bytes in the trailer) or `Items` (a list in the trailer).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+pub enum RedisOp {
+    /// GET: `Value` or `Nil`.
+    Get,
+    /// SET with its options; the value in the trailer. `Ok`/`Nil` (condition not met), or with
+    /// `get` the old value (`Value`/`Nil`).
+    Set {
+        cond: SetCond,
+        expire: SetExpire,
+        get: bool,
+    },
+    /// INCRBY (INCR, DECR, DECRBY): the new `Int`.
+    IncrBy { by: i64 },
+    /// APPEND the trailer: the new length.
+    Append,
+    /// STRLEN.
+    Strlen,
+    /// GETDEL: `Value`/`Nil`.
+    GetDel,
+    /// GETEX: `Value`/`Nil`, changing the expiry.
+    GetEx { expire: SetExpire },
+    /// EXPIRE family at an absolute time (a past one deletes): `Int` 1 or 0.
+    Expire { at_ms: u64, cond: ExpireCond },
+    /// PERSIST: `Int` 1 when an expiry was removed.
+    Persist,
+    /// TYPE: `Int` 0 none, 1 string, 2 hash.
+    Type,
+    /// EXISTS for one key: `Int` 1/0.
+    Exists,
+    /// DEL/UNLINK for one key, respecting locks: `Int` 1/0.
+    Del,
+    /// HSET/HMSET (HSETNX with `nx`): trailer = field/value pairs as a list. `Int` fields added.
+    HSet { nx: bool },
+    /// HGET: trailer = one field. `Value`/`Nil`.
+    HGet,
+    /// HMGET: trailer = fields. `Items` with nils.
+    HMGet,
+    /// HGETALL: `Items` field, value, field, value...
+    HGetAll,
+    /// HKEYS: `Items`.
+    HKeys,
+    /// HVALS: `Items`.
+    HVals,
+    /// HDEL: trailer = fields. `Int` removed.
+    HDel,
+    /// HEXISTS: trailer = one field. `Int` 1/0.
+    HExists,
+    /// HLEN: `Int`.
+    HLen,
+    /// HSTRLEN: trailer = one field. `Int`.
+    HStrlen,
+    /// HINCRBY: trailer = one field. `Int` the new value.
+    HIncrBy { by: i64 },
+}
+
+impl RedisOp {
+    /// Reads change nothing and need no replication.
+    pub fn is_read_only(&self) -> bool {
+        matches!(
+            self,
+            RedisOp::Get
+                | RedisOp::Strlen
+                | RedisOp::Type
+                | RedisOp::Exists
+                | RedisOp::HGet
+                | RedisOp::HMGet
+                | RedisOp::HGetAll
+                | RedisOp::HKeys
+                | RedisOp::HVals
+                | RedisOp::HExists
+                | RedisOp::HLen
+                | RedisOp::HStrlen
+        )
+    }
+}
+
+impl ArchivedRedisOp {
+    pub fn to_native(&self) -> RedisOp {
+        rkyv::deserialize::<RedisOp, rkyv::rancor::Failure>(self)
+            .expect("a validated RedisOp deserializes")
+    }
 }
 
 impl ArchivedObjectState {
@@ -187,6 +342,7 @@ impl ArchivedObjectState {
             lock_expires_at_ms: self.lock_expires_at_ms.to_native(),
             timeout: self.timeout.to_native(),
             evictable: self.evictable,
+            kind: self.kind.to_native(),
         }
     }
 }
@@ -234,6 +390,7 @@ impl Request {
             | Request::Remove { key, .. }
             | Request::Touch { key, .. }
             | Request::Meta { key }
+            | Request::Redis { key, .. }
             | Request::Replicate { key, .. } => Some(key),
             _ => None,
         }
@@ -271,6 +428,7 @@ impl Request {
             Request::Replicate { .. } => 22,
             Request::MigratePull { .. } => 23,
             Request::MigrateEnd { .. } => 24,
+            Request::Redis { .. } => 25,
         }
     }
 }
@@ -292,6 +450,7 @@ impl ArchivedRequest {
             | ArchivedRequest::Remove { key, .. }
             | ArchivedRequest::Touch { key, .. }
             | ArchivedRequest::Meta { key }
+            | ArchivedRequest::Redis { key, .. }
             | ArchivedRequest::Replicate { key, .. } => Some(key),
             _ => None,
         }
@@ -308,6 +467,7 @@ impl ArchivedRequest {
                 | ArchivedRequest::UpdateIfVersion { .. }
                 | ArchivedRequest::UpdateAndUnlock { .. }
                 | ArchivedRequest::BulkPut { .. }
+                | ArchivedRequest::Redis { .. }
                 | ArchivedRequest::Replicate { .. }
         )
     }
@@ -350,12 +510,13 @@ impl ArchivedRequest {
             ArchivedRequest::Replicate { .. } => 22,
             ArchivedRequest::MigratePull { .. } => 23,
             ArchivedRequest::MigrateEnd { .. } => 24,
+            ArchivedRequest::Redis { .. } => 25,
         };
         Self::name_of(tag)
     }
 
     fn name_of(tag: u8) -> &'static str {
-        const NAMES: [&str; 25] = [
+        const NAMES: [&str; 26] = [
             "hello",
             "ns-open",
             "ns-list",
@@ -381,6 +542,7 @@ impl ArchivedRequest {
             "replicate",
             "migrate-pull",
             "migrate-end",
+            "redis",
         ];
         NAMES[tag as usize]
     }
@@ -517,6 +679,17 @@ pub enum Response {
     Stats(Stats),
     Map(MapInfo),
     Error(ErrorReply),
+    /// A Redis integer answer.
+    Int {
+        n: i64,
+    },
+    /// A Redis null answer (absent, or a condition not met).
+    Nil,
+    /// A Redis list answer: `count` items in the trailer, each a u32 LE length (u32::MAX =
+    /// null) and its bytes.
+    Items {
+        count: u32,
+    },
 }
 
 /// A typed failure. `detail` carries the number the code names (see [`ErrorCode`]).
@@ -630,6 +803,10 @@ pub enum ErrorCode {
     Unsupported = 26,
     /// Host-to-host request on the client port.
     Forbidden = 27,
+    /// The operation does not apply to the object's kind (a string read of a hash).
+    WrongType = 28,
+    /// The stored value (or the increment) is not a 64-bit integer, or the result overflows.
+    NotInteger = 29,
 }
 
 impl ErrorCode {
@@ -699,6 +876,10 @@ impl ErrorCode {
                 "request is not supported by a multi-host store in this version"
             }
             ErrorCode::Forbidden => "host-to-host request sent to the client port; refused",
+            ErrorCode::WrongType => {
+                "operation against an object holding the wrong kind of value (a Redis hash read as a string, or the reverse)"
+            }
+            ErrorCode::NotInteger => "value is not an integer or out of range",
         }
     }
 
@@ -777,6 +958,8 @@ impl ArchivedErrorCode {
             ArchivedErrorCode::ReplicationFailed => ErrorCode::ReplicationFailed,
             ArchivedErrorCode::Unsupported => ErrorCode::Unsupported,
             ArchivedErrorCode::Forbidden => ErrorCode::Forbidden,
+            ArchivedErrorCode::WrongType => ErrorCode::WrongType,
+            ArchivedErrorCode::NotInteger => ErrorCode::NotInteger,
         }
     }
 }

@@ -131,6 +131,9 @@ fn variant(r: &ArchivedResponse) -> &'static str {
         ArchivedResponse::Stats(_) => "Stats",
         ArchivedResponse::Map(_) => "Map",
         ArchivedResponse::Error(_) => "Error",
+        ArchivedResponse::Int { .. } => "Int",
+        ArchivedResponse::Nil => "Nil",
+        ArchivedResponse::Items { .. } => "Items",
     }
 }
 

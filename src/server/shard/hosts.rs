@@ -269,7 +269,7 @@ pub(super) fn read_only(req: &ArchivedRequest) -> bool {
     matches!(
         req,
         ArchivedRequest::Read { .. } | ArchivedRequest::Meta { .. }
-    )
+    ) || matches!(req, ArchivedRequest::Redis { op, .. } if op.to_native().is_read_only())
 }
 
 impl Shard {
@@ -1384,6 +1384,7 @@ mod tests {
                 lock_expires_at_ms: 0,
                 timeout: Default::default(),
                 evictable: true,
+                kind: Default::default(),
             }),
         };
         encode_with_value(&mut b, 42, &req, Some(std::rc::Rc::from(&b"hello"[..])));

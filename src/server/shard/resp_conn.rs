@@ -1,0 +1,411 @@
+//! The shard side of the Redis protocol: telling RESP from native on `svr_port`, the receive
+//! loop of a RESP connection, and the glue that hands each command's native requests to the
+//! shard's ordinary routing path (`Shard::on_frame`) and renders the answers.
+//!
+//! Detection: a native connection's first bytes are the frame magic "GS" (`frame::MAGIC`,
+//! little-endian). Any other first byte, or 'G' followed by anything but 'S', is RESP (a
+//! Redis client starts with `*` or an inline command). Decided once, on the first bytes; the
+//! connection keeps its protocol for life. Connections accepted on `resp_port` are RESP from
+//! the start.
+//!
+//! Cost of a RESP GET over the native path's: the RESP parse (one pass over the header
+//! lines), one rkyv serialization of the native request into a reused buffer (no allocation:
+//! the key buffer is reused too) and its validation in `on_frame`; the answer's value is
+//! handed to sendmsg by reference as on the native path (no copy). A SET copies its value
+//! once more than a native put (receive buffer to the native frame, then to the store).
+
+use std::ops::Range;
+
+use stategrid_proto::{Key, RedisOp, Request, Response, codec, frame, key_hash, partition_of};
+
+use super::{ConnKind, Shard, Slot};
+use crate::net::{AlignedBuf, SendBatch};
+use crate::resp::commands::{self, Args, Owner, SlotRange, TopoNode, Topology};
+use crate::resp::parse::{self, Limits, Parsed};
+use crate::resp::{Pending, RespOut, Session, ValRef, reply};
+
+/// A RESP connection's state, kept in its `Conn`.
+pub(super) struct RespConn {
+    pub session: Session,
+    pub out: RespOut,
+    args: Vec<Range<usize>>,
+    scratch: Vec<u8>,
+    /// Bytes the receive buffer needs in all for the command at its front (a hint).
+    pub need: usize,
+}
+
+/// Shard-wide scratch of the RESP glue.
+#[derive(Default)]
+pub(super) struct RespShard {
+    /// The native frame a command's request is encoded into (reused).
+    frame: Vec<u8>,
+    /// The key of a `Request::Redis` (reused: moved into the request and back).
+    key: Vec<u8>,
+    next_id: u64,
+    /// The `resp_port` listener, when that port is on.
+    pub listener: Option<socket2::Socket>,
+}
+
+/// The accept token slot of the `resp_port` listener (0 is `svr_port`, 1 `int_port`).
+pub(super) const RESP_ACCEPT_SLOT: u32 = 2;
+
+impl RespConn {
+    fn new(id: u64, now_ms: u64) -> Box<RespConn> {
+        Box::new(RespConn {
+            session: Session::new(id, now_ms),
+            out: RespOut::default(),
+            args: Vec::new(),
+            scratch: Vec::new(),
+            need: 0,
+        })
+    }
+}
+
+/// Renders a whole native answer frame (one that waited in the queue, or came from another
+/// shard or host) as RESP. Costs a deserialization of the archive (an allocation or two) and
+/// a copy of the value: these answers are already bytes.
+pub(super) fn render_native(out: &mut RespOut, b: &mut SendBatch, bytes: &[u8]) {
+    let copy;
+    let buf = if (bytes.as_ptr() as usize) % 8 == 0 {
+        bytes
+    } else {
+        copy = AlignedBuf::from_slice(bytes);
+        copy.as_slice()
+    };
+    let parsed = match frame::parse(buf, usize::MAX) {
+        Ok(Some(p)) => p,
+        _ => {
+            return out.render(
+                b,
+                &Response::Error(stategrid_proto::ErrorReply::with_message(
+                    stategrid_proto::ErrorCode::Internal,
+                    0,
+                    "an answer frame was not whole",
+                )),
+                None,
+            );
+        }
+    };
+    let resp = codec::decode_response(parsed.archive)
+        .ok()
+        .and_then(|a| rkyv::deserialize::<Response, rkyv::rancor::Error>(a).ok())
+        .unwrap_or_else(|| {
+            Response::Error(stategrid_proto::ErrorReply::with_message(
+                stategrid_proto::ErrorCode::Internal,
+                0,
+                "an answer did not decode",
+            ))
+        });
+    out.render(b, &resp, Some(ValRef::Bytes(parsed.value)));
+}
+
+/// What a shard does for one RESP connection while it runs a command.
+struct Glue<'a> {
+    shard: &'a mut Shard,
+    slot: u32,
+    generation: u32,
+}
+
+impl Glue<'_> {
+    fn conn(&mut self) -> &mut super::Conn {
+        &mut self.shard.conns[self.slot as usize]
+    }
+}
+
+impl commands::Host for Glue<'_> {
+    fn reply(&mut self, bytes: &[u8]) {
+        let conn = self.conn();
+        if conn.slots.is_empty() {
+            conn.filling.bytes_mut().extend_from_slice(bytes);
+        } else {
+            conn.slots.push_back(Slot::Raw(bytes.to_vec()));
+        }
+    }
+
+    fn request(&mut self, req: &Request, value: &[u8], p: Pending) {
+        let conn = self.conn();
+        conn.resp.as_mut().expect("a RESP connection").out.push(p);
+        let mut frame = std::mem::take(&mut self.shard.resp.frame);
+        frame.clear();
+        codec::encode_request(&mut frame, 0, req, value);
+        let copy;
+        let buf = if (frame.as_ptr() as usize) % 8 == 0 {
+            &frame[..]
+        } else {
+            copy = AlignedBuf::from_slice(&frame);
+            copy.as_slice()
+        };
+        let parsed = frame::parse(buf, usize::MAX)
+            .ok()
+            .flatten()
+            .expect("a frame just encoded parses");
+        let (archive, value, n) = (parsed.archive, parsed.value, parsed.frame_bytes);
+        self.shard
+            .on_frame(self.slot, self.generation, 0, archive, value, n, buf);
+        self.shard.resp.frame = frame;
+    }
+
+    fn redis(&mut self, ns: u32, key: &[u8], op: RedisOp, value: &[u8], p: Pending) {
+        let mut k = std::mem::take(&mut self.shard.resp.key);
+        k.clear();
+        k.extend_from_slice(key);
+        let req = Request::Redis {
+            key: Key { ns, key: k },
+            op,
+        };
+        self.request(&req, value, p);
+        if let Request::Redis { key, .. } = req {
+            self.shard.resp.key = key.key;
+        }
+    }
+
+    fn close(&mut self) {
+        let conn = self.conn();
+        conn.close_after_flush = true;
+        conn.read_closed = true;
+    }
+
+    fn set_resp3(&mut self, on: bool) {
+        if let Some(r) = self.conn().resp.as_mut() {
+            r.out.resp3 = on;
+        }
+    }
+
+    fn cfg(&self) -> &crate::config::Config {
+        &self.shard.core.cfg
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.shard.now_ms
+    }
+
+    fn shards(&self) -> usize {
+        self.shard.core.shards
+    }
+
+    fn counters(&self) -> (u64, u64) {
+        (self.shard.core.connections, super::resident_bytes())
+    }
+
+    fn uptime_s(&self) -> u64 {
+        self.shard.shared.started.elapsed().as_secs()
+    }
+
+    fn topology(&self) -> Topology {
+        self.shard.topology()
+    }
+
+    fn owner(&self, ns: u32, key: &[u8]) -> Owner {
+        let p = partition_of(key_hash(ns, key)) as usize;
+        match self.shard.host_route(p, false) {
+            super::HostRoute::Here | super::HostRoute::Wait => Owner::Here,
+            super::HostRoute::Remote(host) => {
+                match self.shard.hosts.view.as_ref().and_then(|v| v.addr(host)) {
+                    Some(a) => Owner::Remote(a.svr().to_string()),
+                    None => Owner::Nobody,
+                }
+            }
+            super::HostRoute::Refuse(..) => Owner::Nobody,
+        }
+    }
+
+    fn shard_of(&self, ns: u32, key: &[u8]) -> usize {
+        crate::server::exec::owner_shard(partition_of(key_hash(ns, key)), self.shard.core.shards)
+    }
+
+    fn own_shard(&self) -> usize {
+        self.shard.core.shard
+    }
+}
+
+impl Shard {
+    pub fn set_resp_listener(&mut self, l: Option<socket2::Socket>) {
+        self.resp.listener = l;
+    }
+
+    pub(super) fn start_accepting_resp(&mut self) {
+        if let Some(l) = &self.resp.listener {
+            use std::os::fd::AsRawFd;
+            let fd = l.as_raw_fd();
+            self.ring.accept_multi(
+                fd,
+                crate::net::Token::new(crate::net::Op::Accept, RESP_ACCEPT_SLOT, 0),
+            );
+        }
+    }
+
+    pub(super) fn on_accept_resp(&mut self, c: crate::net::Completion) {
+        if c.result >= 0 {
+            use std::os::fd::FromRawFd;
+            // SAFETY: the kernel handed us this new descriptor.
+            let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(c.result) };
+            if let Some(slot) = self.add_conn_kind(fd, ConnKind::Client) {
+                let now = self.now_ms;
+                self.make_resp(slot, now);
+            }
+        } else if !self.draining && c.result != -libc::ECANCELED {
+            tracing::warn!(
+                shard = self.core.shard,
+                "accept on resp_port failed: {}",
+                std::io::Error::from_raw_os_error(-c.result)
+            );
+        }
+        if !c.more() && !self.draining {
+            self.start_accepting_resp();
+        }
+    }
+
+    /// On a client connection's first bytes: is it RESP? Marks it so (for life) when it is.
+    pub(super) fn detect_resp(&mut self, slot: u32) -> bool {
+        let now = self.now_ms;
+        let conn = &mut self.conns[slot as usize];
+        if conn.resp.is_some() {
+            return true;
+        }
+        if conn.kind != ConnKind::Client || conn.hello_done {
+            return false;
+        }
+        let b = conn.rbuf.as_slice();
+        let magic = frame::MAGIC.to_le_bytes();
+        let resp = match b {
+            [] => false,
+            [first] => *first != magic[0],
+            [first, second, ..] => *first != magic[0] || *second != magic[1],
+        };
+        if resp {
+            self.make_resp(slot, now);
+        }
+        resp
+    }
+
+    /// Makes a connection a RESP one (detected, or accepted on `resp_port`).
+    pub(super) fn make_resp(&mut self, slot: u32, now_ms: u64) {
+        self.resp.next_id += 1;
+        let id = ((self.core.shard as u64) << 48) | self.resp.next_id;
+        let conn = &mut self.conns[slot as usize];
+        conn.hello_done = true;
+        conn.resp = Some(RespConn::new(id, now_ms));
+    }
+
+    /// Serves every whole RESP command in the connection's receive buffer, in order.
+    pub(super) fn process_resp(&mut self, slot: u32, generation: u32) {
+        let cfg = self.core.cfg.clone();
+        let lim = Limits {
+            bulk_bytes_max: cfg.object_bytes_max as usize,
+            items_max: cfg.resp_multibulk_items_max as usize,
+            inline_bytes_max: cfg.resp_inline_bytes_max as usize,
+        };
+        let conn = &mut self.conns[slot as usize];
+        let rbuf = std::mem::replace(&mut conn.rbuf, AlignedBuf::with_capacity(0));
+        let rc = conn.resp.as_mut().expect("a RESP connection");
+        let mut session = std::mem::take(&mut rc.session);
+        let mut args = std::mem::take(&mut rc.args);
+        let mut scratch = std::mem::take(&mut rc.scratch);
+        let mut pos = 0;
+        let mut need = 0;
+        while pos < rbuf.len() {
+            let bytes = &rbuf.as_slice()[pos..];
+            match parse::parse(bytes, &lim, &mut args, &mut scratch) {
+                Ok(Parsed::Incomplete { need: n }) => {
+                    need = n;
+                    break;
+                }
+                Ok(Parsed::Command { consumed, inline }) => {
+                    let a = Args {
+                        base: if inline { &scratch[..] } else { bytes },
+                        ranges: &args,
+                    };
+                    let mut glue = Glue {
+                        shard: self,
+                        slot,
+                        generation,
+                    };
+                    commands::execute(&mut session, &a, &mut glue);
+                    pos += consumed;
+                    if self.conns[slot as usize].close_after_flush {
+                        pos = rbuf.len();
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(
+                        shard = self.core.shard,
+                        "closing a RESP connection: {}",
+                        e.0
+                    );
+                    let mut out = Vec::new();
+                    reply::error(&mut out, &format!("ERR {}", e.0));
+                    let mut glue = Glue {
+                        shard: self,
+                        slot,
+                        generation,
+                    };
+                    commands::Host::reply(&mut glue, &out);
+                    commands::Host::close(&mut glue);
+                    pos = rbuf.len();
+                    break;
+                }
+            }
+        }
+        let conn = &mut self.conns[slot as usize];
+        conn.rbuf = rbuf;
+        conn.rbuf.consume(pos);
+        let rc = conn.resp.as_mut().expect("a RESP connection");
+        rc.session = session;
+        rc.args = args;
+        rc.scratch = scratch;
+        rc.need = need;
+    }
+
+    /// The partition map as Redis Cluster slot ranges.
+    pub(super) fn topology(&self) -> Topology {
+        let cfg = &self.core.cfg;
+        let Some(view) = &self.hosts.view else {
+            return Topology {
+                me: 0,
+                epoch: 0,
+                nodes: vec![TopoNode {
+                    id: 0,
+                    ip: cfg.net_interface.to_string(),
+                    port: cfg.svr_port,
+                }],
+                ranges: vec![SlotRange {
+                    start: 0,
+                    end: 16383,
+                    primary: 0,
+                    replicas: Vec::new(),
+                }],
+            };
+        };
+        let nodes: Vec<TopoNode> = view
+            .hosts
+            .iter()
+            .filter(|h| h.state != crate::cluster::HostState::Failed)
+            .filter_map(|h| {
+                let a = view.addr(h.id)?;
+                Some(TopoNode {
+                    id: h.id.0,
+                    ip: a.ip.to_string(),
+                    port: a.svr_port,
+                })
+            })
+            .collect();
+        let index = |id: crate::cluster::HostId| nodes.iter().position(|n| n.id == id.0);
+        let owners: Vec<(Option<usize>, Vec<usize>)> = view
+            .owners
+            .iter()
+            .map(|o| {
+                (
+                    o.primary().and_then(index),
+                    o.replicas().filter_map(index).collect(),
+                )
+            })
+            .collect();
+        Topology {
+            me: view.me.0,
+            epoch: view.epoch,
+            ranges: crate::resp::cluster::ranges_of(&owners),
+            nodes,
+        }
+    }
+}

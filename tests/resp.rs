@@ -1,0 +1,635 @@
+//! The Redis protocol over real sockets against a real `stategrid serve`: exact bytes in,
+//! exact replies out (issue 8). Real Redis client libraries are tested in `resp_clients*`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use stategrid_client::Error as ClientError;
+use stategrid_proto::ErrorCode;
+
+/// A raw RESP connection.
+struct Conn {
+    s: TcpStream,
+}
+
+/// How long a reply may take before the test fails (a functional bound, not a timing claim).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Conn {
+    fn open(server: &TestServer) -> Conn {
+        let s = TcpStream::connect(server.addr).expect("connect");
+        s.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+        s.set_nodelay(true).unwrap();
+        Conn { s }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).expect("send");
+    }
+
+    /// Reads exactly `n` bytes.
+    fn read_n(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n];
+        self.s
+            .read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("reading {n} bytes: {e}"));
+        buf
+    }
+
+    /// Sends `cmd` and asserts the reply is exactly `want`.
+    fn check(&mut self, cmd: &[u8], want: &[u8]) {
+        self.send(cmd);
+        let got = self.read_n(want.len());
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(want),
+            "reply to {:?}",
+            String::from_utf8_lossy(cmd)
+        );
+    }
+
+    /// Sends a command of arguments as a multibulk and asserts the exact reply.
+    fn cmd(&mut self, args: &[&str], want: &str) {
+        self.check(&mb(args), want.as_bytes());
+    }
+
+    /// Reads one whole reply line-wise (for replies whose length the test does not know).
+    fn read_reply(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.read_value(&mut out);
+        out
+    }
+
+    fn read_line(&mut self, out: &mut Vec<u8>) -> Vec<u8> {
+        let start = out.len();
+        loop {
+            let b = self.read_n(1)[0];
+            out.push(b);
+            if out.len() >= start + 2 && out[out.len() - 2..] == *b"\r\n" {
+                return out[start..out.len() - 2].to_vec();
+            }
+        }
+    }
+
+    fn read_value(&mut self, out: &mut Vec<u8>) {
+        let line = self.read_line(out);
+        let n: i64 = std::str::from_utf8(&line[1..])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        match line[0] {
+            b'$' | b'=' if n >= 0 => out.extend(self.read_n(n as usize + 2)),
+            b'*' | b'~' => (0..n.max(0)).for_each(|_| self.read_value(out)),
+            b'%' => (0..2 * n).for_each(|_| self.read_value(out)),
+            _ => {}
+        }
+    }
+
+    /// Asserts the server closed the connection (after any bytes it still sends).
+    fn expect_closed(&mut self) {
+        let mut buf = [0u8; 256];
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        loop {
+            match self.s.read(&mut buf) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+                Err(e) => panic!("expected the server to close the connection: {e}"),
+            }
+            assert!(Instant::now() < deadline, "connection not closed");
+        }
+    }
+}
+
+/// A multibulk command.
+fn mb(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend(format!("${}\r\n{a}\r\n", a.len()).bytes());
+    }
+    out
+}
+
+fn server() -> TestServer {
+    TestServer::start(&[])
+}
+
+#[test]
+fn strings_and_keys_answer_exact_bytes() {
+    let srv = server();
+    let mut c = Conn::open(&srv);
+    c.cmd(&["PING"], "+PONG\r\n");
+    c.cmd(&["ping", "hi"], "$2\r\nhi\r\n");
+    c.cmd(&["SET", "k", "v"], "+OK\r\n");
+    c.cmd(&["GET", "k"], "$1\r\nv\r\n");
+    c.cmd(&["GET", "missing"], "$-1\r\n");
+    c.cmd(&["SET", "k", "v2", "NX"], "$-1\r\n");
+    c.cmd(&["SET", "k", "v2", "XX", "GET"], "$1\r\nv\r\n");
+    c.cmd(&["SET", "nope", "x", "XX"], "$-1\r\n");
+    c.cmd(&["SETNX", "k", "x"], ":0\r\n");
+    c.cmd(&["SETNX", "k2", "x"], ":1\r\n");
+    c.cmd(&["GETSET", "k2", "y"], "$1\r\nx\r\n");
+    c.cmd(&["GETDEL", "k2"], "$1\r\ny\r\n");
+    c.cmd(&["EXISTS", "k", "k2", "k"], ":2\r\n");
+    c.cmd(&["INCR", "n"], ":1\r\n");
+    c.cmd(&["INCRBY", "n", "41"], ":42\r\n");
+    c.cmd(&["DECRBY", "n", "2"], ":40\r\n");
+    c.cmd(&["DECR", "n"], ":39\r\n");
+    c.cmd(
+        &["INCR", "k"],
+        "-ERR value is not an integer or out of range\r\n",
+    );
+    c.cmd(&["SET", "big", "9223372036854775807"], "+OK\r\n");
+    c.cmd(
+        &["INCR", "big"],
+        "-ERR increment or decrement would overflow\r\n",
+    );
+    c.cmd(&["APPEND", "k", "xy"], ":4\r\n");
+    c.cmd(&["STRLEN", "k"], ":4\r\n");
+    c.cmd(&["MSET", "a", "1", "b", "2"], "+OK\r\n");
+    c.cmd(
+        &["MGET", "a", "nope", "b"],
+        "*3\r\n$1\r\n1\r\n$-1\r\n$1\r\n2\r\n",
+    );
+    c.cmd(&["DEL", "a", "b", "nope"], ":2\r\n");
+    c.cmd(&["UNLINK", "k"], ":1\r\n");
+    c.cmd(&["TYPE", "n"], "+string\r\n");
+    c.cmd(&["TYPE", "nope"], "+none\r\n");
+    // Binary-safe values, empty values.
+    c.check(
+        b"*3\r\n$3\r\nSET\r\n$3\r\nbin\r\n$4\r\na\r\n\x00\r\n",
+        b"+OK\r\n",
+    );
+    c.check(b"*2\r\n$3\r\nGET\r\n$3\r\nbin\r\n", b"$4\r\na\r\n\x00\r\n");
+    c.cmd(&["SET", "e", ""], "+OK\r\n");
+    c.cmd(&["GET", "e"], "$0\r\n\r\n");
+    // Inline commands, as telnet and redis-cli's fallback send them.
+    c.check(b"SET inl \"a b\"\r\n", b"+OK\r\n");
+    c.check(b"GET inl\n", b"$3\r\na b\r\n");
+    // Pipelined: one write, replies in order.
+    c.check(
+        &[
+            mb(&["SET", "p", "1"]),
+            mb(&["INCR", "p"]),
+            mb(&["GET", "p"]),
+            mb(&["PING"]),
+        ]
+        .concat(),
+        b"+OK\r\n:2\r\n$1\r\n2\r\n+PONG\r\n",
+    );
+}
+
+#[test]
+fn errors_are_redis_errors() {
+    let srv = server();
+    let mut c = Conn::open(&srv);
+    c.cmd(
+        &["FOO", "a", "b"],
+        "-ERR unknown command 'FOO', with args beginning with: 'a' 'b' \r\n",
+    );
+    c.cmd(
+        &["GET"],
+        "-ERR wrong number of arguments for 'get' command\r\n",
+    );
+    c.cmd(
+        &["SET", "k", "v", "EX", "0"],
+        "-ERR invalid expire time in 'set' command\r\n",
+    );
+    c.cmd(
+        &["SET", "k", "v", "EX", "x"],
+        "-ERR value is not an integer or out of range\r\n",
+    );
+    c.cmd(&["SET", "k", "v", "NX", "XX"], "-ERR syntax error\r\n");
+    c.cmd(&["HSET", "h", "f", "v"], ":1\r\n");
+    c.cmd(
+        &["GET", "h"],
+        "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+    );
+    c.cmd(&["HGET", "s", "f"], "$-1\r\n");
+    c.cmd(&["SET", "s", "1"], "+OK\r\n");
+    c.cmd(
+        &["HGET", "s", "f"],
+        "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+    );
+    c.cmd(
+        &["LPUSH", "l", "x"],
+        "-ERR command 'LPUSH' is not supported by stategrid: lists are out of scope (see docs/redis.md)\r\n",
+    );
+    c.cmd(
+        &["EVAL", "return 1", "0"],
+        "-ERR command 'EVAL' is not supported by stategrid: Lua scripting and functions are out of scope (see docs/redis.md)\r\n",
+    );
+    c.cmd(&["SELECT", "16"], "-ERR DB index is out of range\r\n");
+    c.cmd(
+        &["AUTH", "pw"],
+        "-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n",
+    );
+    c.cmd(&["AUTH", "default", "pw"], "+OK\r\n");
+    c.cmd(&["HELLO", "4"], "-NOPROTO unsupported protocol version\r\n");
+    // Still serving after all of those.
+    c.cmd(&["GET", "s"], "$1\r\n1\r\n");
+}
+
+#[test]
+fn expiry_follows_redis() {
+    let srv = server();
+    let mut c = Conn::open(&srv);
+    c.cmd(&["SET", "k", "v", "EX", "100"], "+OK\r\n");
+    let ttl = c.read_reply_of(&["TTL", "k"]);
+    assert!(
+        ttl == b":100\r\n" || ttl == b":99\r\n",
+        "{:?}",
+        String::from_utf8_lossy(&ttl)
+    );
+    c.cmd(&["TTL", "nope"], ":-2\r\n");
+    c.cmd(&["SET", "p", "v"], "+OK\r\n");
+    c.cmd(&["TTL", "p"], ":-1\r\n");
+    c.cmd(&["EXPIRE", "p", "100", "XX"], ":0\r\n");
+    c.cmd(&["EXPIRE", "p", "100", "NX"], ":1\r\n");
+    c.cmd(&["EXPIRE", "p", "50", "GT"], ":0\r\n");
+    c.cmd(&["EXPIRE", "p", "200", "GT"], ":1\r\n");
+    c.cmd(&["EXPIRE", "p", "300", "LT"], ":0\r\n");
+    c.cmd(
+        &["EXPIRE", "p", "1", "NX", "XX"],
+        "-ERR NX and XX, GT or LT options at the same time are not compatible\r\n",
+    );
+    c.cmd(&["PERSIST", "p"], ":1\r\n");
+    c.cmd(&["PERSIST", "p"], ":0\r\n");
+    c.cmd(&["TTL", "p"], ":-1\r\n");
+    // KEEPTTL keeps it; a plain SET drops it.
+    c.cmd(&["SET", "k", "w", "KEEPTTL"], "+OK\r\n");
+    let t = c.read_reply_of(&["TTL", "k"]);
+    assert!(t == b":100\r\n" || t == b":99\r\n");
+    c.cmd(&["SET", "k", "w"], "+OK\r\n");
+    c.cmd(&["TTL", "k"], ":-1\r\n");
+    // GETEX sets one; EXPIREAT in the past deletes.
+    c.cmd(&["GETEX", "k", "PX", "100000"], "$1\r\nw\r\n");
+    let pt = c.read_reply_of(&["PTTL", "k"]);
+    let ms: i64 = std::str::from_utf8(&pt[1..pt.len() - 2])
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((90_000..=100_000).contains(&ms), "{ms}");
+    let et = c.read_reply_of(&["EXPIRETIME", "k"]);
+    let at: i64 = std::str::from_utf8(&et[1..et.len() - 2])
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((now + 90..=now + 101).contains(&at), "{at} vs {now}");
+    c.cmd(&["GETEX", "k", "PERSIST"], "$1\r\nw\r\n");
+    c.cmd(&["TTL", "k"], ":-1\r\n");
+    c.cmd(&["EXPIREAT", "k", "1"], ":1\r\n");
+    c.cmd(&["GET", "k"], "$-1\r\n");
+    c.cmd(&["EXISTS", "k"], ":0\r\n");
+    c.cmd(&["SETEX", "s", "100", "v"], "+OK\r\n");
+    c.cmd(
+        &["SETEX", "s", "0", "v"],
+        "-ERR invalid expire time in 'setex' command\r\n",
+    );
+    c.cmd(&["PSETEX", "s", "100000", "v"], "+OK\r\n");
+}
+
+impl Conn {
+    fn read_reply_of(&mut self, args: &[&str]) -> Vec<u8> {
+        self.send(&mb(args));
+        self.read_reply()
+    }
+}
+
+#[test]
+fn hashes_field_by_field_resp2_and_resp3() {
+    let srv = server();
+    let mut c = Conn::open(&srv);
+    c.cmd(&["HSET", "h", "a", "1", "b", "2"], ":2\r\n");
+    c.cmd(&["HSET", "h", "a", "9", "c", "3"], ":1\r\n");
+    c.cmd(&["HGET", "h", "a"], "$1\r\n9\r\n");
+    c.cmd(&["HGET", "h", "zz"], "$-1\r\n");
+    c.cmd(
+        &["HMGET", "h", "a", "zz", "c"],
+        "*3\r\n$1\r\n9\r\n$-1\r\n$1\r\n3\r\n",
+    );
+    c.cmd(
+        &["HGETALL", "h"],
+        "*6\r\n$1\r\na\r\n$1\r\n9\r\n$1\r\nb\r\n$1\r\n2\r\n$1\r\nc\r\n$1\r\n3\r\n",
+    );
+    c.cmd(&["HKEYS", "h"], "*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n");
+    c.cmd(&["HVALS", "h"], "*3\r\n$1\r\n9\r\n$1\r\n2\r\n$1\r\n3\r\n");
+    c.cmd(&["HLEN", "h"], ":3\r\n");
+    c.cmd(&["HEXISTS", "h", "b"], ":1\r\n");
+    c.cmd(&["HSTRLEN", "h", "a"], ":1\r\n");
+    c.cmd(&["HINCRBY", "h", "a", "-10"], ":-1\r\n");
+    c.cmd(&["HSETNX", "h", "a", "x"], ":0\r\n");
+    c.cmd(&["HSETNX", "h", "d", "x"], ":1\r\n");
+    c.cmd(&["HMSET", "h", "e", "5"], "+OK\r\n");
+    c.cmd(&["HDEL", "h", "d", "e", "zz"], ":2\r\n");
+    c.cmd(
+        &["HSCAN", "h", "0", "MATCH", "[ab]"],
+        "*2\r\n$1\r\n0\r\n*4\r\n$1\r\na\r\n$2\r\n-1\r\n$1\r\nb\r\n$1\r\n2\r\n",
+    );
+    c.cmd(&["HGETALL", "nope"], "*0\r\n");
+    c.cmd(&["TYPE", "h"], "+hash\r\n");
+    c.cmd(
+        &["HSET", "h", "odd"],
+        "-ERR wrong number of arguments for 'hset' command\r\n",
+    );
+    // RESP3: HELLO 3 makes maps and nulls typed.
+    let hello = c.read_reply_of(&["HELLO", "3", "SETNAME", "me"]);
+    let text = String::from_utf8_lossy(&hello);
+    assert!(text.starts_with("%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$5\r\n7.2.4\r\n$5\r\nproto\r\n:3\r\n"), "{text}");
+    c.cmd(&["HGET", "h", "zz"], "_\r\n");
+    c.cmd(&["HDEL", "h", "a", "b"], ":2\r\n");
+    c.cmd(&["HGETALL", "h"], "%1\r\n$1\r\nc\r\n$1\r\n3\r\n");
+    c.cmd(&["CLIENT", "GETNAME"], "$2\r\nme\r\n");
+    // Deleting the last field removes the hash.
+    c.cmd(&["HDEL", "h", "c"], ":1\r\n");
+    c.cmd(&["EXISTS", "h"], ":0\r\n");
+}
+
+#[test]
+fn native_clients_see_the_same_objects() {
+    let srv = server();
+    let mut c = Conn::open(&srv);
+    let native = srv.blocking_client();
+    let ns = native.namespace("redis-0").unwrap();
+    c.cmd(&["SET", "shared", "from-redis"], "+OK\r\n");
+    assert_eq!(ns.read("shared").unwrap().value, b"from-redis");
+    ns.put(
+        "native",
+        b"from-native",
+        stategrid_proto::WriteOpts::default(),
+    )
+    .unwrap();
+    c.cmd(&["GET", "native"], "$11\r\nfrom-native\r\n");
+    // Database 1 is namespace redis-1.
+    c.cmd(&["SELECT", "1"], "+OK\r\n");
+    c.cmd(&["GET", "native"], "$-1\r\n");
+    c.cmd(&["SET", "one", "1"], "+OK\r\n");
+    assert_eq!(
+        native
+            .namespace("redis-1")
+            .unwrap()
+            .read("one")
+            .unwrap()
+            .value,
+        b"1"
+    );
+    c.cmd(&["SELECT", "0"], "+OK\r\n");
+    // A native read of a hash is a typed error, not bytes of an encoding.
+    c.cmd(&["HSET", "h", "f", "v"], ":1\r\n");
+    match ns.read("h") {
+        Err(ClientError::Server(e)) => assert_eq!(e.code, ErrorCode::WrongType),
+        other => panic!("expected WrongType, got {other:?}"),
+    }
+    // A lock a native client holds is respected, not broken, by Redis writes.
+    let locked = ns.read_and_lock("shared").unwrap();
+    let r = c.read_reply_of(&["SET", "shared", "x"]);
+    assert!(
+        r.starts_with(b"-LOCKED "),
+        "{}",
+        String::from_utf8_lossy(&r)
+    );
+    let r = c.read_reply_of(&["DEL", "shared"]);
+    assert!(
+        r.starts_with(b"-LOCKED "),
+        "{}",
+        String::from_utf8_lossy(&r)
+    );
+    c.cmd(&["GET", "shared"], "$10\r\nfrom-redis\r\n");
+    ns.unlock("shared", locked.lock_token).unwrap();
+    c.cmd(&["SET", "shared", "x"], "+OK\r\n");
+    // SG.LOCK / SG.SETUNLOCK: ScaleOut's pessimistic locking over RESP.
+    let tok = c.read_reply_of(&["SG.LOCK", "shared"]);
+    let tok = String::from_utf8(tok).unwrap();
+    let token = tok.split("\r\n").nth(1).unwrap().to_string();
+    assert!(
+        ns.update("shared", b"no", stategrid_proto::WriteOpts::default())
+            .is_err()
+    );
+    let r = c.read_reply_of(&["SG.LOCK", "shared"]);
+    assert!(
+        r.starts_with(b"-LOCKED "),
+        "{}",
+        String::from_utf8_lossy(&r)
+    );
+    // A wrong token does not release it.
+    let r = c.read_reply_of(&["SG.SETUNLOCK", "shared", "done", "12345"]);
+    assert!(
+        r.starts_with(b"-LOCKED "),
+        "{}",
+        String::from_utf8_lossy(&r)
+    );
+    c.cmd(&["SG.SETUNLOCK", "shared", "done", &token], "+OK\r\n");
+    assert_eq!(ns.read("shared").unwrap().value, b"done");
+    c.cmd(&["SG.LOCK", "nope"], "-ERR no such key\r\n");
+}
+
+#[test]
+fn databases_scan_keys_flush() {
+    let srv = server();
+    let mut c = Conn::open(&srv);
+    for i in 0..25 {
+        c.cmd(&["SET", &format!("sess:{i:02}"), "v"], "+OK\r\n");
+    }
+    c.cmd(&["SET", "other", "v"], "+OK\r\n");
+    c.cmd(&["DBSIZE"], ":26\r\n");
+    let keys = c.read_reply_of(&["KEYS", "sess:1*"]);
+    let text = String::from_utf8_lossy(&keys);
+    assert!(text.starts_with("*10\r\n"), "{text}");
+    // SCAN visits every key once, whatever the page size.
+    let mut cursor = "0".to_string();
+    let mut seen = Vec::new();
+    loop {
+        let r = c.read_reply_of(&["SCAN", &cursor, "MATCH", "sess:*", "COUNT", "7"]);
+        let parts: Vec<String> = String::from_utf8(r)
+            .unwrap()
+            .split("\r\n")
+            .map(String::from)
+            .collect();
+        cursor = parts[2].clone();
+        seen.extend(
+            parts
+                .iter()
+                .skip(5)
+                .step_by(2)
+                .filter(|s| !s.is_empty())
+                .cloned(),
+        );
+        if cursor == "0" {
+            break;
+        }
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 25, "{seen:?}");
+    c.cmd(&["SELECT", "2"], "+OK\r\n");
+    c.cmd(&["DBSIZE"], ":0\r\n");
+    c.cmd(&["SET", "x", "1"], "+OK\r\n");
+    c.cmd(&["FLUSHDB"], "+OK\r\n");
+    c.cmd(&["DBSIZE"], ":0\r\n");
+    c.cmd(&["SELECT", "0"], "+OK\r\n");
+    c.cmd(&["DBSIZE"], ":26\r\n");
+    let info = String::from_utf8(c.read_reply_of(&["INFO"])).unwrap();
+    assert!(info.contains("redis_version:7.2.4\r\n"), "{info}");
+    assert!(info.contains("db0:keys=26,"), "{info}");
+    c.cmd(&["FLUSHALL"], "+OK\r\n");
+    c.cmd(&["DBSIZE"], ":0\r\n");
+}
+
+#[test]
+fn transactions_and_cluster_commands_on_one_host() {
+    let srv = server();
+    let mut c = Conn::open(&srv);
+    c.cmd(&["MULTI"], "+OK\r\n");
+    c.cmd(&["SET", "t", "1"], "+QUEUED\r\n");
+    c.cmd(&["INCR", "t"], "+QUEUED\r\n");
+    c.cmd(&["GET", "t"], "+QUEUED\r\n");
+    c.cmd(&["EXEC"], "*3\r\n+OK\r\n:2\r\n$1\r\n2\r\n");
+    c.cmd(&["MULTI"], "+OK\r\n");
+    c.cmd(
+        &["NOSUCH"],
+        "-ERR unknown command 'NOSUCH', with args beginning with: \r\n",
+    );
+    c.cmd(
+        &["EXEC"],
+        "-EXECABORT Transaction discarded because of previous errors.\r\n",
+    );
+    c.cmd(&["EXEC"], "-ERR EXEC without MULTI\r\n");
+    c.cmd(&["MULTI"], "+OK\r\n");
+    c.cmd(&["SET", "t", "9"], "+QUEUED\r\n");
+    c.cmd(&["DISCARD"], "+OK\r\n");
+    c.cmd(&["GET", "t"], "$1\r\n2\r\n");
+    c.cmd(&["CLUSTER", "KEYSLOT", "foo"], ":12182\r\n");
+    c.cmd(&["CLUSTER", "KEYSLOT", "{foo}.bar"], ":12182\r\n");
+    let slots = String::from_utf8(c.read_reply_of(&["CLUSTER", "SLOTS"])).unwrap();
+    let want = format!(
+        "*1\r\n*3\r\n:0\r\n:16383\r\n*3\r\n$9\r\n127.0.0.1\r\n:{}\r\n$40\r\n",
+        srv.addr.port()
+    );
+    assert!(slots.starts_with(&want), "{slots}");
+    c.cmd(&["READWRITE"], "+OK\r\n");
+    c.cmd(&["ASKING"], "+OK\r\n");
+    // A cluster client on one host: every key is here.
+    c.cmd(&["GET", "t"], "$1\r\n2\r\n");
+    c.cmd(
+        &["MGET", "a", "b"],
+        "-CROSSSLOT Keys in request don't hash to the same slot\r\n",
+    );
+    c.cmd(&["MGET", "{a}1", "{a}2"], "*2\r\n$-1\r\n$-1\r\n");
+}
+
+#[test]
+fn connection_commands_for_client_libraries() {
+    let srv = server();
+    let mut c = Conn::open(&srv);
+    c.cmd(&["CLIENT", "SETNAME", "app"], "+OK\r\n");
+    c.cmd(&["CLIENT", "GETNAME"], "$3\r\napp\r\n");
+    c.cmd(&["CLIENT", "SETINFO", "LIB-NAME", "redis-py"], "+OK\r\n");
+    c.cmd(
+        &["CLIENT", "SETNAME", "a b"],
+        "-ERR Client names cannot contain spaces, newlines or special characters.\r\n",
+    );
+    c.cmd(
+        &["CONFIG", "GET", "databases"],
+        "*2\r\n$9\r\ndatabases\r\n$2\r\n16\r\n",
+    );
+    c.cmd(
+        &["CONFIG", "GET", "replica-read-only"],
+        "*2\r\n$17\r\nreplica-read-only\r\n$3\r\nyes\r\n",
+    );
+    c.cmd(&["ECHO", "x"], "$1\r\nx\r\n");
+    let count = c.read_reply_of(&["COMMAND", "COUNT"]);
+    assert!(count.starts_with(b":"));
+    let cmd = String::from_utf8(c.read_reply_of(&["COMMAND", "INFO", "get"])).unwrap();
+    assert_eq!(
+        cmd,
+        "*1\r\n*10\r\n$3\r\nget\r\n:2\r\n*2\r\n+readonly\r\n+fast\r\n:1\r\n:1\r\n:1\r\n*0\r\n*0\r\n*0\r\n*0\r\n"
+    );
+    c.cmd(&["COMMAND", "DOCS"], "*0\r\n");
+    let t = c.read_reply_of(&["TIME"]);
+    assert!(t.starts_with(b"*2\r\n$"));
+    c.cmd(&["RESET"], "+RESET\r\n");
+    c.cmd(&["CLIENT", "GETNAME"], "$-1\r\n");
+    c.cmd(&["QUIT"], "+OK\r\n");
+    c.expect_closed();
+}
+
+#[test]
+fn bad_input_closes_only_that_connection() {
+    let srv = TestServer::start(&[("frame_timeout_ms", "500"), ("object_bytes_max", "1024")]);
+    let mut good = Conn::open(&srv);
+    good.cmd(&["SET", "keep", "safe"], "+OK\r\n");
+    let cases: &[(&[u8], &str)] = &[
+        (
+            b"*x\r\n",
+            "-ERR Protocol error: invalid multibulk length\r\n",
+        ),
+        (
+            b"*1\r\n:5\r\n",
+            "-ERR Protocol error: expected '$', got ':'\r\n",
+        ),
+        // A claimed length over object_bytes_max is refused before any byte of it arrives.
+        (
+            b"*2\r\n$3\r\nSET\r\n$999999999\r\n",
+            "-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (
+            b"*1\r\n$3\r\nGETxx",
+            "-ERR Protocol error: expected CRLF after a bulk string\r\n",
+        ),
+        (
+            b"SET \"unbalanced\r\n",
+            "-ERR Protocol error: unbalanced quotes in request\r\n",
+        ),
+    ];
+    for (bytes, want) in cases {
+        let mut bad = Conn::open(&srv);
+        bad.check(bytes, want.as_bytes());
+        bad.expect_closed();
+    }
+    // A huge inline line without a newline.
+    let mut bad = Conn::open(&srv);
+    bad.send(&vec![b'a'; 70 * 1024]);
+    bad.check(b"", b"-ERR Protocol error: too big inline request\r\n");
+    bad.expect_closed();
+    // Truncated and then silent: closed after frame_timeout_ms.
+    let mut slow = Conn::open(&srv);
+    slow.send(b"*2\r\n$3\r\nGET\r\n$4\r\nke");
+    slow.expect_closed();
+    // A native client on the same port, and the good connection, are unaffected.
+    good.cmd(&["GET", "keep"], "$4\r\nsafe\r\n");
+    let native = srv.blocking_client();
+    assert_eq!(
+        native
+            .namespace("redis-0")
+            .unwrap()
+            .read("keep")
+            .unwrap()
+            .value,
+        b"safe"
+    );
+}
+
+#[test]
+fn resp_port_serves_resp_only() {
+    let port = common::free_port();
+    let srv = TestServer::start(&[("resp_port", &port.to_string())]);
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect resp_port");
+    s.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    let mut c = Conn { s };
+    // Even "GS" first is RESP here (an inline command).
+    c.check(
+        b"GS\r\n",
+        b"-ERR unknown command 'GS', with args beginning with: \r\n",
+    );
+    c.cmd(&["SET", "k", "v"], "+OK\r\n");
+    let mut d = Conn::open(&srv);
+    d.cmd(&["GET", "k"], "$1\r\nv\r\n");
+}
