@@ -109,11 +109,24 @@ fn command(client: &Client, test: &str, host: &str, port: u16) -> Option<Command
     Some(cmd)
 }
 
+/// Checks of redis_py_plain.py left out against one stategrid host (its `SKIP`): what
+/// docs/redis.md's compatibility table says is not done yet (RENAME, WATCH, SCAN TYPE).
+/// `redis_py_plain_passes_whole_against_stategrid` (ignored until then) runs them.
+const SKIP_ONE_HOST: &str = "rename,watch,scan-type";
+/// The same on a store of several hosts, plus what a host refuses there for keys whose primary
+/// is another host: the keyspace listing (SCAN and KEYS list the host asked, as a Redis Cluster
+/// node does) and MULTI/EXEC (refused rather than run non-atomically; also django-redis's
+/// `set_many`). The cluster client's SCAN and transactions, which go to the keys' primary, are
+/// checked in `cluster_client_routes_over_a_3_host_store`.
+const SKIP_STORE: &str = "rename,watch,scan-type,keyspace,transactions";
+
 /// Runs every client, one after the other, each against the address `target(i)` picks for the
-/// i-th; panics naming every failed client with its output and `diagnostics()`.
+/// i-th, with `skip` as the programs' `SKIP`; panics naming every failed client with its output
+/// and `diagnostics()`.
 fn run_all(
     test: &str,
     clients: &[Client],
+    skip: &str,
     target: impl Fn(usize) -> (String, u16),
     diagnostics: impl Fn() -> String,
 ) {
@@ -121,9 +134,10 @@ fn run_all(
     let mut ran = 0;
     for (i, client) in clients.iter().enumerate() {
         let (host, port) = target(i);
-        let Some(cmd) = command(client, test, &host, port) else {
+        let Some(mut cmd) = command(client, test, &host, port) else {
             continue;
         };
+        cmd.env("SKIP", skip);
         let started = Instant::now();
         let r = run(cmd);
         ran += 1;
@@ -171,6 +185,7 @@ fn plain_clients_pass_against_redis_server() {
     run_all(
         test,
         PLAIN_CLIENTS,
+        "",
         |_| ("127.0.0.1".into(), redis.port),
         || redis.log(),
     );
@@ -254,26 +269,34 @@ fn plain_clients_pass_against_one_host() {
     run_all(
         "plain_clients_pass_against_one_host",
         PLAIN_CLIENTS,
+        SKIP_ONE_HOST,
         |_| ("127.0.0.1".into(), server.addr.port()),
         || server.output(),
     );
 }
 
 #[test]
-fn clients_pass_against_a_3_host_store() {
-    let test = "clients_pass_against_a_3_host_store";
+fn plain_clients_pass_against_a_3_host_store() {
+    let test = "plain_clients_pass_against_a_3_host_store";
     let store = Store::start(3, 61);
     // Plain clients: each connects to one host, in turn, and every key works through it.
     run_all(
         test,
         PLAIN_CLIENTS,
+        SKIP_STORE,
         |i| (store.hosts[i % 3].ip.clone(), store.svr_port),
         || store.outputs(),
     );
+}
+
+#[test]
+fn cluster_client_routes_over_a_3_host_store() {
+    let test = "cluster_client_routes_over_a_3_host_store";
     // The cluster client routes by itself; and every host serves every key to a plain client.
     let Some((py, cluster)) = python_program(test, "redis_py_cluster.py") else {
         return;
     };
+    let store = Store::start(3, 70);
     let ip = store.hosts[0].ip.clone();
     let mut cmd = Command::new(py);
     cmd.arg(cluster)
@@ -286,6 +309,33 @@ fn clients_pass_against_a_3_host_store() {
         "{}\n\n{}",
         failure("redis-py RedisCluster", &ip, store.svr_port, &r),
         store.outputs()
+    );
+}
+
+/// redis_py_plain.py with nothing left out, against one host and a 3-host store: fails until
+/// stategrid has RENAME, WATCH, SCAN TYPE, and, through a host that is not the keys' primary,
+/// a store-wide SCAN/KEYS and MULTI/EXEC.
+#[test]
+#[ignore = "stategrid lacks RENAME, WATCH, SCAN TYPE, and relayed SCAN/KEYS/MULTI on a store (docs/redis.md)"]
+fn redis_py_plain_passes_whole_against_stategrid() {
+    let test = "redis_py_plain_passes_whole_against_stategrid";
+    let redis_py = &PLAIN_CLIENTS[..2];
+    assert!(redis_py.iter().all(|c| c.program == "redis_py_plain.py"));
+    let server = TestServer::start(&[]);
+    run_all(
+        test,
+        redis_py,
+        "",
+        |_| ("127.0.0.1".into(), server.addr.port()),
+        || server.output(),
+    );
+    let store = Store::start(3, 67);
+    run_all(
+        test,
+        redis_py,
+        "",
+        |i| (store.hosts[i % 3].ip.clone(), store.svr_port),
+        || store.outputs(),
     );
 }
 

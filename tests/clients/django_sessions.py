@@ -9,6 +9,7 @@ create, read from a second SessionStore, modify, flush, expiry, and the cache AP
 sit on (add/get_many/set_many/incr/touch/ttl).
 """
 
+import os
 import time
 
 import django
@@ -92,7 +93,14 @@ eq("get pickled", cache.get("a"), {"v": 1})
 # atomic on a store of several hosts, as it must on Redis Cluster (stategrid refuses a
 # transaction over keys of different partitions rather than run it non-atomically).
 m1, m2 = "{m}1", "{m}2"
-cache.set_many({m1: "x", m2: 7}, timeout=100)
+if "transactions" in os.environ.get("SKIP", "").split(","):
+    # Through a host that is not the keys' primary a store of several hosts refuses the
+    # transaction (docs/redis.md); set one by one there.
+    print("SKIPPED checks: transactions (set_many) (see docs/redis.md)")
+    cache.set(m1, "x", timeout=100)
+    cache.set(m2, 7, timeout=100)
+else:
+    cache.set_many({m1: "x", m2: 7}, timeout=100)
 eq("get_many", cache.get_many([m1, m2, "nothing"]), {m1: "x", m2: 7})
 eq("incr", cache.incr(m2, 3), 10)
 eq("ttl", 95 <= cache.ttl(m1) <= 100, True)
@@ -102,7 +110,11 @@ eq("persist", cache.persist(m1), True)
 eq("ttl after persist", cache.ttl(m1), None)
 eq("delete", cache.delete("a"), True)
 eq("get deleted", cache.get("a", "default"), "default")
-eq("keys by pattern", sorted(cache.keys("{m}*")), [m1, m2])
+if "keyspace" in os.environ.get("SKIP", "").split(","):
+    # cache.keys is a SCAN: through one host of a store of several it lists that host's keys.
+    print("SKIPPED checks: keyspace (cache.keys) (see docs/redis.md)")
+else:
+    eq("keys by pattern", sorted(cache.keys("{m}*")), [m1, m2])
 cache.delete_many([m1, m2])
 eq("delete_many", cache.get_many([m1, m2]), {})
 

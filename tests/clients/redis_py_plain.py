@@ -3,6 +3,14 @@ with and without MULTI/EXEC, WATCH, and the errors Redis answers.
 
 usage: redis_py_plain.py HOST PORT [PROTOCOL]   (PROTOCOL 2 or 3; redis-py 8 defaults to 3)
 
+SKIP (environment, comma-separated) leaves out checks of what stategrid documents as not done
+yet, so the rest still runs against it: `rename` (RENAME), `watch` (WATCH), `scan-type`
+(SCAN .. TYPE), `keyspace` (SCAN/KEYS listing every key: on a store of several hosts they list
+the host asked, as a Redis Cluster node does; the cluster client's SCAN covers the store),
+`transactions` (MULTI/EXEC through a host that is not the keys' primary: refused by a store of
+several hosts; the cluster client's transactions cover the store).
+Every skip is printed; tests/resp_clients.rs runs the full program too.
+
 Keys live under a per-run prefix so the program can run twice against one server; every value
 asserted is the one a real redis-server gives (tests/resp_clients.rs runs this against both).
 """
@@ -22,6 +30,9 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 host, port = target()
 protocol = int(sys.argv[3]) if len(sys.argv) > 3 else 3
 p = f"py{os.getpid()}:"  # per-run key prefix
+skip = {s for s in os.environ.get("SKIP", "").split(",") if s}
+for s in sorted(skip):
+    print(f"SKIPPED checks: {s} (see docs/redis.md)")
 
 r = redis.Redis(host=host, port=port, protocol=protocol, socket_timeout=10)
 eq("ping", r.ping(), True)
@@ -106,10 +117,11 @@ eq("type none", r.type(p + "nothing"), b"none")
 r.hset(p + "h0", "f", "v")
 eq("type hash", r.type(p + "h0"), b"hash")
 
-eq("rename", r.rename(k, p + "k2"), True)
-eq("old name gone", r.exists(k), 0)
-eq("new name", r.get(p + "k2"), b"v")
-raises("rename missing", redis.ResponseError, r.rename, p + "nothing", p + "x", contains="no such key")
+if "rename" not in skip:
+    eq("rename", r.rename(k, p + "k2"), True)
+    eq("old name gone", r.exists(k), 0)
+    eq("new name", r.get(p + "k2"), b"v")
+    raises("rename missing", redis.ResponseError, r.rename, p + "nothing", p + "x", contains="no such key")
 
 # An expiry actually removes the key.
 r.set(p + "short", "x", px=300)
@@ -120,11 +132,14 @@ eq("expired key not counted", r.exists(p + "short"), 0)
 scan_keys = {f"{p}scan:{i}".encode() for i in range(25)}
 for key in scan_keys:
     r.set(key, "1")
-seen = set(r.scan_iter(match=p + "scan:*", count=7))
-eq("scan match/count sees every key", seen, scan_keys)
-# TYPE filters (Redis 6+): hashes are not strings.
-eq("scan type", set(r.scan_iter(match=p + "*", _type="hash")), {(p + "h0").encode()})
-eq("keys pattern", set(r.keys(p + "scan:1*")), {k for k in scan_keys if k.startswith((p + "scan:1").encode())})
+if "keyspace" not in skip:
+    seen = set(r.scan_iter(match=p + "scan:*", count=7))
+    eq("scan match/count sees every key", seen, scan_keys)
+    want = {k for k in scan_keys if k.startswith((p + "scan:1").encode())}
+    eq("keys pattern", set(r.keys(p + "scan:1*")), want)
+if "scan-type" not in skip:
+    # TYPE filters (Redis 6+): hashes are not strings.
+    eq("scan type", set(r.scan_iter(match=p + "*", _type="hash")), {(p + "h0").encode()})
 eq("exists counts", r.exists(p + "scan:1", p + "scan:2", p + "nothing", p + "scan:1"), 3)
 eq("del", r.delete(p + "scan:1", p + "scan:2", p + "nothing"), 2)
 eq("unlink", r.unlink(p + "scan:3", p + "nothing"), 1)
@@ -173,48 +188,51 @@ pipe.set(p + "p1", "a").get(p + "p1").incr(p + "p2").incr(p + "p2").hset(p + "p3
 eq("pipeline without transaction", pipe.execute(), [True, b"a", 1, 2, 1, b"v"])
 
 tag = "{" + p + "tx}"
-pipe = r.pipeline(transaction=True)
-pipe.set(tag + "a", "1").incr(tag + "n").incr(tag + "n").hset(tag + "h", "f", "v").get(tag + "a")
-eq("pipeline with transaction (MULTI/EXEC)", pipe.execute(), [True, 1, 2, 1, b"1"])
-eq("transaction applied", (r.get(tag + "n"), r.hget(tag + "h", "f")), (b"2", b"v"))
+if "transactions" not in skip:
+    pipe = r.pipeline(transaction=True)
+    pipe.set(tag + "a", "1").incr(tag + "n").incr(tag + "n").hset(tag + "h", "f", "v").get(tag + "a")
+    eq("pipeline with transaction (MULTI/EXEC)", pipe.execute(), [True, 1, 2, 1, b"1"])
+    eq("transaction applied", (r.get(tag + "n"), r.hget(tag + "h", "f")), (b"2", b"v"))
 
-# An error inside EXEC is reported for that command only; the others apply (Redis semantics).
-pipe = r.pipeline(transaction=True)
-pipe.set(tag + "b", "x").hget(tag + "b", "f").set(tag + "c", "y")
-try:
-    pipe.execute()
-    fail("exec with wrongtype inside", "no error raised")
-except redis.ResponseError as e:
-    true("exec reports wrongtype", "WRONGTYPE" in str(e), str(e))
-eq("other commands of the transaction applied", (r.get(tag + "b"), r.get(tag + "c")), (b"x", b"y"))
+    # An error inside EXEC is reported for that command only; the others apply (Redis semantics).
+    pipe = r.pipeline(transaction=True)
+    pipe.set(tag + "b", "x").hget(tag + "b", "f").set(tag + "c", "y")
+    try:
+        pipe.execute()
+        fail("exec with wrongtype inside", "no error raised")
+    except redis.ResponseError as e:
+        true("exec reports wrongtype", "WRONGTYPE" in str(e), str(e))
+    eq("other commands of the transaction applied", (r.get(tag + "b"), r.get(tag + "c")), (b"x", b"y"))
 
-# WATCH: a write by another connection between WATCH and EXEC aborts the transaction.
-other = redis.Redis(host=host, port=port, protocol=protocol, socket_timeout=10)
-r.set(tag + "w", "0")
-with r.pipeline(transaction=True) as pipe:
-    pipe.watch(tag + "w")
-    eq("watched read", pipe.get(tag + "w"), b"0")
-    other.set(tag + "w", "changed")
-    pipe.multi()
-    pipe.set(tag + "w", "mine")
-    raises("watch conflict aborts exec", redis.WatchError, pipe.execute)
-eq("conflicting write kept", r.get(tag + "w"), b"changed")
+if "watch" not in skip:
+    # WATCH: a write by another connection between WATCH and EXEC aborts the transaction.
+    other = redis.Redis(host=host, port=port, protocol=protocol, socket_timeout=10)
+    r.set(tag + "w", "0")
+    with r.pipeline(transaction=True) as pipe:
+        pipe.watch(tag + "w")
+        eq("watched read", pipe.get(tag + "w"), b"0")
+        other.set(tag + "w", "changed")
+        pipe.multi()
+        pipe.set(tag + "w", "mine")
+        raises("watch conflict aborts exec", redis.WatchError, pipe.execute)
+    eq("conflicting write kept", r.get(tag + "w"), b"changed")
 
-# Without a conflict the watched transaction applies.
-with r.pipeline(transaction=True) as pipe:
-    pipe.watch(tag + "w")
-    pipe.multi()
-    pipe.set(tag + "w", "mine")
-    eq("watch without conflict", pipe.execute(), [True])
-eq("watched write applied", r.get(tag + "w"), b"mine")
+    # Without a conflict the watched transaction applies.
+    with r.pipeline(transaction=True) as pipe:
+        pipe.watch(tag + "w")
+        pipe.multi()
+        pipe.set(tag + "w", "mine")
+        eq("watch without conflict", pipe.execute(), [True])
+    eq("watched write applied", r.get(tag + "w"), b"mine")
 
-# DISCARD drops the queued commands.
-with r.pipeline(transaction=True) as pipe:
-    pipe.watch(tag + "d")
-    pipe.multi()
-    pipe.set(tag + "d", "x")
-    pipe.reset()  # sends UNWATCH/DISCARD as needed
+# DISCARD drops the queued commands (by hand: redis-py's pipeline only queues client-side).
+d = redis.Redis(host=host, port=port, protocol=protocol, socket_timeout=10, single_connection_client=True)
+# execute_command("X") applies redis-py's reply callback for X; INCR has none, so QUEUED shows.
+eq("multi", d.execute_command("MULTI"), b"OK")
+eq("queued", d.execute_command("INCR", tag + "d"), b"QUEUED")
+eq("discard", d.execute_command("DISCARD"), b"OK")
 eq("discarded command not applied", r.get(tag + "d"), None)
+d.close()
 
 # --- errors ---------------------------------------------------------------------------------
 raises("unknown command", redis.ResponseError, r.execute_command, "NOSUCHCOMMAND", "x", contains="unknown command")
