@@ -27,9 +27,12 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_stategrid"))
 }
 
+pub mod hosts;
 #[path = "../support/ports.rs"]
 mod ports;
+pub mod programs;
 pub mod raw;
+pub mod redis;
 pub mod store;
 pub use ports::free_port;
 
