@@ -28,13 +28,27 @@ pub fn readonly(s: &mut Session, _a: &Args<'_>, h: &mut dyn Host) {
     h.reply(b"+OK\r\n");
 }
 
+/// The replicas of a range that a Redis Cluster client may be shown: only hosts that are
+/// primary of no range. A stategrid host is primary of some partitions and replica of others;
+/// a Redis node is one or the other, and clients keep the first role they see for a node
+/// (redis-py 8: a host first listed as a replica is then missing from `get_primaries()`, so
+/// SCAN/DBSIZE over "all primaries" skip it). Replicas that are also primaries are left out.
+fn shown_replicas(t: &Topology, replicas: &[usize]) -> Vec<usize> {
+    replicas
+        .iter()
+        .copied()
+        .filter(|&n| !t.ranges.iter().any(|r| r.primary == n))
+        .collect()
+}
+
 fn slots(o: &mut Vec<u8>, t: &Topology) {
     reply::array(o, t.ranges.len());
     for r in &t.ranges {
-        reply::array(o, 3 + r.replicas.len());
+        let replicas = shown_replicas(t, &r.replicas);
+        reply::array(o, 3 + replicas.len());
         reply::int(o, r.start as i64);
         reply::int(o, r.end as i64);
-        for &n in std::iter::once(&r.primary).chain(&r.replicas) {
+        for &n in std::iter::once(&r.primary).chain(&replicas) {
             let node = &t.nodes[n];
             reply::array(o, 3);
             reply::bulk(o, node.ip.as_bytes());
@@ -98,7 +112,10 @@ fn shards(o: &mut Vec<u8>, t: &Topology, resp3: bool) {
     reply::array(o, primaries.len());
     for p in primaries {
         let ranges: Vec<_> = t.ranges.iter().filter(|r| r.primary == p).collect();
-        let mut replicas: Vec<usize> = ranges.iter().flat_map(|r| r.replicas.clone()).collect();
+        let mut replicas: Vec<usize> = ranges
+            .iter()
+            .flat_map(|r| shown_replicas(t, &r.replicas))
+            .collect();
         replicas.sort_unstable();
         replicas.dedup();
         reply::map(o, 2, resp3);
