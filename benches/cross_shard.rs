@@ -48,6 +48,7 @@ fn hops(iters: u64, value_bytes: usize) -> Duration {
                 connections: 0,
                 ring_waits: 0,
                 serve_allocations: 0,
+                primary_partitions: None,
             }));
             while let Some(frame_buf) = rx.recv().await {
                 let p = frame::parse(frame_buf.as_slice(), usize::MAX)

@@ -171,6 +171,11 @@ pub struct Core {
     pub ring_waits: u64,
     /// Allocations made while handling ring completions (kept by the shard).
     pub serve_allocations: u64,
+    /// In a store of several hosts, the partitions this host is primary of in the installed
+    /// map (kept by the shard's cluster pass): key listings show only these, so listing every
+    /// host (Redis Cluster clients scan each primary) shows each key once, never a replica copy
+    /// as well. `None`: a single host lists everything it has.
+    pub primary_partitions: Option<Box<[bool]>>,
 }
 
 fn store_err(e: StoreError) -> Response {
@@ -463,9 +468,15 @@ impl Core {
         }
         // Bound the work of one page: a namespace with few keys among many costs a scan.
         let scan_slots_max = (limit as usize * LIST_SCAN_SLOTS_PER_KEY).max(LIST_SCAN_SLOTS_MIN);
-        let (keys, next) =
-            self.store
-                .list_keys(ns, cursor as u32, limit as usize, scan_slots_max, now_ms);
+        let primary = self.primary_partitions.as_deref();
+        let (keys, next) = self.store.list_keys_in(
+            ns,
+            cursor as u32,
+            limit as usize,
+            scan_slots_max,
+            now_ms,
+            |p| primary.is_none_or(|set| set[p as usize]),
+        );
         let next_cursor = match next {
             Some(slot) => ((self.shard as u64) << 32) | slot as u64,
             None if self.shard + 1 < self.shards => (self.shard as u64 + 1) << 32,

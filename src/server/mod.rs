@@ -244,6 +244,7 @@ fn run(
                     connections: 0,
                     ring_waits: 0,
                     serve_allocations: 0,
+                    primary_partitions: None,
                 };
                 let shard = Rc::new(RefCell::new(shard::Shard::new(
                     core,

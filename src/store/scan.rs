@@ -73,6 +73,21 @@ impl Store {
         scan_slots_max: usize,
         now_ms: u64,
     ) -> (Vec<Vec<u8>>, Option<u32>) {
+        self.list_keys_in(ns, from_slot, limit, scan_slots_max, now_ms, |_| true)
+    }
+
+    /// [`Store::list_keys`] restricted to the keys whose partition `keep` accepts (in a store of
+    /// several hosts, the partitions this host is primary of: its replica copies are listed by
+    /// their primaries, so a store-wide listing has no duplicates).
+    pub fn list_keys_in(
+        &mut self,
+        ns: NsId,
+        from_slot: u32,
+        limit: usize,
+        scan_slots_max: usize,
+        now_ms: u64,
+        keep: impl Fn(u32) -> bool,
+    ) -> (Vec<Vec<u8>>, Option<u32>) {
         let mut keys = Vec::new();
         let mut slot = from_slot;
         let mut scanned = 0;
@@ -80,7 +95,7 @@ impl Store {
             if let Some(e) = self.slab.get(slot as usize) {
                 if e.is_expired(now_ms) {
                     self.expire_slot(slot);
-                } else if e.ns == ns {
+                } else if e.ns == ns && keep(stategrid_proto::partition_of(e.hash)) {
                     keys.push(e.key.to_vec());
                 }
             }

@@ -449,6 +449,11 @@ impl Shard {
         if view.hosts.len() > 1 {
             self.hosts.multi_host = true;
         }
+        self.core.primary_partitions = self.hosts.multi_host.then(|| {
+            (0..PARTITIONS as usize)
+                .map(|p| view.owners[p].primary() == Some(view.me))
+                .collect()
+        });
         if newer {
             tracing::debug!(shard = me, epoch = view.epoch, "map installed");
             // Writes waiting for a host the map no longer gives a copy: that copy is gone
