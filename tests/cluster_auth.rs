@@ -427,7 +427,7 @@ fn a_proven_host_cannot_speak_for_another_nor_bypass_fencing() {
         from,
         partition,
         key: k.clone(),
-        state: Some(state.clone()),
+        state: Some(state),
     };
     // Speaking for the other host: Forbidden.
     raw.send(2, &replicate(other.id), b"forged");
