@@ -185,7 +185,7 @@ fn without_the_key_forged_host_messages_change_nothing_and_a_wrong_key_cannot_jo
         svr: free_port(),
         int: free_port(),
     };
-    let ips: Vec<String> = [41, 42, 43, 44]
+    let ips: Vec<String> = [41, 42, 43, 44, 45]
         .iter()
         .map(|i| format!("127.0.0.{i}"))
         .collect();
@@ -314,12 +314,16 @@ fn without_the_key_forged_host_messages_change_nothing_and_a_wrong_key_cannot_jo
         "the outsider's log says why it is not let in:\n{}",
         hosts[3].log()
     );
+    drop(outsider);
     hosts[3].stop();
 
-    // 5. The same host with the right key joins as before and serves the data.
-    hosts[3] = start_host(&ips[3], &peers_of(&ips[3]), p, &key);
-    wait_settled(&c, &svrs, 1, String::new);
-    let through_new = client(&svrs[3], 10_000);
+    // 5. A host with the right key joins as before and serves the data. (On another address:
+    //    the killed outsider's client connections may hold its port in TIME_WAIT.)
+    let peers: Vec<String> = ips[..3].to_vec();
+    hosts.push(start_host(&ips[4], &peers, p, &key));
+    let members = [&svrs[..3], &svrs[4..]].concat();
+    wait_settled(&c, &members, 1, String::new);
+    let through_new = client(&svrs[4], 10_000);
     let r = through_new.namespace("planted").unwrap().read("k").unwrap();
     assert_eq!(r.value, b"precious");
 }
@@ -349,4 +353,108 @@ fn a_host_reachable_from_other_machines_needs_a_cluster_key() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/dev/urandom"), "{err}");
+}
+
+/// With the key, a connection is bound to the host it proved to be: a frame naming another
+/// sender is refused, and a primary refuses a `Replicate` whatever newer epoch it claims.
+#[test]
+fn a_proven_host_cannot_speak_for_another_nor_bypass_fencing() {
+    let keys_dir = tempfile::tempdir().unwrap();
+    let key_text = "dGhlLWtleS1vZi10aGUtc2Vjb25kLXN0b3JlLTAx\n";
+    let key = write_key(keys_dir.path(), "cluster.key", key_text);
+    let p = Ports {
+        mgt: free_port(),
+        svr: free_port(),
+        int: free_port(),
+    };
+    let ips: Vec<String> = [51, 52].iter().map(|i| format!("127.0.0.{i}")).collect();
+    let peers_of =
+        |me: &String| -> Vec<String> { ips.iter().filter(|o| *o != me).cloned().collect() };
+    let _hosts: Vec<Host> = ips
+        .iter()
+        .map(|me| start_host(me, &peers_of(me), p, &key))
+        .collect();
+    let svrs: Vec<String> = ips.iter().map(|i| format!("{i}:{}", p.svr)).collect();
+    let c = client(&svrs[0], 10_000);
+    let m = wait_settled(&c, &svrs, 1, String::new);
+    let ns = c.namespace("fenced").unwrap();
+    ns.put("k", b"original", stategrid_client::WriteOptions::new())
+        .unwrap();
+    let version = ns.read("k").unwrap().meta.version;
+    let k = Key {
+        ns: namespace_id("fenced"),
+        key: b"k".to_vec(),
+    };
+    let partition = partition_of(key_hash(k.ns, &k.key));
+    let primary = &m.hosts[m.primaries[partition as usize] as usize];
+    let other = m.hosts.iter().find(|h| h.id != primary.id).unwrap();
+    let primary_ip = primary.svr_addr.split(':').next().unwrap().to_string();
+
+    // Prove the key as host 0x1234 (this process holds the key, as a host would).
+    let ck = stategrid::auth::peer::ClusterKey::new(key_text.as_bytes()).unwrap();
+    let me = 0x1234u64;
+    let mut raw = Raw::connect_to(addr(&primary_ip, p.int));
+    let (init, hello) = stategrid::auth::peer::Initiator::start(&ck, me, None);
+    raw.s.write_all(&hello).unwrap();
+    let mut challenge = [0u8; stategrid::auth::peer::CHALLENGE_BYTES];
+    raw.s.read_exact(&mut challenge).unwrap();
+    let (proof, id) = init.on_challenge(&challenge).unwrap().unwrap();
+    assert_eq!(
+        id, primary.id,
+        "the responder proves it is the host we reached"
+    );
+    raw.s.write_all(&proof).unwrap();
+    raw.send(
+        1,
+        &Request::Hello {
+            version: PROTOCOL_VERSION,
+            client: "proven".into(),
+        },
+        b"",
+    );
+    let (_, resp) = raw.recv();
+    assert!(
+        matches!(resp, stategrid_proto::Response::HelloOk { .. }),
+        "{resp:?}"
+    );
+    let state = ObjectState {
+        version: 1_000,
+        created_ms: 1,
+        updated_ms: 2,
+        expires_at_ms: 0,
+        lock_token: 0,
+        lock_expires_at_ms: 0,
+        timeout: Default::default(),
+        evictable: true,
+    };
+    let replicate = |from: u64| Request::Replicate {
+        epoch: m.epoch + 100,
+        from,
+        partition,
+        key: k.clone(),
+        state: Some(state),
+    };
+    // Speaking for the other host: Forbidden.
+    raw.send(2, &replicate(other.id), b"forged");
+    let (id, resp) = raw.recv();
+    assert_eq!(id, 2);
+    match resp {
+        stategrid_proto::Response::Error(e) => {
+            assert_eq!(e.code, stategrid_proto::ErrorCode::Forbidden, "{e:?}")
+        }
+        other => panic!("expected Forbidden, got {other:?}"),
+    }
+    // As itself, with a newer epoch, to the partition's primary: fenced (StaleEpoch).
+    raw.send(3, &replicate(me), b"forged");
+    let (id, resp) = raw.recv();
+    assert_eq!(id, 3);
+    match resp {
+        stategrid_proto::Response::Error(e) => {
+            assert_eq!(e.code, stategrid_proto::ErrorCode::StaleEpoch, "{e:?}")
+        }
+        other => panic!("expected StaleEpoch, got {other:?}"),
+    }
+    let r = ns.read("k").unwrap();
+    assert_eq!(r.value, b"original");
+    assert_eq!(r.meta.version, version);
 }

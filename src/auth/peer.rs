@@ -17,8 +17,9 @@
 //!
 //! Each side checks the other's tag (constant-time) before it decodes a single frame. The
 //! responder then binds the initiator's id to the connection: a later frame's sender is that
-//! id, never a sender id written in the frame. The initiator checks that the responder is the
-//! host it meant to dial (when it knows the id).
+//! id, never a sender id written in the frame. The initiator can also check that the responder
+//! is the host it meant to dial; the store does not ask for that (a host restarted on the same
+//! address has a new id and still belongs to the store).
 //!
 //! **UDP (SWIM, discovery)**: each datagram is `body | sent_ms (u64 BE) | tag (16 bytes)`, the
 //! tag `HMAC(k, "datagram" | body | sent_ms)` truncated to 128 bits; a datagram whose tag does

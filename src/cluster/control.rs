@@ -950,8 +950,10 @@ impl Ctl {
                     link.held.clear();
                     link.inbuf.clear();
                     link.init = None;
+                    // Any host of the store may answer (a restarted host has a new id on
+                    // the old address), as without a key.
                     if let Some(key) = &self.cfg.peer_key {
-                        let (init, hello) = Initiator::start(key, self.me.0, Some(to.0));
+                        let (init, hello) = Initiator::start(key, self.me.0, None);
                         link.out.extend_from_slice(&hello);
                         link.init = Some(init);
                     }

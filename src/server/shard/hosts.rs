@@ -1176,7 +1176,10 @@ impl Shard {
         conn.connecting = true;
         conn.hello_done = true;
         if let Some(peer_key) = peer_key {
-            let (init, hello) = peer::Initiator::start(&peer_key, me, Some(host.0));
+            // Any host holding the key may answer: a host restarted on the same address has a
+            // new id, and frames for the old one are handled (or refused) as without a key.
+            // What is proven is that the peer belongs to the store.
+            let (init, hello) = peer::Initiator::start(&peer_key, me, None);
             conn.auth = LinkAuth::Initiator(Box::new(init), Some(hello));
         }
         let sa = Box::new(socket2::SockAddr::from(addr));
