@@ -141,7 +141,7 @@ fn parse_slots(reply: &str) -> Vec<(u16, u16, String)> {
         let ip = lines[i + 5];
         let port = &lines[i + 6][1..];
         out.push((start, end, format!("{ip}:{port}")));
-        i += 3 + (items - 2) * 7;
+        i += 3 + (items - 2) * 6;
     }
     out
 }
