@@ -216,6 +216,20 @@ impl commands::Host for Glue<'_> {
     fn own_shard(&self) -> usize {
         self.shard.core.shard
     }
+
+    fn stamp_here(&self, ns: u32, key: &[u8]) -> Result<Option<(u64, u64)>, ()> {
+        if self.shard_of(ns, key) != self.own_shard() || !matches!(self.owner(ns, key), Owner::Here)
+        {
+            return Err(());
+        }
+        let k = crate::store::KeyRef::new(ns, key);
+        Ok(self
+            .shard
+            .core
+            .store
+            .export(k, self.shard.now_ms)
+            .map(|(st, _)| (st.version, st.created_ms)))
+    }
 }
 
 impl Shard {
