@@ -77,6 +77,20 @@ pub enum Owner {
     Nobody,
 }
 
+/// An object's (version, created_ms) for WATCH; None when absent.
+pub type Stamp = Option<(u64, u64)>;
+
+/// The key is not served by the connection's shard of this host (no transaction there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffShard;
+
+/// A WATCHed key and its stamp when watched.
+struct Watched {
+    ns: u32,
+    key: Vec<u8>,
+    stamp: Stamp,
+}
+
 /// What a command needs from the shard. Implemented by the shard's RESP connection glue.
 pub trait Host {
     /// A literal reply, in order after the answers of earlier requests.
@@ -104,7 +118,7 @@ pub trait Host {
     fn own_shard(&self) -> usize;
     /// The object's (version, created_ms) read on this shard now, for WATCH; `Err` when the
     /// key is not served by this connection's shard of this host. None: absent.
-    fn stamp_here(&self, ns: u32, key: &[u8]) -> Result<Option<(u64, u64)>, ()>;
+    fn stamp_here(&self, ns: u32, key: &[u8]) -> Result<Stamp, OffShard>;
 }
 
 /// A command queued by MULTI: its own copy of the arguments.
@@ -127,7 +141,7 @@ pub struct Session {
     pub created_ms: u64,
     multi: Option<Vec<Queued>>,
     /// WATCHed keys and their (version, created_ms) when watched.
-    watched: Vec<(u32, Vec<u8>, Option<(u64, u64)>)>,
+    watched: Vec<Watched>,
     /// A command queued in MULTI was refused: EXEC answers EXECABORT.
     multi_error: bool,
     /// Reused buffer for literal replies.
@@ -1183,8 +1197,12 @@ fn watch(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
     let mut stamps = Vec::with_capacity(a.len() - 1);
     for i in 1..a.len() {
         match h.stamp_here(ns, a.get(i)) {
-            Ok(st) => stamps.push((ns, a.get(i).to_vec(), st)),
-            Err(()) => return s.err(h, OFF_SHARD),
+            Ok(stamp) => stamps.push(Watched {
+                ns,
+                key: a.get(i).to_vec(),
+                stamp,
+            }),
+            Err(OffShard) => return s.err(h, OFF_SHARD),
         }
     }
     s.watched.extend(stamps);
@@ -1259,7 +1277,7 @@ fn exec(s: &mut Session, _a: &Args<'_>, h: &mut dyn Host) {
     let watched = std::mem::take(&mut s.watched);
     let changed = watched
         .iter()
-        .any(|(ns, k, st)| h.stamp_here(*ns, k).map_or(true, |now| now != *st));
+        .any(|w| h.stamp_here(w.ns, &w.key) != Ok(w.stamp));
     if changed {
         let resp3 = s.resp3;
         return s.lit(h, |o| reply::null_array(o, resp3));

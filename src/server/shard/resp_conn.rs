@@ -217,10 +217,10 @@ impl commands::Host for Glue<'_> {
         self.shard.core.shard
     }
 
-    fn stamp_here(&self, ns: u32, key: &[u8]) -> Result<Option<(u64, u64)>, ()> {
+    fn stamp_here(&self, ns: u32, key: &[u8]) -> Result<commands::Stamp, commands::OffShard> {
         if self.shard_of(ns, key) != self.own_shard() || !matches!(self.owner(ns, key), Owner::Here)
         {
-            return Err(());
+            return Err(commands::OffShard);
         }
         let k = crate::store::KeyRef::new(ns, key);
         Ok(self
