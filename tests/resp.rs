@@ -506,6 +506,31 @@ fn transactions_and_cluster_commands_on_one_host() {
     c.cmd(&["SET", "t", "9"], "+QUEUED\r\n");
     c.cmd(&["DISCARD"], "+OK\r\n");
     c.cmd(&["GET", "t"], "$1\r\n2\r\n");
+    // WATCH: a change by another client between WATCH and EXEC aborts (null reply).
+    let mut other = Conn::open(&srv);
+    c.cmd(&["WATCH", "w"], "+OK\r\n");
+    other.cmd(&["SET", "w", "theirs"], "+OK\r\n");
+    c.cmd(&["MULTI"], "+OK\r\n");
+    c.cmd(&["SET", "w", "mine"], "+QUEUED\r\n");
+    c.cmd(&["EXEC"], "*-1\r\n");
+    c.cmd(&["GET", "w"], "$6\r\ntheirs\r\n");
+    // Unchanged: it runs. And EXEC ends the watch.
+    c.cmd(&["WATCH", "w"], "+OK\r\n");
+    c.cmd(&["MULTI"], "+OK\r\n");
+    c.cmd(&["SET", "w", "mine"], "+QUEUED\r\n");
+    c.cmd(&["EXEC"], "*1\r\n+OK\r\n");
+    other.cmd(&["SET", "w", "again"], "+OK\r\n");
+    c.cmd(&["MULTI"], "+OK\r\n");
+    c.cmd(&["GET", "w"], "+QUEUED\r\n");
+    c.cmd(&["EXEC"], "*1\r\n$5\r\nagain\r\n");
+    // A deleted and re-created key counts as changed.
+    c.cmd(&["WATCH", "w"], "+OK\r\n");
+    other.cmd(&["DEL", "w"], ":1\r\n");
+    other.cmd(&["SET", "w", "again"], "+OK\r\n");
+    c.cmd(&["MULTI"], "+OK\r\n");
+    c.cmd(&["GET", "w"], "+QUEUED\r\n");
+    c.cmd(&["EXEC"], "*-1\r\n");
+    c.cmd(&["UNWATCH"], "+OK\r\n");
     c.cmd(&["CLUSTER", "KEYSLOT", "foo"], ":12182\r\n");
     c.cmd(&["CLUSTER", "KEYSLOT", "{foo}.bar"], ":12182\r\n");
     let slots = String::from_utf8(c.read_reply_of(&["CLUSTER", "SLOTS"])).unwrap();

@@ -77,6 +77,20 @@ pub enum Owner {
     Nobody,
 }
 
+/// An object's (version, created_ms) for WATCH; None when absent.
+pub type Stamp = Option<(u64, u64)>;
+
+/// The key is not served by the connection's shard of this host (no transaction there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffShard;
+
+/// A WATCHed key and its stamp when watched.
+struct Watched {
+    ns: u32,
+    key: Vec<u8>,
+    stamp: Stamp,
+}
+
 /// What a command needs from the shard. Implemented by the shard's RESP connection glue.
 pub trait Host {
     /// A literal reply, in order after the answers of earlier requests.
@@ -102,6 +116,9 @@ pub trait Host {
     fn shard_of(&self, ns: u32, key: &[u8]) -> usize;
     /// This connection's shard.
     fn own_shard(&self) -> usize;
+    /// The object's (version, created_ms) read on this shard now, for WATCH; `Err` when the
+    /// key is not served by this connection's shard of this host. None: absent.
+    fn stamp_here(&self, ns: u32, key: &[u8]) -> Result<Stamp, OffShard>;
 }
 
 /// A command queued by MULTI: its own copy of the arguments.
@@ -123,6 +140,8 @@ pub struct Session {
     pub resp3: bool,
     pub created_ms: u64,
     multi: Option<Vec<Queued>>,
+    /// WATCHed keys and their (version, created_ms) when watched.
+    watched: Vec<Watched>,
     /// A command queued in MULTI was refused: EXEC answers EXECABORT.
     multi_error: bool,
     /// Reused buffer for literal replies.
@@ -1164,22 +1183,38 @@ fn discard(s: &mut Session, _a: &Args<'_>, h: &mut dyn Host) {
     if s.multi.take().is_none() {
         return s.err(h, "ERR DISCARD without MULTI");
     }
+    s.watched.clear();
     s.lit(h, reply::ok);
 }
 
-fn watch(s: &mut Session, _a: &Args<'_>, h: &mut dyn Host) {
+/// WATCH records each key's version (and creation time, so a delete and re-create is seen as
+/// a change); EXEC compares. The keys must be on the connection's shard, as EXEC's are.
+fn watch(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
     if s.multi.is_some() {
         return s.err(h, "ERR WATCH inside MULTI is not allowed");
     }
-    s.err(
-        h,
-        "ERR WATCH is not supported by stategrid yet (use SG.LOCK for optimistic-free locking; see docs/redis.md)",
-    );
+    let ns = s.ns();
+    let mut stamps = Vec::with_capacity(a.len() - 1);
+    for i in 1..a.len() {
+        match h.stamp_here(ns, a.get(i)) {
+            Ok(stamp) => stamps.push(Watched {
+                ns,
+                key: a.get(i).to_vec(),
+                stamp,
+            }),
+            Err(OffShard) => return s.err(h, OFF_SHARD),
+        }
+    }
+    s.watched.extend(stamps);
+    s.lit(h, reply::ok);
 }
 
 fn unwatch(s: &mut Session, _a: &Args<'_>, h: &mut dyn Host) {
+    s.watched.clear();
     s.lit(h, reply::ok);
 }
+
+const OFF_SHARD: &str = "ERR this transaction's keys are served by another shard or host than the one this connection is on; stategrid runs a transaction only where it can run it atomically (see docs/redis.md: connect with one shard, or use a cluster client)";
 
 /// EXEC: the queued commands run back to back on the shard that serves all their keys. They
 /// are isolated only when that shard is this connection's own (nothing else runs on a shard
@@ -1189,6 +1224,7 @@ fn exec(s: &mut Session, _a: &Args<'_>, h: &mut dyn Host) {
         return s.err(h, "ERR EXEC without MULTI");
     };
     if std::mem::take(&mut s.multi_error) {
+        s.watched.clear();
         return s.err(
             h,
             "EXECABORT Transaction discarded because of previous errors.",
@@ -1232,12 +1268,19 @@ fn exec(s: &mut Session, _a: &Args<'_>, h: &mut dyn Host) {
             }
             let here = matches!(h.owner(ns, k), Owner::Here);
             if sh != me || !here {
-                return s.err(
-                    h,
-                    "ERR this transaction's keys are served by another shard or host than the one this connection is on; stategrid runs a transaction only where it can run it atomically (see docs/redis.md: connect with one shard, or use a cluster client)",
-                );
+                s.watched.clear();
+                return s.err(h, OFF_SHARD);
             }
         }
+    }
+    // A watched key that changed since WATCH aborts the transaction (a null reply).
+    let watched = std::mem::take(&mut s.watched);
+    let changed = watched
+        .iter()
+        .any(|w| h.stamp_here(w.ns, &w.key) != Ok(w.stamp));
+    if changed {
+        let resp3 = s.resp3;
+        return s.lit(h, |o| reply::null_array(o, resp3));
     }
     s.lit(h, |o| reply::array(o, queued.len()));
     for q in &queued {

@@ -153,7 +153,16 @@ fn parse_inline(
     args: &mut Vec<Range<usize>>,
     scratch: &mut Vec<u8>,
 ) -> Result<Parsed, ProtocolError> {
-    let Some(nl) = buf.iter().position(|&c| c == b'\n') else {
+    // An inline command is text. Control bytes (other than tab, CR, LF) mean binary garbage on
+    // the shared port: refuse at once rather than wait for a newline that may never come.
+    let end = buf.iter().position(|&c| c == b'\n').unwrap_or(buf.len());
+    if buf[..end]
+        .iter()
+        .any(|&c| (c < 0x20 && c != b'\t' && c != b'\r') || c == 0x7f)
+    {
+        return err("unexpected control byte in an inline command");
+    }
+    let Some(nl) = (end < buf.len()).then_some(end) else {
         if buf.len() > lim.inline_bytes_max {
             return err("too big inline request");
         }
@@ -356,6 +365,10 @@ mod tests {
         assert_eq!(
             e(b"set \"a\"b\n"),
             "Protocol error: unbalanced quotes in request"
+        );
+        assert_eq!(
+            e(b"ab\x00c"),
+            "Protocol error: unexpected control byte in an inline command"
         );
     }
 

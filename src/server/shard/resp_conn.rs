@@ -216,6 +216,20 @@ impl commands::Host for Glue<'_> {
     fn own_shard(&self) -> usize {
         self.shard.core.shard
     }
+
+    fn stamp_here(&self, ns: u32, key: &[u8]) -> Result<commands::Stamp, commands::OffShard> {
+        if self.shard_of(ns, key) != self.own_shard() || !matches!(self.owner(ns, key), Owner::Here)
+        {
+            return Err(commands::OffShard);
+        }
+        let k = crate::store::KeyRef::new(ns, key);
+        Ok(self
+            .shard
+            .core
+            .store
+            .export(k, self.shard.now_ms)
+            .map(|(st, _)| (st.version, st.created_ms)))
+    }
 }
 
 impl Shard {
@@ -267,10 +281,14 @@ impl Shard {
         }
         let b = conn.rbuf.as_slice();
         let magic = frame::MAGIC.to_le_bytes();
+        // RESP starts with '*' (a multibulk) or a letter (an inline command); anything else is
+        // left to the native framing, which closes a connection of garbage.
         let resp = match b {
             [] => false,
-            [first] => *first != magic[0],
-            [first, second, ..] => *first != magic[0] || *second != magic[1],
+            [first, ..] if *first == b'*' => true,
+            [first, ..] if first.is_ascii_alphabetic() && *first != magic[0] => true,
+            [first, second, ..] => *first == magic[0] && *second != magic[1],
+            [_] => false,
         };
         if resp {
             self.make_resp(slot, now);
