@@ -48,6 +48,16 @@ pub enum Msg {
         part: u32,
         frame: Vec<u8>,
     },
+    /// Serve this connection from now on: its `HelloShard` asked for the receiving shard. The
+    /// socket moves as it is (descriptors are process-wide), with the bytes received after
+    /// the `Hello` frame; the receiver answers `HelloShardOk` with request id `hello_id`.
+    /// `internal`: another host's link, accepted on `int_port`.
+    Adopt {
+        fd: std::os::fd::OwnedFd,
+        rest: AlignedBuf,
+        hello_id: u32,
+        internal: bool,
+    },
 }
 
 /// State every shard shares: only control-path flags, never data.
@@ -226,6 +236,8 @@ fn run(
                     connections: 0,
                     ring_waits: 0,
                     serve_allocations: 0,
+                    forwarded_requests: 0,
+                    handed_off_connections: 0,
                 };
                 let shard = Rc::new(RefCell::new(shard::Shard::new(
                     core,

@@ -16,6 +16,15 @@ pub fn partition_of(hash: u64) -> u32 {
     (((hash >> 32) * PARTITIONS as u64) >> 32) as u32
 }
 
+/// The shard of a host that owns `partition`, for a host with `shards` shards. The server
+/// serves a keyed request on this shard; a shard-aware client sends it on its connection to
+/// this shard, so both must compute the same number.
+#[inline]
+pub fn owner_shard(partition: u32, shards: usize) -> usize {
+    debug_assert!(shards > 0, "a host has at least one shard");
+    partition as usize % shards
+}
+
 /// A namespace's id, derived from its name, so hosts need not agree on a counter.
 #[inline]
 pub fn namespace_id(name: &str) -> u32 {
