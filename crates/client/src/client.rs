@@ -216,10 +216,20 @@ impl Client {
         })
     }
 
-    /// The shard of this host that owns `req`'s key, when this client routes by shard.
+    /// The shard of this host that serves `req` (its key's owner; shard 0 for `NsOpen`, whose
+    /// registry lives there; a key page's cursor names its shard), when this client routes by
+    /// shard. None: any connection (the server gathers from every shard).
     fn shard_of(&self, req: &Request) -> Option<usize> {
         if self.inner.shards <= 1 {
             return None;
+        }
+        match req {
+            Request::NsOpen { .. } => return Some(0),
+            Request::ListKeys { cursor, .. } => {
+                let s = (cursor >> 32) as usize;
+                return (s < self.inner.shards).then_some(s);
+            }
+            _ => {}
         }
         let key = req.key()?;
         let p = stategrid_proto::partition_of(stategrid_proto::key_hash(key.ns, &key.key));
