@@ -49,6 +49,8 @@ fn hops(iters: u64, value_bytes: usize) -> Duration {
                 ring_waits: 0,
                 serve_allocations: 0,
                 primary_partitions: None,
+                forwarded_requests: 0,
+                handed_off_connections: 0,
             }));
             while let Some(frame_buf) = rx.recv().await {
                 let p = frame::parse(frame_buf.as_slice(), usize::MAX)

@@ -470,3 +470,46 @@ fn writes_relayed_both_ways_between_replicating_hosts_do_not_stall() {
         );
     }
 }
+
+/// Host links ask for their own shard number (issue 12): with equal shard counts, a shard-aware
+/// client's writes reach their primary's owner shard, and the `Replicate` frames they cause reach
+/// the replica's owner shard, so neither host passes anything between its shards.
+#[test]
+fn replication_between_sharded_hosts_lands_on_the_owning_shard() {
+    use stategrid_client::proto::WriteOpts;
+    let p = ports();
+    let ips = [ip(47), ip(48)];
+    let hosts: Vec<Host> = (0..2)
+        .map(|i| start_host(&ips[i], &[&ips[1 - i]], p, &[("shards", "2")]))
+        .collect();
+    let svrs: Vec<String> = hosts.iter().map(|h| h.svr(&p)).collect();
+    let c = client(&svrs[0], 10_000);
+    let refs: Vec<&Host> = hosts.iter().collect();
+    wait_settled(&c, &svrs, 1, || outputs(&refs));
+    // One client per host, for that host's own counters.
+    let each: Vec<_> = svrs.iter().map(|s| client(s, 10_000)).collect();
+    let before: Vec<_> = each.iter().map(|h| h.stats().unwrap()).collect();
+    let ns = c.namespace("links").unwrap();
+    let n = 400u64;
+    for i in 0..n {
+        ns.put(format!("l{i}"), b"value", WriteOpts::default())
+            .unwrap();
+    }
+    let after: Vec<_> = each.iter().map(|h| h.stats().unwrap()).collect();
+    let objects: u64 = after.iter().map(|s| s.objects).sum::<u64>()
+        - before.iter().map(|s| s.objects).sum::<u64>();
+    assert_eq!(
+        objects,
+        2 * n,
+        "every write is held by its primary and its replica"
+    );
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(a.shards, 2);
+        assert_eq!(
+            a.forwarded_requests - b.forwarded_requests,
+            0,
+            "no write nor replication frame hopped between shards: {}",
+            outputs(&refs)
+        );
+    }
+}

@@ -132,6 +132,12 @@ pub struct Args {
     /// Namespace opened by the native protocol.
     #[arg(long, default_value = "loadgen")]
     pub namespace: String,
+    /// Native protocol: do not route by shard. By default each connection asks to be served by
+    /// one shard of the host (`HelloShard`, connections spread over the shards) and carries only
+    /// keys that shard owns, as the client library does; with --naive connections land on
+    /// whichever shard the kernel picks and most requests hop between the server's cores.
+    #[arg(long)]
+    pub naive: bool,
     /// Write the results as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -172,6 +178,8 @@ pub struct Config {
     pub deadline_s: f64,
     pub seed: u64,
     pub namespace: String,
+    /// Native protocol: connections ask for a shard and carry only its keys (not --naive).
+    pub shard_aware: bool,
 }
 
 fn positive(name: &str, v: f64, max: f64) -> Result<f64, String> {
@@ -293,6 +301,7 @@ impl Config {
             deadline_s,
             seed: a.seed,
             namespace: a.namespace.clone(),
+            shard_aware: !a.naive,
         })
     }
 

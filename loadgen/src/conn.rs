@@ -157,6 +157,8 @@ pub struct Conn {
     pub fifo: VecDeque<u32>,
     pub slots: Vec<Slot>,
     pub dead: bool,
+    /// Shard-aware: the keys this connection carries (those its serving shard owns).
+    pub layout: Option<crate::codec::ShardLayout>,
 }
 
 impl Conn {
@@ -180,6 +182,7 @@ impl Conn {
             fifo: VecDeque::with_capacity(depth),
             slots: vec![Slot::default(); depth],
             dead: false,
+            layout: None,
         }
     }
 

@@ -249,9 +249,16 @@ impl<C: Codec> Worker<C> {
         let send_bytes = depth * reply_bytes;
         let connect_timeout = Duration::from_secs_f64(cfg.connect_timeout_s);
         let mut conns = Vec::with_capacity(n);
+        // Shard-aware: per target, the shard count its first connection learned; connection c
+        // then asks for shard c mod that count, so connections spread evenly over the shards.
+        let mut target_shards: Vec<Option<u32>> = vec![None; cfg.target_addrs.len()];
         for c in 0..n {
             let t = cfg.target_of(i, c);
             let addr = cfg.target_addrs[t];
+            if cfg.shard_aware {
+                let shards = target_shards[t].unwrap_or(1);
+                codec.ask_shard(Some(((c + i) % shards as usize) as u32));
+            }
             let left = (n - c) as u64;
             let mut s = conn::connect(addr, connect_timeout).map_err(|e| {
                 (
@@ -261,7 +268,12 @@ impl<C: Codec> Worker<C> {
             })?;
             conn::handshake(&mut s, &mut codec, connect_timeout)
                 .map_err(|e| (format!("{addr} (thread {i}, connection {c}): {e}"), left))?;
-            conns.push(Conn::new(t, s, depth, recv_bytes, send_bytes));
+            let mut conn = Conn::new(t, s, depth, recv_bytes, send_bytes);
+            conn.layout = codec.shard_layout().filter(|l| l.shards > 1);
+            if let Some(l) = conn.layout {
+                target_shards[t].get_or_insert(l.shards);
+            }
+            conns.push(conn);
         }
         // Registered files spare the kernel an fd-table lookup (and reference count) per I/O.
         let fds: Vec<RawFd> = conns.iter().map(|c| c.socket.as_raw_fd()).collect();
@@ -469,13 +481,39 @@ impl<C: Codec> Worker<C> {
                     self.stop_issuing(now);
                     return false;
                 };
-                let session = self.conns[c].slots[s].session;
-                (self.workload.next(session, &mut self.rng), measured)
+                (self.plan(c, s), measured)
             }
             Source::Open { .. } => unreachable!("open-loop slots are started by arrivals"),
         };
         self.issue(c, s, op, now, now, measured);
         true
+    }
+
+    /// The next operation for slot `s` of connection `c`. Shard-aware, a new key is drawn
+    /// until its owner shard is the one serving the connection (about `shards` draws, each a
+    /// key hash: tens of nanoseconds), so across the connections, spread evenly over the
+    /// shards, the key distribution is kept; after `SHARD_DRAWS_MAX` misses (a key space too
+    /// small to cover every shard) the key goes as drawn and the server forwards it.
+    #[inline]
+    fn plan(&mut self, c: usize, s: usize) -> Planned {
+        const SHARD_DRAWS_MAX: usize = 64;
+        let session = self.conns[c].slots[s].session;
+        let mut op = self.workload.next(session, &mut self.rng);
+        let Some(l) = self.conns[c].layout else {
+            return op;
+        };
+        if session != Session::Idle {
+            return op; // a session's second step keeps its key (already drawn for this shard)
+        }
+        for _ in 0..SHARD_DRAWS_MAX {
+            write_key(&mut self.key, op.key);
+            let p = stategrid_proto::partition_of(stategrid_proto::key_hash(l.ns, &self.key));
+            if stategrid_proto::owner_shard(p, l.shards as usize) == l.shard as usize {
+                break;
+            }
+            op = self.workload.next(session, &mut self.rng);
+        }
+        op
     }
 
     /// Encodes one request into the connection's pending bytes (no system call).
@@ -556,8 +594,7 @@ impl<C: Codec> Worker<C> {
                 self.stop_issuing(now);
                 return;
             };
-            let session = self.conns[c as usize].slots[s as usize].session;
-            let op = self.workload.next(session, &mut self.rng);
+            let op = self.plan(c as usize, s as usize);
             self.issue(c as usize, s as usize, op, t, now, measured);
             n += 1;
         }

@@ -175,6 +175,8 @@ pub fn stats_json(host: &str, stats: &Stats) -> Value {
         "evictions": stats.evictions,
         "expirations": stats.expirations,
         "shard_allocations": stats.shard_allocations,
+        "forwarded_requests": stats.forwarded_requests,
+        "handed_off_connections": stats.handed_off_connections,
         "params": params,
     })
 }
@@ -182,7 +184,7 @@ pub fn stats_json(host: &str, stats: &Stats) -> Value {
 /// `stategrid show` for a person.
 pub fn stats_text(host: &str, stats: &Stats) -> String {
     let mut s = format!(
-        "host               {host}\nversion            {}\nshards             {}\npartitions         {}\nuptime_s           {}\nobjects            {}\nobject memory      {}\nresident memory    {}\nconnections        {}\nrequests           {}\nevictions          {}\nexpirations        {}\nshard allocations  {}\nparameters:\n",
+        "host               {host}\nversion            {}\nshards             {}\npartitions         {}\nuptime_s           {}\nobjects            {}\nobject memory      {}\nresident memory    {}\nconnections        {}\nrequests           {}\nevictions          {}\nexpirations        {}\nshard allocations  {}\nforwarded requests {}\nhanded-off conns   {}\nparameters:\n",
         stats.version,
         stats.shards,
         stats.partitions,
@@ -195,6 +197,8 @@ pub fn stats_text(host: &str, stats: &Stats) -> String {
         stats.evictions,
         stats.expirations,
         stats.shard_allocations,
+        stats.forwarded_requests,
+        stats.handed_off_connections,
     );
     let width = stats.params.iter().map(|p| p.name.len()).max().unwrap_or(0);
     for p in &stats.params {

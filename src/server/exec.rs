@@ -42,12 +42,9 @@ impl Sink for VecSink<'_> {
     }
 }
 
-/// The shard that owns a partition. Fixed while the store is single-host; the partition map
-/// of the multi-host store replaces it.
-#[inline]
-pub fn owner_shard(partition: u32, shards: usize) -> usize {
-    partition as usize % shards
-}
+/// The shard that owns a partition: one definition in `stategrid-proto`, which shard-aware
+/// clients route by.
+pub use stategrid_proto::owner_shard;
 
 /// A key page scans at most this many slab slots per key asked for (a namespace with few
 /// objects among many costs a scan; this bounds one page's work)...
@@ -176,6 +173,12 @@ pub struct Core {
     /// host (Redis Cluster clients scan each primary) shows each key once, never a replica copy
     /// as well. `None`: a single host lists everything it has.
     pub primary_partitions: Option<Box<[bool]>>,
+    /// Keyed requests and parts of multi-key requests sent to another shard to serve (kept
+    /// by the shard): what a shard-aware client avoids. Requests every shard answers (stats,
+    /// namespace counts) are not counted.
+    pub forwarded_requests: u64,
+    /// Connections handed to the shard their `HelloShard` asked for (kept by the shard).
+    pub handed_off_connections: u64,
 }
 
 fn store_err(e: StoreError) -> Response {
@@ -216,11 +219,9 @@ impl Core {
             return self.execute_keyed(req, h, ns, key, value, now_ms, request_id, sink);
         }
         let resp = match req {
-            ArchivedRequest::Hello { .. } => Response::Error(ErrorReply::with_message(
-                ErrorCode::InvalidRequest,
-                0,
-                "Hello is sent once, first",
-            )),
+            ArchivedRequest::Hello { .. } | ArchivedRequest::HelloShard { .. } => Response::Error(
+                ErrorReply::with_message(ErrorCode::InvalidRequest, 0, "Hello is sent once, first"),
+            ),
             ArchivedRequest::NsOpen { name } => self.ns_open(name.as_str()),
             ArchivedRequest::NsList => Response::Namespaces {
                 items: self.ns_list_part(),
@@ -576,6 +577,8 @@ impl Core {
             shard_allocations: crate::alloc_count::thread_allocations(),
             ring_waits: self.ring_waits,
             serve_allocations: self.serve_allocations,
+            forwarded_requests: self.forwarded_requests,
+            handed_off_connections: self.handed_off_connections,
             ..Default::default()
         }
     }

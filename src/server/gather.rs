@@ -119,6 +119,8 @@ fn merge(
                 stats.shard_allocations += s.shard_allocations.to_native();
                 stats.ring_waits += s.ring_waits.to_native();
                 stats.serve_allocations += s.serve_allocations.to_native();
+                stats.forwarded_requests += s.forwarded_requests.to_native();
+                stats.handed_off_connections += s.handed_off_connections.to_native();
             }
             (Kind::MultiRead, ArchivedResponse::Multi { items: part }) => {
                 let idx = &g.indexes[i];

@@ -48,6 +48,19 @@ pub enum Msg {
         part: u32,
         frame: Vec<u8>,
     },
+    /// Serve this connection from now on: its `HelloShard` asked for the receiving shard. The
+    /// socket moves as it is (descriptors are process-wide), with the bytes received after
+    /// the `Hello` frame; the receiver answers `HelloShardOk` with request id `hello_id`.
+    /// `internal`: another host's link, accepted on `int_port`.
+    Adopt {
+        fd: std::os::fd::OwnedFd,
+        rest: AlignedBuf,
+        hello_id: u32,
+        internal: bool,
+        /// The host a host-to-host connection proved it is (cluster-key handshake) on the
+        /// shard that accepted it: the proof stays with the socket, it is not asked again.
+        proven_host: Option<u64>,
+    },
 }
 
 /// State every shard shares: only control-path flags, never data.
@@ -245,6 +258,8 @@ fn run(
                     ring_waits: 0,
                     serve_allocations: 0,
                     primary_partitions: None,
+                    forwarded_requests: 0,
+                    handed_off_connections: 0,
                 };
                 let shard = Rc::new(RefCell::new(shard::Shard::new(
                     core,

@@ -121,6 +121,9 @@ struct Conn {
     resp: Option<Box<RespConn>>,
     /// Host-to-host connections: the cluster-key handshake (`hosts::LinkAuth`).
     auth: LinkAuth,
+    /// Set by a `HelloShard` that asked for another shard: (that shard, the Hello's request
+    /// id). Reading stops; the receive completion hands the socket over ([`Shard::hand_off`]).
+    handoff: Option<(usize, u32)>,
 }
 
 impl Conn {
@@ -290,8 +293,18 @@ impl Shard {
         }
     }
 
-    /// Adds a connection; None when refused (draining, or too many).
+    /// Adds a connection and starts reading it (not a link of ours: it reads once connected);
+    /// None when refused (draining, or too many).
     fn add_conn_kind(&mut self, fd: OwnedFd, kind: ConnKind) -> Option<u32> {
+        let slot = self.insert_conn(fd, kind)?;
+        if !matches!(kind, ConnKind::Outbound(..)) {
+            self.want_recv(slot);
+        }
+        Some(slot)
+    }
+
+    /// Adds a connection without reading it yet; None when refused (draining, or too many).
+    fn insert_conn(&mut self, fd: OwnedFd, kind: ConnKind) -> Option<u32> {
         if self.draining {
             return None;
         }
@@ -363,13 +376,97 @@ impl Shard {
             peer_addr: None,
             resp: None,
             auth,
+            handoff: None,
         });
         let slot = self.conns.insert(conn) as u32;
         self.core.connections = self.conns.len() as u64;
-        if !matches!(kind, ConnKind::Outbound(..)) {
-            self.want_recv(slot);
-        }
         Some(slot)
+    }
+
+    /// Takes over a client connection another shard accepted and whose `HelloShard` asked for
+    /// this shard: answers the Hello from here and serves whatever followed it. Costs one
+    /// copy of the bytes that followed the Hello (usually none: clients wait for the answer).
+    fn adopt(
+        &mut self,
+        fd: OwnedFd,
+        rest: AlignedBuf,
+        hello_id: u32,
+        internal: bool,
+        proven_host: Option<u64>,
+    ) {
+        let kind = if internal {
+            ConnKind::Internal
+        } else {
+            ConnKind::Client
+        };
+        // Not `add_conn_kind`: the bytes already received go in before a receive is armed.
+        let Some(slot) = self.insert_conn(fd, kind) else {
+            return;
+        };
+        let generation = self.conns[slot as usize].generation;
+        let resp = self.hello_ok(true);
+        let conn = &mut self.conns[slot as usize];
+        conn.hello_done = true;
+        // The accepting shard ran the cluster-key handshake before it decoded the Hello.
+        conn.auth = match proven_host {
+            Some(h) => LinkAuth::Proven(crate::cluster::map::HostId(h)),
+            None => LinkAuth::Open,
+        };
+        Sink::respond(
+            &mut BatchSink(&mut conn.filling, None),
+            hello_id,
+            &resp,
+            &[],
+        );
+        if !rest.is_empty() {
+            conn.rbuf.reserve_total(rest.len());
+            conn.rbuf.spare_mut()[..rest.len()].copy_from_slice(rest.as_slice());
+            conn.rbuf.advance(rest.len());
+            self.process_frames(slot, generation);
+            let now = self.now_ms;
+            if let Some(conn) = self.conn_mut(slot, generation)
+                && !conn.rbuf.is_empty()
+            {
+                conn.partial_since_ms = Some(now);
+            }
+        }
+        self.flush(slot);
+        self.want_recv(slot);
+        self.maybe_close(slot);
+    }
+
+    /// Hands a connection whose `HelloShard` asked for another shard to that shard, with the
+    /// bytes received after the Hello. Called from the receive completion, so no receive is
+    /// in flight, and before any answer was queued (the Hello is answered by the new shard).
+    fn hand_off(&mut self, slot: u32) {
+        let conn = self.conns.remove(slot as usize);
+        self.core.connections = self.conns.len() as u64;
+        self.core.handed_off_connections += 1;
+        let (to, hello_id) = conn.handoff.expect("hand_off is called for a handoff");
+        assert!(
+            !conn.recv_inflight && !conn.send_inflight && conn.filling.is_empty(),
+            "a connection is handed over only before anything is in flight or answered"
+        );
+        let internal = conn.kind == ConnKind::Internal;
+        assert!(
+            !conn.auth.pending(),
+            "a host connection is handed over only after its handshake"
+        );
+        let proven_host = match conn.auth {
+            LinkAuth::Proven(h) => Some(h.0),
+            _ => None,
+        };
+        let Conn { fd, rbuf, .. } = *conn;
+        self.send_to(
+            to,
+            Msg::Adopt {
+                fd,
+                rest: rbuf,
+                hello_id,
+                internal,
+                proven_host,
+            },
+        );
     }
 
     fn conn_mut(&mut self, slot: u32, generation: u32) -> Option<&mut Conn> {
@@ -458,6 +555,9 @@ impl Shard {
             self.process_resp(slot, generation);
         } else {
             self.process_frames(slot, generation);
+            if self.conns[slot as usize].handoff.is_some() {
+                return self.hand_off(slot);
+            }
         }
         let recv_bytes = self.core.cfg.recv_buffer_bytes as usize;
         let Some(conn) = self.conn_mut(slot, generation) else {
@@ -514,8 +614,13 @@ impl Shard {
                         p.frame_bytes,
                         bytes,
                     );
-                    if self.conns[slot as usize].close_after_flush {
+                    let conn = &self.conns[slot as usize];
+                    if conn.close_after_flush {
                         pos = rbuf.len();
+                        break;
+                    }
+                    if conn.handoff.is_some() {
+                        // The rest belongs to the shard this connection moves to.
                         break;
                     }
                 }
@@ -809,6 +914,7 @@ impl Shard {
                 ) else {
                     return;
                 };
+                self.core.forwarded_requests += 1;
                 let frame = AlignedBuf::from_slice(&frame_start[..frame_bytes]);
                 self.send_to(
                     to,
@@ -881,6 +987,9 @@ impl Shard {
                     return;
                 };
                 for (part, (s, frame, _)) in parts.into_iter().enumerate() {
+                    if s != me {
+                        self.core.forwarded_requests += 1;
+                    }
                     self.dispatch_part(
                         s,
                         slot,
@@ -966,19 +1075,62 @@ impl Shard {
         Some(conn.slot_base + conn.slots.len() as u64 - 1)
     }
 
+    /// The answer to `Hello` (`shard_aware` false) or `HelloShard` on this shard.
+    fn hello_ok(&self, shard_aware: bool) -> Response {
+        let (version, server) = (
+            PROTOCOL_VERSION,
+            format!("stategrid {}", env!("CARGO_PKG_VERSION")),
+        );
+        let (shards, partitions) = (self.core.shards as u32, stategrid_proto::PARTITIONS);
+        if shard_aware {
+            Response::HelloShardOk {
+                version,
+                server,
+                shards,
+                partitions,
+                shard: self.core.shard as u32,
+            }
+        } else {
+            Response::HelloOk {
+                version,
+                server,
+                shards,
+                partitions,
+            }
+        }
+    }
+
     fn hello(&mut self, slot: u32, id: u32, req: &ArchivedRequest) {
+        let (me, shards, draining) = (self.core.shard, self.core.shards, self.draining);
+        let (version, asked) = match req {
+            ArchivedRequest::Hello { version, .. } => (Some(version.to_native()), None),
+            ArchivedRequest::HelloShard { version, shard, .. } => {
+                (Some(version.to_native()), Some(shard.to_native() as usize))
+            }
+            _ => (None, None),
+        };
+        let ok = version.is_some_and(|v| (PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&v));
+        if let (true, Some(to)) = (ok, asked)
+            && to < shards
+            && to != me
+            && !draining
+            && matches!(
+                self.conns[slot as usize].kind,
+                ConnKind::Client | ConnKind::Internal
+            )
+        {
+            // Served by the shard it asked for: hand the socket over once this receive's
+            // frames are done (the receive completion calls `hand_off`).
+            self.conns[slot as usize].handoff = Some((to, id));
+            return;
+        }
+        let hello_ok = self.hello_ok(asked.is_some());
         let conn = &mut self.conns[slot as usize];
-        let resp = match req {
-            ArchivedRequest::Hello { version, .. } => {
-                let v = version.to_native();
-                if (PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&v) {
+        let resp = match version {
+            Some(v) => {
+                if ok {
                     conn.hello_done = true;
-                    Response::HelloOk {
-                        version: PROTOCOL_VERSION,
-                        server: format!("stategrid {}", env!("CARGO_PKG_VERSION")),
-                        shards: self.core.shards as u32,
-                        partitions: stategrid_proto::PARTITIONS,
-                    }
+                    hello_ok
                 } else {
                     conn.close_after_flush = true;
                     Response::Error(ErrorReply::with_message(
@@ -990,7 +1142,7 @@ impl Shard {
                     ))
                 }
             }
-            _ => {
+            None => {
                 conn.close_after_flush = true;
                 Response::Error(ErrorReply::new(ErrorCode::HandshakeRequired, 0))
             }
@@ -1217,6 +1369,13 @@ impl Shard {
                 part,
                 frame,
             } => self.on_reply(conn, generation, seq, part, frame),
+            Msg::Adopt {
+                fd,
+                rest,
+                hello_id,
+                internal,
+                proven_host,
+            } => self.adopt(fd, rest, hello_id, internal, proven_host),
         }
         // A message may have started a migration stream or a pull: drive it now, not at the
         // next ring completion (there may be none for a while).

@@ -18,7 +18,9 @@ use crate::error::{Error, Result};
 /// pool) and safe to use from many tasks at once.
 ///
 /// Requests go to the pool's connections round-robin; each connection carries up to
-/// `inflight_per_conn_max` requests at a time. A connection that failed is replaced by the
+/// `inflight_per_conn_max` requests at a time. With `shard_aware` (the default) the pool holds
+/// connections per shard of the host, each served by its shard, and a keyed request goes on
+/// one of its key's owner shard (the server then never passes it between cores). A connection that failed is replaced by the
 /// next request that picks it. Every request gives up after `request_timeout_ms`.
 #[derive(Clone)]
 pub struct Client {
@@ -33,9 +35,14 @@ struct Inner {
     /// clients it opens do not).
     routes: Option<std::sync::Mutex<Routes>>,
     /// The pool. An async mutex per slot, because replacing a connection awaits the connect.
+    /// Shard-aware: `per_shard` slots per shard, shard `s` owning `s * per_shard ..`.
     slots: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
     next_slot: AtomicUsize,
     server: ServerInfo,
+    /// The host's shards as keyed requests are routed to them: 1 when not shard-aware (or
+    /// the server does not know shard-aware connections).
+    shards: usize,
+    per_shard: usize,
 }
 
 impl std::fmt::Debug for Client {
@@ -164,25 +171,74 @@ impl Client {
             frame_bytes_max: config.frame_bytes_max,
             recv_buffer_bytes: config.recv_buffer_bytes,
             client_name: config.client_name.clone(),
+            shard: None,
         };
-        let mut slots = Vec::with_capacity(config.connections);
-        let mut server = None;
-        for _ in 0..config.connections {
-            let conn = open(&addr, &config, &settings).await?;
-            server.get_or_insert_with(|| conn.server.clone());
-            slots.push(tokio::sync::Mutex::new(Some(Arc::new(conn))));
+        // The first connection asks for shard 0 (every host has one) and learns the layout.
+        let first_settings = ConnSettings {
+            shard: config.shard_aware.then_some(0),
+            ..settings.clone()
+        };
+        let first = open(&addr, &config, &first_settings).await?;
+        let server = first.server.clone();
+        // Shard-aware only when the server said which shard serves the connection.
+        let shards = match server.shard {
+            Some(_) if config.shard_aware => (server.shards as usize).max(1),
+            _ => 1,
+        };
+        let mut slots = Vec::new();
+        let per_shard;
+        if shards > 1 {
+            // One or more connections per shard, opened on first use: a client that only
+            // touches a few keys does not connect to every core.
+            per_shard = config.connections.div_ceil(shards);
+            slots.resize_with(shards * per_shard, || tokio::sync::Mutex::new(None));
+            slots[0] = tokio::sync::Mutex::new(Some(Arc::new(first)));
+        } else {
+            per_shard = config.connections;
+            slots.push(tokio::sync::Mutex::new(Some(Arc::new(first))));
+            for _ in 1..config.connections {
+                let conn = open(&addr, &config, &settings).await?;
+                slots.push(tokio::sync::Mutex::new(Some(Arc::new(conn))));
+            }
         }
         Ok(Client {
             inner: Arc::new(Inner {
-                server: server.expect("validate() requires at least one connection"),
+                server,
                 addr,
                 config,
                 settings,
                 routes: None,
                 slots,
                 next_slot: AtomicUsize::new(0),
+                shards,
+                per_shard,
             }),
         })
+    }
+
+    /// The shard of this host that serves `req` (its key's owner; shard 0 for `NsOpen`, whose
+    /// registry lives there; a key page's cursor names its shard), when this client routes by
+    /// shard. None: any connection (the server gathers from every shard).
+    fn shard_of(&self, req: &Request) -> Option<usize> {
+        if self.inner.shards <= 1 {
+            return None;
+        }
+        match req {
+            Request::NsOpen { .. } => return Some(0),
+            Request::ListKeys { cursor, .. } => {
+                let s = (cursor >> 32) as usize;
+                return (s < self.inner.shards).then_some(s);
+            }
+            _ => {}
+        }
+        let key = req.key()?;
+        let p = stategrid_proto::partition_of(stategrid_proto::key_hash(key.ns, &key.key));
+        Some(stategrid_proto::owner_shard(p, self.inner.shards))
+    }
+
+    /// The shards this client routes keyed requests to (1: it does not route by shard).
+    pub fn shards(&self) -> usize {
+        self.inner.shards
     }
 
     /// Fetches the store's map from the seed host, or from any host the last map named.
@@ -294,18 +350,25 @@ impl Client {
         &self.inner.server
     }
 
-    /// The next connection round-robin, replaced first if it failed.
-    async fn conn(&self) -> Result<Arc<Conn>> {
-        let slot_count = self.inner.slots.len();
-        let index = self.inner.next_slot.fetch_add(1, Ordering::Relaxed) % slot_count;
+    /// The next connection round-robin (among `shard`'s when given), opened or replaced first
+    /// if it failed.
+    async fn conn(&self, shard: Option<usize>) -> Result<Arc<Conn>> {
+        let turn = self.inner.next_slot.fetch_add(1, Ordering::Relaxed);
+        let index = match shard {
+            Some(s) => s * self.inner.per_shard + turn % self.inner.per_shard,
+            None => turn % self.inner.slots.len(),
+        };
         let mut slot = self.inner.slots[index].lock().await;
         if let Some(conn) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(Arc::clone(conn));
         }
         // Drop the dead one first: it aborts its tasks and closes its socket.
         *slot = None;
-        let conn =
-            Arc::new(open(&self.inner.addr, &self.inner.config, &self.inner.settings).await?);
+        let mut settings = self.inner.settings.clone();
+        if self.inner.shards > 1 {
+            settings.shard = Some((index / self.inner.per_shard) as u32);
+        }
+        let conn = Arc::new(open(&self.inner.addr, &self.inner.config, &settings).await?);
         *slot = Some(Arc::clone(&conn));
         Ok(conn)
     }
@@ -319,6 +382,17 @@ impl Client {
     /// fetched again, until `request_timeout_ms` runs out. A retried request may have been
     /// applied by its first attempt: an `add` then reports `AlreadyExists`.
     async fn call_parts(&self, req: &Request, values: &[&[u8]]) -> Result<RawReply> {
+        self.call_parts_on(req, values, None).await
+    }
+
+    /// As [`Client::call_parts`], on a connection of `shard` of this host when given (a
+    /// multi-key request whose keys that shard owns).
+    async fn call_parts_on(
+        &self,
+        req: &Request,
+        values: &[&[u8]],
+        shard: Option<usize>,
+    ) -> Result<RawReply> {
         let ms = self.inner.config.request_timeout_ms;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
         let mut backoff_ms = RETRY_BACKOFF_MS_MIN;
@@ -326,7 +400,7 @@ impl Client {
             let attempt = async {
                 match self.route(req).await {
                     Ok(Some(pool)) => pool.call_once(req, values).await,
-                    Ok(None) => self.call_once(req, values).await,
+                    Ok(None) => self.call_once_on(req, values, shard).await,
                     Err(e) => Err(e),
                 }
             };
@@ -361,9 +435,18 @@ impl Client {
         }
     }
 
-    /// One attempt on this client's own pool.
+    /// One attempt on this client's own pool: on the key's owner shard when routing by shard.
     async fn call_once(&self, req: &Request, values: &[&[u8]]) -> Result<RawReply> {
-        let conn = self.conn().await?;
+        self.call_once_on(req, values, None).await
+    }
+
+    async fn call_once_on(
+        &self,
+        req: &Request,
+        values: &[&[u8]],
+        shard: Option<usize>,
+    ) -> Result<RawReply> {
+        let conn = self.conn(shard.or_else(|| self.shard_of(req))).await?;
         conn.call(req, values).await
     }
 
@@ -437,6 +520,60 @@ async fn collect_items<T: Send + 'static>(
     Ok(out
         .into_iter()
         .map(|r| r.expect("every item answered"))
+        .collect())
+}
+
+/// Runs `futs` concurrently on the calling task (no spawn, so they may borrow) and returns
+/// their outputs in order.
+async fn join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
+}
+
+/// Puts the per-shard parts' item results back in item order (`groups` as from
+/// `Namespace::shard_groups`). A part that failed as a whole fails the request.
+fn merge_parts<T>(
+    groups: &[(usize, Vec<usize>)],
+    parts: Vec<Result<Vec<std::result::Result<T, ErrorReply>>>>,
+    n: usize,
+) -> Result<Vec<std::result::Result<T, ErrorReply>>> {
+    let mut out: Vec<Option<std::result::Result<T, ErrorReply>>> = (0..n).map(|_| None).collect();
+    for ((_, idx), part) in groups.iter().zip(parts) {
+        let part = part?;
+        if part.len() != idx.len() {
+            return Err(Error::Protocol(format!(
+                "a part of {} items answered {} results",
+                idx.len(),
+                part.len()
+            )));
+        }
+        for (&i, r) in idx.iter().zip(part) {
+            out[i] = Some(r);
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|r| r.expect("every item is in one part"))
         .collect())
 }
 
@@ -869,19 +1006,52 @@ impl Namespace {
             }
             return collect_items(set, keys.len()).await;
         }
-        let req = Request::MultiRead {
-            ns: self.id,
-            keys: keys.iter().map(|k| k.as_ref().to_vec()).collect(),
-        };
-        let (req, reply) = self.call(req, None).await?;
+        if self.client.shards() > 1 {
+            // One part per shard that owns some of the keys, on that shard's connection, all
+            // in flight at once; the results go back in key order.
+            let groups = self.shard_groups(keys.iter().map(|k| k.as_ref()));
+            let parts = join_all(groups.iter().map(|(shard, idx)| {
+                self.multi_read_part(idx.iter().map(|&i| keys[i].as_ref()), Some(*shard))
+            }))
+            .await;
+            return merge_parts(&groups, parts, keys.len());
+        }
+        self.multi_read_part(keys.iter().map(|k| k.as_ref()), None)
+            .await
+    }
+
+    /// Item indexes grouped by the shard of the host that owns their key, in first-seen order.
+    fn shard_groups<'a>(&self, keys: impl Iterator<Item = &'a [u8]>) -> Vec<(usize, Vec<usize>)> {
+        let shards = self.client.shards();
+        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
+        for (i, k) in keys.enumerate() {
+            let p = stategrid_proto::partition_of(stategrid_proto::key_hash(self.id, k));
+            let s = stategrid_proto::owner_shard(p, shards);
+            match groups.iter_mut().find(|(g, _)| *g == s) {
+                Some((_, idx)) => idx.push(i),
+                None => groups.push((s, vec![i])),
+            }
+        }
+        groups
+    }
+
+    /// One `MultiRead` of `keys`, on `shard`'s connection when given.
+    async fn multi_read_part<'a>(
+        &self,
+        keys: impl Iterator<Item = &'a [u8]>,
+        shard: Option<usize>,
+    ) -> Result<Vec<Result<ReadResult, ErrorReply>>> {
+        let keys: Vec<Vec<u8>> = keys.map(|k| k.to_vec()).collect();
+        let n = keys.len();
+        let req = Request::MultiRead { ns: self.id, keys };
+        let reply = self.client.call_parts_on(&req, &[], shard).await?;
         let items = match reply.response {
             Response::Multi { items } => items,
             other => return Err(unexpected(&req, &other)),
         };
-        if items.len() != keys.len() {
+        if items.len() != n {
             return Err(Error::Protocol(format!(
-                "multi-read of {} keys answered {} items",
-                keys.len(),
+                "multi-read of {n} keys answered {} items",
                 items.len()
             )));
         }
@@ -933,12 +1103,39 @@ impl Namespace {
             }
             return collect_items(set, items.len()).await;
         }
-        let mut bulk = Vec::with_capacity(items.len());
-        let mut values: Vec<&[u8]> = Vec::with_capacity(items.len());
+        if self.client.shards() > 1 {
+            // As in multi_read: one part per owner shard, results back in item order.
+            let groups = self.shard_groups(items.iter().map(|(k, _)| k.as_ref()));
+            let parts = join_all(groups.iter().map(|(shard, idx)| {
+                let part = idx
+                    .iter()
+                    .map(|&i| (items[i].0.as_ref(), items[i].1.as_ref()));
+                self.bulk_put_part(part, opts, Some(*shard))
+            }))
+            .await;
+            return merge_parts(&groups, parts, items.len());
+        }
+        self.bulk_put_part(
+            items.iter().map(|(k, v)| (k.as_ref(), v.as_ref())),
+            opts,
+            None,
+        )
+        .await
+    }
+
+    /// One `BulkPut` of `items`, on `shard`'s connection when given.
+    async fn bulk_put_part<'a>(
+        &self,
+        items: impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])>,
+        opts: WriteOpts,
+        shard: Option<usize>,
+    ) -> Result<Vec<Result<u64, ErrorReply>>> {
+        let n = items.len();
+        let mut bulk = Vec::with_capacity(n);
+        let mut values: Vec<&[u8]> = Vec::with_capacity(n);
         for (key, value) in items {
-            let value = value.as_ref();
             bulk.push(BulkItem {
-                key: key.as_ref().to_vec(),
+                key: key.to_vec(),
                 value_bytes: u32::try_from(value.len()).map_err(|_| {
                     Error::Server(ErrorReply::with_message(
                         ErrorCode::ObjectTooLarge,
@@ -954,15 +1151,14 @@ impl Namespace {
             ns: self.id,
             items: bulk,
         };
-        let reply = self.client.call_parts(&req, &values).await?;
+        let reply = self.client.call_parts_on(&req, &values, shard).await?;
         let results = match reply.response {
             Response::Bulk { items } => items,
             other => return Err(unexpected(&req, &other)),
         };
-        if results.len() != items.len() {
+        if results.len() != n {
             return Err(Error::Protocol(format!(
-                "bulk put of {} items answered {} results",
-                items.len(),
+                "bulk put of {n} items answered {} results",
                 results.len()
             )));
         }

@@ -41,6 +41,12 @@ pub struct ClientConfig {
     /// disconnected) sends no reset: without this a request to it would wait all of
     /// `request_timeout_ms` instead of failing over. At least 1.
     pub dead_peer_timeout_ms: u64,
+    /// Send each keyed request on a connection served by the shard that owns its key, so no
+    /// server core passes it to another (the pool then holds `connections` connections per
+    /// shard of the host, rounded up: at least one per shard, opened on first use). Off: the
+    /// pool's connections land on whichever shard the kernel picks, and most requests take a
+    /// hop between shards on the server.
+    pub shard_aware: bool,
 }
 
 impl Default for ClientConfig {
@@ -54,6 +60,7 @@ impl Default for ClientConfig {
             recv_buffer_bytes: 64 << 10,
             client_name: concat!("stategrid-client/", env!("CARGO_PKG_VERSION")).to_owned(),
             dead_peer_timeout_ms: 2_000,
+            shard_aware: true,
         }
     }
 }

@@ -60,6 +60,9 @@ pub struct ServerInfo {
     pub shards: u32,
     /// Partitions in the store.
     pub partitions: u32,
+    /// The shard that serves this connection, when the connection asked for one
+    /// (`HelloShard`) and the server knows shard-aware connections; None otherwise.
+    pub shard: Option<u32>,
 }
 
 /// A receive buffer whose bytes start 8-aligned, so every frame in it (frames are multiples
@@ -337,6 +340,8 @@ pub(crate) struct ConnSettings {
     pub(crate) frame_bytes_max: usize,
     pub(crate) recv_buffer_bytes: usize,
     pub(crate) client_name: String,
+    /// Ask to be served by this shard of the host (`HelloShard`); None: plain `Hello`.
+    pub(crate) shard: Option<u32>,
 }
 
 impl Conn {
@@ -352,74 +357,30 @@ impl Conn {
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let hello = Request::Hello {
-            version: PROTOCOL_VERSION,
-            client: settings.client_name.clone(),
-        };
-        let mut out = Vec::with_capacity(256);
-        encode_request(&mut out, HELLO_REQUEST_ID, &hello, &[]);
-        let closed = |e: std::io::Error| Error::Closed {
-            reason: format!("handshake with {addr} failed: {e}"),
-        };
-        wr.write_all(&out).await.map_err(closed)?;
-        wr.flush().await.map_err(closed)?;
-
         let mut buf = RecvBuf::new(settings.recv_buffer_bytes);
-        let frame_bytes = buf
-            .fill_frame(&mut rd, settings.frame_bytes_max)
-            .await
-            .map_err(|f| match f.to_error() {
-                Error::Closed { reason } => Error::Closed {
-                    reason: format!("handshake with {addr}: {reason}"),
+        let mut ask_shard = settings.shard;
+        let server = loop {
+            let hello = match ask_shard {
+                Some(shard) => Request::HelloShard {
+                    version: PROTOCOL_VERSION,
+                    client: settings.client_name.clone(),
+                    shard,
                 },
-                e => e,
-            })?;
-        let parsed = frame::parse(buf.filled(), settings.frame_bytes_max)
-            .expect("fill_frame checked the header")
-            .expect("fill_frame found a whole frame");
-        let request_id = parsed.header.request_id;
-        let answer = decode_frame(parsed.archive, parsed.value);
-        buf.consume(frame_bytes);
-        let server = match answer {
-            Ok(RawReply {
-                response:
-                    Response::HelloOk {
-                        version,
-                        server,
-                        shards,
-                        partitions,
-                    },
-                ..
-            }) if request_id == HELLO_REQUEST_ID => {
-                if version != PROTOCOL_VERSION {
-                    return Err(Error::UnsupportedVersion {
-                        addr: addr.to_owned(),
-                        client_version: PROTOCOL_VERSION,
-                        server_version: u64::from(version),
-                    });
+                None => Request::Hello {
+                    version: PROTOCOL_VERSION,
+                    client: settings.client_name.clone(),
+                },
+            };
+            match Self::hello(&mut rd, &mut wr, &mut buf, addr, settings, &hello).await {
+                // A server from before shard-aware connections does not know `HelloShard`
+                // (and still waits for a Hello): greet it the old way on the same connection.
+                Err(Error::Server(reply))
+                    if ask_shard.is_some()
+                        && reply.code == stategrid_proto::ErrorCode::InvalidRequest =>
+                {
+                    ask_shard = None;
                 }
-                ServerInfo {
-                    protocol_version: version,
-                    server,
-                    shards,
-                    partitions,
-                }
-            }
-            Err(Error::Server(reply))
-                if reply.code == stategrid_proto::ErrorCode::UnsupportedVersion =>
-            {
-                return Err(Error::UnsupportedVersion {
-                    addr: addr.to_owned(),
-                    client_version: PROTOCOL_VERSION,
-                    server_version: reply.detail,
-                });
-            }
-            Err(e) => return Err(e),
-            Ok(other) => {
-                return Err(Error::Protocol(format!(
-                    "expected HelloOk for request 0 from {addr}, got {:?} for request {request_id}",
-                    other.response
-                )));
+                other => break other?,
             }
         };
 
@@ -442,6 +403,99 @@ impl Conn {
             reader,
             writer,
             server,
+        })
+    }
+
+    /// Sends one `Hello` (or `HelloShard`) and reads its answer.
+    async fn hello<R, W>(
+        rd: &mut R,
+        wr: &mut W,
+        buf: &mut RecvBuf,
+        addr: &str,
+        settings: &ConnSettings,
+        hello: &Request,
+    ) -> Result<ServerInfo>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut out = Vec::with_capacity(256);
+        encode_request(&mut out, HELLO_REQUEST_ID, hello, &[]);
+        let closed = |e: std::io::Error| Error::Closed {
+            reason: format!("handshake with {addr} failed: {e}"),
+        };
+        wr.write_all(&out).await.map_err(closed)?;
+        wr.flush().await.map_err(closed)?;
+
+        let frame_bytes =
+            buf.fill_frame(rd, settings.frame_bytes_max)
+                .await
+                .map_err(|f| match f.to_error() {
+                    Error::Closed { reason } => Error::Closed {
+                        reason: format!("handshake with {addr}: {reason}"),
+                    },
+                    e => e,
+                })?;
+        let parsed = frame::parse(buf.filled(), settings.frame_bytes_max)
+            .expect("fill_frame checked the header")
+            .expect("fill_frame found a whole frame");
+        let request_id = parsed.header.request_id;
+        let answer = decode_frame(parsed.archive, parsed.value);
+        buf.consume(frame_bytes);
+        let (version, server, shards, partitions, shard) = match answer {
+            Ok(RawReply {
+                response:
+                    Response::HelloOk {
+                        version,
+                        server,
+                        shards,
+                        partitions,
+                    },
+                ..
+            }) if request_id == HELLO_REQUEST_ID => (version, server, shards, partitions, None),
+            Ok(RawReply {
+                response:
+                    Response::HelloShardOk {
+                        version,
+                        server,
+                        shards,
+                        partitions,
+                        shard,
+                    },
+                ..
+            }) if request_id == HELLO_REQUEST_ID => {
+                (version, server, shards, partitions, Some(shard))
+            }
+            Err(Error::Server(reply))
+                if reply.code == stategrid_proto::ErrorCode::UnsupportedVersion =>
+            {
+                return Err(Error::UnsupportedVersion {
+                    addr: addr.to_owned(),
+                    client_version: PROTOCOL_VERSION,
+                    server_version: reply.detail,
+                });
+            }
+            Err(e) => return Err(e),
+            Ok(other) => {
+                return Err(Error::Protocol(format!(
+                    "expected HelloOk for request 0 from {addr}, got {:?} for request {request_id}",
+                    other.response
+                )));
+            }
+        };
+        if version != PROTOCOL_VERSION {
+            return Err(Error::UnsupportedVersion {
+                addr: addr.to_owned(),
+                client_version: PROTOCOL_VERSION,
+                server_version: u64::from(version),
+            });
+        }
+        Ok(ServerInfo {
+            protocol_version: version,
+            server,
+            shards,
+            partitions,
+            shard,
         })
     }
 

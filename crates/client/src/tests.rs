@@ -26,6 +26,7 @@ fn settings(inflight_per_conn_max: usize) -> ConnSettings {
         frame_bytes_max: FRAME_BYTES_MAX,
         recv_buffer_bytes: 64,
         client_name: "unit-test".into(),
+        shard: None,
     }
 }
 
@@ -86,14 +87,54 @@ async fn accept_hello<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 ) {
     let (id, req, _) = read_request(rd, buf).await.expect("hello");
     assert_eq!(id, 0);
+    // Shard-aware clients ask for a shard; this fake answers as a server with one shard that
+    // does not route by shard (HelloOk), so the client does not either.
     assert!(matches!(
         req,
         Request::Hello {
             version: PROTOCOL_VERSION,
             ..
+        } | Request::HelloShard {
+            version: PROTOCOL_VERSION,
+            ..
         }
     ));
     write_response(wr, 0, &hello_ok(), b"").await;
+}
+
+/// A server from before shard-aware connections answers `HelloShard` with `InvalidRequest`
+/// and still waits for a Hello: the client greets it again with `Hello` on the same stream.
+#[tokio::test]
+async fn hello_shard_falls_back_to_hello_on_an_old_server() {
+    let (client_side, server_side) = tokio::io::duplex(1 << 16);
+    let (crd, cwr) = tokio::io::split(client_side);
+    let (mut srd, mut swr) = tokio::io::split(server_side);
+    let server = tokio::spawn(async move {
+        let mut buf = RecvBuf::new(64);
+        let (id, req, _) = read_request(&mut srd, &mut buf).await.expect("hello-shard");
+        assert_eq!(id, 0);
+        assert!(
+            matches!(req, Request::HelloShard { shard: 3, .. }),
+            "{req:?}"
+        );
+        let refusal = Response::Error(ErrorReply::new(ErrorCode::InvalidRequest, 0));
+        write_response(&mut swr, 0, &refusal, b"").await;
+        let (id, req, _) = read_request(&mut srd, &mut buf).await.expect("hello");
+        assert_eq!(id, 0);
+        assert!(matches!(req, Request::Hello { .. }), "{req:?}");
+        write_response(&mut swr, 0, &hello_ok(), b"").await;
+        (srd, swr)
+    });
+    let mut s = settings(8);
+    s.shard = Some(3);
+    let conn = Conn::handshake(crd, cwr, "old", &s)
+        .await
+        .expect("handshake");
+    assert_eq!(
+        conn.server.shard, None,
+        "an old server serves where it lands"
+    );
+    let _keep = server.await.unwrap();
 }
 
 /// An `AsyncRead` that hands out its bytes `chunk_bytes` at a time.

@@ -117,6 +117,15 @@ pub fn partition_of_slot(slot: u16) -> u32 {
     slot as u32 / SLOTS_PER_PARTITION
 }
 
+/// The shard of a host that owns `partition`, for a host with `shards` shards. The server
+/// serves a keyed request on this shard; a shard-aware client sends it on its connection to
+/// this shard, so both must compute the same number.
+#[inline]
+pub fn owner_shard(partition: u32, shards: usize) -> usize {
+    debug_assert!(shards > 0, "a host has at least one shard");
+    partition as usize % shards
+}
+
 /// A namespace's id, derived from its name, so hosts need not agree on a counter. `redis-N`
 /// gets its reserved id; every other name lands below [`REDIS_NS_BASE`].
 #[inline]

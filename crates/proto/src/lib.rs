@@ -20,7 +20,7 @@ pub mod msg;
 
 pub use codec::{DecodeError, decode_request, decode_response, encode_request, encode_response};
 pub use frame::{FrameError, FrameHeader, HEADER_BYTES, Parsed};
-pub use hash::{PARTITIONS, key_hash, partition_of};
+pub use hash::{PARTITIONS, key_hash, owner_shard, partition_of};
 pub use msg::*;
 
 /// The protocol version this build speaks. A client sends it in `Hello`; the server answers

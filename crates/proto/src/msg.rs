@@ -162,6 +162,17 @@ pub enum Request {
     /// string, or a hash's fields) ride in the trailer. Served by the partition's primary and
     /// replicated by state like every other write.
     Redis { key: Key, op: RedisOp },
+    // ---- Shard-aware connections ------------------------------------------------------------
+    /// First frame of a shard-aware connection: as `Hello`, and serve this connection on shard
+    /// `shard` of the host (the server hands the socket over when it landed elsewhere). A
+    /// `shard` at or past the host's shard count is served where it landed. Answered with
+    /// `HelloShardOk`, which names the shard that serves it. Old servers answer
+    /// `InvalidRequest`; old clients keep sending `Hello` and are served where they land.
+    HelloShard {
+        version: u16,
+        client: String,
+        shard: u32,
+    },
 }
 
 /// An object's whole state, as replication and migration copy it. Times are Unix
@@ -429,6 +440,7 @@ impl Request {
             Request::MigratePull { .. } => 23,
             Request::MigrateEnd { .. } => 24,
             Request::Redis { .. } => 25,
+            Request::HelloShard { .. } => 26,
         }
     }
 }
@@ -511,12 +523,13 @@ impl ArchivedRequest {
             ArchivedRequest::MigratePull { .. } => 23,
             ArchivedRequest::MigrateEnd { .. } => 24,
             ArchivedRequest::Redis { .. } => 25,
+            ArchivedRequest::HelloShard { .. } => 26,
         };
         Self::name_of(tag)
     }
 
     fn name_of(tag: u8) -> &'static str {
-        const NAMES: [&str; 26] = [
+        const NAMES: [&str; 27] = [
             "hello",
             "ns-open",
             "ns-list",
@@ -543,6 +556,7 @@ impl ArchivedRequest {
             "migrate-pull",
             "migrate-end",
             "redis",
+            "hello-shard",
         ];
         NAMES[tag as usize]
     }
@@ -632,6 +646,13 @@ pub struct Stats {
     /// executing, answering), as opposed to the runtime's own (timers, wake-ups).
     pub serve_allocations: u64,
     pub params: Vec<Param>,
+    /// Keyed requests, and parts of multi-key requests, that a shard of this host sent to
+    /// another shard to serve (they landed on a shard that does not own their partition).
+    /// Stays zero for a shard-aware client's requests. Requests every shard answers (`Stats`,
+    /// namespace counts) are not counted.
+    pub forwarded_requests: u64,
+    /// Connections handed to another shard after their `HelloShard` asked for it.
+    pub handed_off_connections: u64,
 }
 
 /// Every response the server sends.
@@ -689,6 +710,14 @@ pub enum Response {
     /// null) and its bytes.
     Items {
         count: u32,
+    },
+    /// The answer to `HelloShard`: as `HelloOk`, and the shard that serves this connection.
+    HelloShardOk {
+        version: u16,
+        server: String,
+        shards: u32,
+        partitions: u32,
+        shard: u32,
     },
 }
 

@@ -317,7 +317,10 @@ impl Server {
                     | ArchivedRequest::UpdateIfVersion { .. }
                     | ArchivedRequest::UpdateAndUnlock { .. },
                 ) => push_reply(&mut conn.pending, &r.written, id),
-                Ok(ArchivedRequest::Hello { .. }) => push_reply(&mut conn.pending, &r.hello, id),
+                // A shard-aware greeting gets the plain answer: one "shard", nothing to route.
+                Ok(ArchivedRequest::Hello { .. } | ArchivedRequest::HelloShard { .. }) => {
+                    push_reply(&mut conn.pending, &r.hello, id)
+                }
                 Ok(ArchivedRequest::NsOpen { name }) => {
                     let ns = Response::Namespace {
                         id: namespace_id(name.as_str()),

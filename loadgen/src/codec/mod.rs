@@ -156,6 +156,28 @@ pub trait Codec {
     /// Parses the reply at the start of `buf` to a request of kind `expect` (the oldest one
     /// outstanding on the connection).
     fn parse(&mut self, buf: &[u8], expect: OpKind) -> Result<Parsed, ProtocolError>;
+
+    /// Makes the next [`Codec::handshake`] ask to be served by shard `shard` of the host
+    /// (None: do not ask). Only the native protocol knows shards; the others ignore it.
+    fn ask_shard(&mut self, _shard: Option<u32>) {}
+
+    /// After a handshake that asked for a shard: how the server routes keys to shards, when
+    /// it said. None for the other protocols and for servers that do not route by shard.
+    fn shard_layout(&self) -> Option<ShardLayout> {
+        None
+    }
+}
+
+/// What a shard-aware handshake learned: keys owned by `shard` (of `shards`) are served on
+/// the connection without a hop between the server's cores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardLayout {
+    /// Shards of the host.
+    pub shards: u32,
+    /// The shard serving the connection.
+    pub shard: u32,
+    /// The namespace id keys are hashed with.
+    pub ns: u32,
 }
 
 /// Appends `n` in decimal. No allocation (`write!` on a Vec would do the same, slower).

@@ -10,7 +10,9 @@
 //!
 //! Session writes carry a sliding timeout (`--session-timeout`), as a session provider's do.
 //! A connection first sends `Hello` and `NsOpen` (namespace `loadgen` unless told otherwise) and
-//! addresses every key in the namespace id the server returns.
+//! addresses every key in the namespace id the server returns. Shard-aware (the default), the
+//! greeting is `HelloShard` asking for one shard, and the worker sends the connection only keys
+//! that shard owns (see [`Codec::shard_layout`]).
 //!
 //! Cost per request: one rkyv serialization into the send buffer (the request structs are
 //! kept and only their key bytes rewritten, so nothing allocates), one validated in-place read
@@ -22,7 +24,7 @@ use stategrid_proto::{
     WriteOpts, decode_response, encode_request,
 };
 
-use super::{Codec, Parsed, ProtocolError, Reply, Request, ServerError, Status};
+use super::{Codec, Parsed, ProtocolError, Reply, Request, ServerError, ShardLayout, Status};
 use crate::workload::{OpKind, VALUE_BYTES_MAX};
 
 /// Largest reply frame accepted: the largest value plus room for the archive.
@@ -37,6 +39,10 @@ pub struct Native {
     ns: u32,
     handshake_step: u8,
     server: String,
+    /// The shard the next handshake asks for.
+    ask_shard: Option<u32>,
+    /// (shards, shard) from the last `HelloShardOk`.
+    served_by: Option<(u32, u32)>,
     // Kept between requests so encoding only rewrites the key (no allocation).
     read: Msg,
     put: Msg,
@@ -67,6 +73,8 @@ impl Native {
             ns: 0,
             handshake_step: 0,
             server: String::new(),
+            ask_shard: None,
+            served_by: None,
             read: Msg::Read { key: key() },
             put: Msg::Put {
                 key: key(),
@@ -134,6 +142,7 @@ fn variant(r: &ArchivedResponse) -> &'static str {
         ArchivedResponse::Int { .. } => "Int",
         ArchivedResponse::Nil => "Nil",
         ArchivedResponse::Items { .. } => "Items",
+        ArchivedResponse::HelloShardOk { .. } => "HelloShardOk",
     }
 }
 
@@ -144,9 +153,18 @@ impl Codec for Native {
 
     fn handshake(&mut self, out: &mut Vec<u8>) -> usize {
         self.handshake_step = 0;
-        let hello = Msg::Hello {
-            version: PROTOCOL_VERSION,
-            client: "loadgen".to_owned(),
+        self.served_by = None;
+        let client = "loadgen".to_owned();
+        let hello = match self.ask_shard {
+            Some(shard) => Msg::HelloShard {
+                version: PROTOCOL_VERSION,
+                client,
+                shard,
+            },
+            None => Msg::Hello {
+                version: PROTOCOL_VERSION,
+                client,
+            },
         };
         encode_request(out, ID_HELLO, &hello, &[]);
         let open = Msg::NsOpen {
@@ -166,6 +184,18 @@ impl Codec for Native {
         match (self.handshake_step, r) {
             (0, ArchivedResponse::HelloOk { server, .. }) => {
                 self.server = server.as_str().to_owned()
+            }
+            (
+                0,
+                ArchivedResponse::HelloShardOk {
+                    server,
+                    shards,
+                    shard,
+                    ..
+                },
+            ) => {
+                self.server = server.as_str().to_owned();
+                self.served_by = Some((shards.to_native(), shard.to_native()));
             }
             (1, ArchivedResponse::Namespace { id }) => self.ns = id.to_native(),
             (step, ArchivedResponse::Error(e)) => {
@@ -198,6 +228,19 @@ impl Codec for Native {
         set_key(msg, self.ns, req.key);
         let value = if req.kind.writes() { req.value } else { &[] };
         encode_request(out, req.id, msg, value);
+    }
+
+    fn ask_shard(&mut self, shard: Option<u32>) {
+        self.ask_shard = shard;
+    }
+
+    fn shard_layout(&self) -> Option<ShardLayout> {
+        let (shards, shard) = self.served_by?;
+        Some(ShardLayout {
+            shards,
+            shard,
+            ns: self.ns,
+        })
     }
 
     /// Classifies by the reply alone (`expect` is not needed: the echoed id names the request).

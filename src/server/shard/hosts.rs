@@ -1185,14 +1185,18 @@ impl Shard {
         let sa = Box::new(socket2::SockAddr::from(addr));
         let (ptr, len) = (sa.as_ptr() as *const libc::sockaddr, sa.len());
         conn.peer_addr = Some(sa);
-        // The Hello goes first, sent as soon as the connection is up.
+        // The Hello goes first, sent as soon as the connection is up. It asks for our own
+        // shard number: with equal shard counts on both hosts (the usual deployment) the
+        // partitions this shard replicates and relays are the ones that shard owns there, so
+        // `Replicate` frames and relayed requests arrive where they are served, without a hop.
         let id = 0;
         codec::encode_request(
             conn.filling.bytes_mut(),
             id,
-            &Request::Hello {
+            &Request::HelloShard {
                 version: PROTOCOL_VERSION,
                 client: format!("stategrid {} host link", env!("CARGO_PKG_VERSION")),
+                shard: self.core.shard as u32,
             },
             &[],
         );
