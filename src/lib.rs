@@ -11,6 +11,8 @@
 //!   message mesh between shards, request routing and forwarding, shutdown.
 //! - [`net`]: the shard's socket path: an io_uring ring of its own (`DEFER_TASKRUN` +
 //!   `SINGLE_ISSUER`) driven from a glommio task, batching accepts, receives and sends.
+//! - [`http`]: the HTTP data REST API (hyper on each shard's glommio executor), whose
+//!   requests go through the shard's own routing as native requests.
 //! - [`cli`]: the `stategrid` control program (a client of the server).
 //! - [`cluster`]: the multi-host core (partition map, planner, Raft on the map, leases); pure logic.
 //!
@@ -21,6 +23,7 @@ pub mod alloc_count;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod http;
 pub mod net;
 pub mod preflight;
 pub mod server;

@@ -10,6 +10,7 @@
 
 mod exec;
 mod gather;
+pub mod local_api;
 mod shard;
 
 use std::cell::RefCell;
@@ -153,6 +154,7 @@ fn run(
             )
         })?);
     }
+    let rest_listeners = http_listeners(&cfg, cfg.rest_port, "rest_port", shards)?;
     let plane = Arc::new(crate::cluster::plane::Plane::new(shards));
     let control = crate::cluster::control::start(
         cfg.clone(),
@@ -182,12 +184,14 @@ fn run(
     let (waker_tx, waker_rx) = std::sync::mpsc::channel::<Result<RingWaker, String>>();
     let memory_per_shard = cfg.max_memory_bytes / shards as u64;
     let mut handles = Vec::with_capacity(shards);
+    let mut rest_listeners = rest_listeners.into_iter();
     for (id, ((listener, int_listener), (tx_row, rx_row))) in listeners
         .into_iter()
         .zip(int_listeners)
         .zip(senders.into_iter().zip(receivers))
         .enumerate()
     {
+        let rest_listener = rest_listeners.next().flatten();
         let cfg = cfg.clone();
         let plane = plane.clone();
         let shared = shared.clone();
@@ -267,6 +271,10 @@ fn run(
                     }
                 }
                 drop(ticker);
+                if let Some(l) = rest_listener {
+                    let handle = local_api::ShardHandle::new(shard.clone());
+                    glommio::spawn_local(crate::http::serve_rest(l, handle)).detach();
+                }
                 tracing::debug!(shard = id, cpu, "serving");
                 shard::run(shard, waiter, connected, shared).await;
             })
@@ -336,6 +344,31 @@ fn listen(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     s.bind(&addr.into())?;
     s.listen(LISTEN_BACKLOG_CONNECTIONS)?;
     Ok(s)
+}
+
+/// One SO_REUSEPORT listener per shard on an HTTP port (`param`), or none when it is 0.
+fn http_listeners(
+    cfg: &Config,
+    port: u16,
+    param: &str,
+    shards: usize,
+) -> Result<Vec<Option<socket2::Socket>>, (i32, String)> {
+    if port == 0 {
+        return Ok((0..shards).map(|_| None).collect());
+    }
+    let addr = SocketAddr::new(cfg.net_interface.into(), port);
+    let fail = |e: std::io::Error| {
+        (
+            exit::BIND,
+            format!(
+                "cannot listen on {addr} ({param} / net_interface): {e}. Is another program using it? Choose another port with --set {param}=N, or 0 to turn it off"
+            ),
+        )
+    };
+    probe_port(addr).map_err(fail)?;
+    (0..shards)
+        .map(|_| listen(addr).map(Some).map_err(fail))
+        .collect()
 }
 
 /// Binds `addr` without SO_REUSEPORT and closes it again: fails if anyone listens there.

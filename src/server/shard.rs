@@ -23,8 +23,10 @@ use stategrid_proto::{
 };
 
 mod hosts;
+mod local;
 
 use hosts::{AnswerTo, ConnKind, Expect, HostRoute, Hosts};
+pub use local::{Answer, LocalAnswer, LocalConn, LocalError, Mailbox};
 
 use super::exec::{Core, Route, Sink, VecSink};
 use super::gather::{self, Gather};
@@ -92,6 +94,8 @@ struct Conn {
     expect: VecDeque<(u32, Expect)>,
     /// A link's peer address, kept alive for the connect SQE.
     peer_addr: Option<Box<socket2::SockAddr>>,
+    /// A local connection's caller ([`local`]): answers go here instead of a socket.
+    local: Option<Rc<RefCell<local::Mailbox>>>,
 }
 
 impl Conn {
@@ -295,6 +299,7 @@ impl Shard {
             connecting: false,
             expect: VecDeque::new(),
             peer_addr: None,
+            local: None,
         });
         let slot = self.conns.insert(conn) as u32;
         self.core.connections = self.conns.len() as u64;
@@ -856,6 +861,9 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(slot as usize) else {
             return;
         };
+        if conn.kind == ConnKind::Local {
+            return self.deliver_local(slot);
+        }
         if conn.send_inflight || conn.filling.is_empty() || conn.connecting {
             return;
         }
@@ -927,6 +935,7 @@ impl Shard {
         }
         let mut conn = self.conns.remove(slot as usize);
         self.core.connections = self.conns.len() as u64;
+        Self::local_closed(&conn);
         self.link_closed(&mut conn);
     }
 
