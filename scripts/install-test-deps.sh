@@ -4,6 +4,9 @@
 # Debian/Ubuntu (apt-get); run as root or with sudo available.
 set -euo pipefail
 
+# The HTTP API tests (schemathesis in a Python venv): their own script, always run.
+bash "$(dirname "$0")/install-test-deps-http.sh"
+
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v memcached >/dev/null 2>&1 || need+=(memcached)

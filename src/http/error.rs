@@ -21,6 +21,8 @@ pub struct HttpError {
     pub param: Option<&'static str>,
     /// Milliseconds until a held lock frees by itself (423).
     pub retry_after_ms: Option<u64>,
+    /// The methods a resource takes (405's `Allow`).
+    pub allow: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -44,6 +46,7 @@ impl HttpError {
             limit: None,
             param: None,
             retry_after_ms: None,
+            allow: None,
         }
     }
 
@@ -107,6 +110,7 @@ impl HttpError {
             limit,
             param,
             retry_after_ms: (e.code == C::Locked).then_some(e.detail),
+            allow: None,
         }
     }
 
@@ -123,6 +127,10 @@ impl HttpError {
         *r.status_mut() = self.status;
         r.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(allow) = self.allow {
+            r.headers_mut()
+                .insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+        }
         if let Some(ms) = self.retry_after_ms {
             r.headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000).max(1)));

@@ -122,7 +122,7 @@ impl Rest {
                     StatusCode::OK,
                     Bytes::from_static(super::openapi::DOCUMENT.as_bytes()),
                 )),
-                _ => Err(method_not_allowed("GET")),
+                _ => Err(method_not_allowed("GET, HEAD")),
             };
         }
         let target = parse_path(&path, self.cfg())?;
@@ -976,9 +976,11 @@ fn to_json(v: &serde_json::Value) -> Bytes {
 }
 
 fn method_not_allowed(allowed: &'static str) -> HttpError {
-    HttpError::new(
+    let mut e = HttpError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "MethodNotAllowed",
         format!("this resource takes {allowed}"),
-    )
+    );
+    e.allow = Some(allowed);
+    e
 }

@@ -325,6 +325,7 @@ impl Shard {
             return;
         };
         if conn.recv_inflight
+            || conn.kind == ConnKind::Local
             || conn.read_closed
             || conn.close_after_flush
             || conn.connecting
