@@ -29,12 +29,8 @@ impl Answer {
             .map(|(_, v)| v.as_str())
     }
     fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "not JSON ({e}): {:?}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -136,7 +132,11 @@ fn put_get_head_delete_with_etags_and_conditions() {
     let a = send("PUT", &url, &[("If-None-Match", "*")], Some(b"x"));
     assert_eq!(a.status, 412);
     assert_eq!(a.json()["error"], "AlreadyExists");
-    assert_eq!(send("GET", &url, &[], None).body, b"hello world", "unchanged");
+    assert_eq!(
+        send("GET", &url, &[], None).body,
+        b"hello world",
+        "unchanged"
+    );
     let fresh = format!("{base}/data/sessions/fresh");
     let a = send("PUT", &fresh, &[("If-None-Match", "*")], Some(b"new"));
     assert_eq!(a.status, 201);
@@ -193,14 +193,26 @@ fn values_written_over_http_are_the_native_clients_objects() {
             Some(format!("value {i}").as_bytes()),
         );
         assert_eq!(a.status, 204);
-        assert_eq!(ns.read(&format!("k{i}")).unwrap().value, format!("value {i}").as_bytes());
+        assert_eq!(
+            ns.read(format!("k{i}")).unwrap().value,
+            format!("value {i}").as_bytes()
+        );
     }
-    ns.put("native", b"from the native client", stategrid_client::WriteOptions::default())
-        .unwrap();
+    ns.put(
+        "native",
+        b"from the native client",
+        stategrid_client::WriteOptions::default(),
+    )
+    .unwrap();
     let a = send("GET", &format!("{base}/data/shared/native"), &[], None);
     assert_eq!(a.body, b"from the native client");
     // Keys are bytes: percent-encoded bytes arrive as they are, '/' included.
-    let a = send("PUT", &format!("{base}/data/shared/a%2Fb%20c/d"), &[], Some(b"x"));
+    let a = send(
+        "PUT",
+        &format!("{base}/data/shared/a%2Fb%20c/d"),
+        &[],
+        Some(b"x"),
+    );
     assert_eq!(a.status, 204);
     assert_eq!(ns.read("a/b c/d").unwrap().value, b"x");
 }
@@ -250,7 +262,10 @@ fn timeouts_by_soss_headers() {
         assert_eq!(a.status, 400, "{sec} {kind}");
         assert_eq!(a.json()["error"], error);
     }
-    assert_eq!(send("GET", &format!("{base}/data/t/bad"), &[], None).status, 404);
+    assert_eq!(
+        send("GET", &format!("{base}/data/t/bad"), &[], None).status,
+        404
+    );
 }
 
 #[test]
@@ -271,14 +286,22 @@ fn locks_over_http() {
     assert!(a.json()["retry_after_ms"].as_u64().unwrap() > 0);
     assert!(a.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
     let a = send("DELETE", &url, &[], None);
-    assert_eq!(a.status, 423, "a locked object is not removed without its token");
+    assert_eq!(
+        a.status, 423,
+        "a locked object is not removed without its token"
+    );
     let a = send("PUT", &url, &[("If-Match", "*")], Some(b"intruder"));
     assert_eq!(a.status, 423);
     // A plain read still reads.
     assert_eq!(send("GET", &url, &[], None).body, b"v1");
 
     // Refresh, then update-and-unlock.
-    let a = send("POST", &format!("{url}?op=refresh"), &[("Soss-LockToken", &token)], None);
+    let a = send(
+        "POST",
+        &format!("{url}?op=refresh"),
+        &[("Soss-LockToken", &token)],
+        None,
+    );
     assert_eq!(a.status, 204);
     let a = send(
         "PUT",
@@ -292,15 +315,30 @@ fn locks_over_http() {
     // Lock again, release without change; the old token no longer works.
     let a = send("GET", &format!("{url}?lock"), &[], None);
     let token2 = a.header("soss-locktoken").unwrap().to_owned();
-    let a = send("POST", &format!("{url}?op=unlock"), &[("Soss-LockToken", &token2)], None);
+    let a = send(
+        "POST",
+        &format!("{url}?op=unlock"),
+        &[("Soss-LockToken", &token2)],
+        None,
+    );
     assert_eq!(a.status, 204);
-    let a = send("POST", &format!("{url}?op=unlock"), &[("Soss-LockToken", &token2)], None);
+    let a = send(
+        "POST",
+        &format!("{url}?op=unlock"),
+        &[("Soss-LockToken", &token2)],
+        None,
+    );
     assert_eq!(a.status, 409);
     assert_eq!(a.json()["error"], "LockLost");
     let a = send("POST", &format!("{url}?op=unlock"), &[], None);
     assert_eq!(a.status, 400);
     assert_eq!(a.json()["error"], "LockTokenRequired");
-    let a = send("POST", &format!("{url}?op=explode"), &[("Soss-LockToken", "1")], None);
+    let a = send(
+        "POST",
+        &format!("{url}?op=explode"),
+        &[("Soss-LockToken", "1")],
+        None,
+    );
     assert_eq!(a.status, 400);
     let a = send("PUT", &url, &[("Soss-LockToken", "abc")], Some(b"x"));
     assert_eq!(a.status, 400);
@@ -320,7 +358,13 @@ fn namespaces_and_keys_listed_in_pages() {
     let (_s, base) = server(&[]);
     for i in 0..50 {
         assert_eq!(
-            send("PUT", &format!("{base}/data/listed/key-{i:02}"), &[], Some(b"x")).status,
+            send(
+                "PUT",
+                &format!("{base}/data/listed/key-{i:02}"),
+                &[],
+                Some(b"x")
+            )
+            .status,
             204
         );
     }
@@ -369,9 +413,17 @@ fn namespaces_and_keys_listed_in_pages() {
 fn multipart(boundary: &str, fields: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
     let mut b = Vec::new();
     for (name, filename, value) in fields {
-        write!(b, "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"").unwrap();
+        write!(
+            b,
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\""
+        )
+        .unwrap();
         if let Some(f) = filename {
-            write!(b, "; filename=\"{f}\"\r\nContent-Type: application/octet-stream").unwrap();
+            write!(
+                b,
+                "; filename=\"{f}\"\r\nContent-Type: application/octet-stream"
+            )
+            .unwrap();
         }
         b.extend_from_slice(b"\r\n\r\n");
         b.extend_from_slice(value);
@@ -394,7 +446,12 @@ fn multipart_post_stores_an_object() {
             ("file", Some("cart.bin"), b"\x00\x01binary\xff"),
         ],
     );
-    let a = send("POST", &format!("{base}/data/forms"), &[("Content-Type", ct)], Some(&body));
+    let a = send(
+        "POST",
+        &format!("{base}/data/forms"),
+        &[("Content-Type", ct)],
+        Some(&body),
+    );
     assert_eq!(a.status, 201, "{}", a.text());
     assert_eq!(a.header("etag"), Some("\"1\""));
     let a = send("GET", &format!("{base}/data/forms/uploaded"), &[], None);
@@ -410,16 +467,44 @@ fn multipart_post_stores_an_object() {
     );
     assert_eq!(a.status, 400, "{}", a.text());
     assert_eq!(a.json()["error"], "BadMultipart");
-    assert_eq!(send("GET", &format!("{base}/data/forms/half"), &[], None).status, 404);
+    assert_eq!(
+        send("GET", &format!("{base}/data/forms/half"), &[], None).status,
+        404
+    );
     let no_key = multipart("XyZ", &[("file", Some("f"), b"v")]);
-    let a = send("POST", &format!("{base}/data/forms"), &[("Content-Type", ct)], Some(&no_key));
+    let a = send(
+        "POST",
+        &format!("{base}/data/forms"),
+        &[("Content-Type", ct)],
+        Some(&no_key),
+    );
     assert_eq!(a.status, 400);
-    let a = send("POST", &format!("{base}/data/forms"), &[("Content-Type", "text/plain")], Some(b"x"));
+    let a = send(
+        "POST",
+        &format!("{base}/data/forms"),
+        &[("Content-Type", "text/plain")],
+        Some(b"x"),
+    );
     assert_eq!(a.status, 415);
-    let bad_timeout = multipart("XyZ", &[("Soss-Key", None, b"bt"), ("Soss-TimeoutSec", None, b"soon"), ("v", None, b"x")]);
-    let a = send("POST", &format!("{base}/data/forms"), &[("Content-Type", ct)], Some(&bad_timeout));
+    let bad_timeout = multipart(
+        "XyZ",
+        &[
+            ("Soss-Key", None, b"bt"),
+            ("Soss-TimeoutSec", None, b"soon"),
+            ("v", None, b"x"),
+        ],
+    );
+    let a = send(
+        "POST",
+        &format!("{base}/data/forms"),
+        &[("Content-Type", ct)],
+        Some(&bad_timeout),
+    );
     assert_eq!(a.status, 400);
-    assert_eq!(send("GET", &format!("{base}/data/forms/bt"), &[], None).status, 404);
+    assert_eq!(
+        send("GET", &format!("{base}/data/forms/bt"), &[], None).status,
+        404
+    );
 }
 
 /// Sends raw bytes on a new connection and returns what the server answered before closing
@@ -452,7 +537,8 @@ fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     assert_eq!(j["limit"], 4096);
     assert_eq!(j["param"], "http_body_bytes_max");
     // The same, chunked (no Content-Length).
-    let mut chunked = b"PUT /data/bad/k HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut chunked =
+        b"PUT /data/bad/k HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..5 {
         chunked.extend_from_slice(b"400\r\n");
         chunked.extend_from_slice(&[b'z'; 1024]);
@@ -488,15 +574,22 @@ fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     assert!(a.header("allow").unwrap().contains("PUT"));
     let a = send("GET", &format!("{base}/nothing"), &[], None);
     assert_eq!(a.status, 404);
-    let a = send("PUT", &url, &[("If-None-Match", "*"), ("If-Match", "*")], Some(b"x"));
+    let a = send(
+        "PUT",
+        &url,
+        &[("If-None-Match", "*"), ("If-Match", "*")],
+        Some(b"x"),
+    );
     assert_eq!(a.status, 400);
 
     // A slow client: headers never finished. It is closed after http_read_timeout_ms, and
     // others are served meanwhile.
     let mut slow = TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
-    slow.write_all(b"GET /data/bad/k HTTP/1.1\r\nHost: x\r\n").unwrap();
+    slow.write_all(b"GET /data/bad/k HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
     assert_eq!(send("GET", &url, &[], None).body, b"original");
-    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut buf = Vec::new();
     let started = Instant::now();
     let _ = slow.read_to_end(&mut buf);
@@ -546,7 +639,10 @@ impl Drop for Host {
 #[test]
 fn any_host_answers_for_any_key_in_a_three_host_store() {
     let (mgt, svr, int, rest) = (free_port(), free_port(), free_port(), free_port());
-    let ips: Vec<String> = [41, 42, 43].iter().map(|i| format!("127.0.0.{i}")).collect();
+    let ips: Vec<String> = [41, 42, 43]
+        .iter()
+        .map(|i| format!("127.0.0.{i}"))
+        .collect();
     let _hosts: Vec<Host> = ips
         .iter()
         .map(|me| {
@@ -572,7 +668,9 @@ fn any_host_answers_for_any_key_in_a_three_host_store() {
             ] {
                 cmd.arg("--set").arg(format!("{n}={v}"));
             }
-            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
             Host {
                 child: cmd.spawn().unwrap(),
                 _dir: dir,
@@ -592,14 +690,26 @@ fn any_host_answers_for_any_key_in_a_three_host_store() {
     assert_eq!(a.status, 201, "{}", a.text());
     for h in 0..3 {
         let a = send("GET", &url(h), &[], None);
-        assert_eq!((a.status, a.body.as_slice()), (200, &b"remote"[..]), "host {h}");
+        assert_eq!(
+            (a.status, a.body.as_slice()),
+            (200, &b"remote"[..]),
+            "host {h}"
+        );
         assert_eq!(a.header("etag"), Some("\"1\""));
-        assert_eq!(send("HEAD", &url(h), &[], None).header("content-length"), Some("6"));
+        assert_eq!(
+            send("HEAD", &url(h), &[], None).header("content-length"),
+            Some("6")
+        );
     }
     // The native client at the primary sees it.
     let primary = client(&svrs[2], 10_000);
     assert_eq!(
-        primary.namespace("sessions").unwrap().read(&key).unwrap().value,
+        primary
+            .namespace("sessions")
+            .unwrap()
+            .read(&key)
+            .unwrap()
+            .value,
         b"remote"
     );
     // Conditions and locks through a host that is not the primary.
@@ -610,7 +720,10 @@ fn any_host_answers_for_any_key_in_a_three_host_store() {
     let a = send("GET", &format!("{}?lock=true", url(1)), &[], None);
     assert_eq!(a.status, 200);
     let token = a.header("soss-locktoken").unwrap().to_owned();
-    assert_eq!(send("GET", &format!("{}?lock=true", url(0)), &[], None).status, 423);
+    assert_eq!(
+        send("GET", &format!("{}?lock=true", url(0)), &[], None).status,
+        423
+    );
     let a = send(
         "PUT",
         &format!("{}?unlock=true", url(0)),
