@@ -2,7 +2,7 @@
 # The image's entry point: runs `stategrid "$@"` (default `serve`) by exec, so stategrid is
 # PID 1 and `docker stop` (SIGTERM) reaches the server itself, which drains and exits 0.
 #
-# For `serve` it adds three container defaults, each only where the user has not chosen:
+# For `serve` it adds four container defaults, each only where the user has not chosen:
 # - `--params /etc/stategrid/params.txt` when that file exists (mount a params file there)
 #   and no `--params` was given.
 # - net_interface 0.0.0.0 when neither STATEGRID_NET_INTERFACE nor the params file in use sets
@@ -10,7 +10,9 @@
 #   not known when the image is built. It is exported here rather than baked into the image
 #   with ENV because the environment outranks the params file: an image ENV would silently
 #   override a `net_interface` line in a mounted params file.
-# - rest_port 4001 (the HTTP data API, ScaleOut's REST port), for the same reason by export.
+# - rest_port 4001 (the HTTP data API) and mgt_http_port 4000 (the management HTTP API, on
+#   loopback unless mgt_http_interface says otherwise): ScaleOut's REST ports, exported for
+#   the same reason.
 # Any other first argument (`show`, `put`, `params`, ...) runs that command unchanged.
 #
 # POSIX sh with builtins only: the offline image (deploy/offline-image.sh) has no coreutils.
@@ -60,6 +62,10 @@ if [ "${1:-serve}" = serve ]; then
     # The data REST API on ScaleOut's port 4001 (off by default outside the container).
     if [ -z "${STATEGRID_REST_PORT:-}" ] && ! sets_param "$params" rest_port; then
         export STATEGRID_REST_PORT=4001
+    fi
+    # The management HTTP API on ScaleOut's port 4000 (on loopback unless mgt_http_interface).
+    if [ -z "${STATEGRID_MGT_HTTP_PORT:-}" ] && ! sets_param "$params" mgt_http_port; then
+        export STATEGRID_MGT_HTTP_PORT=4000
     fi
     set -- serve "$@"
 fi

@@ -128,6 +128,9 @@ pub struct Config {
     pub http_header_bytes_max: u64,
     pub http_body_bytes_max: u64,
     pub http_read_timeout_ms: u64,
+    /// The management HTTP API's port; 0 = off.
+    pub mgt_http_port: u16,
+    pub mgt_http_interface: Ipv4Addr,
 }
 
 impl Default for Config {
@@ -184,6 +187,8 @@ impl Config {
             http_header_bytes_max: 0,
             http_body_bytes_max: 0,
             http_read_timeout_ms: 0,
+            mgt_http_port: 0,
+            mgt_http_interface: Ipv4Addr::LOCALHOST,
         }
     }
 
@@ -263,6 +268,7 @@ impl Config {
             ("mgt_port", self.mgt_port),
             ("int_port", self.int_port),
             ("rest_port", self.rest_port),
+            ("mgt_http_port", self.mgt_http_port),
         ];
         for (i, (a, pa)) in ports.iter().enumerate() {
             for (b, pb) in &ports[i + 1..] {
@@ -721,6 +727,22 @@ pub static PARAMS: &[ParamSpec] = &[
         "an HTTP client must send a request's headers, and then its body, each within this long; a slower one gets 408 (body) or is closed (headers). Also the idle keep-alive limit",
         |c, v| c.http_read_timeout_ms = parse_u64(v, 100, 3_600_000)?,
         |c| c.http_read_timeout_ms.to_string()
+    ),
+    param!(
+        "mgt_http_port",
+        "0",
+        true,
+        "TCP port of the management HTTP API (/healthz, /readyz, /metrics, /api/v1/...; docs/operations.md); 0 = off. ScaleOut's is 4000",
+        |c, v| c.mgt_http_port = parse_u64(v, 0, 65535)? as u16,
+        |c| c.mgt_http_port.to_string()
+    ),
+    param!(
+        "mgt_http_interface",
+        "127.0.0.1",
+        true,
+        "IPv4 address the management HTTP API listens on: loopback by default, as ScaleOut's management service",
+        |c, v| c.mgt_http_interface = parse_ip(v)?,
+        |c| c.mgt_http_interface.to_string()
     ),
 ];
 

@@ -639,6 +639,7 @@ impl Drop for Host {
 #[test]
 fn any_host_answers_for_any_key_in_a_three_host_store() {
     let (mgt, svr, int, rest) = (free_port(), free_port(), free_port(), free_port());
+    let mgt_http = free_port();
     let ips: Vec<String> = [41, 42, 43]
         .iter()
         .map(|i| format!("127.0.0.{i}"))
@@ -660,6 +661,8 @@ fn any_host_answers_for_any_key_in_a_three_host_store() {
                 ("mgt_port", mgt.to_string()),
                 ("int_port", int.to_string()),
                 ("rest_port", rest.to_string()),
+                ("mgt_http_port", mgt_http.to_string()),
+                ("mgt_http_interface", me.clone()),
                 ("use_multicast", "0".into()),
                 ("hosts", peers.join(",")),
                 ("shards", "1".into()),
@@ -681,6 +684,24 @@ fn any_host_answers_for_any_key_in_a_three_host_store() {
     let c = client(&svrs[0], 10_000);
     let m = wait_settled(&c, &svrs, 1, String::new);
     let rests: Vec<String> = ips.iter().map(|ip| format!("http://{ip}:{rest}")).collect();
+    // The management API of any host shows the 3 hosts and a primary for every partition.
+    let a = send(
+        "GET",
+        &format!("http://{}:{mgt_http}/api/v1/map", ips[1]),
+        &[],
+        None,
+    );
+    assert_eq!(a.status, 200);
+    let j = a.json();
+    assert_eq!(j["hosts"].as_array().unwrap().len(), 3);
+    let prim = j["primaries"].as_array().unwrap();
+    assert_eq!(prim.len(), 1024);
+    for h in 0..3u64 {
+        assert!(
+            prim.iter().any(|p| p.as_u64() == Some(h)),
+            "host {h} is primary of nothing"
+        );
+    }
 
     // A key whose primary is host 2, written through host 0, read through host 1.
     let candidates = keys(2000, "cart");

@@ -9,12 +9,17 @@
 //! - [`body`]: response bodies, a read's value by reference.
 //! - [`openapi`]: the data API's OpenAPI 3.1 document, served at `/openapi.json`.
 //!
+//! - [`mgmt`] and [`metrics`]: the management API on `mgt_http_port` (shard 0 only):
+//!   `/healthz`, `/readyz`, `/api/v1/host`, `/api/v1/map`, `/metrics`.
+//!
 //! Limits (params): `http_connections_max` (per shard), `http_header_bytes_max`,
 //! `http_body_bytes_max`, `http_read_timeout_ms`.
 
 pub mod adapter;
 pub mod body;
 pub mod error;
+pub mod metrics;
+pub mod mgmt;
 pub mod multipart;
 pub mod openapi;
 pub mod rest;
@@ -28,11 +33,20 @@ use hyper::server::conn::http1;
 
 use crate::server::local_api::ShardHandle;
 
-/// Accepts HTTP connections for the data API on this shard until the shard stops.
+/// Which HTTP service a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    /// The data REST API (`rest_port`).
+    Data,
+    /// The management API (`mgt_http_port`).
+    Management,
+}
+
+/// Accepts HTTP connections for `service` on this shard until the shard stops.
 ///
-/// `listener` is this shard's SO_REUSEPORT socket on `rest_port` (bound at start-up, so a
-/// port in use fails start-up).
-pub async fn serve_rest(listener: socket2::Socket, shard: ShardHandle) {
+/// `listener` is this shard's socket on the service's port (bound at start-up, so a port in
+/// use fails start-up).
+pub async fn serve(listener: socket2::Socket, shard: ShardHandle, service: Service) {
     use std::os::fd::{FromRawFd, IntoRawFd};
     // SAFETY: the descriptor is a listening TCP socket we own; glommio takes it over.
     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
@@ -55,7 +69,7 @@ pub async fn serve_rest(listener: socket2::Socket, shard: ShardHandle) {
         open.set(open.get() + 1);
         let (state, open) = (state.clone(), open.clone());
         glommio::spawn_local(async move {
-            serve_conn(stream, state).await;
+            serve_conn(stream, state, service).await;
             open.set(open.get() - 1);
         })
         .detach();
@@ -75,7 +89,7 @@ async fn refuse(mut stream: glommio::net::TcpStream, max: u32) {
     let _ = stream.close().await;
 }
 
-async fn serve_conn(stream: glommio::net::TcpStream, state: Rc<rest::Rest>) {
+async fn serve_conn(stream: glommio::net::TcpStream, state: Rc<rest::Rest>, kind: Service) {
     let _ = stream.set_nodelay(true);
     let cfg = state.cfg().clone();
     let session = match state.shard().open() {
@@ -86,7 +100,13 @@ async fn serve_conn(stream: glommio::net::TcpStream, state: Rc<rest::Rest>) {
     };
     let service = hyper::service::service_fn(move |req| {
         let (state, session) = (state.clone(), session.clone());
-        async move { Ok::<_, std::convert::Infallible>(state.handle(&session, req).await) }
+        async move {
+            let resp = match kind {
+                Service::Data => state.handle(&session, req).await,
+                Service::Management => mgmt::handle(&state, &session, req).await,
+            };
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     let conn = http1::Builder::new()
         .timer(adapter::GlommioTimer)

@@ -185,6 +185,16 @@ impl Rest {
         decode(answer)
     }
 
+    /// One native round trip for the management API: the native answer as it is.
+    pub(super) async fn call_native(
+        &self,
+        session: &LocalSession,
+        req: &Request,
+        value: &[u8],
+    ) -> Result<Response, HttpError> {
+        Ok(self.call(session, req, value).await?.resp)
+    }
+
     /// `call`, with a native error turned into its HTTP error.
     async fn call_ok(
         &self,

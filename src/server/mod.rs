@@ -155,6 +155,22 @@ fn run(
         })?);
     }
     let rest_listeners = http_listeners(&cfg, cfg.rest_port, "rest_port", shards)?;
+    // The management API: one listener, served by shard 0 (rare, simple traffic).
+    let mut mgt_http_listener = if cfg.mgt_http_port == 0 {
+        None
+    } else {
+        let addr = SocketAddr::new(cfg.mgt_http_interface.into(), cfg.mgt_http_port);
+        let fail = |e: std::io::Error| {
+            (
+                exit::BIND,
+                format!(
+                    "cannot listen on {addr} (mgt_http_port / mgt_http_interface): {e}. Choose another port with --set mgt_http_port=N, or 0 to turn it off"
+                ),
+            )
+        };
+        probe_port(addr).map_err(fail)?;
+        Some(listen(addr).map_err(fail)?)
+    };
     let plane = Arc::new(crate::cluster::plane::Plane::new(shards));
     let control = crate::cluster::control::start(
         cfg.clone(),
@@ -192,6 +208,7 @@ fn run(
         .enumerate()
     {
         let rest_listener = rest_listeners.next().flatten();
+        let mgt_http_listener = mgt_http_listener.take();
         let cfg = cfg.clone();
         let plane = plane.clone();
         let shared = shared.clone();
@@ -271,9 +288,14 @@ fn run(
                     }
                 }
                 drop(ticker);
+                use crate::http::{Service, serve};
                 if let Some(l) = rest_listener {
                     let handle = local_api::ShardHandle::new(shard.clone());
-                    glommio::spawn_local(crate::http::serve_rest(l, handle)).detach();
+                    glommio::spawn_local(serve(l, handle, Service::Data)).detach();
+                }
+                if let Some(l) = mgt_http_listener {
+                    let handle = local_api::ShardHandle::new(shard.clone());
+                    glommio::spawn_local(serve(l, handle, Service::Management)).detach();
                 }
                 tracing::debug!(shard = id, cpu, "serving");
                 shard::run(shard, waiter, connected, shared).await;
