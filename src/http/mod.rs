@@ -63,7 +63,7 @@ pub async fn serve(listener: socket2::Socket, shard: ShardHandle, service: Servi
         };
         let max = state.cfg().http_connections_max;
         if open.get() >= max {
-            glommio::spawn_local(refuse(stream, max)).detach();
+            glommio::spawn_local(refuse(stream, max, "http_connections_max")).detach();
             continue;
         }
         open.set(open.get() + 1);
@@ -76,10 +76,10 @@ pub async fn serve(listener: socket2::Socket, shard: ShardHandle, service: Servi
     }
 }
 
-/// Answers a connection over `http_connections_max` with a 503 and closes it.
-async fn refuse(mut stream: glommio::net::TcpStream, max: u32) {
+/// Answers a connection over the limit `param` (`max`) with a 503 and closes it.
+async fn refuse(mut stream: glommio::net::TcpStream, max: u32, param: &str) {
     let body = format!(
-        "{{\"error\":\"TooManyConnections\",\"message\":\"this shard serves {max} HTTP connections at once (http_connections_max); retry later\",\"limit\":{max},\"param\":\"http_connections_max\"}}"
+        "{{\"error\":\"TooManyConnections\",\"message\":\"this shard serves {max} connections at once ({param}); retry later\",\"limit\":{max},\"param\":\"{param}\"}}"
     );
     let msg = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{body}",
@@ -95,7 +95,13 @@ async fn serve_conn(stream: glommio::net::TcpStream, state: Rc<rest::Rest>, kind
     let session = match state.shard().open() {
         Ok(s) => Rc::new(s),
         Err(_) => {
-            return refuse(stream, cfg.connections_per_shard_max).await;
+            // The shard is draining, or full of connections (HTTP ones count too).
+            return refuse(
+                stream,
+                cfg.connections_per_shard_max,
+                "connections_per_shard_max",
+            )
+            .await;
         }
     };
     let service = hyper::service::service_fn(move |req| {

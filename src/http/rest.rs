@@ -40,6 +40,9 @@ pub const LOCK_TOKEN: &str = "soss-locktoken";
 pub const TIMEOUT_SEC: &str = "soss-timeoutsec";
 pub const TIMEOUT_TYPE: &str = "soss-timeouttype";
 
+/// How long a request refused with NotPrimary (a partition changing hands) is retried.
+const NOT_PRIMARY_RETRY_MS: u64 = 2_000;
+
 /// Keys per page of `GET /data/{ns}` when `count` is not given.
 const KEYS_PER_PAGE_DEFAULT: u32 = 100;
 
@@ -175,14 +178,25 @@ impl Rest {
         spare[head.len()..head.len() + value.len()].copy_from_slice(value);
         spare[head.len() + value.len()..total].fill(0);
         f.advance(total);
-        let answer = session.call(&f, id).await.map_err(|_| {
-            HttpError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ShuttingDown",
-                "this host is shutting down; retry on another host",
-            )
-        })?;
-        decode(answer)
+        // An HTTP client cannot fetch the map and retry at the new primary as a native client
+        // does, so a request refused because the map is changing (NotPrimary: nothing was
+        // applied) is retried here for a short while, as the native client would.
+        let deadline = std::time::Instant::now() + Duration::from_millis(NOT_PRIMARY_RETRY_MS);
+        loop {
+            let answer = session.call(&f, id).await.map_err(|_| {
+                HttpError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ShuttingDown",
+                    "this host is shutting down; retry on another host",
+                )
+            })?;
+            let r = decode(answer)?;
+            let moving = matches!(&r.resp, Response::Error(e) if e.code == stategrid_proto::ErrorCode::NotPrimary);
+            if !moving || std::time::Instant::now() > deadline {
+                return Ok(r);
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// One native round trip for the management API: the native answer as it is.
