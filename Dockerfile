@@ -50,7 +50,8 @@ ENV NO_COLOR=1
 USER 10001:10001
 WORKDIR /
 # 2720 tcp+udp management and discovery, 2721 clients, 2722 host-to-host, 2723-2724 TLS,
-# 4000-4001 REST: ScaleOut's container ports. Only 2721 is served today.
+# 4000-4001 REST: ScaleOut's container ports. Served: 2720-2722, and 4001 (the HTTP data API,
+# rest_port, set by the entrypoint).
 EXPOSE 2720/tcp 2720/udp 2721 2722 2723 2724 4000 4001
 VOLUME ["/var/log/stategrid"]
 # The control program against this host (127.0.0.1:2721, or STATEGRID_HOST): healthy while

@@ -2,7 +2,7 @@
 # The image's entry point: runs `stategrid "$@"` (default `serve`) by exec, so stategrid is
 # PID 1 and `docker stop` (SIGTERM) reaches the server itself, which drains and exits 0.
 #
-# For `serve` it adds two container defaults, each only where the user has not chosen:
+# For `serve` it adds four container defaults, each only where the user has not chosen:
 # - `--params /etc/stategrid/params.txt` when that file exists (mount a params file there)
 #   and no `--params` was given.
 # - net_interface 0.0.0.0 when neither STATEGRID_NET_INTERFACE nor the params file in use sets
@@ -10,6 +10,9 @@
 #   not known when the image is built. It is exported here rather than baked into the image
 #   with ENV because the environment outranks the params file: an image ENV would silently
 #   override a `net_interface` line in a mounted params file.
+# - rest_port 4001 (the HTTP data API) and mgt_http_port 4000 (the management HTTP API, on
+#   loopback unless mgt_http_interface says otherwise): ScaleOut's REST ports, exported for
+#   the same reason.
 # Any other first argument (`show`, `put`, `params`, ...) runs that command unchanged.
 #
 # POSIX sh with builtins only: the offline image (deploy/offline-image.sh) has no coreutils.
@@ -17,9 +20,10 @@ set -eu
 
 default_params=/etc/stategrid/params.txt
 
-# Does params file $1 set net_interface? (`name value` or `name = value`, `#` comments.)
-sets_net_interface() {
+# Does params file $1 set parameter $2? (`name value` or `name = value`, `#` comments.)
+sets_param() {
     file=$1
+    name=$2
     [ -r "$file" ] || return 1
     while IFS= read -r line || [ -n "$line" ]; do
         line=${line%%#*}
@@ -28,7 +32,7 @@ sets_net_interface() {
         set -- $line
         set +f
         case "${1:-}" in
-            net_interface | net_interface=*) return 0 ;;
+            "$name" | "$name"=*) return 0 ;;
         esac
     done <"$file"
     return 1
@@ -52,8 +56,16 @@ if [ "${1:-serve}" = serve ]; then
         params=$default_params
         set -- --params "$params" "$@"
     fi
-    if [ -z "${STATEGRID_NET_INTERFACE:-}" ] && ! sets_net_interface "$params"; then
+    if [ -z "${STATEGRID_NET_INTERFACE:-}" ] && ! sets_param "$params" net_interface; then
         export STATEGRID_NET_INTERFACE=0.0.0.0
+    fi
+    # The data REST API on ScaleOut's port 4001 (off by default outside the container).
+    if [ -z "${STATEGRID_REST_PORT:-}" ] && ! sets_param "$params" rest_port; then
+        export STATEGRID_REST_PORT=4001
+    fi
+    # The management HTTP API on ScaleOut's port 4000 (on loopback unless mgt_http_interface).
+    if [ -z "${STATEGRID_MGT_HTTP_PORT:-}" ] && ! sets_param "$params" mgt_http_port; then
+        export STATEGRID_MGT_HTTP_PORT=4000
     fi
     set -- serve "$@"
 fi

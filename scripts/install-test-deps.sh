@@ -12,6 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# 3. The HTTP API tests (schemathesis, prometheus_client in their own Python venv).
+bash scripts/install-test-deps-http.sh
+
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
     SUDO="sudo"

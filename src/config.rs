@@ -143,6 +143,15 @@ pub struct Config {
     pub leave_timeout_ms: u64,
     pub ring_entries: u32,
     pub io_memory_bytes: u64,
+    /// The HTTP data API's port; 0 = off.
+    pub rest_port: u16,
+    pub http_connections_max: u32,
+    pub http_header_bytes_max: u64,
+    pub http_body_bytes_max: u64,
+    pub http_read_timeout_ms: u64,
+    /// The management HTTP API's port; 0 = off.
+    pub mgt_http_port: u16,
+    pub mgt_http_interface: Ipv4Addr,
 }
 
 impl Default for Config {
@@ -207,6 +216,13 @@ impl Config {
             leave_timeout_ms: 0,
             ring_entries: 0,
             io_memory_bytes: 0,
+            rest_port: 0,
+            http_connections_max: 0,
+            http_header_bytes_max: 0,
+            http_body_bytes_max: 0,
+            http_read_timeout_ms: 0,
+            mgt_http_port: 0,
+            mgt_http_interface: Ipv4Addr::LOCALHOST,
         }
     }
 
@@ -288,6 +304,8 @@ impl Config {
             ("mgt_port", self.mgt_port),
             ("int_port", self.int_port),
             ("resp_port", self.resp_port),
+            ("rest_port", self.rest_port),
+            ("mgt_http_port", self.mgt_http_port),
         ];
         for (i, (a, pa)) in ports.iter().enumerate() {
             for (b, pb) in &ports[i + 1..] {
@@ -820,6 +838,62 @@ pub static PARAMS: &[ParamSpec] = &[
         "memory each shard's glommio executor registers with io_uring (locked memory: counts against RLIMIT_MEMLOCK)",
         |c, v| c.io_memory_bytes = parse_bytes(v)?.clamp(64 << 10, 1 << 30),
         |c| c.io_memory_bytes.to_string()
+    ),
+    param!(
+        "rest_port",
+        "0",
+        true,
+        "TCP port of the HTTP data REST API (docs/rest.md); 0 = off. The container image sets 4001, ScaleOut's REST port",
+        |c, v| c.rest_port = parse_u64(v, 0, 65535)? as u16,
+        |c| c.rest_port.to_string()
+    ),
+    param!(
+        "http_connections_max",
+        "1024",
+        true,
+        "HTTP connections one shard serves at once (per HTTP port); more are answered 503 and closed",
+        |c, v| c.http_connections_max = parse_u64(v, 1, 1 << 20)? as u32,
+        |c| c.http_connections_max.to_string()
+    ),
+    param!(
+        "http_header_bytes_max",
+        "16KiB",
+        true,
+        "largest HTTP request line plus headers (8KiB to 1MiB); larger is answered 431",
+        |c, v| c.http_header_bytes_max = parse_bytes(v)?.clamp(8 << 10, 1 << 20),
+        |c| c.http_header_bytes_max.to_string()
+    ),
+    param!(
+        "http_body_bytes_max",
+        "64MiB",
+        true,
+        "largest HTTP request body; a stored value is also bounded by object_bytes_max. Larger is answered 413",
+        |c, v| c.http_body_bytes_max = parse_bytes(v)?.clamp(1, u32::MAX as u64 / 2),
+        |c| c.http_body_bytes_max.to_string()
+    ),
+    param!(
+        "http_read_timeout_ms",
+        "30000",
+        true,
+        "an HTTP client must send a request's headers, and then its body, each within this long; a slower one gets 408 (body) or is closed (headers). Also the idle keep-alive limit",
+        |c, v| c.http_read_timeout_ms = parse_u64(v, 100, 3_600_000)?,
+        |c| c.http_read_timeout_ms.to_string()
+    ),
+    param!(
+        "mgt_http_port",
+        "0",
+        true,
+        "TCP port of the management HTTP API (/healthz, /readyz, /metrics, /api/v1/...; docs/operations.md); 0 = off. ScaleOut's is 4000",
+        |c, v| c.mgt_http_port = parse_u64(v, 0, 65535)? as u16,
+        |c| c.mgt_http_port.to_string()
+    ),
+    param!(
+        "mgt_http_interface",
+        "127.0.0.1",
+        true,
+        "IPv4 address the management HTTP API listens on: loopback by default, as ScaleOut's management service",
+        |c, v| c.mgt_http_interface = parse_ip(v)?,
+        |c| c.mgt_http_interface.to_string()
     ),
 ];
 

@@ -11,6 +11,8 @@
 //!   message mesh between shards, request routing and forwarding, shutdown.
 //! - [`net`]: the shard's socket path: an io_uring ring of its own (`DEFER_TASKRUN` +
 //!   `SINGLE_ISSUER`) driven from a glommio task, batching accepts, receives and sends.
+//! - [`http`]: the HTTP data REST API (hyper on each shard's glommio executor), whose
+//!   requests go through the shard's own routing as native requests.
 //! - [`cli`]: the `stategrid` control program (a client of the server).
 //! - [`resp`]: the Redis protocol front (RESP2/3 parser, command table, reply rendering); its
 //!   commands become native requests on the shard's one routing path.
@@ -24,6 +26,7 @@ pub mod auth;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod http;
 pub mod net;
 pub mod preflight;
 pub mod resp;

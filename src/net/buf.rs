@@ -268,6 +268,24 @@ impl SendBatch {
         self.sent_seg == self.segs.len()
     }
 
+    /// Takes what was queued, for a receiver that is not a socket (a local connection):
+    /// the encoded bytes (moved out, no copy) and the values referenced beside them, in order.
+    /// The bytes hold each answer's head and archive; a value held by reference is not in
+    /// them (its padding neither). Leaves the batch empty.
+    pub fn take_parts(&mut self) -> (Vec<u8>, Vec<Rc<[u8]>>) {
+        let values = self
+            .segs
+            .drain(..)
+            .filter_map(|s| match s {
+                Seg::Value(v) => Some(v),
+                _ => None,
+            })
+            .collect();
+        let bytes = std::mem::take(&mut self.bytes);
+        self.clear();
+        (bytes, values)
+    }
+
     /// Empties the batch for reuse, keeping its capacity (dropping value references).
     pub fn clear(&mut self) {
         self.bytes.clear();

@@ -10,6 +10,7 @@
 
 mod exec;
 mod gather;
+pub mod local_api;
 mod shard;
 
 use std::cell::RefCell;
@@ -183,6 +184,23 @@ fn run(
             *l = Some(listen(resp_addr).map_err(bind_err)?);
         }
     }
+    let rest_listeners = http_listeners(&cfg, cfg.rest_port, "rest_port", shards)?;
+    // The management API: one listener, served by shard 0 (rare, simple traffic).
+    let mut mgt_http_listener = if cfg.mgt_http_port == 0 {
+        None
+    } else {
+        let addr = SocketAddr::new(cfg.mgt_http_interface.into(), cfg.mgt_http_port);
+        let fail = |e: std::io::Error| {
+            (
+                exit::BIND,
+                format!(
+                    "cannot listen on {addr} (mgt_http_port / mgt_http_interface): {e}. Choose another port with --set mgt_http_port=N, or 0 to turn it off"
+                ),
+            )
+        };
+        probe_port(addr).map_err(fail)?;
+        Some(listen(addr).map_err(fail)?)
+    };
     let plane = Arc::new(crate::cluster::plane::Plane::new(shards));
     let control = crate::cluster::control::start(
         cfg.clone(),
@@ -212,6 +230,7 @@ fn run(
     let (waker_tx, waker_rx) = std::sync::mpsc::channel::<Result<RingWaker, String>>();
     let memory_per_shard = cfg.max_memory_bytes / shards as u64;
     let mut handles = Vec::with_capacity(shards);
+    let mut rest_listeners = rest_listeners.into_iter();
     for (id, (((listener, int_listener), resp_listener), (tx_row, rx_row))) in listeners
         .into_iter()
         .zip(int_listeners)
@@ -219,6 +238,8 @@ fn run(
         .zip(senders.into_iter().zip(receivers))
         .enumerate()
     {
+        let rest_listener = rest_listeners.next().flatten();
+        let mgt_http_listener = mgt_http_listener.take();
         let cfg = cfg.clone();
         let plane = plane.clone();
         let shared = shared.clone();
@@ -302,6 +323,15 @@ fn run(
                     }
                 }
                 drop(ticker);
+                use crate::http::{Service, serve};
+                if let Some(l) = rest_listener {
+                    let handle = local_api::ShardHandle::new(shard.clone());
+                    glommio::spawn_local(serve(l, handle, Service::Data)).detach();
+                }
+                if let Some(l) = mgt_http_listener {
+                    let handle = local_api::ShardHandle::new(shard.clone());
+                    glommio::spawn_local(serve(l, handle, Service::Management)).detach();
+                }
                 tracing::debug!(shard = id, cpu, "serving");
                 shard::run(shard, waiter, connected, shared).await;
             })
@@ -371,6 +401,31 @@ fn listen(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     s.bind(&addr.into())?;
     s.listen(LISTEN_BACKLOG_CONNECTIONS)?;
     Ok(s)
+}
+
+/// One SO_REUSEPORT listener per shard on an HTTP port (`param`), or none when it is 0.
+fn http_listeners(
+    cfg: &Config,
+    port: u16,
+    param: &str,
+    shards: usize,
+) -> Result<Vec<Option<socket2::Socket>>, (i32, String)> {
+    if port == 0 {
+        return Ok((0..shards).map(|_| None).collect());
+    }
+    let addr = SocketAddr::new(cfg.net_interface.into(), port);
+    let fail = |e: std::io::Error| {
+        (
+            exit::BIND,
+            format!(
+                "cannot listen on {addr} ({param} / net_interface): {e}. Is another program using it? Choose another port with --set {param}=N, or 0 to turn it off"
+            ),
+        )
+    };
+    probe_port(addr).map_err(fail)?;
+    (0..shards)
+        .map(|_| listen(addr).map(Some).map_err(fail))
+        .collect()
 }
 
 /// Binds `addr` without SO_REUSEPORT and closes it again: fails if anyone listens there.

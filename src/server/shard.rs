@@ -23,9 +23,11 @@ use stategrid_proto::{
 };
 
 mod hosts;
+mod local;
 mod resp_conn;
 
 use hosts::{AnswerTo, ConnKind, Expect, HostRoute, Hosts, LinkAuth};
+pub use local::{Answer, LocalAnswer, LocalConn, LocalError, Mailbox};
 use resp_conn::{RespConn, RespShard};
 
 use super::exec::{Core, Route, Sink, VecSink};
@@ -124,6 +126,8 @@ struct Conn {
     /// Set by a `HelloShard` that asked for another shard: (that shard, the Hello's request
     /// id). Reading stops; the receive completion hands the socket over ([`Shard::hand_off`]).
     handoff: Option<(usize, u32)>,
+    /// A local connection's caller ([`local`]): answers go here instead of a socket.
+    local: Option<Rc<RefCell<local::Mailbox>>>,
 }
 
 impl Conn {
@@ -377,6 +381,7 @@ impl Shard {
             resp: None,
             auth,
             handoff: None,
+            local: None,
         });
         let slot = self.conns.insert(conn) as u32;
         self.core.connections = self.conns.len() as u64;
@@ -486,6 +491,7 @@ impl Shard {
             return;
         };
         if conn.recv_inflight
+            || conn.kind == ConnKind::Local
             || conn.read_closed
             || conn.close_after_flush
             || conn.connecting
@@ -1155,6 +1161,9 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(slot as usize) else {
             return;
         };
+        if conn.kind == ConnKind::Local {
+            return self.deliver_local(slot);
+        }
         if conn.send_inflight || conn.filling.is_empty() || conn.connecting || conn.auth.pending() {
             return;
         }
@@ -1226,6 +1235,7 @@ impl Shard {
         }
         let mut conn = self.conns.remove(slot as usize);
         self.core.connections = self.conns.len() as u64;
+        Self::local_closed(&conn);
         self.link_closed(&mut conn);
     }
 

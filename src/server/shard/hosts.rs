@@ -133,6 +133,9 @@ pub enum ConnKind {
     Internal,
     /// Our link to another host's `int_port`: we send requests, it answers.
     Outbound(HostId, LinkClass),
+    /// A task on this shard (the HTTP data API): no socket, answers go to its mailbox
+    /// (see `shard/local.rs`). Served as a `Client`.
+    Local,
 }
 
 /// A shard keeps two links to each other host, because a host answers a link's requests in

@@ -1,0 +1,125 @@
+//! The HTTP services: the data REST API on `rest_port` ([`rest`]), served by every shard on
+//! its own glommio executor with hyper 1.x (HTTP/1.1).
+//!
+//! - [`adapter`]: hyper's I/O and timer traits on glommio.
+//! - [`rest`]: the data API: each request becomes one native request submitted through the
+//!   shard's own routing (`server::local_api`), so it is served exactly like a native client's
+//!   (forwarded to the owning shard, relayed to the primary host, replicated).
+//! - [`error`]: error answers (JSON naming the error, the limit and what to do).
+//! - [`body`]: response bodies, a read's value by reference.
+//! - [`openapi`]: the data API's OpenAPI 3.1 document, served at `/openapi.json`.
+//!
+//! - [`mgmt`] and [`metrics`]: the management API on `mgt_http_port` (shard 0 only):
+//!   `/healthz`, `/readyz`, `/api/v1/host`, `/api/v1/map`, `/metrics`.
+//!
+//! Limits (params): `http_connections_max` (per shard), `http_header_bytes_max`,
+//! `http_body_bytes_max`, `http_read_timeout_ms`.
+
+pub mod adapter;
+pub mod body;
+pub mod error;
+pub mod metrics;
+pub mod mgmt;
+pub mod multipart;
+pub mod openapi;
+pub mod rest;
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::AsyncWriteExt;
+use hyper::server::conn::http1;
+
+use crate::server::local_api::ShardHandle;
+
+/// Which HTTP service a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    /// The data REST API (`rest_port`).
+    Data,
+    /// The management API (`mgt_http_port`).
+    Management,
+}
+
+/// Accepts HTTP connections for `service` on this shard until the shard stops.
+///
+/// `listener` is this shard's socket on the service's port (bound at start-up, so a port in
+/// use fails start-up).
+pub async fn serve(listener: socket2::Socket, shard: ShardHandle, service: Service) {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // SAFETY: the descriptor is a listening TCP socket we own; glommio takes it over.
+    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
+    let state = Rc::new(rest::Rest::new(shard));
+    let open = Rc::new(Cell::new(0u32));
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("rest_port: accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let max = state.cfg().http_connections_max;
+        if open.get() >= max {
+            glommio::spawn_local(refuse(stream, max, "http_connections_max")).detach();
+            continue;
+        }
+        open.set(open.get() + 1);
+        let (state, open) = (state.clone(), open.clone());
+        glommio::spawn_local(async move {
+            serve_conn(stream, state, service).await;
+            open.set(open.get() - 1);
+        })
+        .detach();
+    }
+}
+
+/// Answers a connection over the limit `param` (`max`) with a 503 and closes it.
+async fn refuse(mut stream: glommio::net::TcpStream, max: u32, param: &str) {
+    let body = format!(
+        "{{\"error\":\"TooManyConnections\",\"message\":\"this shard serves {max} connections at once ({param}); retry later\",\"limit\":{max},\"param\":\"{param}\"}}"
+    );
+    let msg = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(msg.as_bytes()).await;
+    let _ = stream.close().await;
+}
+
+async fn serve_conn(stream: glommio::net::TcpStream, state: Rc<rest::Rest>, kind: Service) {
+    let _ = stream.set_nodelay(true);
+    let cfg = state.cfg().clone();
+    let session = match state.shard().open() {
+        Ok(s) => Rc::new(s),
+        Err(_) => {
+            // The shard is draining, or full of connections (HTTP ones count too).
+            return refuse(
+                stream,
+                cfg.connections_per_shard_max,
+                "connections_per_shard_max",
+            )
+            .await;
+        }
+    };
+    let service = hyper::service::service_fn(move |req| {
+        let (state, session) = (state.clone(), session.clone());
+        async move {
+            let resp = match kind {
+                Service::Data => state.handle(&session, req).await,
+                Service::Management => mgmt::handle(&state, &session, req).await,
+            };
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    let conn = http1::Builder::new()
+        .timer(adapter::GlommioTimer)
+        .header_read_timeout(Duration::from_millis(cfg.http_read_timeout_ms))
+        .max_buf_size(cfg.http_header_bytes_max as usize)
+        .serve_connection(adapter::GlommioIo(stream), service);
+    if let Err(e) = conn.await {
+        tracing::debug!("HTTP connection ended: {e}");
+    }
+}

@@ -1,0 +1,86 @@
+//! `POST /data/{ns}` with `multipart/form-data`: ScaleOut's upload form.
+//!
+//! Fields: `Soss-Key` (the key, required), `Soss-TimeoutSec` and `Soss-TimeoutType` (optional,
+//! as the headers of a PUT), and the object's value: the one other field (any name; a file
+//! part in browsers' forms). The body is bounded by the same limits as a PUT's and parsed
+//! by `multer`; a malformed form is a 400 and changes nothing.
+
+use bytes::Bytes;
+use hyper::StatusCode;
+use hyper::body::Incoming;
+use hyper::header::CONTENT_TYPE;
+
+use super::body::Body;
+use super::error::HttpError;
+use super::rest::{Cond, Rest, WriteHeaders, check_key, parse_timeout};
+use crate::server::local_api::LocalSession;
+
+pub async fn post(
+    rest: &Rest,
+    session: &LocalSession,
+    ns: &str,
+    req: hyper::Request<Incoming>,
+) -> Result<hyper::Response<Body>, HttpError> {
+    let (parts, incoming) = req.into_parts();
+    let ct = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let boundary = multer::parse_boundary(ct).map_err(|_| {
+        HttpError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "NotMultipart",
+            "POST /data/{ns} takes multipart/form-data with a boundary (fields Soss-Key, Soss-TimeoutSec, Soss-TimeoutType and the value)",
+        )
+    })?;
+    let body = rest.read_body(&parts.headers, incoming).await?;
+    let stream = futures_lite::stream::once(Ok::<Bytes, std::convert::Infallible>(body));
+    let mut form = multer::Multipart::new(stream, boundary);
+    let bad = |e: multer::Error| {
+        HttpError::bad_request(
+            "BadMultipart",
+            format!("malformed multipart/form-data: {e}"),
+        )
+    };
+    let (mut key, mut sec, mut kind, mut value) = (None, None, None, None);
+    while let Some(field) = form.next_field().await.map_err(bad)? {
+        let name = field.name().unwrap_or("").to_owned();
+        let data = field.bytes().await.map_err(bad)?;
+        let text = || {
+            String::from_utf8(data.to_vec()).map_err(|_| {
+                HttpError::bad_request("BadMultipart", format!("field {name} is not UTF-8"))
+            })
+        };
+        match name.to_ascii_lowercase().as_str() {
+            "soss-key" => key = Some(data.to_vec()),
+            "soss-timeoutsec" => sec = Some(text()?),
+            "soss-timeouttype" => kind = Some(text()?),
+            _ if value.is_none() => value = Some(data),
+            _ => {
+                return Err(HttpError::bad_request(
+                    "BadMultipart",
+                    format!(
+                        "a second value field ({name}); the form takes Soss-Key, Soss-TimeoutSec, Soss-TimeoutType and one value"
+                    ),
+                ));
+            }
+        }
+    }
+    let key = key
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| HttpError::bad_request("BadMultipart", "the form has no Soss-Key field"))?;
+    check_key(&key, rest.cfg())?;
+    let value = value
+        .ok_or_else(|| HttpError::bad_request("BadMultipart", "the form has no value field"))?;
+    let w = WriteHeaders {
+        cond: Cond::None,
+        timeout: parse_timeout(sec.as_deref(), kind.as_deref())?,
+        lock_token: None,
+        unlock: false,
+    };
+    let mut resp = rest.put(session, ns, key, w, value).await?;
+    // A form post stores (or replaces) the object: 201 as ScaleOut's upload answers.
+    *resp.status_mut() = StatusCode::CREATED;
+    Ok(resp)
+}
