@@ -426,6 +426,7 @@ fn a_proven_host_cannot_speak_for_another_nor_bypass_fencing() {
         lock_expires_at_ms: 0,
         timeout: Default::default(),
         evictable: true,
+        kind: Default::default(),
     };
     let replicate = |from: u64| Request::Replicate {
         epoch: m.epoch + 100,
