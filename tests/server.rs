@@ -44,10 +44,14 @@ fn start(sets: &[(&str, &str)]) -> TestServer {
     TestServer::start(sets)
 }
 
-/// A blocking client with `connections` connections in its pool.
+/// A blocking client with `connections` connections in its pool, NOT shard-aware: these
+/// tests check what the server does with requests that land on any shard (forwarding,
+/// ordering, per-item answers across shards, limits on whole multi-key requests); the
+/// shard-aware client, which splits and steers them, is tested in tests/shard_aware.rs.
 fn connect(server: &TestServer, connections: usize) -> Client {
     let config = ClientConfig {
         connections,
+        shard_aware: false,
         ..ClientConfig::default()
     };
     Client::connect(&server.host(), config).expect("connect")
