@@ -431,6 +431,77 @@ fn native_clients_see_the_same_objects() {
     c.cmd(&["SG.LOCK", "nope"], "-ERR no such key\r\n");
 }
 
+/// Every key a SCAN with `opts` (after the cursor) lists, following the cursor to 0; sorted.
+fn scan_all(c: &mut Conn, opts: &[&str]) -> Vec<String> {
+    let mut cursor = "0".to_string();
+    let mut seen = Vec::new();
+    loop {
+        let mut args = vec!["SCAN", cursor.as_str()];
+        args.extend_from_slice(opts);
+        let r = c.read_reply_of(&args);
+        let parts: Vec<String> = String::from_utf8(r)
+            .unwrap()
+            .split("\r\n")
+            .map(String::from)
+            .collect();
+        let next = parts[2].clone();
+        seen.extend(
+            parts
+                .iter()
+                .skip(5)
+                .step_by(2)
+                .filter(|s| !s.is_empty())
+                .cloned(),
+        );
+        cursor = next;
+        if cursor == "0" {
+            break;
+        }
+    }
+    seen.sort();
+    seen
+}
+
+#[test]
+fn scan_type_filters_by_value_kind() {
+    let srv = server();
+    let mut c = Conn::open(&srv);
+    for i in 0..12 {
+        c.cmd(&["SET", &format!("s:{i:02}"), "v"], "+OK\r\n");
+    }
+    for i in 0..9 {
+        c.cmd(&["HSET", &format!("h:{i:02}"), "f", "v"], ":1\r\n");
+    }
+    let strings: Vec<String> = (0..12).map(|i| format!("s:{i:02}")).collect();
+    let hashes: Vec<String> = (0..9).map(|i| format!("h:{i:02}")).collect();
+    // Small pages: the filter holds on every page, and the cursor still reaches every key.
+    assert_eq!(scan_all(&mut c, &["TYPE", "string", "COUNT", "4"]), strings);
+    assert_eq!(scan_all(&mut c, &["TYPE", "HASH", "COUNT", "3"]), hashes);
+    assert_eq!(
+        scan_all(&mut c, &["MATCH", "h:0[0-4]", "TYPE", "hash"]),
+        hashes[..5].to_vec()
+    );
+    assert_eq!(
+        scan_all(&mut c, &["MATCH", "h:*", "TYPE", "string"]),
+        Vec::<String>::new()
+    );
+    // Types stategrid does not store, and unknown ones, list nothing (as Redis does).
+    c.cmd(&["SCAN", "0", "TYPE", "list"], "*2\r\n$1\r\n0\r\n*0\r\n");
+    c.cmd(
+        &["SCAN", "0", "TYPE", "nonsense"],
+        "*2\r\n$1\r\n0\r\n*0\r\n",
+    );
+    c.cmd(&["SCAN", "0", "TYPE"], "-ERR syntax error\r\n");
+    // A type change moves the key between listings.
+    c.cmd(&["DEL", "h:00"], ":1\r\n");
+    c.cmd(&["SET", "h:00", "v"], "+OK\r\n");
+    assert_eq!(scan_all(&mut c, &["TYPE", "hash"]), hashes[1..].to_vec());
+    assert!(scan_all(&mut c, &["TYPE", "string"]).contains(&"h:00".to_string()));
+    // KEYS is unaffected: every kind.
+    let keys = String::from_utf8(c.read_reply_of(&["KEYS", "*"])).unwrap();
+    assert!(keys.starts_with("*21\r\n"), "{keys}");
+}
+
 #[test]
 fn databases_scan_keys_flush() {
     let srv = server();

@@ -110,15 +110,15 @@ fn command(client: &Client, test: &str, host: &str, port: u16) -> Option<Command
 }
 
 /// Checks of redis_py_plain.py left out against one stategrid host (its `SKIP`): what
-/// docs/redis.md's compatibility table says is not done yet (RENAME, WATCH, SCAN TYPE).
+/// docs/redis.md's compatibility table says is not done yet (RENAME, WATCH).
 /// `redis_py_plain_passes_whole_against_stategrid` (ignored until then) runs them.
-const SKIP_ONE_HOST: &str = "rename,watch,scan-type";
+const SKIP_ONE_HOST: &str = "rename,watch";
 /// The same on a store of several hosts, plus what a host refuses there for keys whose primary
-/// is another host: the keyspace listing (SCAN and KEYS list the host asked, as a Redis Cluster
-/// node does) and MULTI/EXEC (refused rather than run non-atomically; also django-redis's
+/// is another host: the keyspace listing (SCAN, SCAN TYPE and KEYS list the host asked, as a
+/// Redis Cluster node does) and MULTI/EXEC (refused rather than run non-atomically; also django-redis's
 /// `set_many`). The cluster client's SCAN and transactions, which go to the keys' primary, are
 /// checked in `cluster_client_routes_over_a_3_host_store`.
-const SKIP_STORE: &str = "rename,watch,scan-type,keyspace,transactions";
+const SKIP_STORE: &str = "rename,watch,keyspace,transactions";
 
 /// Runs every client, one after the other, each against the address `target(i)` picks for the
 /// i-th, with `skip` as the programs' `SKIP`; panics naming every failed client with its output

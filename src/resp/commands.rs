@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::rc::Rc;
 
 use stategrid_proto::hash::{redis_ns, redis_slot};
-use stategrid_proto::{ExpireCond, Key, RedisOp, Request, SetCond, SetExpire};
+use stategrid_proto::{ExpireCond, Key, RedisOp, Request, SetCond, SetExpire, ValueKind};
 
 use super::render::{Combine, Pending, Shape};
 use super::{REDIS_VERSION, reply};
@@ -923,6 +923,18 @@ struct ScanOpts {
     pattern: Option<Rc<[u8]>>,
     count: u32,
     novalues: bool,
+    /// SCAN's TYPE: `None` lists every kind.
+    kind: Option<ScanKind>,
+}
+
+/// What SCAN's TYPE asked for.
+#[derive(Clone, Copy)]
+enum ScanKind {
+    /// A kind stategrid stores.
+    Of(ValueKind),
+    /// A type Redis knows (list, set...) or no type at all: no stategrid object is of it, and
+    /// Redis answers an empty listing for an unknown type too.
+    None,
 }
 
 fn scan_opts(
@@ -936,6 +948,7 @@ fn scan_opts(
         pattern: None,
         count: 10,
         novalues: false,
+        kind: None,
     };
     let mut i = from;
     while i < a.len() {
@@ -961,11 +974,15 @@ fn scan_opts(
             o.novalues = true;
             i += 1;
         } else if !hscan && eq(opt, "type") && i + 1 < a.len() {
-            s.err(
-                h,
-                "ERR SCAN TYPE is not supported by stategrid yet; filter with TYPE per key (see docs/redis.md)",
-            );
-            return None;
+            let t = a.get(i + 1);
+            o.kind = Some(if eq(t, "string") {
+                ScanKind::Of(ValueKind::String)
+            } else if eq(t, "hash") {
+                ScanKind::Of(ValueKind::Hash)
+            } else {
+                ScanKind::None
+            });
+            i += 2;
         } else {
             s.err(h, SYNTAX);
             return None;
@@ -985,10 +1002,27 @@ fn scan(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
         return;
     };
     let limit = o.count.min(h.cfg().items_per_request_max);
-    let req = Request::ListKeys {
-        ns: s.ns(),
-        cursor,
-        limit,
+    let req = match o.kind {
+        None => Request::ListKeys {
+            ns: s.ns(),
+            cursor,
+            limit,
+        },
+        // Filtered on the shard: a page carries only keys of the kind asked.
+        Some(ScanKind::Of(kind)) => Request::ListKeysOfKind {
+            ns: s.ns(),
+            cursor,
+            limit,
+            kind,
+        },
+        // Nothing can match: the whole (empty) listing in one page, cursor 0.
+        Some(ScanKind::None) => {
+            return s.lit(h, |o| {
+                reply::array(o, 2);
+                reply::bulk(o, b"0");
+                reply::array(o, 0);
+            });
+        }
     };
     h.request(
         &req,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use stategrid_proto::{
     ArchivedRequest, ErrorCode, ErrorReply, ItemResult, NsInfo, PARTITIONS, PutResult, Request,
-    Response, codec, key_hash, partition_of,
+    Response, ValueKind, codec, key_hash, partition_of,
 };
 
 use crate::config::Config;
@@ -100,7 +100,8 @@ pub fn route(req: &ArchivedRequest, me: usize, shards: usize) -> Route {
                 Route::All
             }
         }
-        ArchivedRequest::ListKeys { cursor, .. } => {
+        ArchivedRequest::ListKeys { cursor, .. }
+        | ArchivedRequest::ListKeysOfKind { cursor, .. } => {
             let s = (cursor.to_native() >> 32) as usize;
             if s >= shards { Route::Local } else { to(s) }
         }
@@ -236,6 +237,19 @@ impl Core {
                 ns.to_native(),
                 cursor.to_native(),
                 limit.to_native(),
+                None,
+                now_ms,
+            ),
+            ArchivedRequest::ListKeysOfKind {
+                ns,
+                cursor,
+                limit,
+                kind,
+            } => self.list_keys(
+                ns.to_native(),
+                cursor.to_native(),
+                limit.to_native(),
+                Some(kind.to_native()),
                 now_ms,
             ),
             ArchivedRequest::MultiRead { ns, keys } => {
@@ -451,7 +465,15 @@ impl Core {
     }
 
     /// A page of keys from this shard. Cursor = shard (high 32 bits) and slab slot (low 32).
-    fn list_keys(&mut self, ns: u32, cursor: u64, limit: u32, now_ms: u64) -> Response {
+    /// A page of `ns`'s keys (of value kind `kind` when given) from `cursor`.
+    fn list_keys(
+        &mut self,
+        ns: u32,
+        cursor: u64,
+        limit: u32,
+        kind: Option<ValueKind>,
+        now_ms: u64,
+    ) -> Response {
         let shard = (cursor >> 32) as usize;
         if shard >= self.shards {
             return Response::Error(ErrorReply::with_message(
@@ -476,6 +498,7 @@ impl Core {
             limit as usize,
             scan_slots_max,
             now_ms,
+            kind,
             |p| primary.is_none_or(|set| set[p as usize]),
         );
         let next_cursor = match next {

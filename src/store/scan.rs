@@ -5,7 +5,7 @@
 //! else is added or removed meanwhile; an object added during a listing may or may not be
 //! seen (it may land in a freed slot behind the cursor). Every walk has a bound per call.
 
-use stategrid_proto::{Meta, NsId, PARTITIONS};
+use stategrid_proto::{Meta, NsId, PARTITIONS, ValueKind};
 
 use super::{Store, Value};
 
@@ -73,12 +73,14 @@ impl Store {
         scan_slots_max: usize,
         now_ms: u64,
     ) -> (Vec<Vec<u8>>, Option<u32>) {
-        self.list_keys_in(ns, from_slot, limit, scan_slots_max, now_ms, |_| true)
+        self.list_keys_in(ns, from_slot, limit, scan_slots_max, now_ms, None, |_| true)
     }
 
     /// [`Store::list_keys`] restricted to the keys whose partition `keep` accepts (in a store of
     /// several hosts, the partitions this host is primary of: its replica copies are listed by
-    /// their primaries, so a store-wide listing has no duplicates).
+    /// their primaries, so a store-wide listing has no duplicates), and, when `kind` is given,
+    /// to the objects whose value is of that kind (Redis `SCAN ... TYPE`).
+    #[allow(clippy::too_many_arguments)]
     pub fn list_keys_in(
         &mut self,
         ns: NsId,
@@ -86,6 +88,7 @@ impl Store {
         limit: usize,
         scan_slots_max: usize,
         now_ms: u64,
+        kind: Option<ValueKind>,
         keep: impl Fn(u32) -> bool,
     ) -> (Vec<Vec<u8>>, Option<u32>) {
         let mut keys = Vec::new();
@@ -95,7 +98,10 @@ impl Store {
             if let Some(e) = self.slab.get(slot as usize) {
                 if e.is_expired(now_ms) {
                     self.expire_slot(slot);
-                } else if e.ns == ns && keep(stategrid_proto::partition_of(e.hash)) {
+                } else if e.ns == ns
+                    && kind.is_none_or(|k| e.kind == k)
+                    && keep(stategrid_proto::partition_of(e.hash))
+                {
                     keys.push(e.key.to_vec());
                 }
             }

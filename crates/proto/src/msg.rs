@@ -173,6 +173,15 @@ pub enum Request {
         client: String,
         shard: u32,
     },
+    // ---- Added later (appended: variant numbers are wire format) ----------------------------
+    /// As `ListKeys`, listing only the objects whose value is of `kind` (Redis `SCAN ... TYPE`):
+    /// filtered where the objects are, so a page never carries keys the caller would drop.
+    ListKeysOfKind {
+        ns: NsId,
+        cursor: u64,
+        limit: u32,
+        kind: ValueKind,
+    },
 }
 
 /// An object's whole state, as replication and migration copy it. Times are Unix
@@ -441,6 +450,7 @@ impl Request {
             Request::MigrateEnd { .. } => 24,
             Request::Redis { .. } => 25,
             Request::HelloShard { .. } => 26,
+            Request::ListKeysOfKind { .. } => 27,
         }
     }
 }
@@ -524,12 +534,13 @@ impl ArchivedRequest {
             ArchivedRequest::MigrateEnd { .. } => 24,
             ArchivedRequest::Redis { .. } => 25,
             ArchivedRequest::HelloShard { .. } => 26,
+            ArchivedRequest::ListKeysOfKind { .. } => 27,
         };
         Self::name_of(tag)
     }
 
     fn name_of(tag: u8) -> &'static str {
-        const NAMES: [&str; 27] = [
+        const NAMES: [&str; 28] = [
             "hello",
             "ns-open",
             "ns-list",
@@ -557,6 +568,7 @@ impl ArchivedRequest {
             "migrate-end",
             "redis",
             "hello-shard",
+            "list-keys-of-kind",
         ];
         NAMES[tag as usize]
     }
