@@ -606,7 +606,7 @@ impl ClusterNode {
     /// Checks what raft-rs asserts (panicking) rather than checks: the entries of an append
     /// follow its `index` one by one with terms between `log_term` and the message's term, and
     /// a heartbeat does not commit past this log's end (a real leader sends
-    /// `min(match, commit)`). Costs one pass over the entries; no allocation on success.
+    /// `min(match, commit)`), a proposal proposes something. Costs one pass over the entries; no allocation on success.
     fn raft_msg_well_formed(&self, from: HostId, m: &Message) -> Result<(), String> {
         use raft::prelude::MessageType;
         if m.from != from.0 {
@@ -624,6 +624,9 @@ impl ClusterNode {
                 ));
             }
             term = e.term;
+        }
+        if m.get_msg_type() == MessageType::MsgPropose && m.entries.is_empty() {
+            return Err("a proposal with no entries".into());
         }
         if m.get_msg_type() == MessageType::MsgHeartbeat
             && m.commit > self.raw.raft.raft_log.last_index()

@@ -207,3 +207,23 @@ fn a_forged_heartbeat_committing_past_the_log_is_refused() {
     );
     let _ = n.handle(TICK_MS, Input::Tick);
 }
+
+/// Found by `fuzz/raft`: a peer's proposal with no entries made the leader's raft-rs panic
+/// ("stepped empty MsgProp").
+#[test]
+fn a_forged_empty_proposal_is_refused_not_fatal() {
+    let mut n = ClusterNode::bootstrap(config(0, 1), 0);
+    let mut m = Message::default();
+    m.set_msg_type(raft::prelude::MessageType::MsgPropose);
+    m.from = 101;
+    m.to = 100;
+    m.term = 2;
+    let _ = n.handle(
+        0,
+        Input::Peer {
+            from: HostId(101),
+            msg: PeerMsg::Raft(Box::new(m)),
+        },
+    );
+    let _ = n.handle(TICK_MS, Input::Tick);
+}
