@@ -606,7 +606,7 @@ impl ClusterNode {
     /// Checks what raft-rs asserts (panicking) rather than checks: the entries of an append
     /// follow its `index` one by one with terms between `log_term` and the message's term, and
     /// a heartbeat does not commit past this log's end (a real leader sends
-    /// `min(match, commit)`), a proposal proposes something. Costs one pass over the entries; no allocation on success.
+    /// `min(match, commit)`), a proposal proposes something, a snapshot has a real term. Costs one pass over the entries; no allocation on success.
     fn raft_msg_well_formed(&self, from: HostId, m: &Message) -> Result<(), String> {
         use raft::prelude::MessageType;
         if m.from != from.0 {
@@ -624,6 +624,17 @@ impl ClusterNode {
                 ));
             }
             term = e.term;
+        }
+        if m.get_msg_type() == MessageType::MsgSnapshot {
+            // raft-rs reads term 0 for an index past its log, so a term-0 snapshot "matches"
+            // and is committed past the log's end; a real one has the term of its last entry.
+            let meta = m.get_snapshot().get_metadata();
+            if meta.term == 0 || meta.term > m.term {
+                return Err(format!(
+                    "snapshot term {} (message term {})",
+                    meta.term, m.term
+                ));
+            }
         }
         if m.get_msg_type() == MessageType::MsgPropose && m.entries.is_empty() {
             return Err("a proposal with no entries".into());

@@ -227,3 +227,25 @@ fn a_forged_empty_proposal_is_refused_not_fatal() {
     );
     let _ = n.handle(TICK_MS, Input::Tick);
 }
+
+/// Found by `fuzz/raft`: a snapshot whose metadata says term 0 "matched" a joining host's empty
+/// log (raft-rs reads term 0 past the end) and raft-rs panicked committing past its log.
+#[test]
+fn a_forged_term_zero_snapshot_is_refused_not_fatal() {
+    let mut n = ClusterNode::joining(config(1, 1));
+    let mut m = Message::default();
+    m.set_msg_type(raft::prelude::MessageType::MsgSnapshot);
+    m.from = 100;
+    m.to = 101;
+    m.term = 2;
+    m.mut_snapshot().mut_metadata().index = 7;
+    m.mut_snapshot().mut_metadata().term = 0;
+    let _ = n.handle(
+        0,
+        Input::Peer {
+            from: HostId(100),
+            msg: PeerMsg::Raft(Box::new(m)),
+        },
+    );
+    let _ = n.handle(TICK_MS, Input::Tick);
+}
