@@ -606,7 +606,8 @@ impl ClusterNode {
     /// Checks what raft-rs asserts (panicking) rather than checks: the entries of an append
     /// follow its `index` one by one with terms between `log_term` and the message's term, and
     /// a heartbeat does not commit past this log's end (a real leader sends
-    /// `min(match, commit)`), a proposal proposes something, a snapshot has a real term. Costs one pass over the entries; no allocation on success.
+    /// `min(match, commit)`), a proposal proposes something, a snapshot and a
+    /// vote request have a real term. Costs one pass over the entries; no allocation on success.
     fn raft_msg_well_formed(&self, from: HostId, m: &Message) -> Result<(), String> {
         use raft::prelude::MessageType;
         if m.from != from.0 {
@@ -635,6 +636,14 @@ impl ClusterNode {
                     meta.term, m.term
                 ));
             }
+        }
+        if matches!(
+            m.get_msg_type(),
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+        ) && m.term == 0
+        {
+            // raft-rs answers with the request's term and asserts it is set.
+            return Err("a vote request with term 0".into());
         }
         if m.get_msg_type() == MessageType::MsgPropose && m.entries.is_empty() {
             return Err("a proposal with no entries".into());

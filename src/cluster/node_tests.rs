@@ -249,3 +249,27 @@ fn a_forged_term_zero_snapshot_is_refused_not_fatal() {
     );
     let _ = n.handle(TICK_MS, Input::Tick);
 }
+
+/// Found by `fuzz/raft`: a vote request with term 0 made raft-rs panic ("term should be set
+/// when sending MsgRequestVoteResponse").
+#[test]
+fn a_forged_term_zero_vote_request_is_refused_not_fatal() {
+    for t in [
+        raft::prelude::MessageType::MsgRequestVote,
+        raft::prelude::MessageType::MsgRequestPreVote,
+    ] {
+        let mut n = ClusterNode::joining(config(1, 1));
+        let mut m = Message::default();
+        m.set_msg_type(t);
+        m.from = 100;
+        m.to = 101;
+        let _ = n.handle(
+            0,
+            Input::Peer {
+                from: HostId(100),
+                msg: PeerMsg::Raft(Box::new(m)),
+            },
+        );
+        let _ = n.handle(TICK_MS, Input::Tick);
+    }
+}
