@@ -3,7 +3,7 @@
 //! body goes to foca (`Swim::on_datagram`). Both layers get the raw bytes: the fuzzer cannot
 //! forge a tag, so the SWIM layer is also fed directly (what a cluster without a key does).
 //!
-//! Holds: no panic; a forged seal never opens; the member list stays bounded.
+//! Holds: no panic; the member list stays bounded.
 #![no_main]
 
 use std::net::SocketAddr;
