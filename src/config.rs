@@ -238,29 +238,7 @@ impl Config {
                 path: path.to_owned(),
                 err,
             })?;
-            for (i, raw) in text.lines().enumerate() {
-                let line = raw.split('#').next().unwrap_or("").trim();
-                if line.is_empty() {
-                    continue;
-                }
-                let (name, value) = match line.split_once(char::is_whitespace) {
-                    Some((n, v)) => (n.trim(), v.trim()),
-                    None => {
-                        return Err(ConfigError::Syntax {
-                            path: path.to_owned(),
-                            line: i + 1,
-                            text: raw.to_owned(),
-                        });
-                    }
-                };
-                // ScaleOut files sometimes write `name = value`.
-                let value = value.strip_prefix('=').map(str::trim).unwrap_or(value);
-                let source = Source::File {
-                    path: path.to_owned(),
-                    line: i + 1,
-                };
-                c.set(name, value, source)?;
-            }
+            c.apply_file_text(path, &text)?;
         }
         let mut env: Vec<(String, String)> = env
             .into_iter()
@@ -278,6 +256,36 @@ impl Config {
         c.peer_key =
             crate::auth::peer::ClusterKey::from_config(&c).map_err(ConfigError::Inconsistent)?;
         Ok(c)
+    }
+
+    /// Applies the text of a params file (`name value` lines, `#` comments), as
+    /// [`Config::load`] does for `file`; `path` only names the file in errors. Public so the
+    /// fuzz target `params` can drive the parser without touching the file system.
+    pub fn apply_file_text(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let (name, value) = match line.split_once(char::is_whitespace) {
+                Some((n, v)) => (n.trim(), v.trim()),
+                None => {
+                    return Err(ConfigError::Syntax {
+                        path: path.to_owned(),
+                        line: i + 1,
+                        text: raw.to_owned(),
+                    });
+                }
+            };
+            // ScaleOut files sometimes write `name = value`.
+            let value = value.strip_prefix('=').map(str::trim).unwrap_or(value);
+            let source = Source::File {
+                path: path.to_owned(),
+                line: i + 1,
+            };
+            self.set(name, value, source)?;
+        }
+        Ok(())
     }
 
     /// Sets one parameter by name.

@@ -603,6 +603,62 @@ impl ClusterNode {
         std::mem::take(&mut self.out)
     }
 
+    /// Checks what raft-rs asserts (panicking) rather than checks: the entries of an append
+    /// follow its `index` one by one with terms between `log_term` and the message's term, and
+    /// a heartbeat does not commit past this log's end (a real leader sends
+    /// `min(match, commit)`), a proposal proposes something, a snapshot and a
+    /// vote request have a real term. Costs one pass over the entries; no allocation on success.
+    fn raft_msg_well_formed(&self, from: HostId, m: &Message) -> Result<(), String> {
+        use raft::prelude::MessageType;
+        if m.from != from.0 {
+            return Err(format!("sent by {} on {from:?}'s link", m.from));
+        }
+        let mut term = m.log_term;
+        for (i, e) in m.entries.iter().enumerate() {
+            if e.index != m.index.wrapping_add(1 + i as u64) {
+                return Err(format!("entry {i} has index {} after {}", e.index, m.index));
+            }
+            if e.term < term || e.term > m.term {
+                return Err(format!(
+                    "entry {i} has term {} (message term {})",
+                    e.term, m.term
+                ));
+            }
+            term = e.term;
+        }
+        if m.get_msg_type() == MessageType::MsgSnapshot {
+            // raft-rs reads term 0 for an index past its log, so a term-0 snapshot "matches"
+            // and is committed past the log's end; a real one has the term of its last entry.
+            let meta = m.get_snapshot().get_metadata();
+            if meta.term == 0 || meta.term > m.term {
+                return Err(format!(
+                    "snapshot term {} (message term {})",
+                    meta.term, m.term
+                ));
+            }
+        }
+        if matches!(
+            m.get_msg_type(),
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+        ) && m.term == 0
+        {
+            // raft-rs answers with the request's term and asserts it is set.
+            return Err("a vote request with term 0".into());
+        }
+        if m.get_msg_type() == MessageType::MsgPropose && m.entries.is_empty() {
+            return Err("a proposal with no entries".into());
+        }
+        if m.get_msg_type() == MessageType::MsgHeartbeat
+            && m.commit > self.raw.raft.raft_log.last_index()
+        {
+            return Err(format!(
+                "heartbeat commits {} past this log's end",
+                m.commit
+            ));
+        }
+        Ok(())
+    }
+
     fn send(&mut self, to: HostId, msg: PeerMsg) {
         self.out.push(Output::Send { to, msg });
     }
@@ -629,6 +685,12 @@ impl ClusterNode {
         }
         match msg {
             PeerMsg::Raft(m) => {
+                // raft-rs trusts its peers' arithmetic and panics on some malformed messages
+                // (found by fuzz/raft): those are refused here, before `step`.
+                if let Err(why) = self.raft_msg_well_formed(from, &m) {
+                    tracing::warn!("raft message from {from:?} refused: {why}");
+                    return;
+                }
                 // A message for an older incarnation or another group is dropped by raft-rs
                 // itself (term checks); an error here is a stale or unknown peer.
                 let _ = self.raw.step(*m);

@@ -170,3 +170,106 @@ fn max_replicas_set_through_the_log_reaches_the_planner() {
     let two = m.run_until(20_000, |m| m.settled() && replicas(m, 2));
     assert!(two, "{}", m.nodes[m.leader()].debug_status());
 }
+
+/// Found by `fuzz/raft`: an append whose entries do not follow its index made raft-rs panic
+/// (`unstable.slice[1, 6] out of bound`) in a joining host. It must be refused instead.
+#[test]
+fn a_forged_append_with_gapped_entries_is_refused_not_fatal() {
+    let crash: &[u8] = &[
+        0, 0, 0, 37, 0, 0, 0, 0, 0, 0, 0, 1, 1, 8, 3, 16, 2, 24, 1, 160, 2, 168, 2, 48, 5, 58, 12,
+        8, 1, 16, 2, 24, 6, 34, 4, 16, 2, 24, 2, 64, 6,
+    ];
+    let (from, msg, used) = crate::cluster::wire::decode_frame(crash, 1 << 20)
+        .expect("the frame decodes")
+        .expect("the frame is complete");
+    assert_eq!(used, crash.len());
+    let mut n = ClusterNode::joining(config(1, 1));
+    let _ = n.handle(0, Input::Peer { from, msg });
+    let _ = n.handle(TICK_MS, Input::Tick);
+}
+
+/// A heartbeat committing past the log's end made raft-rs panic in `commit_to`.
+#[test]
+fn a_forged_heartbeat_committing_past_the_log_is_refused() {
+    let mut n = ClusterNode::joining(config(1, 1));
+    let mut m = Message::default();
+    m.set_msg_type(raft::prelude::MessageType::MsgHeartbeat);
+    m.from = 100;
+    m.to = 101;
+    m.term = 5;
+    m.commit = 1_000;
+    let _ = n.handle(
+        0,
+        Input::Peer {
+            from: HostId(100),
+            msg: PeerMsg::Raft(Box::new(m)),
+        },
+    );
+    let _ = n.handle(TICK_MS, Input::Tick);
+}
+
+/// Found by `fuzz/raft`: a peer's proposal with no entries made the leader's raft-rs panic
+/// ("stepped empty MsgProp").
+#[test]
+fn a_forged_empty_proposal_is_refused_not_fatal() {
+    let mut n = ClusterNode::bootstrap(config(0, 1), 0);
+    let mut m = Message::default();
+    m.set_msg_type(raft::prelude::MessageType::MsgPropose);
+    m.from = 101;
+    m.to = 100;
+    m.term = 2;
+    let _ = n.handle(
+        0,
+        Input::Peer {
+            from: HostId(101),
+            msg: PeerMsg::Raft(Box::new(m)),
+        },
+    );
+    let _ = n.handle(TICK_MS, Input::Tick);
+}
+
+/// Found by `fuzz/raft`: a snapshot whose metadata says term 0 "matched" a joining host's empty
+/// log (raft-rs reads term 0 past the end) and raft-rs panicked committing past its log.
+#[test]
+fn a_forged_term_zero_snapshot_is_refused_not_fatal() {
+    let mut n = ClusterNode::joining(config(1, 1));
+    let mut m = Message::default();
+    m.set_msg_type(raft::prelude::MessageType::MsgSnapshot);
+    m.from = 100;
+    m.to = 101;
+    m.term = 2;
+    m.mut_snapshot().mut_metadata().index = 7;
+    m.mut_snapshot().mut_metadata().term = 0;
+    let _ = n.handle(
+        0,
+        Input::Peer {
+            from: HostId(100),
+            msg: PeerMsg::Raft(Box::new(m)),
+        },
+    );
+    let _ = n.handle(TICK_MS, Input::Tick);
+}
+
+/// Found by `fuzz/raft`: a vote request with term 0 made raft-rs panic ("term should be set
+/// when sending MsgRequestVoteResponse").
+#[test]
+fn a_forged_term_zero_vote_request_is_refused_not_fatal() {
+    for t in [
+        raft::prelude::MessageType::MsgRequestVote,
+        raft::prelude::MessageType::MsgRequestPreVote,
+    ] {
+        let mut n = ClusterNode::joining(config(1, 1));
+        let mut m = Message::default();
+        m.set_msg_type(t);
+        m.from = 100;
+        m.to = 101;
+        let _ = n.handle(
+            0,
+            Input::Peer {
+                from: HostId(100),
+                msg: PeerMsg::Raft(Box::new(m)),
+            },
+        );
+        let _ = n.handle(TICK_MS, Input::Tick);
+    }
+}
