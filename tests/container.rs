@@ -54,8 +54,10 @@ fn image() -> &'static str {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE.get_or_init(|| std::env::var("SG_TEST_IMAGE").unwrap_or_else(|_| OFFLINE_TAG.into()))
 }
-/// How long a container may take to turn healthy, or to exit after a failed preflight.
-const START_TIMEOUT_S: u64 = 30;
+/// How long a container may take to turn healthy, or to exit after a failed preflight. Generous:
+/// the container tests run in parallel on a 2-core CI machine, up to 3 hosts each, and a bridge
+/// store's hosts turned healthy after more than 30 s there once (16 s when run alone).
+const START_TIMEOUT_S: u64 = 90;
 /// `docker stop` grace period; the server drains well within it.
 const STOP_TIMEOUT_S: u64 = 20;
 
