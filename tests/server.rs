@@ -598,7 +598,7 @@ fn multi_read_and_bulk_put_answer_per_item_across_shards() {
         ("key_bytes_max", "64"),
         ("object_bytes_max", "4KiB"),
     ]);
-    let client = server.blocking_client();
+    let client = connect(&server, 1);
     let ns = client.namespace("bulk").unwrap();
     let shard0 = keys_owned_by(&ns, "item", 0, 2, 30);
     let shard1 = keys_owned_by(&ns, "item", 1, 2, 30);
