@@ -2,8 +2,8 @@
 //! target, each made by the real encoder (or a real exchange between in-process nodes), so
 //! the fuzzer starts from messages the product actually sends.
 //!
-//! Run from `fuzz/`: `cargo run --example gen_corpus` (deterministic except the nonces and
-//! SWIM's randomness; re-running rewrites the files).
+//! Run from `fuzz/`: `cargo run --example gen_corpus [TARGET...]` (deterministic except the
+//! nonces and SWIM's randomness; re-running rewrites the files).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -321,12 +321,111 @@ fn params() {
     write("params", "empty", b"");
 }
 
+/// One Redis connection's bytes; the first byte is where the target cuts the stream in two
+/// reads.
+fn resp_exec() {
+    let seeds: [(&str, &[u8]); 12] = [
+        (
+            "strings",
+            b"\x20SET k v\r\nGET k\r\nAPPEND k more\r\nSTRLEN k\r\nGETSET k 10\r\nINCR k\r\nINCRBY k 5\r\nDECR k\r\nDECRBY k 2\r\nSETNX k x\r\nSETNX n 1\r\nGETDEL n\r\nGETEX k PX 500\r\nSETEX s 10 v\r\nPSETEX p 100 v\r\nMSET a 1 b 2\r\nMGET a b c\r\nEXISTS a b c\r\nDEL a b\r\nUNLINK k\r\nTOUCH s p\r\n",
+        ),
+        (
+            "expiry",
+            b"\x08SET k v EX 1 GET\r\nSET k v PX 1000 NX\r\nSET k w XX KEEPTTL\r\nTTL k\r\nPTTL k\r\nEXPIRE k 100 GT\r\nEXPIRE k 5 LT\r\nPEXPIRE k 1 NX\r\nEXPIREAT k 1800000000 XX\r\nPEXPIREAT k 1800000000000\r\nEXPIRETIME k\r\nPEXPIRETIME k\r\nPERSIST k\r\nSET k v EXAT 1\r\nGET k\r\n",
+        ),
+        (
+            "hashes",
+            b"\x00*4\r\n$4\r\nHSET\r\n$1\r\nh\r\n$1\r\nf\r\n$1\r\n1\r\nHSET h g 2 i 3\r\nHGET h f\r\nHMGET h f g x\r\nHMSET h a 1\r\nHGETALL h\r\nHDEL h a x\r\nHEXISTS h f\r\nHLEN h\r\nHKEYS h\r\nHVALS h\r\nHINCRBY h f 9\r\nHSETNX h f 0\r\nHSTRLEN h g\r\nHSCAN h 0 MATCH * COUNT 10\r\nHSCAN h 0 NOVALUES\r\n",
+        ),
+        (
+            "keyspace",
+            b"\x10SET a 1\r\nHSET b f v\r\nTYPE a\r\nTYPE b\r\nTYPE c\r\nKEYS *\r\nSCAN 0 MATCH [ab] COUNT 100 TYPE string\r\nDBSIZE\r\nSELECT 3\r\nSET a 2\r\nFLUSHDB\r\nSELECT 0\r\nFLUSHALL ASYNC\r\nDBSIZE\r\n",
+        ),
+        (
+            "multi",
+            b"\x30WATCH k\r\nMULTI\r\nSET k 1\r\nINCR k\r\nHSET h f 1\r\nGET k\r\nEXEC\r\nMULTI\r\nLPUSH l x\r\nEXEC\r\nMULTI\r\nDISCARD\r\nWATCH k\r\nSET k 2\r\nUNWATCH\r\nEXEC\r\n",
+        ),
+        (
+            "connection",
+            b"\x05HELLO 3 SETNAME app\r\nCLIENT SETNAME x\r\nCLIENT GETNAME\r\nCLIENT ID\r\nCLIENT INFO\r\nCLIENT LIST\r\nCLIENT SETINFO LIB-NAME redis-py\r\nHGETALL nope\r\nINFO\r\nINFO keyspace\r\nCOMMAND COUNT\r\nCOMMAND INFO get\r\nCOMMAND DOCS set\r\nCONFIG GET maxmemory\r\nTIME\r\nECHO hi\r\nPING\r\nPING x\r\nAUTH pw\r\nHELLO 2\r\nRESET\r\nQUIT\r\nPING\r\n",
+        ),
+        (
+            "cluster",
+            b"\x0cCLUSTER INFO\r\nCLUSTER SLOTS\r\nCLUSTER SHARDS\r\nCLUSTER NODES\r\nCLUSTER MYID\r\nCLUSTER KEYSLOT user{1}\r\nREADONLY\r\nMGET {u}a {u}b\r\nMGET a b\r\nREADWRITE\r\nASKING\r\n",
+        ),
+        (
+            "locks",
+            b"\x11SET s v\r\nSG.LOCK s\r\nGET s\r\nSET s w\r\nSG.UNLOCK s 1\r\nSG.SETUNLOCK s v2 1\r\nSG.LOCK nope\r\n",
+        ),
+        (
+            "wrongtype",
+            b"\x02SET s v\r\nHGET s f\r\nHSET h f v\r\nGET h\r\nINCR h\r\nHINCRBY h f 1\r\nSET n 9223372036854775807\r\nINCR n\r\nSET k v EX -1\r\nEXPIRE k abc\r\nGET\r\nNOSUCH a\r\nSADD s x\r\n",
+        ),
+        (
+            "multibulk_split",
+            b"\x0b*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n$10\r\n0123456789\r\n*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n",
+        ),
+        ("protocol_error", b"\x00GET a\r\n*1\r\n$-5\r\n"),
+        ("inline_quotes", b"\x00SET \"a b\" 'c\\'d'\r\nGET \"a b\"\r\nECHO \"\\x41\\n\"\r\n"),
+    ];
+    for (name, b) in seeds {
+        write("resp_exec", name, b);
+    }
+}
+
+/// An HTTP request as the data API sees it: method index (GET, HEAD, PUT, DELETE, POST,
+/// PATCH), the request target, headers, an empty line, the body.
+fn http_head() {
+    let seeds: [(&str, &[u8]); 10] = [
+        ("root", b"\x00/data/\n\n"),
+        ("page", b"\x00/data/sessions?count=10&cursor=4294967296\n\n"),
+        (
+            "get_if_none_match",
+            b"\x00/data/sessions/user%2F1\nIf-None-Match: \"3\", W/\"7\"\n\n",
+        ),
+        ("get_lock", b"\x00/data/sessions/u1?lock=true\n\n"),
+        ("head", b"\x01/data/caf%C3%A9/k%00%FF\n\n"),
+        (
+            "put",
+            b"\x02/data/sessions/u1?unlock=true\nIf-Match: \"7\"\nSoss-TimeoutSec: 60\nSoss-TimeoutType: Sliding\nSoss-LockToken: 12\n\nvalue",
+        ),
+        (
+            "put_create_only",
+            b"\x02/data/sessions/u1\nIf-None-Match: *\nSoss-TimeoutSec: 0\n\n",
+        ),
+        ("delete", b"\x03/data/sessions/u1\nSoss-LockToken: 5\n\n"),
+        (
+            "lock_op",
+            b"\x04/data/sessions/u1?op=refresh\nSoss-LockToken: 99\n\n",
+        ),
+        (
+            "form",
+            b"\x04/data/sessions\nContent-Type: multipart/form-data; boundary=XyZ\n\n--XyZ\r\nContent-Disposition: form-data; name=\"Soss-Key\"\r\n\r\nuser1\r\n--XyZ\r\nContent-Disposition: form-data; name=\"Soss-TimeoutSec\"\r\n\r\n60\r\n--XyZ\r\nContent-Disposition: form-data; name=\"Soss-TimeoutType\"\r\n\r\nAbsolute\r\n--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.bin\"\r\nContent-Type: application/octet-stream\r\n\r\nhello\r\n--XyZ--\r\n",
+        ),
+    ];
+    for (name, b) in seeds {
+        write("http_head", name, b);
+    }
+}
+
+/// With target names as arguments, writes only those corpora (the others hold nonces and
+/// would change on every run).
 fn main() {
-    native();
-    host_msg();
-    peer_auth();
-    swim();
-    mgmt_and_raft();
-    resp();
-    params();
+    let gens: [(&str, fn()); 9] = [
+        ("native_frame", native),
+        ("host_msg", host_msg),
+        ("peer_auth", peer_auth),
+        ("swim", swim),
+        ("mgmt_wire+raft", mgmt_and_raft),
+        ("resp", resp),
+        ("params", params),
+        ("resp_exec", resp_exec),
+        ("http_head", http_head),
+    ];
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    for (name, generate) in gens {
+        if only.is_empty() || only.iter().any(|o| name.split('+').any(|n| n == o)) {
+            generate();
+        }
+    }
 }

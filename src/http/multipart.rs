@@ -9,10 +9,12 @@ use bytes::Bytes;
 use hyper::StatusCode;
 use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
+use stategrid_proto::Timeout;
 
 use super::body::Body;
 use super::error::HttpError;
 use super::rest::{Cond, Rest, WriteHeaders, check_key, parse_timeout};
+use crate::config::Config;
 use crate::server::local_api::LocalSession;
 
 pub async fn post(
@@ -27,14 +29,44 @@ pub async fn post(
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let boundary = multer::parse_boundary(ct).map_err(|_| {
+    let boundary = boundary(ct)?;
+    let body = rest.read_body(&parts.headers, incoming).await?;
+    let form = parse_form(boundary, body, rest.cfg()).await?;
+    let w = WriteHeaders {
+        cond: Cond::None,
+        timeout: form.timeout,
+        lock_token: None,
+        unlock: false,
+    };
+    let mut resp = rest.put(session, ns, form.key, w, form.value).await?;
+    // A form post stores (or replaces) the object: 201 as ScaleOut's upload answers.
+    *resp.status_mut() = StatusCode::CREATED;
+    Ok(resp)
+}
+
+/// What an upload form holds.
+#[derive(Debug)]
+pub struct Form {
+    pub key: Vec<u8>,
+    pub timeout: Option<Timeout>,
+    pub value: Bytes,
+}
+
+/// The boundary of a `multipart/form-data` content type.
+pub fn boundary(content_type: &str) -> Result<String, HttpError> {
+    multer::parse_boundary(content_type).map_err(|_| {
         HttpError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "NotMultipart",
             "POST /data/{ns} takes multipart/form-data with a boundary (fields Soss-Key, Soss-TimeoutSec, Soss-TimeoutType and the value)",
         )
-    })?;
-    let body = rest.read_body(&parts.headers, incoming).await?;
+    })
+}
+
+/// Reads an upload form from a whole body (already bounded by the body limits). No I/O:
+/// the body is one chunk, so this never waits (the fuzz target `http_head` polls it with
+/// `block_on`).
+pub async fn parse_form(boundary: String, body: Bytes, cfg: &Config) -> Result<Form, HttpError> {
     let stream = futures_lite::stream::once(Ok::<Bytes, std::convert::Infallible>(body));
     let mut form = multer::Multipart::new(stream, boundary);
     let bad = |e: multer::Error| {
@@ -70,17 +102,12 @@ pub async fn post(
     let key = key
         .filter(|k| !k.is_empty())
         .ok_or_else(|| HttpError::bad_request("BadMultipart", "the form has no Soss-Key field"))?;
-    check_key(&key, rest.cfg())?;
+    check_key(&key, cfg)?;
     let value = value
         .ok_or_else(|| HttpError::bad_request("BadMultipart", "the form has no value field"))?;
-    let w = WriteHeaders {
-        cond: Cond::None,
+    Ok(Form {
+        key,
         timeout: parse_timeout(sec.as_deref(), kind.as_deref())?,
-        lock_token: None,
-        unlock: false,
-    };
-    let mut resp = rest.put(session, ns, key, w, value).await?;
-    // A form post stores (or replaces) the object: 201 as ScaleOut's upload answers.
-    *resp.status_mut() = StatusCode::CREATED;
-    Ok(resp)
+        value,
+    })
 }

@@ -76,7 +76,8 @@ impl Value {
 }
 
 /// Where a request points.
-enum Target {
+#[derive(Debug, PartialEq, Eq)]
+pub enum Target {
     /// `/data/`: namespaces.
     Root,
     /// `/data/{ns}`.
@@ -285,15 +286,7 @@ impl Rest {
         ns: &str,
         q: &Query,
     ) -> Result<hyper::Response<Body>, HttpError> {
-        let max = self.cfg().items_per_request_max;
-        let count = q.count.unwrap_or(KEYS_PER_PAGE_DEFAULT);
-        if count == 0 || count > max {
-            return Err(HttpError::bad_request(
-                "BadCount",
-                format!("count must be 1 to {max} keys per page"),
-            )
-            .limit(max as u64, "items_per_request_max"));
-        }
+        let count = page_count(q, self.cfg())?;
         let id = stategrid_proto::hash::namespace_id(ns);
         let r = self
             .call_ok(
@@ -567,19 +560,15 @@ impl Rest {
                 "this operation needs the Soss-LockToken header that read-and-lock (GET ?lock=true) returned",
             ));
         };
+        let unlock = lock_op_is_unlock(q)?;
         let key = Key {
             ns: self.namespace(session, ns, false).await?,
             key,
         };
-        let req = match q.op.as_deref() {
-            Some("unlock") => Request::Unlock { key, lock_token },
-            Some("refresh") => Request::RefreshLock { key, lock_token },
-            _ => {
-                return Err(HttpError::bad_request(
-                    "BadOperation",
-                    "POST on an object needs ?op=unlock or ?op=refresh",
-                ));
-            }
+        let req = if unlock {
+            Request::Unlock { key, lock_token }
+        } else {
+            Request::RefreshLock { key, lock_token }
         };
         self.call_ok(session, &req, &[]).await?;
         Ok(no_content())
@@ -701,6 +690,78 @@ fn parse_path(path: &str, cfg: &Config) -> Result<Target, HttpError> {
             check_key(&key, cfg)?;
             Ok(Target::Object(ns, key))
         }
+    }
+}
+
+/// Runs every parser the data API applies to a request's head, in the order `route` and the
+/// handlers apply them, without a shard: the path (percent-decoding, names, limits), the
+/// query, and the headers the method reads (`If-Match`/`If-None-Match`, `Soss-TimeoutSec`/
+/// `Soss-TimeoutType`, `Soss-LockToken`, a form's `Content-Type`). `version` stands for the
+/// stored object's version a GET's `If-None-Match` is compared with. Pure (no I/O): the fuzz
+/// target `http_head` drives it with a peer's bytes.
+pub fn parse_head(
+    method: &Method,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    cfg: &Config,
+    version: u64,
+) -> Result<Target, HttpError> {
+    let target = parse_path(path, cfg)?;
+    let q = Query::parse(query)?;
+    match (&target, method) {
+        (Target::Namespace(_), &Method::GET) => {
+            page_count(&q, cfg)?;
+        }
+        (Target::Namespace(_), &Method::POST) => {
+            let ct = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+            super::multipart::boundary(ct.unwrap_or(""))?;
+        }
+        (Target::Object(..), &Method::GET) => {
+            if let Some(inm) = headers.get(IF_NONE_MATCH)
+                && !q.lock
+            {
+                etag_matches(inm, version)?;
+            }
+        }
+        (Target::Object(..), &Method::PUT) => {
+            WriteHeaders::parse(headers, &q)?;
+        }
+        (Target::Object(..), &Method::DELETE) => {
+            lock_token(headers)?;
+        }
+        (Target::Object(..), &Method::POST) => {
+            lock_token(headers)?;
+            lock_op_is_unlock(&q)?;
+        }
+        _ => {}
+    }
+    Ok(target)
+}
+
+/// A key page's size: `count`, 1 to `items_per_request_max`.
+fn page_count(q: &Query, cfg: &Config) -> Result<u32, HttpError> {
+    let max = cfg.items_per_request_max;
+    let count = q.count.unwrap_or(KEYS_PER_PAGE_DEFAULT);
+    if count == 0 || count > max {
+        return Err(HttpError::bad_request(
+            "BadCount",
+            format!("count must be 1 to {max} keys per page"),
+        )
+        .limit(max as u64, "items_per_request_max"));
+    }
+    Ok(count)
+}
+
+/// `?op=unlock` (true) or `?op=refresh` (false) on `POST /data/{ns}/{key}`.
+fn lock_op_is_unlock(q: &Query) -> Result<bool, HttpError> {
+    match q.op.as_deref() {
+        Some("unlock") => Ok(true),
+        Some("refresh") => Ok(false),
+        _ => Err(HttpError::bad_request(
+            "BadOperation",
+            "POST on an object needs ?op=unlock or ?op=refresh",
+        )),
     }
 }
 

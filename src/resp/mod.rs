@@ -10,6 +10,7 @@
 //!   lease, refuse) and the same replication. Nothing here routes or replicates.
 //! - [`render`]: native answers to RESP replies, in request order.
 //! - [`reply`]: RESP encoding; [`glob`]: Redis's pattern matcher.
+//! - [`standalone`]: a connection on an in-memory one-shard store, no I/O (for fuzzing).
 //!
 //! The shard side (detection on `svr_port`, the receive loop, the glue to the routing path)
 //! is `server/shard/resp_conn.rs`.
@@ -24,6 +25,7 @@ pub mod glob;
 pub mod parse;
 pub mod render;
 pub mod reply;
+pub mod standalone;
 
 pub use commands::{Args, Host, Session, Topology};
 pub use render::{Pending, RespOut, Shape, ValRef};

@@ -8,7 +8,7 @@
 //! Shutdown: SIGTERM or SIGINT sets a flag and wakes every ring; each shard stops accepting,
 //! stops reading, sends what is queued, waits for the others, and the process exits 0.
 
-mod exec;
+pub(crate) mod exec; // crate-wide for `resp::standalone` (a shard without I/O, for fuzzing)
 mod gather;
 pub mod local_api;
 mod shard;
