@@ -87,10 +87,43 @@ pub enum Role {
 /// The hosts of one partition: primary first, then full replicas, pending and outgoing copies.
 /// Fixed size (no allocation per partition); `len` entries are valid.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "OwnersWire")]
 pub struct Owners {
     ids: [HostId; OWNER_SLOTS],
     roles: [Role; OWNER_SLOTS],
     len: u8,
+}
+
+/// [`Owners`] as another host sends it (in a Raft entry or snapshot): checked before it becomes
+/// one, because everything that reads a map indexes by `len` and trusts the invariants (found by
+/// `fuzz/raft`: a snapshot whose `len` exceeded the slots panicked the joining host).
+#[derive(Deserialize)]
+struct OwnersWire {
+    ids: [HostId; OWNER_SLOTS],
+    roles: [Role; OWNER_SLOTS],
+    len: u8,
+}
+
+impl TryFrom<OwnersWire> for Owners {
+    type Error = String;
+
+    fn try_from(w: OwnersWire) -> Result<Owners, String> {
+        if w.len as usize > OWNER_SLOTS {
+            return Err(format!(
+                "a partition lists {} copies; a map holds at most {OWNER_SLOTS}",
+                w.len
+            ));
+        }
+        let o = Owners {
+            ids: w.ids,
+            roles: w.roles,
+            len: w.len,
+        };
+        match o.broken() {
+            Some(why) => Err(why),
+            None => Ok(o),
+        }
+    }
 }
 
 impl Owners {
@@ -107,28 +140,33 @@ impl Owners {
         o
     }
 
-    /// The invariants every installed map holds.
+    /// The invariants every installed map holds. Panics on a broken one.
     pub fn check(&self) {
+        if let Some(why) = self.broken() {
+            panic!("{why}");
+        }
+    }
+
+    /// The first invariant this entry breaks, if any.
+    pub fn broken(&self) -> Option<String> {
         let e = self.entries();
         for (i, (h, _)) in e.iter().enumerate() {
-            assert!(
-                e[..i].iter().all(|(o, _)| o != h),
-                "two copies on {h:?}: {e:?}"
-            );
-        }
-        if let Some(&(_, r)) = e.first() {
-            assert!(r != Role::Pending, "a pending host is primary: {e:?}");
-            if r == Role::Outgoing {
-                assert!(
-                    !e.iter().any(|&(_, r)| r == Role::Full),
-                    "outgoing primary beside a full copy: {e:?}"
-                );
+            if e[..i].iter().any(|(o, _)| o == h) {
+                return Some(format!("two copies on {h:?}: {e:?}"));
             }
         }
-        assert!(
-            e.iter().filter(|(_, r)| *r != Role::Outgoing).count() <= COPIES_MAX,
-            "{e:?}"
-        );
+        if let Some(&(_, r)) = e.first() {
+            if r == Role::Pending {
+                return Some(format!("a pending host is primary: {e:?}"));
+            }
+            if r == Role::Outgoing && e.iter().any(|&(_, r)| r == Role::Full) {
+                return Some(format!("outgoing primary beside a full copy: {e:?}"));
+            }
+        }
+        if e.iter().filter(|(_, r)| *r != Role::Outgoing).count() > COPIES_MAX {
+            return Some(format!("more than {COPIES_MAX} planned copies: {e:?}"));
+        }
+        None
     }
 
     pub fn entries(&self) -> Vec<(HostId, Role)> {

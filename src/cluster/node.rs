@@ -219,6 +219,29 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
+    /// Checks a snapshot's state from another host before it replaces this host's: a map of
+    /// every partition, hosts sorted by id without duplicates, an epoch that does not go back
+    /// (what the code reading the state assumes; each [`Owners`] was checked as it decoded).
+    fn well_formed(&self, installed_epoch: u64) -> Result<(), String> {
+        if self.map.owners.len() != PARTITIONS {
+            return Err(format!(
+                "its map has {} partitions, not {PARTITIONS}",
+                self.map.owners.len()
+            ));
+        }
+        if self.map.epoch < installed_epoch {
+            return Err(format!(
+                "its map's epoch {} is older than the installed {installed_epoch}",
+                self.map.epoch
+            ));
+        }
+        let sorted = |h: &[HostInfo]| h.windows(2).all(|w| w[0].id < w[1].id);
+        if !sorted(&self.hosts) || !sorted(&self.map.hosts) {
+            return Err("its hosts are not sorted by id, or repeat".into());
+        }
+        Ok(())
+    }
+
     fn apply(&mut self, c: Command) -> bool {
         match c {
             Command::AddHost {
@@ -1128,7 +1151,11 @@ impl ClusterNode {
                 // Bytes from another host: a snapshot that does not decode or apply is
                 // dropped with an error, never a panic (the leader sends another).
                 let snap = rd.snapshot().clone();
-                match serde_json::from_slice::<ClusterState>(snap.get_data()) {
+                let installed_epoch = self.state.borrow().map.epoch;
+                let decoded = serde_json::from_slice::<ClusterState>(snap.get_data())
+                    .map_err(|e| e.to_string())
+                    .and_then(|st| st.well_formed(installed_epoch).map(|()| st));
+                match decoded {
                     Ok(mut st) => {
                         st.applied_index = snap.get_metadata().index;
                         let index = st.applied_index;
@@ -1144,7 +1171,7 @@ impl ClusterNode {
                         }
                     }
                     Err(e) => {
-                        tracing::error!("dropped a Raft snapshot whose state does not decode: {e}")
+                        tracing::error!("dropped a Raft snapshot whose state is not valid: {e}")
                     }
                 }
             }

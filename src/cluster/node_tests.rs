@@ -273,3 +273,93 @@ fn a_forged_term_zero_vote_request_is_refused_not_fatal() {
         let _ = n.handle(TICK_MS, Input::Tick);
     }
 }
+
+/// A snapshot from the leader (100) to a joining host (101) whose state is `json`.
+fn snapshot_to_joiner(json: String) -> ClusterNode {
+    let mut n = ClusterNode::joining(config(1, 1));
+    let mut m = Message::default();
+    m.set_msg_type(raft::prelude::MessageType::MsgSnapshot);
+    m.from = 100;
+    m.to = 101;
+    m.term = 2;
+    let snap = m.mut_snapshot();
+    snap.set_data(json.into_bytes().into());
+    snap.mut_metadata().index = 7;
+    snap.mut_metadata().term = 2;
+    snap.mut_metadata().mut_conf_state().voters = vec![100];
+    snap.mut_metadata().mut_conf_state().learners = vec![101];
+    let _ = n.handle(
+        0,
+        Input::Peer {
+            from: HostId(100),
+            msg: PeerMsg::Raft(Box::new(m)),
+        },
+    );
+    let _ = n.handle(TICK_MS, Input::Tick);
+    n
+}
+
+/// A leader's state at epoch 1: host 100 primary of every partition, 101 joining.
+fn state_json() -> String {
+    let host = |id, state| HostInfo {
+        id: HostId(id),
+        addr: format!("127.0.0.{id}:2720/2721/2722"),
+        weight: 100,
+        state,
+    };
+    let mut st = ClusterState {
+        hosts: vec![host(100, HostState::Active), host(101, HostState::Joining)],
+        ..Default::default()
+    };
+    st.map = PartitionMap {
+        epoch: 1,
+        hosts: vec![host(100, HostState::Active)],
+        owners: vec![
+            Owners::from_entries(&[(HostId(100), crate::cluster::map::Role::Full)]);
+            PARTITIONS
+        ],
+    };
+    serde_json::to_string(&st).expect("state encodes")
+}
+
+/// Found by `fuzz/raft` (campaign of 2026-12-02): a snapshot whose partition entry claimed
+/// more copies (`len`) than an entry has slots made the joining host index past them
+/// ("index out of bounds: the len is 6 but the index is 6" in `Owners::pending`).
+#[test]
+fn a_forged_snapshot_with_too_many_copies_is_refused_not_fatal() {
+    // The well-formed snapshot is installed: the forged ones below reach the same path.
+    let n = snapshot_to_joiner(state_json());
+    assert_eq!(n.state().map.epoch, 1, "a well-formed snapshot installs");
+
+    let forged = state_json().replacen("\"len\":1", "\"len\":7", 1);
+    let n = snapshot_to_joiner(forged);
+    assert_eq!(n.state().map.epoch, 0, "the forged snapshot was installed");
+}
+
+/// Beside the slot count, a peer's map must keep the invariants code reading it assumes: one
+/// entry per partition, hosts sorted and unique, no host twice in a partition, no pending
+/// primary.
+#[test]
+fn forged_maps_in_snapshots_are_refused() {
+    let forgeries = [
+        // Two copies on one host.
+        state_json().replacen("\"ids\":[100,0,", "\"ids\":[100,100,", 1).replacen(
+            "\"len\":1",
+            "\"len\":2",
+            1,
+        ),
+        // A pending primary.
+        state_json().replacen("\"roles\":[\"Full\"", "\"roles\":[\"Pending\"", 1),
+        // A partition missing.
+        state_json().replacen(
+            "{\"ids\":[100,0,0,0,0,0],\"roles\":[\"Full\",\"Full\",\"Full\",\"Full\",\"Full\",\"Full\"],\"len\":1},",
+            "",
+            1,
+        ),
+    ];
+    for forged in forgeries {
+        assert_ne!(forged, state_json(), "the forgery changed nothing");
+        let n = snapshot_to_joiner(forged.clone());
+        assert_eq!(n.state().map.epoch, 0, "installed: {}", &forged[..200]);
+    }
+}

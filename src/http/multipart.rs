@@ -111,3 +111,53 @@ pub async fn parse_form(boundary: String, body: Bytes, cfg: &Config) -> Result<F
         value,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(body: &str) -> Result<Form, HttpError> {
+        let b = boundary("multipart/form-data; boundary=XyZ")?;
+        futures_lite::future::block_on(parse_form(
+            b,
+            Bytes::from(body.replace('\n', "\r\n")),
+            &Config::default(),
+        ))
+    }
+
+    #[test]
+    fn an_upload_form_parses_without_a_shard() {
+        let f = form("--XyZ\nContent-Disposition: form-data; name=\"Soss-Key\"\n\nuser1\n--XyZ\nContent-Disposition: form-data; name=\"Soss-TimeoutSec\"\n\n60\n--XyZ\nContent-Disposition: form-data; name=\"file\"\n\nhello\n--XyZ--\n")
+            .expect("a valid form");
+        assert_eq!(f.key, b"user1");
+        assert_eq!(f.value, Bytes::from_static(b"hello"));
+        assert_eq!(f.timeout.map(|t| t.timeout_s), Some(60));
+    }
+
+    #[test]
+    fn a_bad_form_is_a_typed_400() {
+        for (body, error) in [
+            (
+                "--XyZ\nContent-Disposition: form-data; name=\"file\"\n\nhello\n--XyZ--\n",
+                "BadMultipart",
+            ),
+            (
+                "--XyZ\nContent-Disposition: form-data; name=\"Soss-Key\"\n\nk\n--XyZ\n",
+                "BadMultipart",
+            ),
+            (
+                "--XyZ\nContent-Disposition: form-data; name=\"Soss-Key\"\n\nk\n--XyZ\nContent-Disposition: form-data; name=\"Soss-TimeoutSec\"\n\nsoon\n--XyZ\nContent-Disposition: form-data; name=\"v\"\n\nx\n--XyZ--\n",
+                "BadTimeout",
+            ),
+        ] {
+            let e = form(body).expect_err(body);
+            assert_eq!(
+                (e.status, e.error.as_str()),
+                (StatusCode::BAD_REQUEST, error),
+                "{body}"
+            );
+        }
+        let e = boundary("text/plain").expect_err("not a form");
+        assert_eq!(e.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+}

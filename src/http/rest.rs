@@ -1069,3 +1069,83 @@ fn method_not_allowed(allowed: &'static str) -> HttpError {
     e.allow = Some(allowed);
     e
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(
+        method: Method,
+        path: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Target, HttpError> {
+        let mut h = HeaderMap::new();
+        for (n, v) in headers {
+            h.insert(
+                hyper::header::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        parse_head(&method, path, query, &h, &Config::default(), 7)
+    }
+
+    #[test]
+    fn a_request_head_parses_without_a_shard() {
+        assert_eq!(
+            head(
+                Method::PUT,
+                "/data/caf%C3%A9/a%2Fb",
+                "unlock=true",
+                &[
+                    ("if-match", "W/\"7\""),
+                    (TIMEOUT_SEC, "60"),
+                    (TIMEOUT_TYPE, "sliding")
+                ]
+            )
+            .unwrap(),
+            Target::Object("café".into(), b"a/b".to_vec())
+        );
+        assert_eq!(head(Method::GET, "/data", "", &[]).unwrap(), Target::Root);
+        assert_eq!(
+            head(Method::GET, "/data/ns/", "count=5", &[]).unwrap(),
+            Target::Namespace("ns".into())
+        );
+    }
+
+    #[test]
+    fn a_bad_head_is_a_typed_error() {
+        let cases: [(Method, &str, &str, &[(&str, &str)], &str); 7] = [
+            (Method::GET, "/data/ns/k%2", "", &[], "BadPercentEncoding"),
+            (Method::GET, "/data/%FF/k", "", &[], "BadNamespace"),
+            (Method::GET, "/data/ns", "count=0", &[], "BadCount"),
+            (Method::GET, "/data/ns/k", "lokc=1", &[], "BadQuery"),
+            (
+                Method::GET,
+                "/data/ns/k",
+                "",
+                &[("if-none-match", "7")],
+                "BadETag",
+            ),
+            (
+                Method::PUT,
+                "/data/ns/k",
+                "",
+                &[(TIMEOUT_TYPE, "Sliding")],
+                "BadTimeout",
+            ),
+            (
+                Method::POST,
+                "/data/ns/k",
+                "op=unlock",
+                &[(LOCK_TOKEN, "x")],
+                "BadLockToken",
+            ),
+        ];
+        for (m, path, q, h, error) in cases {
+            let e = head(m, path, q, h).expect_err(path);
+            assert_eq!(e.error, error, "{path}?{q}");
+            assert!(e.status.is_client_error());
+        }
+    }
+}

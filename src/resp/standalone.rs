@@ -20,7 +20,7 @@ use std::sync::Arc;
 use stategrid_proto::{ArchivedRequest, ErrorCode, ErrorReply, RedisOp, Request, Response};
 use stategrid_proto::{Key, codec, frame};
 
-use super::commands::{self, Args, Owner, OffShard, SlotRange, Stamp, TopoNode, Topology};
+use super::commands::{self, Args, OffShard, Owner, SlotRange, Stamp, TopoNode, Topology};
 use super::parse::{self, Limits, Parsed};
 use super::{RespOut, Session, ValRef, reply};
 use crate::config::Config;
@@ -176,7 +176,12 @@ impl Standalone {
             Ok(r) => r,
             Err(e) => return self.violation(format!("{req:?}: its archive does not decode: {e}")),
         };
-        if r.is_internal() || matches!(r, ArchivedRequest::Hello { .. } | ArchivedRequest::HelloShard { .. }) {
+        if r.is_internal()
+            || matches!(
+                r,
+                ArchivedRequest::Hello { .. } | ArchivedRequest::HelloShard { .. }
+            )
+        {
             return self.violation(format!(
                 "a command sent {}, which clients may not send",
                 r.name()
@@ -401,7 +406,8 @@ mod tests {
 
     fn run(input: &[u8]) -> Fed {
         let mut s = Standalone::new(Config::default());
-        s.feed(input).unwrap_or_else(|v| panic!("{input:?}: {}", v.0))
+        s.feed(input)
+            .unwrap_or_else(|v| panic!("{input:?}: {}", v.0))
     }
 
     #[test]
