@@ -1115,7 +1115,8 @@ mod tests {
 
     #[test]
     fn a_bad_head_is_a_typed_error() {
-        let cases: [(Method, &str, &str, &[(&str, &str)], &str); 7] = [
+        type Case<'a> = (Method, &'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: [Case; 7] = [
             (Method::GET, "/data/ns/k%2", "", &[], "BadPercentEncoding"),
             (Method::GET, "/data/%FF/k", "", &[], "BadNamespace"),
             (Method::GET, "/data/ns", "count=0", &[], "BadCount"),
