@@ -29,7 +29,12 @@ use super::wire::ADMIN_LINE_BYTES_MAX;
 /// value, hosts that join later included: `max_replicas` is read by the planner; the others
 /// reach every shard's store (`DataCmd::SetParam`). The rest are per host (addresses, ports,
 /// `store_weight`, discovery) or need a restart: set them in each host's params file.
-pub const SETTABLE_PARAMS: &[&str] = &["max_replicas", "lock_timeout", "max_memory", "lru_threshold"];
+pub const SETTABLE_PARAMS: &[&str] = &[
+    "max_replicas",
+    "lock_timeout",
+    "max_memory",
+    "lru_threshold",
+];
 
 /// An admin request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -849,7 +849,9 @@ impl Ctl {
             .state()
             .params
             .iter()
-            .filter(|(k, v)| k.as_str() != "max_replicas" && self.params_applied.get(*k) != Some(*v))
+            .filter(|(k, v)| {
+                k.as_str() != "max_replicas" && self.params_applied.get(*k) != Some(*v)
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for (name, value) in changed {

@@ -303,7 +303,9 @@ mod tests {
         };
         let mut primary = Store::new(StoreLimits::default(), 1);
         primary.put(k(b"s"), b"cart", sliding, NOW).unwrap();
-        primary.put(k(b"t"), b"x", WriteOpts::default(), NOW).unwrap();
+        primary
+            .put(k(b"t"), b"x", WriteOpts::default(), NOW)
+            .unwrap();
         let mut replica = Store::new(StoreLimits::default(), 2);
         let (state, value) = primary.export(k(b"s"), NOW).unwrap();
         replica.install(k(b"s"), &state, &value, NOW).unwrap();

@@ -33,7 +33,11 @@ impl Host {
     pub fn signal(&self, signal: i32) {
         let pid = self.pid().expect("the host runs") as i32;
         // SAFETY: a signal to our own child process.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill({pid}, {signal})");
+        assert_eq!(
+            unsafe { libc::kill(pid, signal) },
+            0,
+            "kill({pid}, {signal})"
+        );
     }
 
     /// `kill -9` (SIGKILL), no goodbye to the others.

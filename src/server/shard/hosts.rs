@@ -428,12 +428,15 @@ impl Shard {
             if o.primary() != Some(view.me) || o.copies().all(|h| h == view.me) {
                 continue;
             }
-            by_partition.entry(t.partition).or_default().push(TouchItem {
-                ns: t.ns,
-                key: t.key,
-                version: t.version,
-                expires_at_ms: t.expires_at_ms,
-            });
+            by_partition
+                .entry(t.partition)
+                .or_default()
+                .push(TouchItem {
+                    ns: t.ns,
+                    key: t.key,
+                    version: t.version,
+                    expires_at_ms: t.expires_at_ms,
+                });
         }
         for (partition, mut items) in by_partition {
             while !items.is_empty() {
@@ -964,7 +967,14 @@ impl Shard {
         let want = cursor_host(cursor);
         if want == me as usize {
             let shard = cursor_shard(cursor).min(self.core.shards - 1);
-            self.dispatch_part(shard, slot, generation, seq, 0, AlignedBuf::from_slice(&frame));
+            self.dispatch_part(
+                shard,
+                slot,
+                generation,
+                seq,
+                0,
+                AlignedBuf::from_slice(&frame),
+            );
             return true;
         }
         let hosts = listed_hosts(&view);
