@@ -110,6 +110,8 @@ pub struct Config {
     pub discovery_wait_ms: u64,
     /// How long a write waits for a replica's acknowledgement (data plane).
     pub replication_timeout_ms: u64,
+    /// How long a restarted sliding timeout (a read) may wait before the replicas learn of it.
+    pub sliding_touch_replication_ms: u64,
     /// 0 = one per CPU this process may run on.
     pub shards: u32,
     pub log_dir: PathBuf,
@@ -189,6 +191,7 @@ impl Config {
             failure_detection_ms: 0,
             discovery_wait_ms: 0,
             replication_timeout_ms: 0,
+            sliding_touch_replication_ms: 0,
             shards: 0,
             log_dir: PathBuf::new(),
             log_level: String::new(),
@@ -619,6 +622,14 @@ pub static PARAMS: &[ParamSpec] = &[
         "how long a write waits for a replica's acknowledgement before answering with a retryable error (10-60000)",
         |c, v| c.replication_timeout_ms = parse_u64(v, 10, 60_000)?,
         |c| c.replication_timeout_ms.to_string()
+    ),
+    param!(
+        "sliding_touch_replication_ms",
+        "250",
+        true,
+        "reads restart sliding timeouts on the primary; the replicas learn of those restarts in batches at most this many milliseconds later, so a session that is only read survives a failover (keep it well under the shortest sliding timeout; 10-10000)",
+        |c, v| c.sliding_touch_replication_ms = parse_u64(v, 10, 10_000)?,
+        |c| c.sliding_touch_replication_ms.to_string()
     ),
     param!(
         "shards",

@@ -309,7 +309,7 @@ fn lone_host_query_and_set() {
     wait_for("a lone host owns everything", &mgt, &[&h], |v| {
         spread(v, 1, 1)
     });
-    let out = cli(&["set", "lock_timeout", "5", "--all", "--mgt", &mgt]);
+    let out = cli(&["set", "store_weight", "5", "--all", "--mgt", &mgt]);
     assert_eq!(out.status.code(), Some(4), "refused");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("settable: max_replicas"), "{err}");

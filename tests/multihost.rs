@@ -327,13 +327,10 @@ fn a_fourth_host_takes_its_share_and_a_leaving_host_loses_nothing() {
     for ((_, v), r) in items.iter().zip(&read) {
         assert_eq!(&r.as_ref().unwrap().value, v);
     }
-    // A namespace-wide clear is not served by a multi-host store yet: a typed refusal.
-    let e = n.clear().unwrap_err();
-    assert_eq!(
-        e.code(),
-        Some(stategrid_client::ErrorCode::Unsupported),
-        "{e}"
-    );
+    // A namespace-wide clear and count span the store (the host that left answers too).
+    assert_eq!(n.count().unwrap(), 200);
+    n.clear().unwrap();
+    assert_eq!(n.count().unwrap(), 0);
     // The host that left holds nothing and is still up; `join` makes it take a share again
     // (before that was handled, it answered "already a member" and stayed leaving).
     assert!(

@@ -200,7 +200,8 @@ pub enum Command {
     },
     /// Change a parameter on every host of the store, through consensus.
     Set {
-        /// The parameter (only max_replicas can change while the store runs).
+        /// The parameter: max_replicas, lock_timeout, max_memory or lru_threshold (the
+        /// store-wide ones; the others are set in each host's params file).
         name: String,
         /// Its new value.
         value: String,

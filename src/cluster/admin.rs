@@ -24,10 +24,17 @@ use serde::{Deserialize, Serialize};
 use super::map::{HostId, HostState};
 use super::wire::ADMIN_LINE_BYTES_MAX;
 
-/// Parameters `stategrid set NAME VALUE --all` may change while the store runs: they go
-/// through the Raft log and every host applies the same value. `max_replicas` is read by the
-/// planner; the others need a restart of each host (set them in its params file).
-pub const SETTABLE_PARAMS: &[&str] = &["max_replicas"];
+/// Parameters `stategrid set NAME VALUE --all` may change while the store runs: ScaleOut's
+/// store-wide object parameters. They go through the Raft log and every host applies the same
+/// value, hosts that join later included: `max_replicas` is read by the planner; the others
+/// reach every shard's store (`DataCmd::SetParam`). The rest are per host (addresses, ports,
+/// `store_weight`, discovery) or need a restart: set them in each host's params file.
+pub const SETTABLE_PARAMS: &[&str] = &[
+    "max_replicas",
+    "lock_timeout",
+    "max_memory",
+    "lru_threshold",
+];
 
 /// An admin request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -454,6 +454,8 @@ struct Ctl {
     wants_store: bool,
     inputs: VecDeque<Input>,
     last_epoch: u64,
+    /// The store-wide parameters last handed to the shards (see [`DataCmd::SetParam`]).
+    params_applied: std::collections::BTreeMap<String, String>,
 }
 
 impl Ctl {
@@ -548,6 +550,7 @@ impl Ctl {
             wants_store,
             inputs: VecDeque::new(),
             last_epoch: 0,
+            params_applied: std::collections::BTreeMap::new(),
         }
     }
 
@@ -832,6 +835,37 @@ impl Ctl {
         if let Some(n) = &self.node {
             let (epoch, until) = n.lease();
             self.plane.set_lease(epoch, until);
+        }
+        self.hand_down_params();
+    }
+
+    /// Hands store-wide parameters the log changed (or that a joining host found in its
+    /// snapshot) to every shard. Cost per tick: one map comparison of a few entries.
+    fn hand_down_params(&mut self) {
+        let Some(n) = &self.node else {
+            return;
+        };
+        let changed: Vec<(String, String)> = n
+            .state()
+            .params
+            .iter()
+            .filter(|(k, v)| {
+                k.as_str() != "max_replicas" && self.params_applied.get(*k) != Some(*v)
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (name, value) in changed {
+            tracing::info!("store-wide parameter {name} = {value} (set --all)");
+            for shard in 0..self.plane.shards() {
+                self.plane.push_cmd(
+                    shard,
+                    DataCmd::SetParam {
+                        name: name.clone(),
+                        value: value.clone(),
+                    },
+                );
+            }
+            self.params_applied.insert(name, value);
         }
     }
 

@@ -124,6 +124,9 @@ pub enum DataCmd {
         from: HostId,
         epoch: u64,
     },
+    /// A store-wide parameter set through the Raft log (`stategrid set NAME VALUE --all`):
+    /// every shard applies it to its store.
+    SetParam { name: String, value: String },
 }
 
 /// What the data plane reports to the control plane.

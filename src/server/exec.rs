@@ -102,7 +102,7 @@ pub fn route(req: &ArchivedRequest, me: usize, shards: usize) -> Route {
         }
         ArchivedRequest::ListKeys { cursor, .. }
         | ArchivedRequest::ListKeysOfKind { cursor, .. } => {
-            let s = (cursor.to_native() >> 32) as usize;
+            let s = cursor_shard(cursor.to_native());
             if s >= shards { Route::Local } else { to(s) }
         }
         ArchivedRequest::MultiRead { ns, keys } => same_owner(
@@ -119,7 +119,9 @@ pub fn route(req: &ArchivedRequest, me: usize, shards: usize) -> Route {
         ),
         // Host-to-host partition requests go to the partition's shard.
         ArchivedRequest::MigratePull { partition, .. }
-        | ArchivedRequest::MigrateEnd { partition, .. } => {
+        | ArchivedRequest::MigrateEnd { partition, .. }
+        | ArchivedRequest::ReplicateTouches { partition, .. }
+        | ArchivedRequest::NsClearPartition { partition, .. } => {
             to(owner_shard(partition.to_native() % PARTITIONS, shards))
         }
         ArchivedRequest::Hello { .. } => Route::Local,
@@ -180,6 +182,31 @@ pub struct Core {
     pub forwarded_requests: u64,
     /// Connections handed to the shard their `HelloShard` asked for (kept by the shard).
     pub handed_off_connections: u64,
+    /// In a store of several hosts, this host's place among the hosts a key listing walks,
+    /// and their number (kept by the shard's cluster pass): a listing cursor names the host
+    /// (see [`cursor_host`]), so one cursor pages through the whole store.
+    pub list_host: Option<(u8, u8)>,
+    /// Partitions (with the namespace) a namespace clear emptied here as their primary: the
+    /// shard tells their replicas at once, on the links that carry the partitions' changes
+    /// in order (`NsClearPartition`).
+    pub cleared: Vec<(u32, u32)>,
+}
+
+/// Key listing cursors: `shard << 32 | slot` for a listing of one host (a store of one host,
+/// and Redis `SCAN`, which lists one node as in Redis Cluster), and
+/// `STORE_WIDE | host << 56 | shard << 32 | slot` for a native client's listing of a store of
+/// several hosts, which walks every host with one cursor (the host asked marks the cursor,
+/// see `Shard::relay_listing`).
+pub const CURSOR_STORE_WIDE: u64 = 1 << 63;
+
+/// The host part of a store-wide listing cursor.
+pub fn cursor_host(cursor: u64) -> usize {
+    ((cursor >> 56) & 0x7F) as usize
+}
+
+/// The shard part of a key listing cursor.
+pub fn cursor_shard(cursor: u64) -> usize {
+    ((cursor >> 32) & 0x00FF_FFFF) as usize
 }
 
 fn store_err(e: StoreError) -> Response {
@@ -228,10 +255,15 @@ impl Core {
                 items: self.ns_list_part(),
             },
             ArchivedRequest::NsClear { ns } => Response::Count {
-                objects: self.store.ns_clear(ns.to_native(), now_ms),
+                objects: self.ns_clear(ns.to_native(), now_ms),
             },
+            // In a store of several hosts, the objects this host is primary of: the hosts'
+            // counts add up to the store's (the host asked sums them).
             ArchivedRequest::NsCount { ns } => Response::Count {
-                objects: self.store.ns_count(ns.to_native()),
+                objects: match self.primary_partitions.as_deref() {
+                    Some(set) => self.store.ns_count_in(ns.to_native(), |p| set[p as usize]),
+                    None => self.store.ns_count(ns.to_native()),
+                },
             },
             ArchivedRequest::ListKeys { ns, cursor, limit } => self.list_keys(
                 ns.to_native(),
@@ -466,6 +498,27 @@ impl Core {
 
     /// A page of keys from this shard. Cursor = shard (high 32 bits) and slab slot (low 32).
     /// A page of `ns`'s keys (of value kind `kind` when given) from `cursor`.
+    /// Clears `ns` here. In a store of several hosts only the partitions this host is primary
+    /// of are cleared, each noted in `cleared` for its replicas; every host clears its own
+    /// (the host asked sends the clear to all). Cost: O(objects of this shard).
+    fn ns_clear(&mut self, ns: u32, now_ms: u64) -> u64 {
+        let Some(set) = self.primary_partitions.as_deref() else {
+            return self.store.ns_clear(ns, now_ms);
+        };
+        let mut removed = 0;
+        for p in (self.shard as u32..stategrid_proto::PARTITIONS).step_by(self.shards) {
+            if !set[p as usize] {
+                continue;
+            }
+            let (n, found) = self.store.ns_clear_partition(ns, p, now_ms);
+            removed += n;
+            if found {
+                self.cleared.push((ns, p));
+            }
+        }
+        removed
+    }
+
     fn list_keys(
         &mut self,
         ns: u32,
@@ -474,7 +527,7 @@ impl Core {
         kind: Option<ValueKind>,
         now_ms: u64,
     ) -> Response {
-        let shard = (cursor >> 32) as usize;
+        let shard = cursor_shard(cursor);
         if shard >= self.shards {
             return Response::Error(ErrorReply::with_message(
                 ErrorCode::InvalidRequest,
@@ -501,9 +554,19 @@ impl Core {
             kind,
             |p| primary.is_none_or(|set| set[p as usize]),
         );
+        let (host, hosts) = match self.list_host {
+            Some(h) if cursor & CURSOR_STORE_WIDE != 0 => h,
+            _ => (0, 1),
+        };
+        let host_bits = match hosts {
+            1 => 0,
+            _ => CURSOR_STORE_WIDE | (host as u64) << 56,
+        };
         let next_cursor = match next {
-            Some(slot) => ((self.shard as u64) << 32) | slot as u64,
-            None if self.shard + 1 < self.shards => (self.shard as u64 + 1) << 32,
+            Some(slot) => host_bits | ((self.shard as u64) << 32) | slot as u64,
+            None if self.shard + 1 < self.shards => host_bits | (self.shard as u64 + 1) << 32,
+            // The next host's listing starts at its first shard.
+            None if host + 1 < hosts => CURSOR_STORE_WIDE | (host as u64 + 1) << 56,
             None => 0,
         };
         Response::Keys { keys, next_cursor }

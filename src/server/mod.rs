@@ -281,6 +281,8 @@ fn run(
                     primary_partitions: None,
                     forwarded_requests: 0,
                     handed_off_connections: 0,
+                    list_host: None,
+                    cleared: Vec::new(),
                 };
                 let shard = Rc::new(RefCell::new(shard::Shard::new(
                     core,

@@ -863,6 +863,15 @@ impl Shard {
                 }
             }
         }
+        // Store-wide requests of a store of several hosts: every host's part.
+        if !internal {
+            let frame = &frame_start[..frame_bytes];
+            if self.gather_hosts(req, slot, generation, id, frame)
+                || self.relay_listing(req, slot, generation, id)
+            {
+                return;
+            }
+        }
         let (me, shards) = (self.core.shard, self.core.shards);
         let route = match (req, partition) {
             (ArchivedRequest::Stats, _) => Route::All,
@@ -909,6 +918,7 @@ impl Shard {
                     core.execute(req, value, now, id, &mut VecSink(&mut bytes));
                     conn.slots.push_back(Slot::Ready(bytes));
                 }
+                self.send_clears();
             }
             Route::Shard(to) => {
                 let Some(seq) = self.reserve(
@@ -1347,6 +1357,7 @@ impl Shard {
                 &[],
             ),
         }
+        self.send_clears();
         Some(out)
     }
 

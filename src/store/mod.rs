@@ -85,7 +85,7 @@ pub use entry::Value;
 pub use error::StoreError;
 pub use limits::{StoreLimits, StoreStats};
 pub use redis::{RedisOut, parse_i64};
-pub use replica::{Exported, Stamp};
+pub use replica::{Exported, Stamp, Touched};
 pub use scan::ObjectRef;
 
 /// The address of one object: namespace, key, and the key's hash computed once by the caller
@@ -173,6 +173,9 @@ pub struct Store {
     evictable_bytes: u64,
     evictions: u64,
     expirations: u64,
+    /// Slots whose timeout was restarted without a change (see [`Store::set_touch_log`]):
+    /// the shard sends them to the replicas in batches. `None`: not recorded.
+    touched: Option<hashbrown::HashSet<u32>>,
 }
 
 impl Store {
@@ -193,11 +196,21 @@ impl Store {
             evictable_bytes: 0,
             evictions: 0,
             expirations: 0,
+            touched: None,
         }
     }
 
     pub fn limits(&self) -> &StoreLimits {
         &self.limits
+    }
+
+    /// Changes the limits while the store runs (a store-wide parameter set with
+    /// `stategrid set NAME VALUE --all`). Objects already stored are kept: a lower memory limit
+    /// is reached by evictions on later writes, a new lock timeout applies to locks taken or
+    /// refreshed from now on.
+    pub fn set_limits(&mut self, limits: StoreLimits) {
+        limits.assert_valid();
+        self.limits = limits;
     }
 
     /// This shard's counters.
@@ -412,6 +425,11 @@ impl Store {
         if let Some(t) = timeout {
             e.timeout = t;
             e.version += 1;
+        } else if e.timeout.timeout_s != 0
+            && let Some(t) = self.touched.as_mut()
+        {
+            // A restart without a change: replicated in batches, not as a change.
+            t.insert(slot);
         }
         e.expires_at_ms = deadline_ms(now_ms, e.timeout);
         Ok(self.note_use(slot, now_ms))
@@ -669,6 +687,11 @@ impl Store {
         let e = &mut self.slab[slot as usize];
         if e.timeout.kind == TimeoutKind::Sliding {
             e.expires_at_ms = deadline_ms(now_ms, e.timeout);
+            if e.timeout.timeout_s != 0
+                && let Some(t) = self.touched.as_mut()
+            {
+                t.insert(slot);
+            }
         }
         e.referenced = true;
     }

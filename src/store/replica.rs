@@ -11,9 +11,18 @@ use super::entry::{Entry, KeyBytes, Lock, NIL, object_cost_bytes};
 use super::{KeyRef, Store, StoreError, Value};
 
 /// Whether a request changed an object, compared before and after it: version and lock.
-/// (A read that restarts a sliding timeout changes neither and is not replicated: after a
-/// failover such an object's timeout runs from its last replicated change.)
+/// (A read that restarts a sliding timeout changes neither: it is not replicated as a change
+/// but recorded in the touch log, see [`Store::set_touch_log`].)
 pub type Stamp = Option<(u64, u64, u64)>;
+
+/// A restarted timeout taken from the touch log, for `ReplicateTouches`.
+pub struct Touched {
+    pub ns: NsId,
+    pub key: Vec<u8>,
+    pub partition: u32,
+    pub version: u64,
+    pub expires_at_ms: u64,
+}
 
 /// One object exported for a migration stream.
 pub struct Exported {
@@ -141,6 +150,73 @@ impl Store {
         })
     }
 
+    /// Starts (or stops, dropping what it holds) recording which objects had their timeout
+    /// restarted without a change: a read of a sliding object, a `touch` without a new
+    /// timeout. Those restarts change no version, so they are not replicated as changes; the
+    /// shard takes the log every `sliding_touch_replication_ms` and sends it to the replicas
+    /// (`ReplicateTouches`), so an object that is only read survives a failover. Cost while
+    /// on: one hash-set insert per such restart (a key read a thousand times between two
+    /// batches is sent once).
+    pub fn set_touch_log(&mut self, on: bool) {
+        if on != self.touched.is_some() {
+            self.touched = on.then(hashbrown::HashSet::new);
+        }
+    }
+
+    /// Takes the touch log: each live object whose timeout was restarted since the last call,
+    /// with its current version and deadline. A slot freed and reused since is reported with
+    /// the object it holds now, whose state the replicas already have (harmless). Cost: one
+    /// key copy per object.
+    pub fn take_touches(&mut self, now_ms: u64) -> Vec<Touched> {
+        let Some(t) = self.touched.as_mut() else {
+            return Vec::new();
+        };
+        if t.is_empty() {
+            return Vec::new();
+        }
+        let slots: Vec<u32> = t.drain().collect();
+        slots
+            .into_iter()
+            .filter_map(|s| {
+                let e = self.slab.get(s as usize)?;
+                (e.expires_at_ms != 0 && !e.is_expired(now_ms)).then(|| Touched {
+                    ns: e.ns,
+                    key: e.key[..].to_vec(),
+                    partition: partition_of(e.hash),
+                    version: e.version,
+                    expires_at_ms: e.expires_at_ms,
+                })
+            })
+            .collect()
+    }
+
+    /// A replica's side of a touch from the primary: moves the deadline of `k` later to
+    /// `expires_at_ms`, but only if the object is here, live, and exactly at `version`. So a
+    /// touch never re-creates a removed (or expired) object, never changes a newer state (a
+    /// change replicated after the touch left), and never shortens a deadline. Returns
+    /// whether it applied. Cost: one probe.
+    pub fn apply_touch(
+        &mut self,
+        k: KeyRef<'_>,
+        version: u64,
+        expires_at_ms: u64,
+        now_ms: u64,
+    ) -> bool {
+        let Some(s) = self.find(k) else {
+            return false;
+        };
+        let e = &mut self.slab[s as usize];
+        if e.is_expired(now_ms)
+            || e.version != version
+            || e.expires_at_ms == 0
+            || expires_at_ms <= e.expires_at_ms
+        {
+            return false;
+        }
+        e.expires_at_ms = expires_at_ms;
+        true
+    }
+
     /// Drops every object of partition `p` (this host no longer holds a copy). Returns how
     /// many were dropped. Cost: O(objects in `p`).
     pub fn drop_partition(&mut self, p: u32) -> u64 {
@@ -214,6 +290,72 @@ mod tests {
         assert!(replica.export(k(b"s"), NOW + 13).is_none());
         assert_eq!(replica.stats().objects, 0);
         assert_eq!(replica.stats().object_bytes, 0);
+    }
+
+    #[test]
+    fn touches_are_logged_and_applied_only_to_the_same_live_version() {
+        let sliding = WriteOpts {
+            timeout: Some(Timeout {
+                timeout_s: 4,
+                kind: TimeoutKind::Sliding,
+            }),
+            evictable: true,
+        };
+        let mut primary = Store::new(StoreLimits::default(), 1);
+        primary.put(k(b"s"), b"cart", sliding, NOW).unwrap();
+        primary
+            .put(k(b"t"), b"x", WriteOpts::default(), NOW)
+            .unwrap();
+        let mut replica = Store::new(StoreLimits::default(), 2);
+        let (state, value) = primary.export(k(b"s"), NOW).unwrap();
+        replica.install(k(b"s"), &state, &value, NOW).unwrap();
+
+        // Off: nothing is recorded.
+        primary.read(k(b"s"), NOW + 10).unwrap();
+        assert!(primary.take_touches(NOW + 10).is_empty());
+        primary.set_touch_log(true);
+        // Many reads of one object are one entry; an object without a timeout is none.
+        for i in 0..5 {
+            primary.read(k(b"s"), NOW + 1000 + i).unwrap();
+            primary.read(k(b"t"), NOW + 1000 + i).unwrap();
+        }
+        let t = primary.take_touches(NOW + 1005);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].key, b"s");
+        assert_eq!(t[0].version, state.version);
+        assert_eq!(t[0].expires_at_ms, NOW + 1004 + 4000);
+        assert_eq!(t[0].partition, partition_of(key_hash(NS, b"s")));
+        assert!(primary.take_touches(NOW + 1005).is_empty(), "taken once");
+
+        // Applied to the same version: the replica's deadline moves later (never earlier).
+        assert!(replica.apply_touch(k(b"s"), t[0].version, t[0].expires_at_ms, NOW + 1006));
+        assert_eq!(
+            replica.export(k(b"s"), NOW + 4500).unwrap().0.expires_at_ms,
+            NOW + 5004
+        );
+        assert!(!replica.apply_touch(k(b"s"), t[0].version, NOW + 2000, NOW + 1006));
+        // A newer state on the replica is not overwritten by an older touch.
+        primary.put(k(b"s"), b"cart2", sliding, NOW + 1100).unwrap();
+        let (newer, v2) = primary.export(k(b"s"), NOW + 1100).unwrap();
+        replica.install(k(b"s"), &newer, &v2, NOW + 1100).unwrap();
+        assert!(!replica.apply_touch(k(b"s"), state.version, NOW + 9000, NOW + 1101));
+        assert_eq!(
+            replica.export(k(b"s"), NOW + 1101).unwrap().0.expires_at_ms,
+            newer.expires_at_ms
+        );
+        // A removed object is never re-created by a touch.
+        replica.remove_exact(k(b"s"));
+        assert!(!replica.apply_touch(k(b"s"), newer.version, NOW + 9000, NOW + 1102));
+        assert!(replica.export(k(b"s"), NOW + 1102).is_none());
+        assert_eq!(replica.stats().objects, 0);
+        // A removed object is not reported by the primary either.
+        primary.read(k(b"s"), NOW + 1200).unwrap();
+        primary.remove_exact(k(b"s"));
+        assert!(primary.take_touches(NOW + 1201).is_empty());
+        // `touch` without a new timeout is a restart too.
+        primary.put(k(b"u"), b"x", sliding, NOW + 1300).unwrap();
+        primary.touch(k(b"u"), None, NOW + 1400).unwrap();
+        assert_eq!(primary.take_touches(NOW + 1401).len(), 1);
     }
 
     #[test]

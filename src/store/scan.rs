@@ -59,6 +59,49 @@ impl Store {
         removed
     }
 
+    /// Objects of `ns` in the partitions `keep` accepts (in a store of several hosts, the
+    /// partitions this host is primary of, so the hosts' counts add up to the store's).
+    /// Cost: O(objects in the kept partitions), none when `ns` is empty here.
+    pub fn ns_count_in(&self, ns: NsId, keep: impl Fn(u32) -> bool) -> u64 {
+        if self.ns_count(ns) == 0 {
+            return 0;
+        }
+        (0..PARTITIONS)
+            .filter(|&p| keep(p))
+            .map(|p| {
+                self.tables[p as usize]
+                    .iter()
+                    .filter(|&&s| self.slab[s as usize].ns == ns)
+                    .count() as u64
+            })
+            .sum()
+    }
+
+    /// Removes every object of `ns` in partition `p`, ignoring locks. Returns how many live
+    /// objects it removed and whether it found any object of `ns` at all (expired ones count
+    /// as expirations). Cost: O(objects in `p`).
+    pub fn ns_clear_partition(&mut self, ns: NsId, p: u32, now_ms: u64) -> (u64, bool) {
+        assert!(p < PARTITIONS, "partition {p} out of range");
+        if self.ns_count(ns) == 0 {
+            return (0, false);
+        }
+        let slots: Vec<u32> = self.tables[p as usize]
+            .iter()
+            .copied()
+            .filter(|&s| self.slab[s as usize].ns == ns)
+            .collect();
+        let mut removed = 0;
+        for &s in &slots {
+            if self.slab[s as usize].is_expired(now_ms) {
+                self.expire_slot(s);
+            } else {
+                self.remove_slot(s);
+                removed += 1;
+            }
+        }
+        (removed, !slots.is_empty())
+    }
+
     /// Up to `limit` keys of namespace `ns`, scanning at most `scan_slots_max` slab slots from
     /// `from_slot`. Returns the keys and the slot to continue from, `None` when the scan reached
     /// the end. A page may hold fewer than `limit` keys (even none) and still have a next slot:

@@ -24,6 +24,22 @@ impl Host {
         format!("--- {} stderr ---\n{tail}", self.ip)
     }
 
+    /// The process id, while it runs (for SIGSTOP/SIGCONT).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGSTOP`) to the host.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.pid().expect("the host runs") as i32;
+        // SAFETY: a signal to our own child process.
+        assert_eq!(
+            unsafe { libc::kill(pid, signal) },
+            0,
+            "kill({pid}, {signal})"
+        );
+    }
+
     /// `kill -9` (SIGKILL), no goodbye to the others.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -43,12 +59,20 @@ impl Drop for Host {
 pub struct Store {
     pub hosts: Vec<Host>,
     pub svr_port: u16,
+    pub mgt_port: u16,
+    pub int_port: u16,
 }
 
 impl Store {
     /// Starts `n` hosts (one shard each, one replica per partition) and waits until the map
     /// has settled over all of them. Panics with every host's output if it does not.
     pub fn start(n: u8, first_ip: u8) -> Store {
+        Store::start_with(n, first_ip, &[])
+    }
+
+    /// As [`Store::start`], with more `--set NAME=VALUE` for every host (replacing a default
+    /// of the same name).
+    pub fn start_with(n: u8, first_ip: u8, extra: &[(&str, &str)]) -> Store {
         let (svr, mgt, int) = (free_port(), free_port(), free_port());
         let ips: Vec<String> = (0..n)
             .map(|i| format!("127.0.0.{}", first_ip + i))
@@ -62,7 +86,7 @@ impl Store {
                     .map(|o| format!("{o}:{mgt}"))
                     .collect();
                 let dir = tempfile::tempdir().expect("temp dir");
-                let sets = [
+                let mut sets = vec![
                     ("net_interface", me.clone()),
                     ("svr_port", svr.to_string()),
                     ("mgt_port", mgt.to_string()),
@@ -74,6 +98,10 @@ impl Store {
                     ("log_dir", dir.path().join("log").display().to_string()),
                     ("log_level", "info".into()),
                 ];
+                for (name, value) in extra {
+                    sets.retain(|(n, _)| n != name);
+                    sets.push((*name, value.to_string()));
+                }
                 let mut cmd = Command::new(bin());
                 cmd.arg("serve");
                 for (name, value) in &sets {
@@ -93,6 +121,8 @@ impl Store {
         let store = Store {
             hosts,
             svr_port: svr,
+            mgt_port: mgt,
+            int_port: int,
         };
         let svrs = store.svr_addrs();
         let c = client(&svrs[0], 10_000);

@@ -38,6 +38,10 @@ struct Inner {
     /// Shard-aware: `per_shard` slots per shard, shard `s` owning `s * per_shard ..`.
     slots: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
     next_slot: AtomicUsize,
+    /// Set when the host this client was connected to failed (no connection, or no answer in
+    /// time): requests that any host serves (namespaces, maps) go to the other hosts first
+    /// until it answers again. An atomic: every request on the seed updates it.
+    seed_failed: std::sync::atomic::AtomicBool,
     server: ServerInfo,
     /// The host's shards as keyed requests are routed to them: 1 when not shard-aware (or
     /// the server does not know shard-aware connections).
@@ -144,18 +148,55 @@ async fn open(addr: &str, config: &ClientConfig, settings: &ConnSettings) -> Res
 impl Client {
     /// Connects to `addr` (`HOST:PORT`; the port defaults to 2721) and opens the pool's
     /// connections, so a wrong address fails here rather than on the first request.
+    ///
+    /// All of it, the store's map included, happens within `connect_timeout_ms` (the connect
+    /// budget): a host that accepts connections but does not answer (frozen, overloaded)
+    /// fails here with [`Error::Connect`] instead of holding the caller.
     pub async fn connect(addr: &str, config: ClientConfig) -> Result<Client> {
-        let mut client = Client::connect_unrouted(addr, config).await?;
+        let budget = Duration::from_millis(config.connect_timeout_ms);
+        let deadline = tokio::time::Instant::now() + budget;
+        let budget_ms = config.connect_timeout_ms;
+        let seed = with_default_port(addr);
+        let mut client = match tokio::time::timeout_at(
+            deadline,
+            Client::connect_unrouted(addr, config),
+        )
+        .await
+        {
+            Ok(c) => c?,
+            Err(_) => {
+                return Err(Error::Connect {
+                    addr: seed,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "not connected within {budget_ms} ms (connect_timeout_ms); is the host frozen or overloaded?"
+                        ),
+                    ),
+                });
+            }
+        };
         Arc::get_mut(&mut client.inner)
             .expect("a new client is not shared yet")
             .routes = Some(std::sync::Mutex::new(Routes {
             stale: true,
             ..Routes::default()
         }));
-        // Best effort: a host that has not joined a store yet answers NotJoined, and the map
-        // is fetched again on the first routed request.
-        let _ = client.refresh_routes().await;
-        Ok(client)
+        // Best effort, within what is left of the budget: a host that has not joined a store
+        // yet answers NotJoined, and the map is fetched again on the first routed request
+        // (within that request's own deadline).
+        match tokio::time::timeout_at(deadline, client.refresh_routes()).await {
+            Ok(_) => Ok(client),
+            Err(_) => Err(Error::Connect {
+                addr: seed,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "connected, but the store's map did not come within {budget_ms} ms (connect_timeout_ms); is the host frozen or overloaded?"
+                    ),
+                ),
+            }),
+        }
     }
 
     /// A pool to one host of the store, which does not route further.
@@ -210,6 +251,7 @@ impl Client {
                 routes: None,
                 slots,
                 next_slot: AtomicUsize::new(0),
+                seed_failed: std::sync::atomic::AtomicBool::new(false),
                 shards,
                 per_shard,
             }),
@@ -246,14 +288,36 @@ impl Client {
         let Some(routes) = &self.inner.routes else {
             return Ok(());
         };
-        let mut candidates = vec![None];
-        candidates.extend(routes.lock().unwrap().pools.values().cloned().map(Some));
+        // The seed first, unless it failed: then every other host the last map named (a
+        // pool opened if needed), and the seed last.
+        let (seed_failed, others) = {
+            let r = routes.lock().unwrap();
+            let mut others: Vec<String> = r.pools.keys().cloned().collect();
+            for h in &r.hosts {
+                if *h != self.inner.addr && !others.contains(h) {
+                    others.push(h.clone());
+                }
+            }
+            (self.inner.seed_failed.load(Ordering::Relaxed), others)
+        };
+        let mut candidates: Vec<Option<String>> = others.into_iter().map(Some).collect();
+        if seed_failed {
+            candidates.push(None);
+        } else {
+            candidates.insert(0, None);
+        }
         let mut last = None;
         for c in candidates {
             let answer = match &c {
                 None => self.call_once(&Request::GetMap, &[]).await,
-                Some(pool) => pool.call_once(&Request::GetMap, &[]).await,
+                Some(addr) => match self.pool_for(addr).await {
+                    Ok(pool) => pool.call_once(&Request::GetMap, &[]).await,
+                    Err(e) => Err(e),
+                },
             };
+            if c.is_none() {
+                self.note_seed(&answer);
+            }
             match answer {
                 Ok(RawReply {
                     response: Response::Map(map),
@@ -291,10 +355,64 @@ impl Client {
         Err(last.expect("at least the seed was asked"))
     }
 
+    /// The pool to host `addr` of the store, opened on first use.
+    async fn pool_for(&self, addr: &str) -> Result<Client> {
+        if let Some(routes) = &self.inner.routes
+            && let Some(pool) = routes.lock().unwrap().pools.get(addr)
+        {
+            return Ok(pool.clone());
+        }
+        let pool = Client::connect_direct(addr, self.inner.config.clone()).await?;
+        if let Some(routes) = &self.inner.routes {
+            routes
+                .lock()
+                .unwrap()
+                .pools
+                .insert(addr.to_owned(), pool.clone());
+        }
+        Ok(pool)
+    }
+
+    /// Records whether the seed host answered (any answer) or failed as a host. Cost: one
+    /// atomic load per request, a store only when it changes.
+    fn note_seed<T>(&self, answer: &Result<T>) {
+        if self.inner.routes.is_none() {
+            return;
+        }
+        let failed = matches!(
+            answer,
+            Err(Error::Connect { .. } | Error::Closed { .. } | Error::Timeout { .. })
+        );
+        if self.inner.seed_failed.load(Ordering::Relaxed) != failed {
+            self.inner.seed_failed.store(failed, Ordering::Relaxed);
+        }
+    }
+
     /// The pool that serves `req`: its partition's primary in a multi-host store, else this.
+    /// A request any host serves (no key) goes to another host of the store while the seed
+    /// host is failing, so a client is not tied to the one host it was given.
     async fn route(&self, req: &Request) -> Result<Option<Client>> {
-        let (Some(routes), Some(key)) = (&self.inner.routes, req.key()) else {
+        let Some(routes) = &self.inner.routes else {
             return Ok(None);
+        };
+        let Some(key) = req.key() else {
+            let other = {
+                if !self.inner.seed_failed.load(Ordering::Relaxed) {
+                    return Ok(None);
+                }
+                let r = routes.lock().unwrap();
+                if r.hosts.len() <= 1 {
+                    return Ok(None);
+                }
+                let turn = self.inner.next_slot.fetch_add(1, Ordering::Relaxed);
+                let others: Vec<&String> =
+                    r.hosts.iter().filter(|h| **h != self.inner.addr).collect();
+                if others.is_empty() {
+                    return Ok(None);
+                }
+                others[turn % others.len()].clone()
+            };
+            return self.pool_for(&other).await.map(Some);
         };
         if routes.lock().unwrap().stale {
             let _ = self.refresh_routes().await;
@@ -400,7 +518,11 @@ impl Client {
             let attempt = async {
                 match self.route(req).await {
                     Ok(Some(pool)) => pool.call_once(req, values).await,
-                    Ok(None) => self.call_once_on(req, values, shard).await,
+                    Ok(None) => {
+                        let r = self.call_once_on(req, values, shard).await;
+                        self.note_seed(&r);
+                        r
+                    }
                     Err(e) => Err(e),
                 }
             };

@@ -182,6 +182,39 @@ pub enum Request {
         limit: u32,
         kind: ValueKind,
     },
+    /// Host to host (on `int_port`): the primary of `partition` restarted these objects'
+    /// timeouts without changing them (reads of sliding objects, `Touch` without a new
+    /// timeout). Batched per partition every `sliding_touch_replication_ms`. A replica applies
+    /// an item only to a live object of exactly that version, and only moves its expiry
+    /// later: a touch never re-creates a removed object nor overwrites a newer state.
+    ReplicateTouches {
+        epoch: u64,
+        from: u64,
+        partition: u32,
+        items: Vec<TouchItem>,
+    },
+    /// Host to host (on `int_port`): the primary of `partition` removed every object of `ns`
+    /// in it (a namespace clear); its copies do the same. Sent on the link that carries the
+    /// partition's changes, so it lands after every change made before the clear and before
+    /// every change made after it.
+    NsClearPartition {
+        epoch: u64,
+        from: u64,
+        partition: u32,
+        ns: NsId,
+    },
+}
+
+/// One restarted timeout of a `ReplicateTouches`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct TouchItem {
+    pub ns: NsId,
+    pub key: Vec<u8>,
+    /// The object's version on the primary when the batch left.
+    pub version: u64,
+    /// Its new deadline, Unix milliseconds of the primary's clock.
+    pub expires_at_ms: u64,
 }
 
 /// An object's whole state, as replication and migration copy it. Times are Unix
@@ -451,6 +484,8 @@ impl Request {
             Request::Redis { .. } => 25,
             Request::HelloShard { .. } => 26,
             Request::ListKeysOfKind { .. } => 27,
+            Request::ReplicateTouches { .. } => 28,
+            Request::NsClearPartition { .. } => 29,
         }
     }
 }
@@ -502,6 +537,8 @@ impl ArchivedRequest {
             ArchivedRequest::Replicate { .. }
                 | ArchivedRequest::MigratePull { .. }
                 | ArchivedRequest::MigrateEnd { .. }
+                | ArchivedRequest::ReplicateTouches { .. }
+                | ArchivedRequest::NsClearPartition { .. }
         )
     }
 
@@ -535,12 +572,14 @@ impl ArchivedRequest {
             ArchivedRequest::Redis { .. } => 25,
             ArchivedRequest::HelloShard { .. } => 26,
             ArchivedRequest::ListKeysOfKind { .. } => 27,
+            ArchivedRequest::ReplicateTouches { .. } => 28,
+            ArchivedRequest::NsClearPartition { .. } => 29,
         };
         Self::name_of(tag)
     }
 
     fn name_of(tag: u8) -> &'static str {
-        const NAMES: [&str; 28] = [
+        const NAMES: [&str; 30] = [
             "hello",
             "ns-open",
             "ns-list",
@@ -569,6 +608,8 @@ impl ArchivedRequest {
             "redis",
             "hello-shard",
             "list-keys-of-kind",
+            "replicate-touches",
+            "ns-clear-partition",
         ];
         NAMES[tag as usize]
     }

@@ -16,6 +16,13 @@
 //!   times, lock, timeout; or its removal). A replica that does not confirm within
 //!   `replication_timeout_ms` turns the answer into `ReplicationFailed` (retryable); a replica
 //!   the map drops meanwhile (declared failed) is no longer waited for.
+//! - **Sliding timeouts.** A read restarts a sliding timeout without changing the object, so
+//!   it is not replicated as a change: the store logs such restarts and every
+//!   `sliding_touch_replication_ms` this shard sends each replica the new deadlines of the
+//!   partitions it is primary of (`ReplicateTouches`, one batch per partition, no answer
+//!   awaited). A replica applies a deadline only to a live object at the same version, so a
+//!   session that is only read survives a failover, and a touch never re-creates a removed
+//!   object or overwrites a newer one.
 //! - **Fencing.** A replica whose map is at least as new as the sender's accepts a change only
 //!   from the partition's primary in its own map; an old primary is refused (`StaleEpoch`).
 //! - **Migration.** A host named a pending copy asks the primary to stream the partition
@@ -36,7 +43,7 @@ use hashbrown::HashMap;
 use slab::Slab;
 use stategrid_proto::{
     ArchivedRequest, ErrorCode, ErrorReply, Key, MapHost, MapInfo, PARTITIONS, PROTOCOL_VERSION,
-    Request, Response, codec, frame, key_hash, partition_of,
+    Request, Response, TouchItem, codec, frame, key_hash, partition_of,
 };
 
 use super::{Conn, Shard, Sink, VecSink};
@@ -65,6 +72,9 @@ const DEFER_MS_MAX: u64 = 100;
 const LINK_DEAD_PEER_TIMEOUT_MS: u64 = 1_500;
 /// Wait before connecting again to a host whose link failed.
 const LINK_RETRY_MS: u64 = 100;
+/// Key bytes one `ReplicateTouches` frame carries at most (a partition with more touched keys
+/// sends several): keeps every batch far below any `frame_bytes_max`.
+const TOUCH_BATCH_KEY_BYTES_MAX: usize = 256 << 10;
 /// Frames in flight on one link at most before relayed requests are refused (bounds memory
 /// when a peer stops answering).
 pub const LINK_INFLIGHT_MAX: usize = 65_536;
@@ -97,6 +107,8 @@ pub(super) fn sender_mismatch(req: &ArchivedRequest, peer: HostId) -> Option<Str
         ArchivedRequest::Replicate { from, .. } => ("from", from.to_native()),
         ArchivedRequest::MigrateEnd { from, .. } => ("from", from.to_native()),
         ArchivedRequest::MigratePull { to, .. } => ("to", to.to_native()),
+        ArchivedRequest::ReplicateTouches { from, .. } => ("from", from.to_native()),
+        ArchivedRequest::NsClearPartition { from, .. } => ("from", from.to_native()),
         _ => return None,
     };
     (claimed != peer.0).then(|| {
@@ -106,6 +118,33 @@ pub(super) fn sender_mismatch(req: &ArchivedRequest, peer: HostId) -> Option<Str
             peer.0
         )
     })
+}
+
+/// The hosts a store-wide request covers, in the map's order: every host not declared failed
+/// (a joining host, primary of nothing yet, answers with nothing). A key listing cursor names
+/// a host by its place in this list.
+pub(super) fn listed_hosts(view: &View) -> Vec<HostId> {
+    view.hosts
+        .iter()
+        .filter(|h| h.state != crate::cluster::HostState::Failed)
+        .map(|h| h.id)
+        .collect()
+}
+
+/// The answer frame for a part of a store-wide request whose host could not be asked.
+fn host_unreachable(host: HostId) -> Vec<u8> {
+    let mut b = Vec::new();
+    codec::encode_response(
+        &mut b,
+        0,
+        &Response::Error(ErrorReply::with_message(
+            ErrorCode::NotPrimary,
+            0,
+            format!("host {host:?} did not answer its part of a store-wide request; try again"),
+        )),
+        &[],
+    );
+    b
 }
 
 /// Sends a handshake message straight on a socket nothing else has sent on yet (tens of
@@ -176,6 +215,16 @@ pub enum Expect {
     },
     /// `MigrateEnd`: the receiver reports the move itself.
     Ignore,
+    /// `ReplicateTouches`, `NsClearPartition`: nothing waits for the answer.
+    Notice,
+    /// Another host's part of a store-wide request (namespace count or clear) gathered for a
+    /// client of this host.
+    Part {
+        slot: u32,
+        generation: u32,
+        seq: u64,
+        part: u32,
+    },
 }
 
 /// Where a deferred answer goes once its replicas confirmed.
@@ -263,6 +312,8 @@ pub struct Hosts {
     next_stream_id: u64,
     /// Did the installed map ever name more than this host? (Bulk requests are single-host.)
     multi_host: bool,
+    /// When the touch log next goes to the replicas ([`plane::now_ms`] clock).
+    touches_due_ms: u64,
 }
 
 impl Hosts {
@@ -283,6 +334,7 @@ impl Hosts {
             next_link_id: 1,
             next_stream_id: 1,
             multi_host: false,
+            touches_due_ms: 0,
         }
     }
 
@@ -351,6 +403,73 @@ impl Shard {
         }
         if !self.hosts.deferred.is_empty() {
             self.pump_deferred();
+        }
+        if self.hosts.multi_host && self.hosts.mono_ms >= self.hosts.touches_due_ms {
+            self.hosts.touches_due_ms =
+                self.hosts.mono_ms + self.core.cfg.sliding_touch_replication_ms;
+            self.send_touches();
+        }
+    }
+
+    /// Sends the timeouts restarted since the last batch to the replicas of the partitions
+    /// this host is primary of (see the module doc). Cost per batch: one key copy per touched
+    /// object, one frame per partition and replica; nothing per read beyond the store's log.
+    fn send_touches(&mut self) {
+        let touched = self.core.store.take_touches(self.now_ms);
+        if touched.is_empty() {
+            return;
+        }
+        let Some(view) = self.hosts.view.clone() else {
+            return;
+        };
+        let mut by_partition: HashMap<u32, Vec<TouchItem>> = HashMap::new();
+        for t in touched {
+            let o = &view.owners[t.partition as usize];
+            if o.primary() != Some(view.me) || o.copies().all(|h| h == view.me) {
+                continue;
+            }
+            by_partition
+                .entry(t.partition)
+                .or_default()
+                .push(TouchItem {
+                    ns: t.ns,
+                    key: t.key,
+                    version: t.version,
+                    expires_at_ms: t.expires_at_ms,
+                });
+        }
+        for (partition, mut items) in by_partition {
+            while !items.is_empty() {
+                let mut bytes = 0;
+                let n = items
+                    .iter()
+                    .take_while(|i| {
+                        bytes += i.key.len();
+                        bytes <= TOUCH_BATCH_KEY_BYTES_MAX
+                    })
+                    .count()
+                    .max(1);
+                let rest = items.split_off(n);
+                let msg = Request::ReplicateTouches {
+                    epoch: view.epoch,
+                    from: view.me.0,
+                    partition,
+                    items,
+                };
+                for host in view.owners[partition as usize].copies() {
+                    if host == view.me {
+                        continue;
+                    }
+                    let sent =
+                        self.link_send(host, LinkClass::Data, Expect::Notice, |b, link_id| {
+                            encode_with_value(b, link_id, &msg, None);
+                        });
+                    if !sent {
+                        tracing::debug!(shard = self.core.shard, ?host, "touches not sent");
+                    }
+                }
+                items = rest;
+            }
         }
     }
 
@@ -452,6 +571,13 @@ impl Shard {
         if view.hosts.len() > 1 {
             self.hosts.multi_host = true;
         }
+        // Restarted sliding timeouts are logged once there may be replicas to tell.
+        self.core.store.set_touch_log(self.hosts.multi_host);
+        self.core.list_host = self.hosts.multi_host.then(|| {
+            let hosts = listed_hosts(&view);
+            let me = hosts.iter().position(|&h| h == view.me).unwrap_or(0);
+            (me as u8, hosts.len() as u8)
+        });
         self.core.primary_partitions = self.hosts.multi_host.then(|| {
             (0..PARTITIONS as usize)
                 .map(|p| view.owners[p].primary() == Some(view.me))
@@ -506,6 +632,7 @@ impl Shard {
         }
         for cmd in self.hosts.plane.take_cmds(me) {
             match cmd {
+                DataCmd::SetParam { name, value } => self.apply_param(&name, &value),
                 DataCmd::Pull { partition, .. } => {
                     let now = self.hosts.mono_ms;
                     self.hosts.pulls.entry(partition).or_insert(Pull {
@@ -518,6 +645,25 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// Applies a store-wide parameter from the Raft log to this shard: its configuration (as
+    /// `stategrid show` reports it) and its store's limits.
+    fn apply_param(&mut self, name: &str, value: &str) {
+        let mut cfg = (*self.core.cfg).clone();
+        if let Err(e) = cfg.set(name, value, crate::config::Source::Set) {
+            tracing::warn!(
+                shard = self.core.shard,
+                "store-wide parameter {name} = {value} not applied: {e}"
+            );
+            return;
+        }
+        let mut limits = *self.core.store.limits();
+        limits.lock_timeout_ms = cfg.lock_timeout_s as u64 * 1000;
+        limits.memory_bytes_max = cfg.max_memory_bytes / self.core.shards as u64;
+        limits.lru_threshold_pct = cfg.lru_threshold_pct as u32;
+        self.core.store.set_limits(limits);
+        self.core.cfg = Arc::new(cfg);
     }
 
     /// Publishes this shard's numbers for `stategrid query` (from housekeeping).
@@ -585,9 +731,7 @@ impl Shard {
             return None;
         }
         match req {
-            ArchivedRequest::MultiRead { .. }
-            | ArchivedRequest::BulkPut { .. }
-            | ArchivedRequest::NsClear { .. } => Some(format!(
+            ArchivedRequest::MultiRead { .. } | ArchivedRequest::BulkPut { .. } => Some(format!(
                 "{} is not served by a multi-host store in this version; send the keys one by one",
                 req.name()
             )),
@@ -676,6 +820,229 @@ impl Shard {
             let mut bytes = Vec::new();
             VecSink(&mut bytes).error(id, ErrorCode::NotPrimary, epoch);
             self.fill_slot(slot, generation, seq, 0, bytes);
+        }
+    }
+
+    // ---- store-wide requests --------------------------------------------------------------
+
+    /// A namespace count or clear from a client of a store of several hosts: every host
+    /// answers for the partitions it is primary of (a clear also clears their replicas), and
+    /// this host sums the parts: its own shards' and each other host's, asked over the relay
+    /// links. Returns false when it is not such a request (served as on one host).
+    pub(super) fn gather_hosts(
+        &mut self,
+        req: &ArchivedRequest,
+        slot: u32,
+        generation: u32,
+        id: u32,
+        frame: &[u8],
+    ) -> bool {
+        // Redis clients count and flush one node at a time, as in Redis Cluster (each host
+        // answers for its primaries).
+        if !self.hosts.multi_host
+            || self.conns[slot as usize].resp.is_some()
+            || !matches!(
+                req,
+                ArchivedRequest::NsCount { .. } | ArchivedRequest::NsClear { .. }
+            )
+        {
+            return false;
+        }
+        let Some(view) = self.hosts.view.clone() else {
+            return false;
+        };
+        let others: Vec<HostId> = listed_hosts(&view)
+            .into_iter()
+            .filter(|&h| h != view.me)
+            .collect();
+        let shards = self.core.shards;
+        let g = super::gather::Gather {
+            kind: super::gather::Kind::Sum,
+            request_id: id,
+            parts: (0..shards + others.len()).map(|_| None).collect(),
+            indexes: Vec::new(),
+            items: 0,
+            remaining: shards + others.len(),
+        };
+        let Some(seq) = self.reserve(slot, id, super::Slot::Gather(g, frame.len() as u32)) else {
+            return true;
+        };
+        for s in 0..shards {
+            let f = AlignedBuf::from_slice(frame);
+            self.dispatch_part(s, slot, generation, seq, s as u32, f);
+        }
+        for (i, host) in others.into_iter().enumerate() {
+            let part = (shards + i) as u32;
+            let sent = self.link_send(
+                host,
+                LinkClass::Relay,
+                Expect::Part {
+                    slot,
+                    generation,
+                    seq,
+                    part,
+                },
+                |b, link_id| {
+                    let out = b.bytes_mut();
+                    let start = out.len();
+                    out.extend_from_slice(frame);
+                    out[start + 12..start + 16].copy_from_slice(&link_id.to_le_bytes());
+                },
+            );
+            if !sent {
+                self.fill_slot(slot, generation, seq, part, host_unreachable(host));
+            }
+        }
+        true
+    }
+
+    /// A native client's key listing page on a store of several hosts: the cursor is marked
+    /// store-wide ([`crate::server::exec::CURSOR_STORE_WIDE`]) and the page served by the host
+    /// it names, here or relayed there; that host answers with the cursor of the page after,
+    /// on it or on the next host. Returns false when it is not such a request.
+    pub(super) fn relay_listing(
+        &mut self,
+        req: &ArchivedRequest,
+        slot: u32,
+        generation: u32,
+        id: u32,
+    ) -> bool {
+        use crate::server::exec::{CURSOR_STORE_WIDE, cursor_host, cursor_shard};
+        let Some((me, _)) = self.core.list_host else {
+            return false;
+        };
+        let marked = |cursor: u64| match cursor {
+            0 => CURSOR_STORE_WIDE,
+            c => c,
+        };
+        let (cursor, native) = match req {
+            ArchivedRequest::ListKeys { ns, cursor, limit } => {
+                let cursor = marked(cursor.to_native());
+                (
+                    cursor,
+                    Request::ListKeys {
+                        ns: ns.to_native(),
+                        cursor,
+                        limit: limit.to_native(),
+                    },
+                )
+            }
+            ArchivedRequest::ListKeysOfKind {
+                ns,
+                cursor,
+                limit,
+                kind,
+            } => {
+                let cursor = marked(cursor.to_native());
+                (
+                    cursor,
+                    Request::ListKeysOfKind {
+                        ns: ns.to_native(),
+                        cursor,
+                        limit: limit.to_native(),
+                        kind: kind.to_native(),
+                    },
+                )
+            }
+            _ => return false,
+        };
+        // Redis clients list one node at a time (as in Redis Cluster); so do old cursors.
+        if self.conns[slot as usize].resp.is_some() || cursor & CURSOR_STORE_WIDE == 0 {
+            return false;
+        }
+        let Some(view) = self.hosts.view.clone() else {
+            return false;
+        };
+        let mut frame = Vec::with_capacity(64);
+        codec::encode_request(&mut frame, id, &native, &[]);
+        let Some(seq) = self.reserve(
+            slot,
+            id,
+            super::Slot::Forwarded {
+                bytes: frame.len() as u32,
+            },
+        ) else {
+            return true;
+        };
+        let want = cursor_host(cursor);
+        if want == me as usize {
+            let shard = cursor_shard(cursor).min(self.core.shards - 1);
+            self.dispatch_part(
+                shard,
+                slot,
+                generation,
+                seq,
+                0,
+                AlignedBuf::from_slice(&frame),
+            );
+            return true;
+        }
+        let hosts = listed_hosts(&view);
+        match hosts.get(want) {
+            Some(&host) => self.relay(host, slot, generation, seq, id, &frame),
+            None => {
+                let mut b = Vec::new();
+                VecSink(&mut b).respond(
+                    id,
+                    &Response::Error(ErrorReply::with_message(
+                        ErrorCode::InvalidRequest,
+                        0,
+                        format!(
+                            "cursor {cursor} names host {want}, and the store lists {} hosts now; start the listing again from 0",
+                            hosts.len()
+                        ),
+                    )),
+                    &[],
+                );
+                self.fill_slot(slot, generation, seq, 0, b);
+            }
+        }
+        true
+    }
+
+    /// Tells the replicas of each partition a namespace clear emptied here (see
+    /// `Core::cleared`). Called right after the clear ran, before any later change of the
+    /// partition is replicated, so the copies apply it in the same order.
+    pub(super) fn send_clears(&mut self) {
+        if self.core.cleared.is_empty() {
+            return;
+        }
+        let cleared = std::mem::take(&mut self.core.cleared);
+        let Some(view) = self.hosts.view.clone() else {
+            return;
+        };
+        for (ns, partition) in cleared {
+            let msg = Request::NsClearPartition {
+                epoch: view.epoch,
+                from: view.me.0,
+                partition,
+                ns,
+            };
+            for host in view.owners[partition as usize].copies() {
+                if host == view.me {
+                    continue;
+                }
+                let sent = self.link_send(host, LinkClass::Data, Expect::Notice, |b, link_id| {
+                    encode_with_value(b, link_id, &msg, None);
+                });
+                if !sent {
+                    tracing::warn!(
+                        shard = self.core.shard,
+                        ?host,
+                        partition,
+                        "a namespace clear could not be sent to a replica"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A part of a store-wide request arrived: fill it and send what is ready.
+    fn deliver_part(&mut self, slot: u32, generation: u32, seq: u64, part: u32, b: Vec<u8>) {
+        if self.fill_slot(slot, generation, seq, part, b) {
+            self.flush(slot);
+            self.want_recv(slot);
+            self.maybe_close(slot);
         }
     }
 
@@ -933,6 +1300,66 @@ impl Shard {
                 }
                 sink.respond(id, &Response::Ok, &[]);
             }
+            ArchivedRequest::ReplicateTouches {
+                epoch,
+                from,
+                partition,
+                items,
+            } => {
+                let p = partition.to_native();
+                if p >= PARTITIONS {
+                    return sink.error(id, ErrorCode::InvalidRequest, p as u64);
+                }
+                let o = &view.owners[p as usize];
+                let from = HostId(from.to_native());
+                // Fenced as `Replicate`: only the partition's primary in our map (or a host
+                // with a newer map than ours) may move our deadlines, and never on our own
+                // primary copy.
+                let primary_here = o.primary() == Some(view.me);
+                if primary_here
+                    || (view.epoch >= epoch.to_native()
+                        && (o.primary() != Some(from) || o.role_of(view.me).is_none()))
+                {
+                    return sink.error(id, ErrorCode::StaleEpoch, view.epoch);
+                }
+                let mut applied = 0u64;
+                for item in items.iter() {
+                    let (ns, k) = (item.ns.to_native(), item.key.as_slice());
+                    let h = key_hash(ns, k);
+                    if partition_of(h) != p {
+                        continue;
+                    }
+                    applied += self.core.store.apply_touch(
+                        KeyRef::with_hash(ns, k, h),
+                        item.version.to_native(),
+                        item.expires_at_ms.to_native(),
+                        now,
+                    ) as u64;
+                }
+                sink.respond(id, &Response::Count { objects: applied }, &[]);
+            }
+            ArchivedRequest::NsClearPartition {
+                epoch,
+                from,
+                partition,
+                ns,
+            } => {
+                let p = partition.to_native();
+                if p >= PARTITIONS {
+                    return sink.error(id, ErrorCode::InvalidRequest, p as u64);
+                }
+                let o = &view.owners[p as usize];
+                let from = HostId(from.to_native());
+                // Fenced as `Replicate`: only the partition's primary may clear our copy.
+                if o.primary() == Some(view.me)
+                    || (view.epoch >= epoch.to_native()
+                        && (o.primary() != Some(from) || o.role_of(view.me).is_none()))
+                {
+                    return sink.error(id, ErrorCode::StaleEpoch, view.epoch);
+                }
+                let (removed, _) = self.core.store.ns_clear_partition(ns.to_native(), p, now);
+                sink.respond(id, &Response::Count { objects: removed }, &[]);
+            }
             _ => sink.error(id, ErrorCode::InvalidRequest, 0),
         }
     }
@@ -1156,6 +1583,19 @@ impl Shard {
                 return None;
             }
         };
+        // Leave from the operator's interface, not whichever the routing table picks: peers
+        // (and firewalls) see the address this host advertises, and a multi-homed host keeps
+        // store traffic on the network it was given.
+        let local = self.core.cfg.net_interface;
+        if !local.is_unspecified()
+            && let Err(e) = sock.bind(&std::net::SocketAddr::new(local.into(), 0).into())
+        {
+            tracing::warn!(
+                shard = self.core.shard,
+                "cannot bind a link to {addr} to net_interface {local}: {e}"
+            );
+            return None;
+        }
         let _ = sock.set_tcp_nodelay(true);
         // A host cut off the network sends no reset: fail the link (and what waits on it)
         // instead of leaving relayed requests hanging until their clients give up.
@@ -1365,7 +1805,7 @@ impl Shard {
             match e {
                 // The copy may or may not have the change: keep waiting until the map drops
                 // the host or the deadline passes.
-                Expect::Ack { .. } | Expect::Hello | Expect::Ignore => {}
+                Expect::Ack { .. } | Expect::Hello | Expect::Ignore | Expect::Notice => {}
                 // The stream's host is unreachable: the receiver asks again.
                 Expect::Stream { id } => self.hosts.streams.retain(|s| s.id != id),
                 Expect::Relay {
@@ -1386,6 +1826,15 @@ impl Shard {
                     );
                 }
                 Expect::PullAck { partition } => self.pull_failed(partition),
+                Expect::Part {
+                    slot,
+                    generation,
+                    seq,
+                    part,
+                } => {
+                    let b = host_unreachable(host);
+                    self.deliver_part(slot, generation, seq, part, b);
+                }
             }
         }
     }
@@ -1491,6 +1940,20 @@ impl Shard {
                     if let Some(e) = error {
                         tracing::debug!(shard = self.core.shard, "migration end refused: {e:?}");
                     }
+                }
+                Expect::Notice => {
+                    if let Some(e) = error {
+                        tracing::debug!(shard = self.core.shard, "notice refused: {e:?}");
+                    }
+                }
+                Expect::Part {
+                    slot: to,
+                    generation: g,
+                    seq,
+                    part,
+                } => {
+                    let answer = bytes[..p.frame_bytes].to_vec();
+                    self.deliver_part(to, g, seq, part, answer);
                 }
             }
         }
