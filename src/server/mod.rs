@@ -10,6 +10,7 @@
 
 mod exec;
 mod gather;
+mod resp_tx;
 pub mod local_api;
 mod shard;
 

@@ -266,7 +266,43 @@ impl Store {
             | RedisOp::HExists
             | RedisOp::HLen
             | RedisOp::HStrlen => self.hash_read(k, op, args, now_ms),
+            RedisOp::Rename { nx } => self.r_rename(k, KeyRef::new(k.ns, args), nx, now_ms),
         }
+    }
+
+    /// RENAME / RENAMENX within this store (the caller checked both names are served here):
+    /// the value, its kind and its exact expiry move to `to` in one step, so no reader sees
+    /// both names or neither. A native lock on either name refuses it (`Locked`), as every
+    /// Redis write does. Cost: one copy of the value (the new object gets its own buffer).
+    fn r_rename(
+        &mut self,
+        from: KeyRef<'_>,
+        to: KeyRef<'_>,
+        nx: bool,
+        now_ms: u64,
+    ) -> Result<RedisOut, StoreError> {
+        let Some(slot) = self.find_live(from, now_ms) else {
+            return Err(StoreError::new(stategrid_proto::ErrorCode::NotFound, 0));
+        };
+        let done = if nx { RedisOut::Int(1) } else { RedisOut::Ok };
+        if from.key == to.key {
+            // Redis: renaming a key to itself succeeds and changes nothing (RENAMENX says 0).
+            return Ok(if nx { RedisOut::Int(0) } else { done });
+        }
+        if nx && self.find_live(to, now_ms).is_some() {
+            return Ok(RedisOut::Int(0));
+        }
+        self.writable(from, now_ms)?;
+        self.writable(to, now_ms)?;
+        let e = &self.slab[slot as usize];
+        let (value, kind, at, timeout) = (e.value.clone(), e.kind, e.expires_at_ms, e.timeout);
+        self.r_write(to, &value, kind, SetExpire::Clear, now_ms)?;
+        let s = self.find(to).expect("just written");
+        let e = &mut self.slab[s as usize];
+        e.expires_at_ms = at;
+        e.timeout = timeout;
+        self.r_remove(from, now_ms)?;
+        Ok(done)
     }
 
     fn hash_read(
