@@ -70,16 +70,15 @@ pub fn run(
         reply::null_array(&mut out, resp3);
     } else {
         reply::array(&mut out, commands.len());
+        let mut render = RespOut::default();
+        render.resp3 = resp3;
         let mut host = TxHost {
             core,
             ns,
             tx_hash: h,
             now_ms,
             out,
-            render: RespOut {
-                resp3,
-                ..Default::default()
-            },
+            render,
             batch: SendBatch::default(),
             frame: Vec::new(),
         };
