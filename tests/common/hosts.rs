@@ -16,6 +16,11 @@ pub struct Host {
 }
 
 impl Host {
+    /// Everything the host wrote to stderr.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.txt")).unwrap_or_default()
+    }
+
     /// The last lines the host wrote to stderr, for failure messages.
     pub fn output(&self) -> String {
         let text = std::fs::read_to_string(self.dir.path().join("stderr.txt")).unwrap_or_default();
@@ -35,7 +40,68 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.output());
+        }
         self.kill9();
+    }
+}
+
+/// The ports every host of a store shares (each host binds its own 127.0.0.x).
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    pub mgt: u16,
+    pub svr: u16,
+    pub int: u16,
+}
+
+impl Ports {
+    pub fn free() -> Ports {
+        Ports {
+            svr: free_port(),
+            mgt: free_port(),
+            int: free_port(),
+        }
+    }
+}
+
+impl Host {
+    /// Starts one host on `ip` (one shard, one replica per partition) that finds `peers`
+    /// (their IPs) through the static `hosts` list; `extra` adds or replaces parameters
+    /// (`--set NAME=VALUE`). Does not wait.
+    pub fn spawn(ip: &str, peers: &[String], ports: Ports, extra: &[(&str, String)]) -> Host {
+        let peers: Vec<String> = peers.iter().map(|o| format!("{o}:{}", ports.mgt)).collect();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut sets: Vec<(&str, String)> = vec![
+            ("net_interface", ip.to_string()),
+            ("svr_port", ports.svr.to_string()),
+            ("mgt_port", ports.mgt.to_string()),
+            ("int_port", ports.int.to_string()),
+            ("use_multicast", "0".into()),
+            ("hosts", peers.join(",")),
+            ("shards", "1".into()),
+            ("max_replicas", "1".into()),
+            ("log_dir", dir.path().join("log").display().to_string()),
+            ("log_level", "info".into()),
+        ];
+        for (name, value) in extra {
+            sets.retain(|(n, _)| n != name);
+            sets.push((name, value.clone()));
+        }
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve");
+        for (name, value) in &sets {
+            cmd.arg("--set").arg(format!("{name}={value}"));
+        }
+        let stderr = std::fs::File::create(dir.path().join("stderr.txt")).unwrap();
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        Host {
+            ip: ip.to_string(),
+            child: Some(cmd.spawn().expect("spawn stategrid serve")),
+            dir,
+        }
     }
 }
 
@@ -49,50 +115,20 @@ impl Store {
     /// Starts `n` hosts (one shard each, one replica per partition) and waits until the map
     /// has settled over all of them. Panics with every host's output if it does not.
     pub fn start(n: u8, first_ip: u8) -> Store {
-        let (svr, mgt, int) = (free_port(), free_port(), free_port());
+        let ports = Ports::free();
         let ips: Vec<String> = (0..n)
             .map(|i| format!("127.0.0.{}", first_ip + i))
             .collect();
         let hosts: Vec<Host> = ips
             .iter()
             .map(|me| {
-                let peers: Vec<String> = ips
-                    .iter()
-                    .filter(|o| *o != me)
-                    .map(|o| format!("{o}:{mgt}"))
-                    .collect();
-                let dir = tempfile::tempdir().expect("temp dir");
-                let sets = [
-                    ("net_interface", me.clone()),
-                    ("svr_port", svr.to_string()),
-                    ("mgt_port", mgt.to_string()),
-                    ("int_port", int.to_string()),
-                    ("use_multicast", "0".into()),
-                    ("hosts", peers.join(",")),
-                    ("shards", "1".into()),
-                    ("max_replicas", "1".into()),
-                    ("log_dir", dir.path().join("log").display().to_string()),
-                    ("log_level", "info".into()),
-                ];
-                let mut cmd = Command::new(bin());
-                cmd.arg("serve");
-                for (name, value) in &sets {
-                    cmd.arg("--set").arg(format!("{name}={value}"));
-                }
-                let stderr = std::fs::File::create(dir.path().join("stderr.txt")).unwrap();
-                cmd.stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(stderr);
-                Host {
-                    ip: me.clone(),
-                    child: Some(cmd.spawn().expect("spawn stategrid serve")),
-                    dir,
-                }
+                let peers: Vec<String> = ips.iter().filter(|o| *o != me).cloned().collect();
+                Host::spawn(me, &peers, ports, &[])
             })
             .collect();
         let store = Store {
             hosts,
-            svr_port: svr,
+            svr_port: ports.svr,
         };
         let svrs = store.svr_addrs();
         let c = client(&svrs[0], 10_000);
