@@ -207,7 +207,7 @@ fn without_the_key_forged_host_messages_change_nothing_and_a_wrong_key_cannot_jo
     std::thread::sleep(Duration::from_millis(1_500));
     for h in hosts.iter_mut() {
         assert!(
-            h.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+            h.running(),
             "host {} exited after forged messages",
             h.ip
         );

@@ -29,6 +29,13 @@ impl Host {
         format!("--- {} stderr ---\n{tail}", self.ip)
     }
 
+    /// The process is still running (neither exited nor killed).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().expect("try_wait").is_none())
+    }
+
     /// `kill -9` (SIGKILL), no goodbye to the others.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
