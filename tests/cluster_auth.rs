@@ -20,9 +20,9 @@ use stategrid_client::proto::{
     Key, ObjectState, PROTOCOL_VERSION, Request, key_hash, partition_of,
 };
 
+use common::hosts::{Host, Ports};
 use common::raw::Raw;
 use common::store::*;
-use common::hosts::{Host, Ports};
 use common::{bin, free_port};
 
 /// One host of these tests: a store host with the cluster key file `key_file`.
@@ -206,11 +206,7 @@ fn without_the_key_forged_host_messages_change_nothing_and_a_wrong_key_cannot_jo
     // Nothing changed: every host still up, the same map, the object as it was.
     std::thread::sleep(Duration::from_millis(1_500));
     for h in hosts.iter_mut() {
-        assert!(
-            h.running(),
-            "host {} exited after forged messages",
-            h.ip
-        );
+        assert!(h.running(), "host {} exited after forged messages", h.ip);
     }
     let m2 = wait_settled(&c, &svrs[..3], 1, String::new);
     assert_eq!(

@@ -659,9 +659,7 @@ fn tag_on_shard(shard: usize, shards: usize) -> String {
     use stategrid_proto::{key_hash, owner_shard, partition_of};
     (0..)
         .map(|i| format!("{{t{i}}}"))
-        .find(|t| {
-            owner_shard(partition_of(key_hash(redis_ns(0), t.as_bytes())), shards) == shard
-        })
+        .find(|t| owner_shard(partition_of(key_hash(redis_ns(0), t.as_bytes())), shards) == shard)
         .unwrap()
 }
 
@@ -800,7 +798,10 @@ fn rename_moves_value_and_ttl_in_one_step() {
         c.cmd(&["GET", &k("a")], "$-1\r\n");
         c.cmd(&["GET", &k("b")], "$1\r\nv\r\n");
         let ttl = c.call(&["TTL", &k("b")]);
-        assert!(ttl == ":100\r\n" || ttl == ":99\r\n", "the TTL moved: {ttl}");
+        assert!(
+            ttl == ":100\r\n" || ttl == ":99\r\n",
+            "the TTL moved: {ttl}"
+        );
         c.cmd(&["HSET", &k("h"), "f", "v"], ":1\r\n");
         c.cmd(&["RENAME", &k("h"), &k("b")], "+OK\r\n");
         c.cmd(&["TYPE", &k("b")], "+hash\r\n");
@@ -811,7 +812,10 @@ fn rename_moves_value_and_ttl_in_one_step() {
         c.cmd(&["HGET", &k("d"), "f"], "$1\r\nv\r\n");
         c.cmd(&["RENAME", &k("d"), &k("d")], "+OK\r\n");
         c.cmd(&["RENAME", &k("nothing"), &k("x")], "-ERR no such key\r\n");
-        c.cmd(&["RENAMENX", &k("nothing"), &k("x")], "-ERR no such key\r\n");
+        c.cmd(
+            &["RENAMENX", &k("nothing"), &k("x")],
+            "-ERR no such key\r\n",
+        );
         // A native lock on either name refuses it and changes nothing.
         let token = String::from_utf8(c.read_reply_of(&["SG.LOCK", &k("c")])).unwrap();
         assert!(token.starts_with('$'), "{token}");

@@ -150,7 +150,10 @@ pub fn error_text(e: &ErrorReply) -> String {
         }
         ErrorCode::TooManyInFlight => format!("ERR {}", e.code.describe()),
         ErrorCode::InvalidRequest if e.detail == CROSS_PARTITION => {
-            format!("CROSSSLOT Keys in request don't hash to the same slot: {}", e.message)
+            format!(
+                "CROSSSLOT Keys in request don't hash to the same slot: {}",
+                e.message
+            )
         }
         _ => {
             let mut s = format!("ERR {}", e.code.describe());

@@ -10,8 +10,8 @@
 
 mod exec;
 mod gather;
-mod resp_tx;
 pub mod local_api;
+mod resp_tx;
 mod shard;
 
 use std::cell::RefCell;

@@ -158,7 +158,10 @@ impl Sink for RenderSink<'_> {
             [] => None,
             [v] => Some(ValRef::Bytes(&v[..])),
             many => {
-                joined = many.iter().flat_map(|v| v.iter().copied()).collect::<Vec<u8>>();
+                joined = many
+                    .iter()
+                    .flat_map(|v| v.iter().copied())
+                    .collect::<Vec<u8>>();
                 Some(ValRef::Bytes(&joined[..]))
             }
         };
