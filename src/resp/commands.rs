@@ -203,170 +203,56 @@ macro_rules! spec {
 /// Every command served. The hot ones first: lookup is a scan of this table. A command that
 /// is a variant of another (a unit, an option, a shape) names the shared function and its
 /// argument here rather than in a one-line wrapper of its own.
+#[rustfmt::skip]
 pub static TABLE: &[Spec] = &[
     spec!("get", 2, R, 1, 1, 1, get),
     spec!("set", -3, W, 1, 1, 1, set),
-    spec!("del", -2, W, 1, -1, 1, |s, a, h| per_key(
-        s,
-        a,
-        h,
-        RedisOp::Del
-    )),
-    spec!("expire", -3, W, 1, 1, 1, |s, a, h| expire_generic(
-        s, a, h, "ex", "expire"
-    )),
-    spec!("exists", -2, R, 1, -1, 1, |s, a, h| per_key(
-        s,
-        a,
-        h,
-        RedisOp::Exists
-    )),
-    spec!("hget", 3, R, 1, 1, 1, |s, a, h| hfields(
-        s,
-        a,
-        h,
-        RedisOp::HGet,
-        Shape::Plain
-    )),
-    spec!("hset", -4, W, 1, 1, 1, |s, a, h| hset_generic(
-        s,
-        a,
-        h,
-        "hset",
-        plain()
-    )),
-    spec!("hmget", -3, R, 1, 1, 1, |s, a, h| hfields(
-        s,
-        a,
-        h,
-        RedisOp::HMGet,
-        Shape::Plain
-    )),
-    spec!("hmset", -4, W, 1, 1, 1, |s, a, h| hset_generic(
-        s,
-        a,
-        h,
-        "hmset",
-        Pending::of(Shape::Ok)
-    )),
-    spec!("hgetall", 2, R, 1, 1, 1, |s, a, h| hfields(
-        s,
-        a,
-        h,
-        RedisOp::HGetAll,
-        Shape::Map
-    )),
+    spec!("del", -2, W, 1, -1, 1, |s, a, h| per_key(s, a, h, RedisOp::Del)),
+    spec!("expire", -3, W, 1, 1, 1, |s, a, h| expire_generic(s, a, h, "ex", "expire")),
+    spec!("exists", -2, R, 1, -1, 1, |s, a, h| per_key(s, a, h, RedisOp::Exists)),
+    spec!("hget", 3, R, 1, 1, 1, |s, a, h| hfields(s, a, h, RedisOp::HGet, Shape::Plain)),
+    spec!("hset", -4, W, 1, 1, 1, |s, a, h| hset_generic(s, a, h, "hset", plain())),
+    spec!("hmget", -3, R, 1, 1, 1, |s, a, h| hfields(s, a, h, RedisOp::HMGet, Shape::Plain)),
+    spec!("hmset", -4, W, 1, 1, 1, |s, a, h| hset_generic(s, a, h, "hmset", Pending::of(Shape::Ok))),
+    spec!("hgetall", 2, R, 1, 1, 1, |s, a, h| hfields(s, a, h, RedisOp::HGetAll, Shape::Map)),
     spec!("ping", -1, A, 0, 0, 0, ping),
     spec!("mget", -2, R, 1, -1, 1, mget),
     spec!("mset", -3, W, 1, -1, 2, mset),
-    spec!("setex", 4, W, 1, 1, 1, |s, a, h| setex_unit(
-        s, a, h, "ex", "setex"
-    )),
-    spec!("psetex", 4, W, 1, 1, 1, |s, a, h| setex_unit(
-        s, a, h, "px", "psetex"
-    )),
+    spec!("setex", 4, W, 1, 1, 1, |s, a, h| setex_unit(s, a, h, "ex", "setex")),
+    spec!("psetex", 4, W, 1, 1, 1, |s, a, h| setex_unit(s, a, h, "px", "psetex")),
     spec!("setnx", 3, W, 1, 1, 1, setnx),
     spec!("getex", -2, W, 1, 1, 1, getex),
     spec!("getdel", 2, W, 1, 1, 1, getdel),
     spec!("getset", 3, W, 1, 1, 1, getset),
     spec!("incr", 2, W, 1, 1, 1, |s, a, h| incr_by(s, a, h, Some(1))),
-    spec!("incrby", 3, W, 1, 1, 1, |s, a, h| incr_by(
-        s,
-        a,
-        h,
-        int_arg(a.get(2))
-    )),
+    spec!("incrby", 3, W, 1, 1, 1, |s, a, h| incr_by(s, a, h, int_arg(a.get(2)))),
     spec!("decr", 2, W, 1, 1, 1, |s, a, h| incr_by(s, a, h, Some(-1))),
     spec!("decrby", 3, W, 1, 1, 1, decrby),
     spec!("append", 3, W, 1, 1, 1, append),
     spec!("strlen", 2, R, 1, 1, 1, strlen),
-    spec!("unlink", -2, W, 1, -1, 1, |s, a, h| per_key(
-        s,
-        a,
-        h,
-        RedisOp::Del
-    )),
-    spec!("touch", -2, R, 1, -1, 1, |s, a, h| per_key(
-        s,
-        a,
-        h,
-        RedisOp::Exists
-    )),
-    spec!("pexpire", -3, W, 1, 1, 1, |s, a, h| expire_generic(
-        s, a, h, "px", "pexpire"
-    )),
-    spec!("expireat", -3, W, 1, 1, 1, |s, a, h| expire_generic(
-        s, a, h, "exat", "expireat"
-    )),
-    spec!("pexpireat", -3, W, 1, 1, 1, |s, a, h| expire_generic(
-        s,
-        a,
-        h,
-        "pxat",
-        "pexpireat"
-    )),
+    spec!("unlink", -2, W, 1, -1, 1, |s, a, h| per_key(s, a, h, RedisOp::Del)),
+    spec!("touch", -2, R, 1, -1, 1, |s, a, h| per_key(s, a, h, RedisOp::Exists)),
+    spec!("pexpire", -3, W, 1, 1, 1, |s, a, h| expire_generic(s, a, h, "px", "pexpire")),
+    spec!("expireat", -3, W, 1, 1, 1, |s, a, h| expire_generic(s, a, h, "exat", "expireat")),
+    spec!("pexpireat", -3, W, 1, 1, 1, |s, a, h| expire_generic(s, a, h, "pxat", "pexpireat")),
     spec!("persist", 2, W, 1, 1, 1, persist),
     spec!("ttl", 2, R, 1, 1, 1, |s, a, h| meta(s, a, h, false, false)),
     spec!("pttl", 2, R, 1, 1, 1, |s, a, h| meta(s, a, h, true, false)),
-    spec!("expiretime", 2, R, 1, 1, 1, |s, a, h| meta(
-        s, a, h, false, true
-    )),
-    spec!("pexpiretime", 2, R, 1, 1, 1, |s, a, h| meta(
-        s, a, h, true, true
-    )),
+    spec!("expiretime", 2, R, 1, 1, 1, |s, a, h| meta(s, a, h, false, true)),
+    spec!("pexpiretime", 2, R, 1, 1, 1, |s, a, h| meta(s, a, h, true, true)),
     spec!("type", 2, R, 1, 1, 1, type_),
-    spec!("rename", 3, W, 1, 2, 1, |s, a, h| rename_generic(
-        s, a, h, false
-    )),
-    spec!("renamenx", 3, W, 1, 2, 1, |s, a, h| rename_generic(
-        s, a, h, true
-    )),
+    spec!("rename", 3, W, 1, 2, 1, |s, a, h| rename_generic(s, a, h, false)),
+    spec!("renamenx", 3, W, 1, 2, 1, |s, a, h| rename_generic(s, a, h, true)),
     spec!("scan", -2, R, 0, 0, 0, scan),
     spec!("keys", 2, R, 0, 0, 0, keys),
-    spec!("hdel", -3, W, 1, 1, 1, |s, a, h| hfields(
-        s,
-        a,
-        h,
-        RedisOp::HDel,
-        Shape::Plain
-    )),
-    spec!("hexists", 3, R, 1, 1, 1, |s, a, h| hfields(
-        s,
-        a,
-        h,
-        RedisOp::HExists,
-        Shape::Plain
-    )),
-    spec!("hlen", 2, R, 1, 1, 1, |s, a, h| hfields(
-        s,
-        a,
-        h,
-        RedisOp::HLen,
-        Shape::Plain
-    )),
-    spec!("hkeys", 2, R, 1, 1, 1, |s, a, h| hfields(
-        s,
-        a,
-        h,
-        RedisOp::HKeys,
-        Shape::Plain
-    )),
-    spec!("hvals", 2, R, 1, 1, 1, |s, a, h| hfields(
-        s,
-        a,
-        h,
-        RedisOp::HVals,
-        Shape::Plain
-    )),
+    spec!("hdel", -3, W, 1, 1, 1, |s, a, h| hfields(s, a, h, RedisOp::HDel, Shape::Plain)),
+    spec!("hexists", 3, R, 1, 1, 1, |s, a, h| hfields(s, a, h, RedisOp::HExists, Shape::Plain)),
+    spec!("hlen", 2, R, 1, 1, 1, |s, a, h| hfields(s, a, h, RedisOp::HLen, Shape::Plain)),
+    spec!("hkeys", 2, R, 1, 1, 1, |s, a, h| hfields(s, a, h, RedisOp::HKeys, Shape::Plain)),
+    spec!("hvals", 2, R, 1, 1, 1, |s, a, h| hfields(s, a, h, RedisOp::HVals, Shape::Plain)),
     spec!("hincrby", 4, W, 1, 1, 1, hincrby),
     spec!("hsetnx", 4, W, 1, 1, 1, hsetnx),
-    spec!("hstrlen", 3, R, 1, 1, 1, |s, a, h| hfields(
-        s,
-        a,
-        h,
-        RedisOp::HStrlen,
-        Shape::Plain
-    )),
+    spec!("hstrlen", 3, R, 1, 1, 1, |s, a, h| hfields(s, a, h, RedisOp::HStrlen, Shape::Plain)),
     spec!("hscan", -3, R, 1, 1, 1, hscan),
     spec!("sg.lock", 2, W, 1, 1, 1, sg_lock),
     spec!("sg.unlock", 3, W, 1, 1, 1, sg_unlock),
