@@ -1351,9 +1351,12 @@ fn quit(s: &mut Session, _a: &Args<'_>, h: &mut dyn Host) {
 }
 
 fn reset(s: &mut Session, _a: &Args<'_>, h: &mut dyn Host) {
-    let (id, created) = (s.id, s.created_ms);
+    let (id, created, next_watch) = (s.id, s.created_ms, s.next_watch);
     end_watch(s, h);
     *s = Session::new(id, created);
+    // Watch ids stay unique for the connection's life: an answer to a WATCH sent before the
+    // RESET may still arrive, and must not pass for a later WATCH's.
+    s.next_watch = next_watch;
     h.set_resp3(false);
     s.lit(h, |o| reply::simple(o, "RESET"));
 }
