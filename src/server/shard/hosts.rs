@@ -12,9 +12,9 @@
 //!   answers `NotPrimary`, and the client fetches the map and retries.
 //! - **Replication.** A request that changed an object (its version or lock) is answered only
 //!   after every other host with a copy of the partition (replicas, pending and outgoing
-//!   copies) has applied the object's new state (every object it changed, for a RENAME or a
-//!   Redis transaction, whose objects share one partition) (`Replicate`, the whole state: value, version,
-//!   times, lock, timeout; or its removal). A replica that does not confirm within
+//!   copies) has applied the object's new state (`Replicate`, the whole state: value, version,
+//!   times, lock, timeout; or its removal); for a RENAME or a Redis transaction, every object
+//!   it changed (they share one partition). A replica that does not confirm within
 //!   `replication_timeout_ms` turns the answer into `ReplicationFailed` (retryable); a replica
 //!   the map drops meanwhile (declared failed) is no longer waited for.
 //! - **Fencing.** A replica whose map is at least as new as the sender's accepts a change only
