@@ -292,7 +292,7 @@ impl Core {
         } = req
             && let Err(e) = self.colocated(h, ns, value)
         {
-            return sink.respond(id, &e, &[]);
+            return sink.respond(id, &Response::Error(e), &[]);
         }
         let s = &mut self.store;
         let k = KeyRef::with_hash(ns, key, h);
@@ -430,12 +430,12 @@ impl Core {
     /// here? On a single host: when this shard owns it too. In a store of several hosts: when
     /// it is in the same partition, since a partition, not a shard, is what moves between
     /// hosts and what one replicated change covers. The error says what to do.
-    pub fn colocated(&self, h: u64, ns: u32, other: &[u8]) -> Result<(), Response> {
+    pub fn colocated(&self, h: u64, ns: u32, other: &[u8]) -> Result<(), ErrorReply> {
         if other.len() > self.cfg.key_bytes_max as usize {
-            return Err(Response::Error(ErrorReply::new(
+            return Err(ErrorReply::new(
                 ErrorCode::KeyTooLong,
                 self.cfg.key_bytes_max as u64,
-            )));
+            ));
         }
         let (p, q) = (partition_of(h), partition_of(key_hash(ns, other)));
         let ok = if self.primary_partitions.is_some() {
@@ -446,11 +446,11 @@ impl Core {
         if ok {
             return Ok(());
         }
-        Err(Response::Error(ErrorReply::with_message(
+        Err(ErrorReply::with_message(
             ErrorCode::InvalidRequest,
             crate::resp::render::CROSS_PARTITION,
             "the keys of one atomic step must live in one partition; give them a common {hash tag} (e.g. {user1}:a, {user1}:b)",
-        )))
+        ))
     }
 
     fn ns_open(&mut self, name: &str) -> Response {

@@ -54,7 +54,7 @@ pub fn run(
         .chain(watched.iter().map(|w| w.key.as_slice()))
     {
         if let Err(e) = core.colocated(h, ns, k) {
-            return sink.respond(id, &e, &[]);
+            return sink.respond(id, &Response::Error(e), &[]);
         }
     }
     let mut out = Vec::with_capacity(64);
