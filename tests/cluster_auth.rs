@@ -9,7 +9,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use stategrid::cluster::map::{HostId, HostInfo, HostState};
@@ -20,79 +20,19 @@ use stategrid_client::proto::{
     Key, ObjectState, PROTOCOL_VERSION, Request, key_hash, partition_of,
 };
 
+use common::hosts::{Host, Ports};
 use common::raw::Raw;
 use common::store::*;
 use common::{bin, free_port};
 
-struct Host {
-    ip: String,
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-}
-
-impl Host {
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr.txt")).unwrap_or_default()
-    }
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- {} stderr (last lines) ---", self.ip);
-            for l in tail.into_iter().rev() {
-                eprintln!("{l}");
-            }
-        }
-        self.stop();
-    }
-}
-
-#[derive(Clone, Copy)]
-struct Ports {
-    mgt: u16,
-    svr: u16,
-    int: u16,
-}
-
+/// One host of these tests: a store host with the cluster key file `key_file`.
 fn start_host(ip: &str, peers: &[String], p: Ports, key_file: &Path) -> Host {
-    let dir = tempfile::tempdir().unwrap();
-    let hosts: Vec<String> = peers.iter().map(|h| format!("{h}:{}", p.mgt)).collect();
-    let mut cmd = Command::new(bin());
-    cmd.arg("serve");
-    let sets = [
-        ("net_interface", ip.to_string()),
-        ("svr_port", p.svr.to_string()),
-        ("mgt_port", p.mgt.to_string()),
-        ("int_port", p.int.to_string()),
-        ("use_multicast", "0".into()),
-        ("hosts", hosts.join(",")),
-        ("shards", "1".into()),
-        ("max_replicas", "1".into()),
-        ("log_dir", dir.path().join("log").display().to_string()),
-        ("log_level", "info".into()),
-        ("cluster_key_file", key_file.display().to_string()),
-    ];
-    for (n, v) in &sets {
-        cmd.arg("--set").arg(format!("{n}={v}"));
-    }
-    let stderr = std::fs::File::create(dir.path().join("stderr.txt")).unwrap();
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr);
-    Host {
-        ip: ip.into(),
-        child: Some(cmd.spawn().expect("spawn stategrid serve")),
-        dir,
-    }
+    Host::spawn(
+        ip,
+        peers,
+        p,
+        &[("cluster_key_file", key_file.display().to_string())],
+    )
 }
 
 fn write_key(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
@@ -180,11 +120,7 @@ fn without_the_key_forged_host_messages_change_nothing_and_a_wrong_key_cannot_jo
         "wrong.key",
         "YW5vdGhlci1zdG9yZXMta2V5LTAxMjM0NTY3ODk=\n",
     );
-    let p = Ports {
-        mgt: free_port(),
-        svr: free_port(),
-        int: free_port(),
-    };
+    let p = Ports::free();
     let ips: Vec<String> = [41, 42, 43, 44, 45]
         .iter()
         .map(|i| format!("127.0.0.{i}"))
@@ -270,11 +206,7 @@ fn without_the_key_forged_host_messages_change_nothing_and_a_wrong_key_cannot_jo
     // Nothing changed: every host still up, the same map, the object as it was.
     std::thread::sleep(Duration::from_millis(1_500));
     for h in hosts.iter_mut() {
-        assert!(
-            h.child.as_mut().unwrap().try_wait().unwrap().is_none(),
-            "host {} exited after forged messages",
-            h.ip
-        );
+        assert!(h.running(), "host {} exited after forged messages", h.ip);
     }
     let m2 = wait_settled(&c, &svrs[..3], 1, String::new);
     assert_eq!(
@@ -315,7 +247,7 @@ fn without_the_key_forged_host_messages_change_nothing_and_a_wrong_key_cannot_jo
         hosts[3].log()
     );
     drop(outsider);
-    hosts[3].stop();
+    hosts[3].kill9();
 
     // 5. A host with the right key joins as before and serves the data. (On another address:
     //    the killed outsider's client connections may hold its port in TIME_WAIT.)
@@ -362,11 +294,7 @@ fn a_proven_host_cannot_speak_for_another_nor_bypass_fencing() {
     let keys_dir = tempfile::tempdir().unwrap();
     let key_text = "dGhlLWtleS1vZi10aGUtc2Vjb25kLXN0b3JlLTAx\n";
     let key = write_key(keys_dir.path(), "cluster.key", key_text);
-    let p = Ports {
-        mgt: free_port(),
-        svr: free_port(),
-        int: free_port(),
-    };
+    let p = Ports::free();
     let ips: Vec<String> = [51, 52].iter().map(|i| format!("127.0.0.{i}")).collect();
     let peers_of =
         |me: &String| -> Vec<String> { ips.iter().filter(|o| *o != me).cloned().collect() };

@@ -3,116 +3,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
 
 use common::TestServer;
+use common::resp::{Conn, REPLY_TIMEOUT, mb};
 use stategrid_client::Error as ClientError;
 use stategrid_proto::ErrorCode;
-
-/// A raw RESP connection.
-struct Conn {
-    s: TcpStream,
-}
-
-/// How long a reply may take before the test fails (a functional bound, not a timing claim).
-const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
-
-impl Conn {
-    fn open(server: &TestServer) -> Conn {
-        let s = TcpStream::connect(server.addr).expect("connect");
-        s.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
-        s.set_nodelay(true).unwrap();
-        Conn { s }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.s.write_all(bytes).expect("send");
-    }
-
-    /// Reads exactly `n` bytes.
-    fn read_n(&mut self, n: usize) -> Vec<u8> {
-        let mut buf = vec![0u8; n];
-        self.s
-            .read_exact(&mut buf)
-            .unwrap_or_else(|e| panic!("reading {n} bytes: {e}"));
-        buf
-    }
-
-    /// Sends `cmd` and asserts the reply is exactly `want`.
-    fn check(&mut self, cmd: &[u8], want: &[u8]) {
-        self.send(cmd);
-        let got = self.read_n(want.len());
-        assert_eq!(
-            String::from_utf8_lossy(&got),
-            String::from_utf8_lossy(want),
-            "reply to {:?}",
-            String::from_utf8_lossy(cmd)
-        );
-    }
-
-    /// Sends a command of arguments as a multibulk and asserts the exact reply.
-    fn cmd(&mut self, args: &[&str], want: &str) {
-        self.check(&mb(args), want.as_bytes());
-    }
-
-    /// Reads one whole reply line-wise (for replies whose length the test does not know).
-    fn read_reply(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.read_value(&mut out);
-        out
-    }
-
-    fn read_line(&mut self, out: &mut Vec<u8>) -> Vec<u8> {
-        let start = out.len();
-        loop {
-            let b = self.read_n(1)[0];
-            out.push(b);
-            if out.len() >= start + 2 && out[out.len() - 2..] == *b"\r\n" {
-                return out[start..out.len() - 2].to_vec();
-            }
-        }
-    }
-
-    fn read_value(&mut self, out: &mut Vec<u8>) {
-        let line = self.read_line(out);
-        let n: i64 = std::str::from_utf8(&line[1..])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        match line[0] {
-            b'$' | b'=' if n >= 0 => out.extend(self.read_n(n as usize + 2)),
-            b'*' | b'~' => (0..n.max(0)).for_each(|_| self.read_value(out)),
-            b'%' => (0..2 * n).for_each(|_| self.read_value(out)),
-            _ => {}
-        }
-    }
-
-    /// Asserts the server closed the connection (after any bytes it still sends).
-    fn expect_closed(&mut self) {
-        let mut buf = [0u8; 256];
-        let deadline = Instant::now() + REPLY_TIMEOUT;
-        loop {
-            match self.s.read(&mut buf) {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
-                Err(e) => panic!("expected the server to close the connection: {e}"),
-            }
-            assert!(Instant::now() < deadline, "connection not closed");
-        }
-    }
-}
-
-/// A multibulk command.
-fn mb(args: &[&str]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend(format!("${}\r\n{a}\r\n", a.len()).bytes());
-    }
-    out
-}
 
 fn server() -> TestServer {
     TestServer::start(&[])
@@ -295,13 +191,6 @@ fn expiry_follows_redis() {
         "-ERR invalid expire time in 'setex' command\r\n",
     );
     c.cmd(&["PSETEX", "s", "100000", "v"], "+OK\r\n");
-}
-
-impl Conn {
-    fn read_reply_of(&mut self, args: &[&str]) -> Vec<u8> {
-        self.send(&mb(args));
-        self.read_reply()
-    }
 }
 
 #[test]
@@ -659,7 +548,14 @@ fn connection_commands_for_client_libraries() {
 
 #[test]
 fn bad_input_closes_only_that_connection() {
-    let srv = TestServer::start(&[("frame_timeout_ms", "500"), ("object_bytes_max", "1024")]);
+    // Every limit set low, by its parameter, so each case below shows that parameter at work.
+    let srv = TestServer::start(&[
+        ("frame_timeout_ms", "500"),
+        ("object_bytes_max", "1024"),
+        ("frame_bytes_max", &(1024 + (1 << 20)).to_string()),
+        ("resp_multibulk_items_max", "4"),
+        ("resp_inline_bytes_max", "128"),
+    ]);
     let mut good = Conn::open(&srv);
     good.cmd(&["SET", "keep", "safe"], "+OK\r\n");
     let cases: &[(&[u8], &str)] = &[
@@ -670,6 +566,16 @@ fn bad_input_closes_only_that_connection() {
         (
             b"*1\r\n:5\r\n",
             "-ERR Protocol error: expected '$', got ':'\r\n",
+        ),
+        // Nesting: a command is one array of bulk strings.
+        (
+            b"*1\r\n*1\r\n$4\r\nPING\r\n",
+            "-ERR Protocol error: expected '$', got '*'\r\n",
+        ),
+        // More arguments than resp_multibulk_items_max (4).
+        (
+            b"*5\r\n",
+            "-ERR Protocol error: invalid multibulk length\r\n",
         ),
         // A claimed length over object_bytes_max is refused before any byte of it arrives.
         (
@@ -690,15 +596,30 @@ fn bad_input_closes_only_that_connection() {
         bad.check(bytes, want.as_bytes());
         bad.expect_closed();
     }
-    // A huge inline line without a newline.
+    // An inline line over resp_inline_bytes_max (128) without a newline.
     let mut bad = Conn::open(&srv);
-    bad.send(&vec![b'a'; 70 * 1024]);
+    bad.send(&[b'a'; 200]);
     bad.check(b"", b"-ERR Protocol error: too big inline request\r\n");
     bad.expect_closed();
     // Truncated and then silent: closed after frame_timeout_ms.
     let mut slow = Conn::open(&srv);
     slow.send(b"*2\r\n$3\r\nGET\r\n$4\r\nke");
     slow.expect_closed();
+    // A bulk at object_bytes_max (1024) is accepted: the limit is the claim, not less.
+    good.cmd(&["SET", "big", &"x".repeat(1024)], "+OK\r\n");
+    // A transaction travels as one frame: its queued commands are bounded by frame_bytes_max
+    // less 1 MiB (here 1024 bytes), refused when queued, never half-run.
+    good.cmd(&["MULTI"], "+OK\r\n");
+    good.cmd(&["SET", "keep", &"y".repeat(600)], "+QUEUED\r\n");
+    let e = good.call(&["SET", "keep", &"z".repeat(600)]);
+    assert!(
+        e.starts_with("-ERR the transaction's queued commands exceed 1024 bytes"),
+        "{e}"
+    );
+    good.cmd(
+        &["EXEC"],
+        "-EXECABORT Transaction discarded because of previous errors.\r\n",
+    );
     // A native client on the same port, and the good connection, are unaffected.
     good.cmd(&["GET", "keep"], "$4\r\nsafe\r\n");
     let native = srv.blocking_client();
@@ -728,4 +649,193 @@ fn resp_port_serves_resp_only() {
     c.cmd(&["SET", "k", "v"], "+OK\r\n");
     let mut d = Conn::open(&srv);
     d.cmd(&["GET", "k"], "$1\r\nv\r\n");
+}
+
+// ---- transactions and RENAME on a host of several shards ---------------------------------------
+
+/// A `{hash tag}` whose keys live on `shard` of a host of `shards` shards.
+fn tag_on_shard(shard: usize, shards: usize) -> String {
+    use stategrid_proto::hash::redis_ns;
+    use stategrid_proto::{key_hash, owner_shard, partition_of};
+    (0..)
+        .map(|i| format!("{{t{i}}}"))
+        .find(|t| owner_shard(partition_of(key_hash(redis_ns(0), t.as_bytes())), shards) == shard)
+        .unwrap()
+}
+
+/// A connection lands on one of the host's 2 shards; its transactions on both shards' keys
+/// run whole where the keys are (one of the two is always another shard than the
+/// connection's), WATCH included, in RESP2 and RESP3.
+#[test]
+fn transactions_run_whole_on_the_keys_shard() {
+    let srv = TestServer::start(&[("shards", "2")]);
+    let mut c = Conn::open(&srv);
+    let mut other = Conn::open(&srv);
+    for shard in 0..2 {
+        let t = tag_on_shard(shard, 2);
+        let k = |s: &str| format!("{t}{s}");
+        c.cmd(&["MULTI"], "+OK\r\n");
+        c.cmd(&["SET", &k("a"), "1"], "+QUEUED\r\n");
+        c.cmd(&["INCR", &k("n")], "+QUEUED\r\n");
+        c.cmd(&["INCR", &k("n")], "+QUEUED\r\n");
+        c.cmd(&["HSET", &k("h"), "f", "v"], "+QUEUED\r\n");
+        c.cmd(&["MGET", &k("a"), &k("n")], "+QUEUED\r\n");
+        c.cmd(&["PING"], "+QUEUED\r\n");
+        c.cmd(
+            &["EXEC"],
+            "*6\r\n+OK\r\n:1\r\n:2\r\n:1\r\n*2\r\n$1\r\n1\r\n$1\r\n2\r\n+PONG\r\n",
+        );
+        other.cmd(&["GET", &k("n")], "$1\r\n2\r\n");
+        // An error inside EXEC is that command's reply; the others apply (as in Redis).
+        c.cmd(&["MULTI"], "+OK\r\n");
+        c.cmd(&["SET", &k("b"), "x"], "+QUEUED\r\n");
+        c.cmd(&["HGET", &k("b"), "f"], "+QUEUED\r\n");
+        c.cmd(&["SET", &k("c"), "y"], "+QUEUED\r\n");
+        c.cmd(
+            &["EXEC"],
+            "*3\r\n+OK\r\n-WRONGTYPE Operation against a key holding the wrong kind of value\r\n+OK\r\n",
+        );
+        other.cmd(&["GET", &k("c")], "$1\r\ny\r\n");
+        // WATCH: a change by another connection aborts; none lets it run.
+        c.cmd(&["WATCH", &k("w"), &k("a")], "+OK\r\n");
+        other.cmd(&["SET", &k("w"), "theirs"], "+OK\r\n");
+        c.cmd(&["MULTI"], "+OK\r\n");
+        c.cmd(&["SET", &k("w"), "mine"], "+QUEUED\r\n");
+        c.cmd(&["EXEC"], "*-1\r\n");
+        c.cmd(&["GET", &k("w")], "$6\r\ntheirs\r\n");
+        c.cmd(&["WATCH", &k("w")], "+OK\r\n");
+        c.cmd(&["MULTI"], "+OK\r\n");
+        c.cmd(&["SET", &k("w"), "mine"], "+QUEUED\r\n");
+        c.cmd(&["EXEC"], "*1\r\n+OK\r\n");
+        c.cmd(&["GET", &k("w")], "$4\r\nmine\r\n");
+        // A watched key that does not exist and is then created counts as changed.
+        c.cmd(&["WATCH", &k("new")], "+OK\r\n");
+        other.cmd(&["SET", &k("new"), "1"], "+OK\r\n");
+        c.cmd(&["MULTI"], "+OK\r\n");
+        c.cmd(&["GET", &k("new")], "+QUEUED\r\n");
+        c.cmd(&["EXEC"], "*-1\r\n");
+        // RESP3: replies inside EXEC take the connection's protocol (a map for HGETALL).
+        let _ = c.read_reply_of(&["HELLO", "3"]);
+        c.cmd(&["MULTI"], "+OK\r\n");
+        c.cmd(&["HGETALL", &k("h")], "+QUEUED\r\n");
+        c.cmd(&["GET", &k("none")], "+QUEUED\r\n");
+        c.cmd(&["EXEC"], "*2\r\n%1\r\n$1\r\nf\r\n$1\r\nv\r\n_\r\n");
+        let _ = c.read_reply_of(&["HELLO", "2"]);
+    }
+    // Keys on two shards: refused whole, nothing applied.
+    let (t0, t1) = (tag_on_shard(0, 2), tag_on_shard(1, 2));
+    c.cmd(&["MULTI"], "+OK\r\n");
+    c.cmd(&["SET", &format!("{t0}x"), "1"], "+QUEUED\r\n");
+    c.cmd(&["SET", &format!("{t1}x"), "1"], "+QUEUED\r\n");
+    let e = c.call(&["EXEC"]);
+    assert!(
+        e.starts_with("-CROSSSLOT Keys in request don't hash to the same slot")
+            && e.contains("{hash tag}"),
+        "{e}"
+    );
+    other.cmd(&["EXISTS", &format!("{t0}x"), &format!("{t1}x")], ":0\r\n");
+}
+
+/// Isolation: while another connection increments a counter as fast as it can, every
+/// transaction `GET n; INCR n; GET n` sees its own increment and nothing else in between.
+#[test]
+fn a_transaction_is_isolated_from_concurrent_writers() {
+    let srv = TestServer::start(&[("shards", "2")]);
+    let t = tag_on_shard(1, 2);
+    let n = format!("{t}n");
+    let addr = srv.addr.to_string();
+    let writer_key = n.clone();
+    let writer = std::thread::spawn(move || {
+        let mut w = Conn::connect(&addr);
+        // Pipelined in batches: many increments land between any two transactions.
+        for _ in 0..40 {
+            let batch: Vec<u8> = (0..50).flat_map(|_| mb(&["INCR", &writer_key])).collect();
+            w.send(&batch);
+            for _ in 0..50 {
+                let r = w.read_reply();
+                assert!(r.starts_with(b":"), "{}", String::from_utf8_lossy(&r));
+            }
+        }
+    });
+    let mut c = Conn::open(&srv);
+    for _ in 0..200 {
+        let mut tx = mb(&["MULTI"]);
+        tx.extend(mb(&["GET", &n]));
+        tx.extend(mb(&["INCR", &n]));
+        tx.extend(mb(&["GET", &n]));
+        tx.extend(mb(&["EXEC"]));
+        c.send(&tx);
+        for _ in 0..4 {
+            c.read_reply(); // +OK and three +QUEUED
+        }
+        let r = String::from_utf8(c.read_reply()).unwrap();
+        let parts: Vec<&str> = r.split("\r\n").collect();
+        // *3, $len, before, :after, $len, after
+        let before: i64 = if parts[1] == "$-1" {
+            0
+        } else {
+            parts[2].parse().unwrap()
+        };
+        let incr: i64 = parts[parts.len() - 4][1..].parse().unwrap();
+        let after: i64 = parts[parts.len() - 2].parse().unwrap();
+        assert_eq!(incr, before + 1, "{r}");
+        assert_eq!(after, incr, "{r}");
+    }
+    writer.join().unwrap();
+}
+
+/// RENAME and RENAMENX: the value, its kind and its TTL move in one step when both names are
+/// served together; names on different shards are refused naming hash tags; native locks hold.
+#[test]
+fn rename_moves_value_and_ttl_in_one_step() {
+    let srv = TestServer::start(&[("shards", "2")]);
+    let mut c = Conn::open(&srv);
+    for shard in 0..2 {
+        let t = tag_on_shard(shard, 2);
+        let k = |s: &str| format!("{t}{s}");
+        c.cmd(&["SET", &k("a"), "v", "EX", "100"], "+OK\r\n");
+        c.cmd(&["RENAME", &k("a"), &k("b")], "+OK\r\n");
+        c.cmd(&["GET", &k("a")], "$-1\r\n");
+        c.cmd(&["GET", &k("b")], "$1\r\nv\r\n");
+        let ttl = c.call(&["TTL", &k("b")]);
+        assert!(
+            ttl == ":100\r\n" || ttl == ":99\r\n",
+            "the TTL moved: {ttl}"
+        );
+        c.cmd(&["HSET", &k("h"), "f", "v"], ":1\r\n");
+        c.cmd(&["RENAME", &k("h"), &k("b")], "+OK\r\n");
+        c.cmd(&["TYPE", &k("b")], "+hash\r\n");
+        c.cmd(&["TTL", &k("b")], ":-1\r\n");
+        c.cmd(&["SET", &k("c"), "x"], "+OK\r\n");
+        c.cmd(&["RENAMENX", &k("b"), &k("c")], ":0\r\n");
+        c.cmd(&["RENAMENX", &k("b"), &k("d")], ":1\r\n");
+        c.cmd(&["HGET", &k("d"), "f"], "$1\r\nv\r\n");
+        c.cmd(&["RENAME", &k("d"), &k("d")], "+OK\r\n");
+        c.cmd(&["RENAME", &k("nothing"), &k("x")], "-ERR no such key\r\n");
+        c.cmd(
+            &["RENAMENX", &k("nothing"), &k("x")],
+            "-ERR no such key\r\n",
+        );
+        // A native lock on either name refuses it and changes nothing.
+        let token = String::from_utf8(c.read_reply_of(&["SG.LOCK", &k("c")])).unwrap();
+        assert!(token.starts_with('$'), "{token}");
+        let e = c.call(&["RENAME", &k("c"), &k("e")]);
+        assert!(e.starts_with("-LOCKED"), "{e}");
+        let e = c.call(&["RENAME", &k("d"), &k("c")]);
+        assert!(e.starts_with("-LOCKED"), "{e}");
+        c.cmd(&["EXISTS", &k("c"), &k("d"), &k("e")], ":2\r\n");
+    }
+    let (t0, t1) = (tag_on_shard(0, 2), tag_on_shard(1, 2));
+    c.cmd(&["SET", &format!("{t0}s"), "v"], "+OK\r\n");
+    let e = c.call(&["RENAME", &format!("{t0}s"), &format!("{t1}s")]);
+    assert!(
+        e.starts_with("-CROSSSLOT Keys in request don't hash to the same slot")
+            && e.contains("{hash tag}"),
+        "{e}"
+    );
+    c.cmd(&["GET", &format!("{t0}s")], "$1\r\nv\r\n");
+    c.cmd(
+        &["RENAME", "a"],
+        "-ERR wrong number of arguments for 'rename' command\r\n",
+    );
 }

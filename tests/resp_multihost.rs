@@ -5,140 +5,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::store::{SETTLE_TIMEOUT_MS, client, wait_settled};
-use common::{bin, free_port};
+use common::hosts::Store;
+use common::resp::Conn;
+use common::store::SETTLE_TIMEOUT_MS;
 use stategrid_client::proto::hash::redis_slot;
-
-struct Host {
-    ip: String,
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-}
-
-impl Host {
-    fn output(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr.txt")).unwrap_or_default()
-    }
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let out = self.output();
-            let tail: Vec<&str> = out.lines().rev().take(40).collect();
-            eprintln!(
-                "--- {} ---\n{}",
-                self.ip,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        self.kill9();
-    }
-}
-
-fn start_host(ip: &str, peers: &[String], mgt: u16, svr: u16, int: u16) -> Host {
-    let dir = tempfile::tempdir().unwrap();
-    let log_dir = dir.path().join("log");
-    let hosts: Vec<String> = peers.iter().map(|h| format!("{h}:{mgt}")).collect();
-    let mut cmd = Command::new(bin());
-    cmd.arg("serve");
-    for (n, v) in [
-        ("net_interface", ip.to_string()),
-        ("svr_port", svr.to_string()),
-        ("mgt_port", mgt.to_string()),
-        ("int_port", int.to_string()),
-        ("use_multicast", "0".into()),
-        ("hosts", hosts.join(",")),
-        ("shards", "1".into()),
-        ("max_replicas", "1".into()),
-        ("log_dir", log_dir.display().to_string()),
-    ] {
-        cmd.arg("--set").arg(format!("{n}={v}"));
-    }
-    let stderr = std::fs::File::create(dir.path().join("stderr.txt")).unwrap();
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr);
-    Host {
-        ip: ip.into(),
-        child: Some(cmd.spawn().expect("spawn stategrid serve")),
-        dir,
-    }
-}
-
-/// A raw RESP connection that reads whole replies.
-struct Conn {
-    s: TcpStream,
-}
-
-impl Conn {
-    fn open(addr: &str) -> Conn {
-        let s = TcpStream::connect(addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        Conn { s }
-    }
-
-    fn call(&mut self, args: &[&str]) -> String {
-        let mut out = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            out.extend(format!("${}\r\n{a}\r\n", a.len()).bytes());
-        }
-        self.s.write_all(&out).unwrap();
-        let mut r = Vec::new();
-        self.value(&mut r);
-        String::from_utf8(r).unwrap()
-    }
-
-    /// As `call`, retrying while the store answers `-TRYAGAIN` (its map is changing), as Redis
-    /// client libraries do; bounded by the settle timeout.
-    fn call_retry(&mut self, args: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_millis(SETTLE_TIMEOUT_MS);
-        loop {
-            let r = self.call(args);
-            if !r.starts_with("-TRYAGAIN") || Instant::now() > deadline {
-                return r;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn byte(&mut self) -> u8 {
-        let mut b = [0u8];
-        self.s.read_exact(&mut b).expect("reply");
-        b[0]
-    }
-
-    fn value(&mut self, out: &mut Vec<u8>) {
-        let start = out.len();
-        while !out.ends_with(b"\r\n") || out.len() < start + 3 {
-            let b = self.byte();
-            out.push(b);
-        }
-        let line = String::from_utf8_lossy(&out[start..out.len() - 2]).into_owned();
-        let n: i64 = line[1..].parse().unwrap_or(0);
-        match line.as_bytes()[0] {
-            b'$' | b'=' if n >= 0 => {
-                let mut v = vec![0u8; n as usize + 2];
-                self.s.read_exact(&mut v).unwrap();
-                out.extend(v);
-            }
-            b'*' => (0..n.max(0)).for_each(|_| self.value(out)),
-            b'%' => (0..2 * n).for_each(|_| self.value(out)),
-            _ => {}
-        }
-    }
-}
 
 /// (start, end, ip:port of the primary) of a CLUSTER SLOTS reply.
 fn parse_slots(reply: &str) -> Vec<(u16, u16, String)> {
@@ -161,31 +33,12 @@ fn parse_slots(reply: &str) -> Vec<(u16, u16, String)> {
 
 #[test]
 fn three_hosts_serve_plain_and_cluster_redis_clients() {
-    let (mgt, svr, int) = (free_port(), free_port(), free_port());
-    let ips: Vec<String> = [61, 62, 63]
-        .iter()
-        .map(|i| format!("127.0.0.{i}"))
-        .collect();
-    let mut hosts: Vec<Host> = ips
-        .iter()
-        .map(|me| {
-            let peers: Vec<String> = ips.iter().filter(|o| *o != me).cloned().collect();
-            start_host(me, &peers, mgt, svr, int)
-        })
-        .collect();
-    let svrs: Vec<String> = ips.iter().map(|ip| format!("{ip}:{svr}")).collect();
-    let native = client(&svrs[0], 10_000);
-    let outputs = || {
-        hosts
-            .iter()
-            .map(|h| h.output())
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    wait_settled(&native, &svrs, 1, outputs);
+    let mut store = Store::start(3, 61);
+    let svrs = store.svr_addrs();
+    let native = common::store::client(&svrs[0], 10_000);
 
     // A plain client: every key through every host.
-    let mut plain: Vec<Conn> = svrs.iter().map(|a| Conn::open(a)).collect();
+    let mut plain: Vec<Conn> = svrs.iter().map(|a| Conn::connect(a)).collect();
     for i in 0..60 {
         let k = format!("session:{i}");
         assert_eq!(
@@ -211,7 +64,7 @@ fn three_hosts_serve_plain_and_cluster_redis_clients() {
     assert_eq!(ns.read("session:7").unwrap().value, b"v7");
 
     // A cluster client: the slot map covers every slot, once, with the hosts' svr ports.
-    let mut cl = Conn::open(&svrs[0]);
+    let mut cl = Conn::connect(&svrs[0]);
     let slots = parse_slots(&cl.call(&["CLUSTER", "SLOTS"]));
     let mut covered = 0u32;
     let mut next = 0u32;
@@ -244,7 +97,7 @@ fn three_hosts_serve_plain_and_cluster_redis_clients() {
             assert_eq!(got, format!("-MOVED {slot} {}\r\n", owner(&k)));
             moved += 1;
             // Following the redirection works.
-            let mut there = Conn::open(&owner(&k));
+            let mut there = Conn::connect(&owner(&k));
             assert_eq!(there.call(&["READONLY"]), "+OK\r\n");
             assert_eq!(
                 there.call(&["GET", &k]),
@@ -262,9 +115,9 @@ fn three_hosts_serve_plain_and_cluster_redis_clients() {
     let victim_addr = owner(h);
     let victim = svrs.iter().position(|a| *a == victim_addr).unwrap();
     let reader = (victim + 1) % 3;
-    hosts[victim].kill9();
+    store.hosts[victim].kill9();
     let killed = Instant::now();
-    let mut c = Conn::open(&svrs[reader]);
+    let mut c = Conn::connect(&svrs[reader]);
     loop {
         let r = c.call(&["HGETALL", h]);
         if r == "*4\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$1\r\n2\r\n" {
@@ -296,4 +149,114 @@ fn three_hosts_serve_plain_and_cluster_redis_clients() {
         (500..=600).contains(&t),
         "the TTL survived the failover: {t}"
     );
+}
+
+/// Through every host of a 3-host store, a plain client's transactions, WATCH and RENAME on
+/// keys whose primary is another host run whole at that primary (relayed as one request), and
+/// what they wrote is replicated: after `kill -9` of the keys' primary it reads back whole.
+#[test]
+fn transactions_watch_and_rename_through_any_host_of_3() {
+    let mut store = Store::start(3, 74);
+    let svrs = store.svr_addrs();
+    let slots = parse_slots(&Conn::connect(&svrs[0]).call(&["CLUSTER", "SLOTS"]));
+    let owner = |key: &str| {
+        let slot = redis_slot(key.as_bytes());
+        let addr = slots
+            .iter()
+            .find(|(s, e, _)| (*s..=*e).contains(&slot))
+            .map(|(_, _, a)| a.clone())
+            .unwrap();
+        svrs.iter().position(|a| *a == addr).unwrap()
+    };
+    // For each host, a tag whose primary is another host.
+    let tags: Vec<String> = (0..3)
+        .map(|via| {
+            (0..)
+                .map(|i| format!("{{tx{via}-{i}}}"))
+                .find(|t| owner(t) != via)
+                .unwrap()
+        })
+        .collect();
+    for (via, t) in tags.iter().enumerate() {
+        let k = |s: &str| format!("{t}{s}");
+        let mut c = Conn::connect(&svrs[via]);
+        let mut other = Conn::connect(&svrs[(via + 1) % 3]);
+        assert_eq!(c.call(&["MULTI"]), "+OK\r\n");
+        assert_eq!(c.call(&["SET", &k("a"), "1", "EX", "600"]), "+QUEUED\r\n");
+        assert_eq!(c.call(&["INCR", &k("n")]), "+QUEUED\r\n");
+        assert_eq!(c.call(&["HSET", &k("h"), "f", "v"]), "+QUEUED\r\n");
+        assert_eq!(c.call(&["GET", &k("a")]), "+QUEUED\r\n");
+        assert_eq!(
+            c.call_retry(&["EXEC"]),
+            "*4\r\n+OK\r\n:1\r\n:1\r\n$1\r\n1\r\n",
+            "{}",
+            store.outputs()
+        );
+        // WATCH of a key on another host: its stamp comes back in WATCH's answer.
+        assert_eq!(c.call(&["WATCH", &k("n")]), "+OK\r\n");
+        assert_eq!(other.call_retry(&["INCR", &k("n")]), ":2\r\n");
+        assert_eq!(c.call(&["MULTI"]), "+OK\r\n");
+        assert_eq!(c.call(&["INCR", &k("n")]), "+QUEUED\r\n");
+        assert_eq!(c.call_retry(&["EXEC"]), "*-1\r\n");
+        assert_eq!(c.call(&["WATCH", &k("n")]), "+OK\r\n");
+        assert_eq!(c.call(&["MULTI"]), "+OK\r\n");
+        assert_eq!(c.call(&["INCR", &k("n")]), "+QUEUED\r\n");
+        assert_eq!(c.call_retry(&["EXEC"]), "*1\r\n:3\r\n");
+        // RENAME on the keys' primary, the TTL with it.
+        assert_eq!(c.call_retry(&["RENAME", &k("a"), &k("b")]), "+OK\r\n");
+        assert_eq!(other.call_retry(&["GET", &k("b")]), "$1\r\n1\r\n");
+        assert_eq!(other.call_retry(&["EXISTS", &k("a")]), ":0\r\n");
+        // Keys of two partitions: refused, never run in part.
+        let far = (0..)
+            .map(|i| format!("elsewhere-{i}"))
+            .find(|f| redis_slot(f.as_bytes()) / 16 != redis_slot(t.as_bytes()) / 16)
+            .unwrap();
+        assert_eq!(c.call(&["MULTI"]), "+OK\r\n");
+        assert_eq!(c.call(&["SET", &k("x"), "1"]), "+QUEUED\r\n");
+        assert_eq!(c.call(&["SET", &far, "1"]), "+QUEUED\r\n");
+        let e = c.call_retry(&["EXEC"]);
+        assert!(e.starts_with("-CROSSSLOT"), "{e}");
+        let e = c.call_retry(&["RENAME", &k("b"), &far]);
+        assert!(e.starts_with("-CROSSSLOT"), "{e}");
+        assert_eq!(other.call_retry(&["EXISTS", &k("x"), &k("a")]), ":0\r\n");
+    }
+    // kill -9 the primary of the first tag: its transaction's and rename's writes were
+    // replicated before they were acknowledged, so another host serves them.
+    let t = &tags[0];
+    let victim = owner(t);
+    store.hosts[victim].kill9();
+    let reader = (victim + 1) % 3;
+    let mut c = Conn::connect(&svrs[reader]);
+    let want = [
+        (vec!["GET".to_string(), format!("{t}b")], "$1\r\n1\r\n"),
+        (vec!["GET".to_string(), format!("{t}n")], "$1\r\n3\r\n"),
+        (
+            vec!["HGET".to_string(), format!("{t}h"), "f".to_string()],
+            "$1\r\nv\r\n",
+        ),
+        (vec!["EXISTS".to_string(), format!("{t}a")], ":0\r\n"),
+    ];
+    for (args, expect) in want {
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let deadline = Instant::now() + Duration::from_millis(SETTLE_TIMEOUT_MS);
+        loop {
+            let r = c.call(&args);
+            if r == expect {
+                break;
+            }
+            assert!(
+                r.starts_with("-TRYAGAIN") && Instant::now() < deadline,
+                "{args:?} after kill -9 of its primary: {r}\n{}",
+                store.outputs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let ttl: i64 = c
+        .call_retry(&["TTL", &format!("{t}b")])
+        .trim_start_matches(':')
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((500..=600).contains(&ttl), "the renamed key's TTL: {ttl}");
 }

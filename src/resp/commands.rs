@@ -11,7 +11,9 @@ use std::ops::Range;
 use std::rc::Rc;
 
 use stategrid_proto::hash::{redis_ns, redis_slot};
-use stategrid_proto::{ExpireCond, Key, RedisOp, Request, SetCond, SetExpire, ValueKind};
+use stategrid_proto::{
+    ExpireCond, Key, RedisOp, Request, SetCond, SetExpire, ValueKind, WatchStamp,
+};
 
 use super::render::{Combine, Pending, Shape};
 use super::{REDIS_VERSION, reply};
@@ -88,7 +90,15 @@ pub struct OffShard;
 struct Watched {
     ns: u32,
     key: Vec<u8>,
-    stamp: Stamp,
+    stamp: WatchState,
+}
+
+/// A watched key's stamp: read on this shard at WATCH, or coming as the answer of a `Meta`
+/// sent to the key's shard or host (kept by the connection's renderer under an id).
+#[derive(Clone, Copy)]
+enum WatchState {
+    Known(Stamp),
+    Pending(u64),
 }
 
 /// What a command needs from the shard. Implemented by the shard's RESP connection glue.
@@ -119,6 +129,11 @@ pub trait Host {
     /// The object's (version, created_ms) read on this shard now, for WATCH; `Err` when the
     /// key is not served by this connection's shard of this host. None: absent.
     fn stamp_here(&self, ns: u32, key: &[u8]) -> Result<Stamp, OffShard>;
+    /// The stamp of a key watched through a `Meta` request (`Shape::Watch { id }`), if its
+    /// answer arrived.
+    fn watch_stamp(&self, id: u64) -> Option<Stamp>;
+    /// The watch ended: forget the stamps that arrived.
+    fn clear_watch(&mut self);
 }
 
 /// A command queued by MULTI: its own copy of the arguments.
@@ -144,6 +159,10 @@ pub struct Session {
     watched: Vec<Watched>,
     /// A command queued in MULTI was refused: EXEC answers EXECABORT.
     multi_error: bool,
+    /// Bytes of the queued commands' arguments (bounded: the batch travels as one frame).
+    multi_bytes: usize,
+    /// Id of the next WATCH answered by a `Meta` (see `WatchState::Pending`).
+    next_watch: u64,
     /// Reused buffer for literal replies.
     out: Vec<u8>,
 }
@@ -181,54 +200,59 @@ macro_rules! spec {
     };
 }
 
-/// Every command served. The hot ones first: lookup is a scan of this table.
+/// Every command served. The hot ones first: lookup is a scan of this table. A command that
+/// is a variant of another (a unit, an option, a shape) names the shared function and its
+/// argument here rather than in a one-line wrapper of its own.
+#[rustfmt::skip]
 pub static TABLE: &[Spec] = &[
     spec!("get", 2, R, 1, 1, 1, get),
     spec!("set", -3, W, 1, 1, 1, set),
-    spec!("del", -2, W, 1, -1, 1, del),
-    spec!("expire", -3, W, 1, 1, 1, expire),
-    spec!("exists", -2, R, 1, -1, 1, exists),
-    spec!("hget", 3, R, 1, 1, 1, hget),
-    spec!("hset", -4, W, 1, 1, 1, hset),
-    spec!("hmget", -3, R, 1, 1, 1, hmget),
-    spec!("hmset", -4, W, 1, 1, 1, hmset),
-    spec!("hgetall", 2, R, 1, 1, 1, hgetall),
+    spec!("del", -2, W, 1, -1, 1, |s, a, h| per_key(s, a, h, RedisOp::Del)),
+    spec!("expire", -3, W, 1, 1, 1, |s, a, h| expire_generic(s, a, h, "ex", "expire")),
+    spec!("exists", -2, R, 1, -1, 1, |s, a, h| per_key(s, a, h, RedisOp::Exists)),
+    spec!("hget", 3, R, 1, 1, 1, |s, a, h| hfields(s, a, h, RedisOp::HGet, Shape::Plain)),
+    spec!("hset", -4, W, 1, 1, 1, |s, a, h| hset_generic(s, a, h, "hset", plain())),
+    spec!("hmget", -3, R, 1, 1, 1, |s, a, h| hfields(s, a, h, RedisOp::HMGet, Shape::Plain)),
+    spec!("hmset", -4, W, 1, 1, 1, |s, a, h| hset_generic(s, a, h, "hmset", Pending::of(Shape::Ok))),
+    spec!("hgetall", 2, R, 1, 1, 1, |s, a, h| hfields(s, a, h, RedisOp::HGetAll, Shape::Map)),
     spec!("ping", -1, A, 0, 0, 0, ping),
     spec!("mget", -2, R, 1, -1, 1, mget),
     spec!("mset", -3, W, 1, -1, 2, mset),
-    spec!("setex", 4, W, 1, 1, 1, setex),
-    spec!("psetex", 4, W, 1, 1, 1, psetex),
+    spec!("setex", 4, W, 1, 1, 1, |s, a, h| setex_unit(s, a, h, "ex", "setex")),
+    spec!("psetex", 4, W, 1, 1, 1, |s, a, h| setex_unit(s, a, h, "px", "psetex")),
     spec!("setnx", 3, W, 1, 1, 1, setnx),
     spec!("getex", -2, W, 1, 1, 1, getex),
     spec!("getdel", 2, W, 1, 1, 1, getdel),
     spec!("getset", 3, W, 1, 1, 1, getset),
-    spec!("incr", 2, W, 1, 1, 1, incr),
-    spec!("incrby", 3, W, 1, 1, 1, incrby),
-    spec!("decr", 2, W, 1, 1, 1, decr),
+    spec!("incr", 2, W, 1, 1, 1, |s, a, h| incr_by(s, a, h, Some(1))),
+    spec!("incrby", 3, W, 1, 1, 1, |s, a, h| incr_by(s, a, h, int_arg(a.get(2)))),
+    spec!("decr", 2, W, 1, 1, 1, |s, a, h| incr_by(s, a, h, Some(-1))),
     spec!("decrby", 3, W, 1, 1, 1, decrby),
     spec!("append", 3, W, 1, 1, 1, append),
     spec!("strlen", 2, R, 1, 1, 1, strlen),
-    spec!("unlink", -2, W, 1, -1, 1, del),
-    spec!("touch", -2, R, 1, -1, 1, exists),
-    spec!("pexpire", -3, W, 1, 1, 1, pexpire),
-    spec!("expireat", -3, W, 1, 1, 1, expireat),
-    spec!("pexpireat", -3, W, 1, 1, 1, pexpireat),
+    spec!("unlink", -2, W, 1, -1, 1, |s, a, h| per_key(s, a, h, RedisOp::Del)),
+    spec!("touch", -2, R, 1, -1, 1, |s, a, h| per_key(s, a, h, RedisOp::Exists)),
+    spec!("pexpire", -3, W, 1, 1, 1, |s, a, h| expire_generic(s, a, h, "px", "pexpire")),
+    spec!("expireat", -3, W, 1, 1, 1, |s, a, h| expire_generic(s, a, h, "exat", "expireat")),
+    spec!("pexpireat", -3, W, 1, 1, 1, |s, a, h| expire_generic(s, a, h, "pxat", "pexpireat")),
     spec!("persist", 2, W, 1, 1, 1, persist),
-    spec!("ttl", 2, R, 1, 1, 1, ttl),
-    spec!("pttl", 2, R, 1, 1, 1, pttl),
-    spec!("expiretime", 2, R, 1, 1, 1, expiretime),
-    spec!("pexpiretime", 2, R, 1, 1, 1, pexpiretime),
+    spec!("ttl", 2, R, 1, 1, 1, |s, a, h| meta(s, a, h, false, false)),
+    spec!("pttl", 2, R, 1, 1, 1, |s, a, h| meta(s, a, h, true, false)),
+    spec!("expiretime", 2, R, 1, 1, 1, |s, a, h| meta(s, a, h, false, true)),
+    spec!("pexpiretime", 2, R, 1, 1, 1, |s, a, h| meta(s, a, h, true, true)),
     spec!("type", 2, R, 1, 1, 1, type_),
+    spec!("rename", 3, W, 1, 2, 1, |s, a, h| rename_generic(s, a, h, false)),
+    spec!("renamenx", 3, W, 1, 2, 1, |s, a, h| rename_generic(s, a, h, true)),
     spec!("scan", -2, R, 0, 0, 0, scan),
     spec!("keys", 2, R, 0, 0, 0, keys),
-    spec!("hdel", -3, W, 1, 1, 1, hdel),
-    spec!("hexists", 3, R, 1, 1, 1, hexists),
-    spec!("hlen", 2, R, 1, 1, 1, hlen),
-    spec!("hkeys", 2, R, 1, 1, 1, hkeys),
-    spec!("hvals", 2, R, 1, 1, 1, hvals),
+    spec!("hdel", -3, W, 1, 1, 1, |s, a, h| hfields(s, a, h, RedisOp::HDel, Shape::Plain)),
+    spec!("hexists", 3, R, 1, 1, 1, |s, a, h| hfields(s, a, h, RedisOp::HExists, Shape::Plain)),
+    spec!("hlen", 2, R, 1, 1, 1, |s, a, h| hfields(s, a, h, RedisOp::HLen, Shape::Plain)),
+    spec!("hkeys", 2, R, 1, 1, 1, |s, a, h| hfields(s, a, h, RedisOp::HKeys, Shape::Plain)),
+    spec!("hvals", 2, R, 1, 1, 1, |s, a, h| hfields(s, a, h, RedisOp::HVals, Shape::Plain)),
     spec!("hincrby", 4, W, 1, 1, 1, hincrby),
     spec!("hsetnx", 4, W, 1, 1, 1, hsetnx),
-    spec!("hstrlen", 3, R, 1, 1, 1, hstrlen),
+    spec!("hstrlen", 3, R, 1, 1, 1, |s, a, h| hfields(s, a, h, RedisOp::HStrlen, Shape::Plain)),
     spec!("hscan", -3, R, 1, 1, 1, hscan),
     spec!("sg.lock", 2, W, 1, 1, 1, sg_lock),
     spec!("sg.unlock", 3, W, 1, 1, 1, sg_unlock),
@@ -466,6 +490,13 @@ fn unknown_command(raw: &[u8], a: &Args<'_>) -> String {
     s
 }
 
+/// The queued commands of one MULTI at most, in bytes: the batch travels as one frame (to
+/// another shard or host), which must stay within `frame_bytes_max` with 1 MiB for its
+/// archive's own bytes (a few per argument, counted too) and the watched keys.
+fn multi_bytes_max(cfg: &Config) -> usize {
+    cfg.frame_bytes_max.saturating_sub(1 << 20) as usize
+}
+
 fn wrong_arity(name: &str) -> String {
     format!("ERR wrong number of arguments for '{name}' command")
 }
@@ -484,9 +515,14 @@ pub fn execute(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
             b"exec" | b"discard" | b"multi" | b"watch" | b"quit" | b"reset"
         )
     {
+        let bytes: usize = (0..a.len()).map(|i| a.get(i).len() + 8).sum();
+        let bytes_max = multi_bytes_max(h.cfg());
         let e = match sp {
             None => Some(refusal(a.get(0), name, a)),
             Some(sp) if !arity_ok(sp.arity, a.len()) => Some(wrong_arity(sp.name)),
+            Some(_) if s.multi_bytes + bytes > bytes_max => Some(format!(
+                "ERR the transaction's queued commands exceed {bytes_max} bytes (frame_bytes_max less 1 MiB: a transaction travels to its keys' shard as one frame); send fewer commands per MULTI"
+            )),
             Some(_) => None,
         };
         match e {
@@ -495,6 +531,7 @@ pub fn execute(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
                 s.err(h, &e);
             }
             None => {
+                s.multi_bytes += bytes;
                 let mut base = Vec::new();
                 let mut ranges = Vec::with_capacity(a.len());
                 for i in 0..a.len() {
@@ -672,14 +709,6 @@ fn setex_unit(s: &mut Session, a: &Args<'_>, h: &mut dyn Host, unit: &str, name:
     h.redis(s.ns(), a.get(1), op, a.get(3), plain());
 }
 
-fn setex(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
-    setex_unit(s, a, h, "ex", "setex")
-}
-
-fn psetex(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
-    setex_unit(s, a, h, "px", "psetex")
-}
-
 fn setnx(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
     let op = RedisOp::Set {
         cond: SetCond::IfAbsent,
@@ -725,18 +754,6 @@ fn incr_by(s: &mut Session, a: &Args<'_>, h: &mut dyn Host, by: Option<i64>) {
         Some(by) => h.redis(s.ns(), a.get(1), RedisOp::IncrBy { by }, b"", plain()),
         None => s.err(h, NOT_INT),
     }
-}
-
-fn incr(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
-    incr_by(s, a, h, Some(1))
-}
-
-fn decr(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
-    incr_by(s, a, h, Some(-1))
-}
-
-fn incrby(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
-    incr_by(s, a, h, int_arg(a.get(2)))
 }
 
 fn decrby(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
@@ -797,14 +814,6 @@ fn per_key(s: &mut Session, a: &Args<'_>, h: &mut dyn Host, op: RedisOp) {
     }
 }
 
-fn del(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
-    per_key(s, a, h, RedisOp::Del)
-}
-
-fn exists(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
-    per_key(s, a, h, RedisOp::Exists)
-}
-
 fn expire_generic(s: &mut Session, a: &Args<'_>, h: &mut dyn Host, unit: &str, name: &str) {
     let Some(n) = int_arg(a.get(2)) else {
         return s.err(h, NOT_INT);
@@ -862,22 +871,6 @@ fn expire_generic(s: &mut Session, a: &Args<'_>, h: &mut dyn Host, unit: &str, n
     );
 }
 
-fn expire(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
-    expire_generic(s, a, h, "ex", "expire")
-}
-
-fn pexpire(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
-    expire_generic(s, a, h, "px", "pexpire")
-}
-
-fn expireat(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
-    expire_generic(s, a, h, "exat", "expireat")
-}
-
-fn pexpireat(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
-    expire_generic(s, a, h, "pxat", "pexpireat")
-}
-
 fn persist(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
     h.redis(s.ns(), a.get(1), RedisOp::Persist, b"", plain());
 }
@@ -892,20 +885,18 @@ fn meta(s: &mut Session, a: &Args<'_>, h: &mut dyn Host, ms: bool, absolute: boo
     h.request(&req, b"", Pending::of(Shape::Ttl { ms, absolute }));
 }
 
-fn ttl(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
-    meta(s, a, h, false, false)
-}
-
-fn pttl(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
-    meta(s, a, h, true, false)
-}
-
-fn expiretime(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
-    meta(s, a, h, false, true)
-}
-
-fn pexpiretime(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
-    meta(s, a, h, true, true)
+/// RENAME / RENAMENX: one atomic step on the shard of the key, so both names must be served
+/// there (one partition in a store of several hosts, one shard on a single host); otherwise
+/// the answer is `-CROSSSLOT` naming hash tags (see docs/redis.md). Locks on either name are
+/// respected; the expiry moves with the value.
+fn rename_generic(s: &mut Session, a: &Args<'_>, h: &mut dyn Host, nx: bool) {
+    h.redis(
+        s.ns(),
+        a.get(1),
+        RedisOp::Rename { nx },
+        a.get(2),
+        Pending::of(Shape::NeedsKey),
+    );
 }
 
 fn type_(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
@@ -1061,14 +1052,6 @@ fn hset_generic(s: &mut Session, a: &Args<'_>, h: &mut dyn Host, name: &str, p: 
     h.redis(s.ns(), a.get(1), RedisOp::HSet { nx: false }, &args, p);
 }
 
-fn hset(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
-    hset_generic(s, a, h, "hset", plain())
-}
-
-fn hmset(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
-    hset_generic(s, a, h, "hmset", Pending::of(Shape::Ok))
-}
-
 fn hsetnx(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
     let args = items_of([a.get(2), a.get(3)].into_iter());
     h.redis(s.ns(), a.get(1), RedisOp::HSet { nx: true }, &args, plain());
@@ -1077,42 +1060,6 @@ fn hsetnx(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
 fn hfields(s: &mut Session, a: &Args<'_>, h: &mut dyn Host, op: RedisOp, shape: Shape) {
     let args = items_of((2..a.len()).map(|i| a.get(i)));
     h.redis(s.ns(), a.get(1), op, &args, Pending::of(shape));
-}
-
-fn hget(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
-    hfields(s, a, h, RedisOp::HGet, Shape::Plain)
-}
-
-fn hmget(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
-    hfields(s, a, h, RedisOp::HMGet, Shape::Plain)
-}
-
-fn hgetall(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
-    hfields(s, a, h, RedisOp::HGetAll, Shape::Map)
-}
-
-fn hkeys(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
-    hfields(s, a, h, RedisOp::HKeys, Shape::Plain)
-}
-
-fn hvals(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
-    hfields(s, a, h, RedisOp::HVals, Shape::Plain)
-}
-
-fn hdel(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
-    hfields(s, a, h, RedisOp::HDel, Shape::Plain)
-}
-
-fn hexists(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
-    hfields(s, a, h, RedisOp::HExists, Shape::Plain)
-}
-
-fn hlen(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
-    hfields(s, a, h, RedisOp::HLen, Shape::Plain)
-}
-
-fn hstrlen(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
-    hfields(s, a, h, RedisOp::HStrlen, Shape::Plain)
 }
 
 fn hincrby(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
@@ -1210,6 +1157,7 @@ fn multi(s: &mut Session, _a: &Args<'_>, h: &mut dyn Host) {
     }
     s.multi = Some(Vec::new());
     s.multi_error = false;
+    s.multi_bytes = 0;
     s.lit(h, reply::ok);
 }
 
@@ -1217,56 +1165,83 @@ fn discard(s: &mut Session, _a: &Args<'_>, h: &mut dyn Host) {
     if s.multi.take().is_none() {
         return s.err(h, "ERR DISCARD without MULTI");
     }
-    s.watched.clear();
+    end_watch(s, h);
     s.lit(h, reply::ok);
 }
 
 /// WATCH records each key's version (and creation time, so a delete and re-create is seen as
-/// a change); EXEC compares. The keys must be on the connection's shard, as EXEC's are.
+/// a change); the transaction's shard compares them when it runs EXEC. A key on this
+/// connection's shard is stamped at once; otherwise every key's `Meta` is asked on the key's
+/// shard or host and its answer kept (`Shape::Watch`) until EXEC.
 fn watch(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
     if s.multi.is_some() {
         return s.err(h, "ERR WATCH inside MULTI is not allowed");
     }
     let ns = s.ns();
-    let mut stamps = Vec::with_capacity(a.len() - 1);
-    for i in 1..a.len() {
-        match h.stamp_here(ns, a.get(i)) {
-            Ok(stamp) => stamps.push(Watched {
+    let local: Result<Vec<Stamp>, OffShard> =
+        (1..a.len()).map(|i| h.stamp_here(ns, a.get(i))).collect();
+    if let Ok(stamps) = local {
+        for (i, stamp) in (1..a.len()).zip(stamps) {
+            s.watched.push(Watched {
                 ns,
                 key: a.get(i).to_vec(),
-                stamp,
-            }),
-            Err(OffShard) => return s.err(h, OFF_SHARD),
+                stamp: WatchState::Known(stamp),
+            });
         }
+        return s.lit(h, reply::ok);
     }
-    s.watched.extend(stamps);
-    s.lit(h, reply::ok);
+    for i in 1..a.len() {
+        let id = s.next_watch;
+        s.next_watch += 1;
+        s.watched.push(Watched {
+            ns,
+            key: a.get(i).to_vec(),
+            stamp: WatchState::Pending(id),
+        });
+        let req = Request::Meta {
+            key: key_of(s, a.get(i)),
+        };
+        let last = i + 1 == a.len();
+        h.request(&req, b"", Pending::of(Shape::Watch { id, last }));
+    }
+}
+
+fn end_watch(s: &mut Session, h: &mut dyn Host) {
+    s.watched.clear();
+    h.clear_watch();
 }
 
 fn unwatch(s: &mut Session, _a: &Args<'_>, h: &mut dyn Host) {
-    s.watched.clear();
+    end_watch(s, h);
     s.lit(h, reply::ok);
 }
 
-const OFF_SHARD: &str = "ERR this transaction's keys are served by another shard or host than the one this connection is on; stategrid runs a transaction only where it can run it atomically (see docs/redis.md: connect with one shard, or use a cluster client)";
-
-/// EXEC: the queued commands run back to back on the shard that serves all their keys. They
-/// are isolated only when that shard is this connection's own (nothing else runs on a shard
-/// between two of its steps); otherwise EXEC refuses rather than run them non-atomically.
+/// EXEC: the queued commands (and the watched stamps) go as one `RedisTx` to the shard that
+/// serves their keys, on whichever host, and run there back to back: nothing else runs on a
+/// shard between two of its steps, so the transaction is atomic and isolated. That shard
+/// refuses keys it does not serve all of (`-CROSSSLOT`: one partition in a store of several
+/// hosts, one shard on a single host); it never runs them non-atomically.
 fn exec(s: &mut Session, _a: &Args<'_>, h: &mut dyn Host) {
     let Some(queued) = s.multi.take() else {
         return s.err(h, "ERR EXEC without MULTI");
     };
+    let watched = std::mem::take(&mut s.watched);
+    let stamps: Vec<Option<Stamp>> = watched
+        .iter()
+        .map(|w| match w.stamp {
+            WatchState::Known(st) => Some(st),
+            WatchState::Pending(id) => h.watch_stamp(id),
+        })
+        .collect();
+    h.clear_watch();
     if std::mem::take(&mut s.multi_error) {
-        s.watched.clear();
         return s.err(
             h,
             "EXECABORT Transaction discarded because of previous errors.",
         );
     }
     let ns = s.ns();
-    let me = h.own_shard();
-    let mut owner: Option<usize> = None;
+    let mut keys: Vec<&[u8]> = Vec::new();
     for q in &queued {
         let a = Args {
             base: &q.base,
@@ -1289,41 +1264,67 @@ fn exec(s: &mut Session, _a: &Args<'_>, h: &mut dyn Host) {
             );
         }
         for k in keys_of(sp, &a) {
-            let sh = h.shard_of(ns, k);
-            match owner {
-                None => owner = Some(sh),
-                Some(o) if o != sh => {
-                    return s.err(
-                        h,
-                        "CROSSSLOT Keys in request don't hash to the same slot: a stategrid transaction is atomic only when all its keys live in one partition's shard; give them a common {hash tag} (e.g. {user1}:a, {user1}:b)",
-                    );
-                }
-                _ => {}
-            }
-            let here = matches!(h.owner(ns, k), Owner::Here);
-            if sh != me || !here {
-                s.watched.clear();
-                return s.err(h, OFF_SHARD);
+            if !keys.contains(&k) {
+                keys.push(k);
             }
         }
     }
-    // A watched key that changed since WATCH aborts the transaction (a null reply).
-    let watched = std::mem::take(&mut s.watched);
-    let changed = watched
-        .iter()
-        .any(|w| h.stamp_here(w.ns, &w.key) != Ok(w.stamp));
-    if changed {
-        let resp3 = s.resp3;
-        return s.lit(h, |o| reply::null_array(o, resp3));
+    if watched.iter().any(|w| w.ns != ns) {
+        return s.err(
+            h,
+            "ERR WATCHed keys of another database than the transaction's: stategrid runs a transaction in one database; WATCH after SELECT",
+        );
     }
-    s.lit(h, |o| reply::array(o, queued.len()));
-    for q in &queued {
-        let a = Args {
-            base: &q.base,
-            ranges: &q.ranges,
-        };
-        execute(s, &a, h);
+    if stamps.iter().any(|st| st.is_none()) {
+        return s.err(
+            h,
+            "ERR EXEC before the answer to WATCH arrived: wait for WATCH's reply before sending EXEC",
+        );
     }
+    let route = keys
+        .first()
+        .map(|k| k.to_vec())
+        .or_else(|| watched.first().map(|w| w.key.clone()));
+    let Some(route) = route else {
+        // No key at all (PING, ECHO...): nothing to isolate; run here.
+        s.lit(h, |o| reply::array(o, queued.len()));
+        for q in &queued {
+            let a = Args {
+                base: &q.base,
+                ranges: &q.ranges,
+            };
+            execute(s, &a, h);
+        }
+        return;
+    };
+    let req = Request::RedisTx {
+        key: Key { ns, key: route },
+        resp3: s.resp3,
+        keys: keys.iter().skip(1).map(|k| k.to_vec()).collect(),
+        watched: watched
+            .iter()
+            .zip(&stamps)
+            .map(|(w, st)| {
+                let st = st.expect("checked above");
+                WatchStamp {
+                    key: w.key.clone(),
+                    exists: st.is_some(),
+                    version: st.map_or(0, |x| x.0),
+                    created_ms: st.map_or(0, |x| x.1),
+                }
+            })
+            .collect(),
+        commands: queued
+            .iter()
+            .map(|q| {
+                q.ranges
+                    .iter()
+                    .map(|r| q.base[r.clone()].to_vec())
+                    .collect()
+            })
+            .collect(),
+    };
+    h.request(&req, b"", Pending::of(Shape::Raw));
 }
 
 // ---- connection ------------------------------------------------------------------------------
@@ -1350,8 +1351,12 @@ fn quit(s: &mut Session, _a: &Args<'_>, h: &mut dyn Host) {
 }
 
 fn reset(s: &mut Session, _a: &Args<'_>, h: &mut dyn Host) {
-    let (id, created) = (s.id, s.created_ms);
+    let (id, created, next_watch) = (s.id, s.created_ms, s.next_watch);
+    end_watch(s, h);
     *s = Session::new(id, created);
+    // Watch ids stay unique for the connection's life: an answer to a WATCH sent before the
+    // RESET may still arrive, and must not pass for a later WATCH's.
+    s.next_watch = next_watch;
     h.set_resp3(false);
     s.lit(h, |o| reply::simple(o, "RESET"));
 }

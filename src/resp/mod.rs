@@ -13,7 +13,9 @@
 //! - [`standalone`]: a connection on an in-memory one-shard store, no I/O (for fuzzing).
 //!
 //! The shard side (detection on `svr_port`, the receive loop, the glue to the routing path)
-//! is `server/shard/resp_conn.rs`.
+//! is `server/shard/resp_conn.rs`. A transaction (`EXEC`) travels as one `Request::RedisTx` to
+//! the shard that serves its keys and runs there through this same command table
+//! (`server/resp_tx.rs`), so it is atomic wherever the connection is.
 //!
 //! Redis database N is the namespace `redis-N` (reserved id `REDIS_NS_BASE | N`, see
 //! `stategrid_proto::hash`), whose keys hash with Redis Cluster's slot function, so native

@@ -51,6 +51,13 @@ pub enum Shape {
     HScan { novalues: bool },
     /// INFO: the pending text plus the keyspace section from `NsList`.
     Info,
+    /// As `Plain`, with `NotFound` as `-ERR no such key` (RENAME).
+    NeedsKey,
+    /// A whole RESP reply made elsewhere (a transaction's `EXEC`), in a `Value`: sent as is.
+    Raw,
+    /// WATCH of a key not on the connection's shard: its `Meta` is the key's stamp, kept for
+    /// EXEC under `id`; `+OK` at the `last` key.
+    Watch { id: u64, last: bool },
     /// Part `first`..`last` of a command of `n` parts.
     Part {
         how: Combine,
@@ -97,7 +104,14 @@ pub struct RespOut {
     acc_int: i64,
     acc_err: Option<String>,
     acc_keys: Vec<Vec<u8>>,
+    /// Stamps of WATCHed keys that arrived as answers, by watch id (see `Shape::Watch`);
+    /// EXEC, UNWATCH, DISCARD and RESET take them.
+    watch: Vec<(u64, Option<(u64, u64)>)>,
 }
+
+/// `ErrorReply::detail` of the `InvalidRequest` that refuses keys spread over partitions
+/// (RENAME, a transaction): rendered as Redis Cluster's `-CROSSSLOT`.
+pub const CROSS_PARTITION: u64 = 0xC5;
 
 /// The RESP error line for a native error (without `-` and CRLF).
 pub fn error_text(e: &ErrorReply) -> String {
@@ -135,6 +149,12 @@ pub fn error_text(e: &ErrorReply) -> String {
             format!("TRYAGAIN {}", e.code.describe())
         }
         ErrorCode::TooManyInFlight => format!("ERR {}", e.code.describe()),
+        ErrorCode::InvalidRequest if e.detail == CROSS_PARTITION => {
+            format!(
+                "CROSSSLOT Keys in request don't hash to the same slot: {}",
+                e.message
+            )
+        }
         _ => {
             let mut s = format!("ERR {}", e.code.describe());
             if !e.message.is_empty() {
@@ -168,6 +188,17 @@ fn items<'a>(v: Option<ValRef<'a>>, count: u32) -> Option<Vec<Option<&'a [u8]>>>
 impl RespOut {
     pub fn push(&mut self, p: Pending) {
         self.pending.push_back(p);
+    }
+
+    /// The stamp of watch `id` if its answer arrived (`None`: not yet). Never-matching when
+    /// the key's `Meta` failed, so EXEC aborts rather than trust an unknown state.
+    pub fn watch_stamp(&self, id: u64) -> Option<Option<(u64, u64)>> {
+        self.watch.iter().find(|(i, _)| *i == id).map(|(_, s)| *s)
+    }
+
+    /// Forgets every watch stamp (the watch ended).
+    pub fn clear_watch(&mut self) {
+        self.watch.clear();
     }
 
     /// Renders the answer of the oldest in-flight request into `b`.
@@ -304,6 +335,27 @@ impl RespOut {
                     }
                 }
                 reply::verbatim(b.bytes_mut(), &text, resp3);
+            }
+            Shape::NeedsKey => match resp {
+                Response::Error(e) if e.code == ErrorCode::NotFound => {
+                    reply::error(b.bytes_mut(), "ERR no such key")
+                }
+                _ => self.plain(b, resp, val),
+            },
+            Shape::Raw => match (resp, val) {
+                (Response::Value { .. }, Some(v)) => b.bytes_mut().extend_from_slice(v.bytes()),
+                _ => self.plain(b, resp, val),
+            },
+            Shape::Watch { id, last } => {
+                let stamp = match resp {
+                    Response::Meta { meta } => Some((meta.version, meta.created_ms)),
+                    Response::Error(e) if e.code == ErrorCode::NotFound => None,
+                    _ => Some((u64::MAX, u64::MAX)),
+                };
+                self.watch.push((id, stamp));
+                if last {
+                    reply::ok(b.bytes_mut());
+                }
             }
             Shape::Part {
                 how,

@@ -244,6 +244,9 @@ impl Core {
                     self.cfg.key_bytes_max as u64,
                 );
             }
+            if let ArchivedRequest::RedisTx { .. } = req {
+                return super::resp_tx::run(self, req, h, now_ms, request_id, sink);
+            }
             return self.execute_keyed(req, h, ns, key, value, now_ms, request_id, sink);
         }
         let resp = match req {
@@ -314,6 +317,15 @@ impl Core {
         id: u32,
         sink: &mut impl Sink,
     ) {
+        // RENAME's new name (the trailer) must be served by this same atomic step.
+        if let ArchivedRequest::Redis {
+            op: stategrid_proto::ArchivedRedisOp::Rename { .. },
+            ..
+        } = req
+            && let Err(e) = self.colocated(h, ns, value)
+        {
+            return sink.respond(id, &Response::Error(e), &[]);
+        }
         let s = &mut self.store;
         let k = KeyRef::with_hash(ns, key, h);
         let written = |r: Result<u64, StoreError>| match r {
@@ -444,6 +456,33 @@ impl Core {
             _ => unreachable!("not a keyed request"),
         };
         sink.respond(id, &resp, &[]);
+    }
+
+    /// Can `other` (of namespace `ns`) take part in one atomic step with the key of hash `h`
+    /// here? On a single host: when this shard owns it too. In a store of several hosts: when
+    /// it is in the same partition, since a partition, not a shard, is what moves between
+    /// hosts and what one replicated change covers. The error says what to do.
+    pub fn colocated(&self, h: u64, ns: u32, other: &[u8]) -> Result<(), ErrorReply> {
+        if other.len() > self.cfg.key_bytes_max as usize {
+            return Err(ErrorReply::new(
+                ErrorCode::KeyTooLong,
+                self.cfg.key_bytes_max as u64,
+            ));
+        }
+        let (p, q) = (partition_of(h), partition_of(key_hash(ns, other)));
+        let ok = if self.primary_partitions.is_some() {
+            p == q
+        } else {
+            owner_shard(q, self.shards) == self.shard
+        };
+        if ok {
+            return Ok(());
+        }
+        Err(ErrorReply::with_message(
+            ErrorCode::InvalidRequest,
+            crate::resp::render::CROSS_PARTITION,
+            "the keys of one atomic step must live in one partition; give them a common {hash tag} (e.g. {user1}:a, {user1}:b)",
+        ))
     }
 
     fn ns_open(&mut self, name: &str) -> Response {

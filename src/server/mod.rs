@@ -11,6 +11,7 @@
 pub(crate) mod exec; // crate-wide for `resp::standalone` (a shard without I/O, for fuzzing)
 mod gather;
 pub mod local_api;
+mod resp_tx;
 mod shard;
 
 use std::cell::RefCell;

@@ -266,7 +266,43 @@ impl Store {
             | RedisOp::HExists
             | RedisOp::HLen
             | RedisOp::HStrlen => self.hash_read(k, op, args, now_ms),
+            RedisOp::Rename { nx } => self.r_rename(k, KeyRef::new(k.ns, args), nx, now_ms),
         }
+    }
+
+    /// RENAME / RENAMENX within this store (the caller checked both names are served here):
+    /// the value, its kind and its exact expiry move to `to` in one step, so no reader sees
+    /// both names or neither. A native lock on either name refuses it (`Locked`), as every
+    /// Redis write does. Cost: one copy of the value (the new object gets its own buffer).
+    fn r_rename(
+        &mut self,
+        from: KeyRef<'_>,
+        to: KeyRef<'_>,
+        nx: bool,
+        now_ms: u64,
+    ) -> Result<RedisOut, StoreError> {
+        let Some(slot) = self.find_live(from, now_ms) else {
+            return Err(StoreError::new(stategrid_proto::ErrorCode::NotFound, 0));
+        };
+        let done = if nx { RedisOut::Int(1) } else { RedisOut::Ok };
+        if from.key == to.key {
+            // Redis: renaming a key to itself succeeds and changes nothing (RENAMENX says 0).
+            return Ok(if nx { RedisOut::Int(0) } else { done });
+        }
+        if nx && self.find_live(to, now_ms).is_some() {
+            return Ok(RedisOut::Int(0));
+        }
+        self.writable(from, now_ms)?;
+        self.writable(to, now_ms)?;
+        let e = &self.slab[slot as usize];
+        let (value, kind, at, timeout) = (e.value.clone(), e.kind, e.expires_at_ms, e.timeout);
+        self.r_write(to, &value, kind, SetExpire::Clear, now_ms)?;
+        let s = self.find(to).expect("just written");
+        let e = &mut self.slab[s as usize];
+        e.expires_at_ms = at;
+        e.timeout = timeout;
+        self.r_remove(from, now_ms)?;
+        Ok(done)
     }
 
     fn hash_read(
@@ -687,5 +723,75 @@ mod tests {
         ] {
             assert_eq!(parse_i64(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn rename_moves_value_kind_and_expiry_and_respects_locks() {
+        let mut s = store();
+        let ren = |nx| RedisOp::Rename { nx };
+        // Absent: NotFound, nothing created.
+        let e = s.redis(k(b"a"), ren(false), b"b", 100, NOW).unwrap_err();
+        assert_eq!(e.code, stategrid_proto::ErrorCode::NotFound);
+        assert_eq!(s.find_live(k(b"b"), NOW), None);
+        // A string with an expiry: value and exact deadline move; the old name is gone.
+        let op = RedisOp::Set {
+            cond: SetCond::Always,
+            expire: SetExpire::AtMs(NOW + 5_000),
+            get: false,
+        };
+        s.redis(k(b"a"), op, b"v", 100, NOW).unwrap();
+        assert_eq!(
+            s.redis(k(b"a"), ren(false), b"b", 100, NOW),
+            Ok(RedisOut::Ok)
+        );
+        assert_eq!(s.find_live(k(b"a"), NOW), None);
+        let slot = s.find_live(k(b"b"), NOW).unwrap();
+        assert_eq!(s.slab[slot as usize].expires_at_ms, NOW + 5_000);
+        assert_eq!(&s.slab[slot as usize].value[..], b"v");
+        // Past the deadline the renamed key expires as the original would have.
+        assert_eq!(s.find_live(k(b"b"), NOW + 5_001), None);
+        // A hash keeps its kind, replacing what the new name held.
+        s.redis(
+            k(b"h"),
+            RedisOp::HSet { nx: false },
+            &args(&[b"f", b"v"]),
+            100,
+            NOW,
+        )
+        .unwrap();
+        set(&mut s, b"c", b"old");
+        assert_eq!(
+            s.redis(k(b"h"), ren(false), b"c", 100, NOW),
+            Ok(RedisOut::Ok)
+        );
+        let slot = s.find_live(k(b"c"), NOW).unwrap();
+        assert_eq!(s.slab[slot as usize].kind, ValueKind::Hash);
+        assert_eq!(s.slab[slot as usize].expires_at_ms, 0);
+        // RENAMENX: 0 onto an existing name, 1 to a free one; to itself 0 (RENAME: OK).
+        set(&mut s, b"d", b"x");
+        assert_eq!(
+            s.redis(k(b"c"), ren(true), b"d", 100, NOW),
+            Ok(RedisOut::Int(0))
+        );
+        assert_eq!(
+            s.redis(k(b"c"), ren(true), b"e", 100, NOW),
+            Ok(RedisOut::Int(1))
+        );
+        assert_eq!(
+            s.redis(k(b"e"), ren(true), b"e", 100, NOW),
+            Ok(RedisOut::Int(0))
+        );
+        assert_eq!(
+            s.redis(k(b"e"), ren(false), b"e", 100, NOW),
+            Ok(RedisOut::Ok)
+        );
+        // A native lock on either name refuses it; nothing changes.
+        let _ = s.read_and_lock(k(b"d"), NOW).unwrap();
+        let e = s.redis(k(b"d"), ren(false), b"z", 100, NOW).unwrap_err();
+        assert_eq!(e.code, stategrid_proto::ErrorCode::Locked);
+        let e = s.redis(k(b"e"), ren(false), b"d", 100, NOW).unwrap_err();
+        assert_eq!(e.code, stategrid_proto::ErrorCode::Locked);
+        assert!(s.find_live(k(b"e"), NOW).is_some());
+        assert!(s.find_live(k(b"z"), NOW).is_none());
     }
 }

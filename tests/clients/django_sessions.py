@@ -93,14 +93,7 @@ eq("get pickled", cache.get("a"), {"v": 1})
 # atomic on a store of several hosts, as it must on Redis Cluster (stategrid refuses a
 # transaction over keys of different partitions rather than run it non-atomically).
 m1, m2 = "{m}1", "{m}2"
-if "transactions" in os.environ.get("SKIP", "").split(","):
-    # Through a host that is not the keys' primary a store of several hosts refuses the
-    # transaction (docs/redis.md); set one by one there.
-    print("SKIPPED checks: transactions (set_many) (see docs/redis.md)")
-    cache.set(m1, "x", timeout=100)
-    cache.set(m2, 7, timeout=100)
-else:
-    cache.set_many({m1: "x", m2: 7}, timeout=100)
+cache.set_many({m1: "x", m2: 7}, timeout=100)
 eq("get_many", cache.get_many([m1, m2, "nothing"]), {m1: "x", m2: 7})
 eq("incr", cache.incr(m2, 3), 10)
 eq("ttl", 95 <= cache.ttl(m1) <= 100, True)

@@ -16,12 +16,24 @@ pub struct Host {
 }
 
 impl Host {
+    /// Everything the host wrote to stderr.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.txt")).unwrap_or_default()
+    }
+
     /// The last lines the host wrote to stderr, for failure messages.
     pub fn output(&self) -> String {
         let text = std::fs::read_to_string(self.dir.path().join("stderr.txt")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(60)..].join("\n");
         format!("--- {} stderr ---\n{tail}", self.ip)
+    }
+
+    /// The process is still running (neither exited nor killed).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().expect("try_wait").is_none())
     }
 
     /// The process id, while it runs (for SIGSTOP/SIGCONT).
@@ -51,7 +63,68 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.output());
+        }
         self.kill9();
+    }
+}
+
+/// The ports every host of a store shares (each host binds its own 127.0.0.x).
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    pub mgt: u16,
+    pub svr: u16,
+    pub int: u16,
+}
+
+impl Ports {
+    pub fn free() -> Ports {
+        Ports {
+            svr: free_port(),
+            mgt: free_port(),
+            int: free_port(),
+        }
+    }
+}
+
+impl Host {
+    /// Starts one host on `ip` (one shard, one replica per partition) that finds `peers`
+    /// (their IPs) through the static `hosts` list; `extra` adds or replaces parameters
+    /// (`--set NAME=VALUE`). Does not wait.
+    pub fn spawn(ip: &str, peers: &[String], ports: Ports, extra: &[(&str, String)]) -> Host {
+        let peers: Vec<String> = peers.iter().map(|o| format!("{o}:{}", ports.mgt)).collect();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut sets: Vec<(&str, String)> = vec![
+            ("net_interface", ip.to_string()),
+            ("svr_port", ports.svr.to_string()),
+            ("mgt_port", ports.mgt.to_string()),
+            ("int_port", ports.int.to_string()),
+            ("use_multicast", "0".into()),
+            ("hosts", peers.join(",")),
+            ("shards", "1".into()),
+            ("max_replicas", "1".into()),
+            ("log_dir", dir.path().join("log").display().to_string()),
+            ("log_level", "info".into()),
+        ];
+        for (name, value) in extra {
+            sets.retain(|(n, _)| n != name);
+            sets.push((name, value.clone()));
+        }
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve");
+        for (name, value) in &sets {
+            cmd.arg("--set").arg(format!("{name}={value}"));
+        }
+        let stderr = std::fs::File::create(dir.path().join("stderr.txt")).unwrap();
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        Host {
+            ip: ip.to_string(),
+            child: Some(cmd.spawn().expect("spawn stategrid serve")),
+            dir,
+        }
     }
 }
 
@@ -73,56 +146,23 @@ impl Store {
     /// As [`Store::start`], with more `--set NAME=VALUE` for every host (replacing a default
     /// of the same name).
     pub fn start_with(n: u8, first_ip: u8, extra: &[(&str, &str)]) -> Store {
-        let (svr, mgt, int) = (free_port(), free_port(), free_port());
+        let ports = Ports::free();
+        let extra: Vec<(&str, String)> = extra.iter().map(|(n, v)| (*n, v.to_string())).collect();
         let ips: Vec<String> = (0..n)
             .map(|i| format!("127.0.0.{}", first_ip + i))
             .collect();
         let hosts: Vec<Host> = ips
             .iter()
             .map(|me| {
-                let peers: Vec<String> = ips
-                    .iter()
-                    .filter(|o| *o != me)
-                    .map(|o| format!("{o}:{mgt}"))
-                    .collect();
-                let dir = tempfile::tempdir().expect("temp dir");
-                let mut sets = vec![
-                    ("net_interface", me.clone()),
-                    ("svr_port", svr.to_string()),
-                    ("mgt_port", mgt.to_string()),
-                    ("int_port", int.to_string()),
-                    ("use_multicast", "0".into()),
-                    ("hosts", peers.join(",")),
-                    ("shards", "1".into()),
-                    ("max_replicas", "1".into()),
-                    ("log_dir", dir.path().join("log").display().to_string()),
-                    ("log_level", "info".into()),
-                ];
-                for (name, value) in extra {
-                    sets.retain(|(n, _)| n != name);
-                    sets.push((*name, value.to_string()));
-                }
-                let mut cmd = Command::new(bin());
-                cmd.arg("serve");
-                for (name, value) in &sets {
-                    cmd.arg("--set").arg(format!("{name}={value}"));
-                }
-                let stderr = std::fs::File::create(dir.path().join("stderr.txt")).unwrap();
-                cmd.stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(stderr);
-                Host {
-                    ip: me.clone(),
-                    child: Some(cmd.spawn().expect("spawn stategrid serve")),
-                    dir,
-                }
+                let peers: Vec<String> = ips.iter().filter(|o| *o != me).cloned().collect();
+                Host::spawn(me, &peers, ports, &extra)
             })
             .collect();
         let store = Store {
             hosts,
-            svr_port: svr,
-            mgt_port: mgt,
-            int_port: int,
+            svr_port: ports.svr,
+            mgt_port: ports.mgt,
+            int_port: ports.int,
         };
         let svrs = store.svr_addrs();
         let c = client(&svrs[0], 10_000);

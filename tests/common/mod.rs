@@ -33,6 +33,7 @@ mod ports;
 pub mod programs;
 pub mod raw;
 pub mod redis;
+pub mod resp;
 pub mod store;
 pub use ports::free_port;
 

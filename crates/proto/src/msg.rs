@@ -203,6 +203,24 @@ pub enum Request {
         partition: u32,
         ns: NsId,
     },
+    /// A Redis transaction (`MULTI` ... `EXEC`): the queued commands of one RESP connection,
+    /// run back to back on the shard that serves all their keys, so nothing else runs in
+    /// between (atomic and isolated). Routed by `key` like any keyed request (relayed to the
+    /// primary host, forwarded to the owning shard); every key in `keys` and `watched` must be
+    /// served there too (one partition in a store of several hosts), else the answer is an
+    /// error. Answered with `Value`: the whole RESP reply of `EXEC`, ready to send.
+    RedisTx {
+        /// The first key of the transaction (its partition routes the request).
+        key: Key,
+        /// The connection speaks RESP3 (`HELLO 3`): replies are rendered so.
+        resp3: bool,
+        /// Every other key the queued commands name (written ones are replicated).
+        keys: Vec<Vec<u8>>,
+        /// `WATCH`ed keys and their stamps when watched: any difference aborts (null reply).
+        watched: Vec<WatchStamp>,
+        /// The queued commands, each its arguments (name first).
+        commands: Vec<Vec<Vec<u8>>>,
+    },
 }
 
 /// One restarted timeout of a `ReplicateTouches`.
@@ -215,6 +233,17 @@ pub struct TouchItem {
     pub version: u64,
     /// Its new deadline, Unix milliseconds of the primary's clock.
     pub expires_at_ms: u64,
+}
+
+/// A `WATCH`ed key of `RedisTx` and the object's (version, creation time) when it was
+/// watched; `exists` false when it was absent.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct WatchStamp {
+    pub key: Vec<u8>,
+    pub exists: bool,
+    pub version: u64,
+    pub created_ms: u64,
 }
 
 /// An object's whole state, as replication and migration copy it. Times are Unix
@@ -354,6 +383,12 @@ pub enum RedisOp {
     HStrlen,
     /// HINCRBY: trailer = one field. `Int` the new value.
     HIncrBy { by: i64 },
+    // ---- Added later (appended: variant numbers are wire format) ----------------------------
+    /// RENAME (RENAMENX with `nx`): trailer = the new name, which must be in the key's
+    /// partition (one atomic step on one shard). The value, kind and expiry move; a lock on
+    /// either name refuses it. `Ok` (RENAMENX: `Int` 1, or 0 when the new name exists);
+    /// `NotFound` when the key is absent.
+    Rename { nx: bool },
 }
 
 impl RedisOp {
@@ -444,6 +479,7 @@ impl Request {
             | Request::Touch { key, .. }
             | Request::Meta { key }
             | Request::Redis { key, .. }
+            | Request::RedisTx { key, .. }
             | Request::Replicate { key, .. } => Some(key),
             _ => None,
         }
@@ -486,6 +522,7 @@ impl Request {
             Request::ListKeysOfKind { .. } => 27,
             Request::ReplicateTouches { .. } => 28,
             Request::NsClearPartition { .. } => 29,
+            Request::RedisTx { .. } => 30,
         }
     }
 }
@@ -508,6 +545,7 @@ impl ArchivedRequest {
             | ArchivedRequest::Touch { key, .. }
             | ArchivedRequest::Meta { key }
             | ArchivedRequest::Redis { key, .. }
+            | ArchivedRequest::RedisTx { key, .. }
             | ArchivedRequest::Replicate { key, .. } => Some(key),
             _ => None,
         }
@@ -574,12 +612,13 @@ impl ArchivedRequest {
             ArchivedRequest::ListKeysOfKind { .. } => 27,
             ArchivedRequest::ReplicateTouches { .. } => 28,
             ArchivedRequest::NsClearPartition { .. } => 29,
+            ArchivedRequest::RedisTx { .. } => 30,
         };
         Self::name_of(tag)
     }
 
     fn name_of(tag: u8) -> &'static str {
-        const NAMES: [&str; 30] = [
+        const NAMES: [&str; 31] = [
             "hello",
             "ns-open",
             "ns-list",
@@ -610,6 +649,7 @@ impl ArchivedRequest {
             "list-keys-of-kind",
             "replicate-touches",
             "ns-clear-partition",
+            "redis-tx",
         ];
         NAMES[tag as usize]
     }

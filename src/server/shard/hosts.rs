@@ -13,7 +13,8 @@
 //! - **Replication.** A request that changed an object (its version or lock) is answered only
 //!   after every other host with a copy of the partition (replicas, pending and outgoing
 //!   copies) has applied the object's new state (`Replicate`, the whole state: value, version,
-//!   times, lock, timeout; or its removal). A replica that does not confirm within
+//!   times, lock, timeout; or its removal); for a RENAME or a Redis transaction, every object
+//!   it changed (they share one partition). A replica that does not confirm within
 //!   `replication_timeout_ms` turns the answer into `ReplicationFailed` (retryable); a replica
 //!   the map drops meanwhile (declared failed) is no longer waited for.
 //! - **Sliding timeouts.** A read restarts a sliding timeout without changing the object, so
@@ -1067,23 +1068,53 @@ impl Shard {
         let (ns, key) = (k.ns.to_native(), k.key.as_slice());
         let h = key_hash(ns, key);
         let p = partition_of(h) as usize;
-        let kr = KeyRef::with_hash(ns, key, h);
-        let before = self.core.store.stamp(kr);
+        // Every object the request may change: its key, and for RENAME and a transaction
+        // the other keys it names (all in this partition: `Core::colocated` refuses others).
+        let mut keys: Vec<&[u8]> = vec![key];
+        match req {
+            ArchivedRequest::Redis {
+                op: stategrid_proto::ArchivedRedisOp::Rename { .. },
+                ..
+            } => keys.push(value),
+            ArchivedRequest::RedisTx { keys: more, .. } => {
+                keys.extend(more.iter().map(|k| k.as_slice()))
+            }
+            _ => {}
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        let stamp_of = |store: &crate::store::Store, k: &[u8]| {
+            store.stamp(KeyRef::with_hash(ns, k, key_hash(ns, k)))
+        };
+        let before: Vec<_> = keys.iter().map(|k| stamp_of(&self.core.store, k)).collect();
         let mut answer = Vec::with_capacity(128);
         self.core
             .execute(req, value, now, id, &mut VecSink(&mut answer));
-        if read_only(req) || self.core.store.stamp(kr) == before {
+        if read_only(req) {
+            return Some(answer);
+        }
+        let changed: Vec<&[u8]> = keys
+            .iter()
+            .zip(&before)
+            .filter(|(k, b)| stamp_of(&self.core.store, k) != **b)
+            .map(|(k, _)| *k)
+            .collect();
+        if changed.is_empty() {
             return Some(answer);
         }
         let (epoch, me, owners) = match &self.hosts.view {
             Some(v) => (v.epoch, v.me, v.owners[p]),
             None => return Some(answer),
         };
-        let waiting: Vec<HostId> = owners.copies().filter(|&h| h != me).collect();
-        if waiting.is_empty() {
+        let copies: Vec<HostId> = owners.copies().filter(|&h| h != me).collect();
+        if copies.is_empty() {
             return Some(answer);
         }
-        let state = self.core.store.export(kr, now);
+        // One confirmation per changed object per copy (a host appears once per object).
+        let waiting: Vec<HostId> = changed
+            .iter()
+            .flat_map(|_| copies.iter().copied())
+            .collect();
         let idx = self.hosts.pending.insert(PendingWrite {
             to,
             request_id: id,
@@ -1093,31 +1124,35 @@ impl Shard {
             failed: None,
             deadline_ms: self.hosts.mono_ms + self.core.cfg.replication_timeout_ms,
         }) as u32;
-        // One archive for every copy: the key is copied once, the value not at all.
-        let msg = Request::Replicate {
-            epoch,
-            from: me.0,
-            partition: p as u32,
-            key: Key {
-                ns,
-                key: key.to_vec(),
-            },
-            state: state.as_ref().map(|(s, _)| *s),
-        };
-        for host in owners.copies().filter(|&h| h != me) {
-            let v = state.as_ref().map(|(_, v)| v.clone());
-            let sent = self.link_send(
-                host,
-                LinkClass::Data,
-                Expect::Ack { pending: idx, host },
-                |b, link_id| {
-                    encode_with_value(b, link_id, &msg, v);
+        for key in changed {
+            let kr = KeyRef::with_hash(ns, key, key_hash(ns, key));
+            let state = self.core.store.export(kr, now);
+            // One archive for every copy: the key is copied once, the value not at all.
+            let msg = Request::Replicate {
+                epoch,
+                from: me.0,
+                partition: p as u32,
+                key: Key {
+                    ns,
+                    key: key.to_vec(),
                 },
-            );
-            if !sent {
-                // No address or too much in flight: this copy cannot confirm; the deadline or
-                // a new map settles the write.
-                tracing::debug!(shard = self.core.shard, ?host, "replication not sent");
+                state: state.as_ref().map(|(s, _)| *s),
+            };
+            for &host in &copies {
+                let v = state.as_ref().map(|(_, v)| v.clone());
+                let sent = self.link_send(
+                    host,
+                    LinkClass::Data,
+                    Expect::Ack { pending: idx, host },
+                    |b, link_id| {
+                        encode_with_value(b, link_id, &msg, v);
+                    },
+                );
+                if !sent {
+                    // No address or too much in flight: this copy cannot confirm; the deadline
+                    // or a new map settles the write.
+                    tracing::debug!(shard = self.core.shard, ?host, "replication not sent");
+                }
             }
         }
         None
@@ -1894,7 +1929,11 @@ impl Shard {
                         if let Some(e) = &error {
                             pw.failed.get_or_insert((e.code, e.detail));
                         }
-                        pw.waiting.retain(|&h| h != host);
+                        // One confirmation of one object (a write of several objects waits
+                        // for the host once per object).
+                        if let Some(i) = pw.waiting.iter().position(|&h| h == host) {
+                            pw.waiting.swap_remove(i);
+                        }
                         if pw.waiting.is_empty() {
                             self.complete_pending(pending);
                         }

@@ -230,6 +230,17 @@ impl commands::Host for Glue<'_> {
             .export(k, self.shard.now_ms)
             .map(|(st, _)| (st.version, st.created_ms)))
     }
+
+    fn watch_stamp(&self, id: u64) -> Option<commands::Stamp> {
+        let conn = &self.shard.conns[self.slot as usize];
+        conn.resp.as_ref()?.out.watch_stamp(id)
+    }
+
+    fn clear_watch(&mut self) {
+        if let Some(r) = self.conn().resp.as_mut() {
+            r.out.clear_watch();
+        }
+    }
 }
 
 impl Shard {
