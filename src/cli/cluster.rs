@@ -37,7 +37,10 @@ fn call(cli: &Cli, what: &str, req: &Request, timeout_ms: u64) -> Result<Value, 
     let addr = mgt_addr(cli)?;
     let tls = match cli.tls_ca()? {
         Some(ca) => {
-            let host = cli.mgt.rsplit_once(':').map_or(cli.mgt.as_str(), |(h, _)| h);
+            let host = cli
+                .mgt
+                .rsplit_once(':')
+                .map_or(cli.mgt.as_str(), |(h, _)| h);
             let config = crate::net::tls::client_config(&ca).map_err(Failure::Usage)?;
             Some((config, host.trim_matches(['[', ']']).to_owned()))
         }

@@ -34,7 +34,9 @@ fn ctx(what: impl Into<String>) -> impl FnOnce(ClientError) -> Failure {
 
 fn connect(cli: &Cli, what: &str) -> Result<Client, Failure> {
     let config = ClientConfig {
-        tls: cli.tls_ca()?.map(stategrid_client::TlsOptions::with_ca_file),
+        tls: cli
+            .tls_ca()?
+            .map(stategrid_client::TlsOptions::with_ca_file),
         ..client_config()
     };
     Client::connect(&cli.host, config).map_err(ctx(what))

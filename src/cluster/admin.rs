@@ -175,15 +175,16 @@ pub fn call(
     match tls {
         None => call_on(s, addr, req),
         Some((config, name)) => {
-            let server_name = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| {
-                CallError::Connect {
-                    addr,
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::InvalidInput,
-                        format!("TLS server name '{name}': {e}"),
-                    ),
-                }
-            })?;
+            let server_name =
+                rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| {
+                    CallError::Connect {
+                        addr,
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            format!("TLS server name '{name}': {e}"),
+                        ),
+                    }
+                })?;
             let conn = rustls::ClientConnection::new(config, server_name).map_err(|e| {
                 CallError::Connect {
                     addr,

@@ -58,6 +58,10 @@ pub enum TlsError {
         "TLS: a record or handshake message needs more than {TLS_RECV_BYTES_MAX} bytes of buffer"
     )]
     TooLarge,
+    /// The first bytes are not a TLS handshake record (0x16): plaintext sent to the TLS
+    /// port. Said at once instead of waiting for a record length that garbage "claims".
+    #[error("TLS: the peer's first bytes are not a TLS handshake (plaintext on secure_svr_port?)")]
+    NotTls,
     #[error("TLS: could not encrypt: {0}")]
     Encrypt(String),
 }
@@ -180,6 +184,8 @@ pub struct TlsConn {
     scratch: Vec<u8>,
     established: bool,
     peer_closed: bool,
+    /// Has the first byte (the first record's type) been checked?
+    first_checked: bool,
 }
 
 impl TlsConn {
@@ -192,6 +198,7 @@ impl TlsConn {
             scratch: Vec::new(),
             established: false,
             peer_closed: false,
+            first_checked: false,
         }))
     }
 
@@ -249,11 +256,24 @@ impl TlsConn {
     /// `plain`, answers the handshake, and once the handshake is done encrypts everything in
     /// `app_out` (which is then empty) into the ciphertext queue. Before the handshake is done
     /// `app_out` is left as it is.
-    pub fn pump(&mut self, plain: &mut AlignedBuf, app_out: &mut SendBatch) -> Result<(), TlsError> {
+    pub fn pump(
+        &mut self,
+        plain: &mut AlignedBuf,
+        app_out: &mut SendBatch,
+    ) -> Result<(), TlsError> {
+        if !self.first_checked && self.used > 0 {
+            // A client's first record is its ClientHello: content type 22 (handshake).
+            if self.incoming[0] != 0x16 {
+                return Err(TlsError::NotTls);
+            }
+            self.first_checked = true;
+        }
         loop {
             let UnbufferedStatus {
                 mut discard, state, ..
-            } = self.conn.process_tls_records(&mut self.incoming[..self.used]);
+            } = self
+                .conn
+                .process_tls_records(&mut self.incoming[..self.used]);
             let mut stop = false;
             match state? {
                 ConnectionState::ReadTraffic(mut r) => {

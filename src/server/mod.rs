@@ -362,8 +362,7 @@ fn run(
                 }
                 if let Some(l) = mgt_http_listener {
                     let handle = local_api::ShardHandle::new(shard.clone());
-                    glommio::spawn_local(serve(l, handle, Service::Management, http_tls))
-                        .detach();
+                    glommio::spawn_local(serve(l, handle, Service::Management, http_tls)).detach();
                 }
                 tracing::debug!(shard = id, cpu, "serving");
                 shard::run(shard, waiter, connected, shared).await;
@@ -405,7 +404,13 @@ fn run(
         cfg.max_memory_bytes,
         cfg.log_dir.display()
     );
-    wait_for_signal(&shared, wakers, &plane, cfg.leave_timeout_ms, tls.as_deref());
+    wait_for_signal(
+        &shared,
+        wakers,
+        &plane,
+        cfg.leave_timeout_ms,
+        tls.as_deref(),
+    );
     let mut failed = false;
     for h in handles {
         if h.join().is_err() {
@@ -500,7 +505,9 @@ fn wait_for_signal(
         // TLS connections get it, open ones keep theirs.
         match tls.map(|t| t.reload()) {
             Some(Ok(())) => tracing::info!("SIGHUP: reloaded tls_cert_file and tls_key_file"),
-            Some(Err(e)) => tracing::error!("SIGHUP: TLS reload failed, keeping the old certificate: {e}"),
+            Some(Err(e)) => {
+                tracing::error!("SIGHUP: TLS reload failed, keeping the old certificate: {e}")
+            }
             None => tracing::info!("SIGHUP: no TLS certificate configured; nothing to reload"),
         }
     }
