@@ -104,7 +104,7 @@ fn native_client_reads_and_writes_over_tls() {
     assert_eq!(ns.read("big").unwrap().value, big);
     for i in 0..200 {
         ns.put(
-            &format!("k{i}"),
+            format!("k{i}"),
             format!("v{i}").as_bytes(),
             WriteOpts::default(),
         )
@@ -112,7 +112,7 @@ fn native_client_reads_and_writes_over_tls() {
     }
     for i in 0..200 {
         assert_eq!(
-            ns.read(&format!("k{i}")).unwrap().value,
+            ns.read(format!("k{i}")).unwrap().value,
             format!("v{i}").as_bytes()
         );
     }
@@ -301,7 +301,7 @@ fn garbage_handshakes_do_not_grow_memory() {
         plain
             .namespace("bystander")
             .unwrap()
-            .put(&format!("p{round}"), b"x", WriteOpts::default())
+            .put(format!("p{round}"), b"x", WriteOpts::default())
             .unwrap();
         std::thread::sleep(Duration::from_millis(300));
         let growth = resident_bytes(&server).saturating_sub(before);
