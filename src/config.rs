@@ -87,6 +87,13 @@ pub struct Config {
     pub int_port: u16,
     pub secure_mgt_port: u16,
     pub secure_svr_port: u16,
+    /// PEM certificate chain and private key for every TLS port; empty = no TLS.
+    pub tls_cert_file: PathBuf,
+    pub tls_key_file: PathBuf,
+    /// PEM CA certificates of the store (host-to-host mutual TLS; accepted, not used yet).
+    pub tls_ca_file: PathBuf,
+    /// Serve `rest_port` and `mgt_http_port` over HTTPS.
+    pub http_tls: bool,
     /// Bytes; 0 = unlimited.
     pub max_memory_bytes: u64,
     pub lru_threshold_pct: u8,
@@ -175,6 +182,10 @@ impl Config {
             int_port: 0,
             secure_mgt_port: 0,
             secure_svr_port: 0,
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
+            tls_ca_file: PathBuf::new(),
+            http_tls: false,
             max_memory_bytes: 0,
             lru_threshold_pct: 0,
             lock_timeout_s: 0,
@@ -317,6 +328,8 @@ impl Config {
             ("resp_port", self.resp_port),
             ("rest_port", self.rest_port),
             ("mgt_http_port", self.mgt_http_port),
+            ("secure_svr_port", self.secure_svr_port),
+            ("secure_mgt_port", self.secure_mgt_port),
         ];
         for (i, (a, pa)) in ports.iter().enumerate() {
             for (b, pb) in &ports[i + 1..] {
@@ -326,6 +339,24 @@ impl Config {
                     )));
                 }
             }
+        }
+        let no_cert = self.tls_cert_file.as_os_str().is_empty();
+        let tls_users = [
+            ("secure_svr_port", self.secure_svr_port != 0),
+            ("secure_mgt_port", self.secure_mgt_port != 0),
+            ("http_tls", self.http_tls),
+        ];
+        for (name, on) in tls_users {
+            if on && no_cert {
+                return Err(ConfigError::Inconsistent(format!(
+                    "{name} is set, but there is no certificate: set tls_cert_file and tls_key_file (PEM files; docs/security.md shows how to make them with openssl), or turn {name} off (0)"
+                )));
+            }
+        }
+        if !no_cert && self.tls_key_file.as_os_str().is_empty() {
+            return Err(ConfigError::Inconsistent(
+                "tls_cert_file is set but tls_key_file is not: name the certificate's private key (PEM)".into(),
+            ));
         }
         let needed = self.object_bytes_max + 1024 * 1024;
         if self.frame_bytes_max < needed {
@@ -476,19 +507,51 @@ pub static PARAMS: &[ParamSpec] = &[
     ),
     param!(
         "secure_mgt_port",
-        "2723",
-        false,
-        "TLS management port",
-        |c, v| c.secure_mgt_port = parse_u64(v, 1, 65535)? as u16,
+        "0",
+        true,
+        "TCP port for management over TLS (the CLI's `--tls`); 0 = off. ScaleOut uses 2723. Needs tls_cert_file and tls_key_file",
+        |c, v| c.secure_mgt_port = parse_u64(v, 0, 65535)? as u16,
         |c| c.secure_mgt_port.to_string()
     ),
     param!(
         "secure_svr_port",
-        "2724",
-        false,
-        "TLS client port",
-        |c, v| c.secure_svr_port = parse_u64(v, 1, 65535)? as u16,
+        "0",
+        true,
+        "TCP port for clients over TLS (native protocol and RESP, told apart as on svr_port); 0 = off. ScaleOut uses 2724. Needs tls_cert_file and tls_key_file",
+        |c, v| c.secure_svr_port = parse_u64(v, 0, 65535)? as u16,
         |c| c.secure_svr_port.to_string()
+    ),
+    param!(
+        "tls_cert_file",
+        "",
+        true,
+        "PEM certificate chain (this host's certificate first) for every TLS port; read at start and again on SIGHUP",
+        |c, v| c.tls_cert_file = PathBuf::from(v),
+        |c| c.tls_cert_file.display().to_string()
+    ),
+    param!(
+        "tls_key_file",
+        "",
+        true,
+        "PEM private key (PKCS#8, PKCS#1 or SEC1) of tls_cert_file",
+        |c, v| c.tls_key_file = PathBuf::from(v),
+        |c| c.tls_key_file.display().to_string()
+    ),
+    param!(
+        "tls_ca_file",
+        "",
+        false,
+        "PEM CA certificates that sign the store's host certificates, for mutual TLS between hosts",
+        |c, v| c.tls_ca_file = PathBuf::from(v),
+        |c| c.tls_ca_file.display().to_string()
+    ),
+    param!(
+        "http_tls",
+        "0",
+        true,
+        "1: serve rest_port and mgt_http_port over HTTPS with tls_cert_file (1/0)",
+        |c, v| c.http_tls = parse_bool(v)?,
+        |c| (c.http_tls as u8).to_string()
     ),
     param!(
         "max_memory",

@@ -35,7 +35,18 @@ fn mgt_addr(cli: &Cli) -> Result<SocketAddr, Failure> {
 
 fn call(cli: &Cli, what: &str, req: &Request, timeout_ms: u64) -> Result<Value, Failure> {
     let addr = mgt_addr(cli)?;
-    admin::call(addr, req, Duration::from_millis(timeout_ms)).map_err(|error| Failure::Admin {
+    let tls = match cli.tls_ca()? {
+        Some(ca) => {
+            let host = cli
+                .mgt
+                .rsplit_once(':')
+                .map_or(cli.mgt.as_str(), |(h, _)| h);
+            let config = crate::net::tls::client_config(&ca).map_err(Failure::Usage)?;
+            Some((config, host.trim_matches(['[', ']']).to_owned()))
+        }
+        None => None,
+    };
+    admin::call(addr, req, Duration::from_millis(timeout_ms), tls).map_err(|error| Failure::Admin {
         what: what.to_owned(),
         error,
     })

@@ -33,7 +33,13 @@ fn ctx(what: impl Into<String>) -> impl FnOnce(ClientError) -> Failure {
 }
 
 fn connect(cli: &Cli, what: &str) -> Result<Client, Failure> {
-    Client::connect(&cli.host, client_config()).map_err(ctx(what))
+    let config = ClientConfig {
+        tls: cli
+            .tls_ca()?
+            .map(stategrid_client::TlsOptions::with_ca_file),
+        ..client_config()
+    };
+    Client::connect(&cli.host, config).map_err(ctx(what))
 }
 
 /// Opens (and registers) a namespace: for writes that may create objects.

@@ -57,7 +57,7 @@ Exit codes:
     after_help = EXIT_CODES_HELP
 )]
 pub struct Cli {
-    /// The server to talk to.
+    /// The server to talk to (with --tls: its secure_svr_port).
     #[arg(
         long,
         global = true,
@@ -67,7 +67,8 @@ pub struct Cli {
     )]
     pub host: String,
 
-    /// A host's management port, for query, join, leave and set.
+    /// A host's management port, for query, join, leave and set (with --tls: its
+    /// secure_mgt_port).
     #[arg(
         long,
         global = true,
@@ -81,8 +82,30 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// Speak TLS to --host (a host's secure_svr_port) and --mgt (its secure_mgt_port).
+    #[arg(long, global = true, env = "STATEGRID_TLS")]
+    pub tls: bool,
+
+    /// PEM file of the CA that signs the hosts' certificates (implies --tls).
+    #[arg(long, global = true, env = "STATEGRID_CACERT", value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The CA file for TLS, when --tls or --cacert asks for TLS. --tls alone needs a CA:
+    /// the hosts' certificates are signed by the store's own CA, not a public one.
+    pub fn tls_ca(&self) -> Result<Option<std::path::PathBuf>, Failure> {
+        match (&self.cacert, self.tls) {
+            (Some(ca), _) => Ok(Some(ca.clone())),
+            (None, false) => Ok(None),
+            (None, true) => Err(Failure::Usage(
+                "--tls needs --cacert FILE (or STATEGRID_CACERT): the PEM file of the CA that signs the hosts' certificates".into(),
+            )),
+        }
+    }
 }
 
 /// The commands.

@@ -165,16 +165,51 @@ pub enum CallError {
 
 /// Sends one request to `addr` and waits up to `timeout` for its answer (a blocking call,
 /// for the CLI).
+///
+/// With `tls` (a client configuration and the name the host's certificate must carry), the
+/// call goes over TLS, to the host's `secure_mgt_port`.
 pub fn call(
     addr: SocketAddr,
     req: &Request,
     timeout: Duration,
+    tls: Option<(std::sync::Arc<rustls::ClientConfig>, String)>,
 ) -> Result<serde_json::Value, CallError> {
-    let mut s = TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(5)))
+    let s = TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(5)))
         .map_err(|source| CallError::Connect { addr, source })?;
     let io = |source| CallError::Io { addr, source };
     s.set_read_timeout(Some(timeout)).map_err(io)?;
     s.set_write_timeout(Some(timeout)).map_err(io)?;
+    match tls {
+        None => call_on(s, addr, req),
+        Some((config, name)) => {
+            let server_name =
+                rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| {
+                    CallError::Connect {
+                        addr,
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            format!("TLS server name '{name}': {e}"),
+                        ),
+                    }
+                })?;
+            let conn = rustls::ClientConnection::new(config, server_name).map_err(|e| {
+                CallError::Connect {
+                    addr,
+                    source: std::io::Error::other(format!("TLS: {e}")),
+                }
+            })?;
+            call_on(rustls::StreamOwned::new(conn, s), addr, req)
+        }
+    }
+}
+
+/// One request and its answer line on a connected stream (plain or TLS).
+fn call_on<S: Read + Write>(
+    mut s: S,
+    addr: SocketAddr,
+    req: &Request,
+) -> Result<serde_json::Value, CallError> {
+    let io = |source| CallError::Io { addr, source };
     let mut line = serde_json::to_string(req).expect("request encodes");
     line.push('\n');
     s.write_all(line.as_bytes()).map_err(io)?;

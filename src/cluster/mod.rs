@@ -22,6 +22,7 @@ pub mod control;
 pub mod map;
 pub mod node;
 pub mod plane;
+pub mod secure_mgt;
 pub mod swim;
 pub mod wire;
 

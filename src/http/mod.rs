@@ -46,7 +46,15 @@ pub enum Service {
 ///
 /// `listener` is this shard's socket on the service's port (bound at start-up, so a port in
 /// use fails start-up).
-pub async fn serve(listener: socket2::Socket, shard: ShardHandle, service: Service) {
+///
+/// With `tls` (`http_tls 1`) every connection is HTTPS: TLS (futures-rustls over glommio's
+/// stream) before hyper sees a byte.
+pub async fn serve(
+    listener: socket2::Socket,
+    shard: ShardHandle,
+    service: Service,
+    tls: Option<std::sync::Arc<crate::net::TlsSettings>>,
+) {
     use std::os::fd::{FromRawFd, IntoRawFd};
     // SAFETY: the descriptor is a listening TCP socket we own; glommio takes it over.
     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
@@ -67,9 +75,9 @@ pub async fn serve(listener: socket2::Socket, shard: ShardHandle, service: Servi
             continue;
         }
         open.set(open.get() + 1);
-        let (state, open) = (state.clone(), open.clone());
+        let (state, open, tls) = (state.clone(), open.clone(), tls.clone());
         glommio::spawn_local(async move {
-            serve_conn(stream, state, service).await;
+            serve_conn(stream, state, service, tls).await;
             open.set(open.get() - 1);
         })
         .detach();
@@ -89,7 +97,12 @@ async fn refuse(mut stream: glommio::net::TcpStream, max: u32, param: &str) {
     let _ = stream.close().await;
 }
 
-async fn serve_conn(stream: glommio::net::TcpStream, state: Rc<rest::Rest>, kind: Service) {
+async fn serve_conn(
+    stream: glommio::net::TcpStream,
+    state: Rc<rest::Rest>,
+    kind: Service,
+    tls: Option<std::sync::Arc<crate::net::TlsSettings>>,
+) {
     let _ = stream.set_nodelay(true);
     let cfg = state.cfg().clone();
     let session = match state.shard().open() {
@@ -114,12 +127,41 @@ async fn serve_conn(stream: glommio::net::TcpStream, state: Rc<rest::Rest>, kind
             Ok::<_, std::convert::Infallible>(resp)
         }
     });
-    let conn = http1::Builder::new()
-        .timer(adapter::GlommioTimer)
-        .header_read_timeout(Duration::from_millis(cfg.http_read_timeout_ms))
-        .max_buf_size(cfg.http_header_bytes_max as usize)
-        .serve_connection(adapter::GlommioIo(stream), service);
-    if let Err(e) = conn.await {
+    let builder = {
+        let mut b = http1::Builder::new();
+        b.timer(adapter::GlommioTimer)
+            .header_read_timeout(Duration::from_millis(cfg.http_read_timeout_ms))
+            .max_buf_size(cfg.http_header_bytes_max as usize);
+        b
+    };
+    let ended = match tls {
+        None => builder
+            .serve_connection(adapter::GlommioIo(stream), service)
+            .await
+            .map_err(|e| e.to_string()),
+        Some(tls) => {
+            // The handshake gets the same time as the request head.
+            let acceptor = futures_rustls::TlsAcceptor::from(tls.server());
+            let timeout = Duration::from_millis(cfg.http_read_timeout_ms);
+            let handshake = async { Some(acceptor.accept(stream).await) };
+            let expired = async {
+                glommio::timer::sleep(timeout).await;
+                None
+            };
+            match futures_lite::future::or(handshake, expired).await {
+                Some(Ok(stream)) => builder
+                    .serve_connection(adapter::GlommioIo(stream), service)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Some(Err(e)) => Err(format!("TLS handshake: {e}")),
+                None => Err(format!(
+                    "no TLS handshake within http_read_timeout_ms ({} ms)",
+                    cfg.http_read_timeout_ms
+                )),
+            }
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!("HTTP connection ended: {e}");
     }
 }

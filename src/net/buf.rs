@@ -224,6 +224,20 @@ impl SendBatch {
         self.bytes.len() + self.value_bytes
     }
 
+    /// Calls `f` with every queued piece, in order (for a TLS connection, which encrypts them
+    /// instead of sending them). Progress of a partial send is ignored: call it on a batch
+    /// not yet sent.
+    pub fn for_each_chunk(&mut self, mut f: impl FnMut(&[u8])) {
+        self.close_bytes();
+        for seg in &self.segs {
+            match seg {
+                Seg::Bytes { start, end } => f(&self.bytes[*start..*end]),
+                Seg::Value(v) => f(v),
+                Seg::Pad(n) => f(&ZEROS[..*n]),
+            }
+        }
+    }
+
     /// Builds the gather list from the current progress and returns the msghdr to submit.
     /// The batch must not change until the send completes.
     pub fn prepare(&mut self) -> *const libc::msghdr {

@@ -14,10 +14,13 @@
 //!    messages keep running on the same executor.
 //!
 //! [`Ring`] is the small interface the rest of the server sees; [`AlignedBuf`] and
-//! [`SendBatch`] are the buffers it reads into and writes from.
+//! [`SendBatch`] are the buffers it reads into and writes from; [`tls`] is the TLS record
+//! layer a `secure_svr_port` connection runs between them and the socket.
 
 mod buf;
 mod ring;
+pub mod tls;
 
 pub use buf::{AlignedBuf, SendBatch};
 pub use ring::{Completion, Op, Ring, RingWaker, Token, Waiter};
+pub use tls::{TlsConn, TlsError, TlsSettings};

@@ -185,6 +185,25 @@ fn run(
             *l = Some(listen(resp_addr).map_err(bind_err)?);
         }
     }
+    // secure_svr_port (optional): clients over TLS, one listener per shard as for svr_port.
+    let tls = crate::net::TlsSettings::from_config(&cfg)
+        .map_err(|e| (exit::USAGE, format!("{e}. See docs/security.md")))?;
+    let mut secure_listeners: Vec<Option<socket2::Socket>> = (0..shards).map(|_| None).collect();
+    if cfg.secure_svr_port != 0 {
+        let secure_addr = SocketAddr::new(cfg.net_interface.into(), cfg.secure_svr_port);
+        let bind_err = |e: std::io::Error| {
+            (
+                exit::BIND,
+                format!(
+                    "cannot listen on {secure_addr} (secure_svr_port / net_interface): {e}. Choose another port with --set secure_svr_port=N, or 0 for none"
+                ),
+            )
+        };
+        probe_port(secure_addr).map_err(bind_err)?;
+        for l in secure_listeners.iter_mut() {
+            *l = Some(listen(secure_addr).map_err(bind_err)?);
+        }
+    }
     let rest_listeners = http_listeners(&cfg, cfg.rest_port, "rest_port", shards)?;
     // The management API: one listener, served by shard 0 (rare, simple traffic).
     let mut mgt_http_listener = if cfg.mgt_http_port == 0 {
@@ -208,6 +227,11 @@ fn run(
         plane.clone(),
         crate::cluster::control::ControlRole::Host,
     )?;
+    if cfg.secure_mgt_port != 0
+        && let Some(tls) = &tls
+    {
+        crate::cluster::secure_mgt::start(&cfg, tls.clone()).map_err(|e| (exit::BIND, e))?;
+    }
     let shared = Arc::new(Shared {
         shutdown: AtomicBool::new(false),
         drained: AtomicUsize::new(0),
@@ -232,6 +256,7 @@ fn run(
     let memory_per_shard = cfg.max_memory_bytes / shards as u64;
     let mut handles = Vec::with_capacity(shards);
     let mut rest_listeners = rest_listeners.into_iter();
+    let mut secure_listeners = secure_listeners.into_iter();
     for (id, (((listener, int_listener), resp_listener), (tx_row, rx_row))) in listeners
         .into_iter()
         .zip(int_listeners)
@@ -240,6 +265,8 @@ fn run(
         .enumerate()
     {
         let rest_listener = rest_listeners.next().flatten();
+        let secure_listener = secure_listeners.next().flatten();
+        let tls = tls.clone();
         let mgt_http_listener = mgt_http_listener.take();
         let cfg = cfg.clone();
         let plane = plane.clone();
@@ -294,6 +321,9 @@ fn run(
                     shared.clone(),
                 )));
                 shard.borrow_mut().set_resp_listener(resp_listener);
+                shard
+                    .borrow_mut()
+                    .set_secure_listener(secure_listener, tls.clone());
                 // Connect the mesh: every connect waits for its peer, so run them together.
                 // glommio 0.9's connect parks a waker that its reactor re-checks only when it
                 // wakes for another reason; the peer connecting does not wake it. Without a
@@ -327,13 +357,15 @@ fn run(
                 }
                 drop(ticker);
                 use crate::http::{Service, serve};
+                let http_tls = if cfg.http_tls { tls.clone() } else { None };
                 if let Some(l) = rest_listener {
                     let handle = local_api::ShardHandle::new(shard.clone());
-                    glommio::spawn_local(serve(l, handle, Service::Data)).detach();
+                    glommio::spawn_local(serve(l, handle, Service::Data, http_tls.clone()))
+                        .detach();
                 }
                 if let Some(l) = mgt_http_listener {
                     let handle = local_api::ShardHandle::new(shard.clone());
-                    glommio::spawn_local(serve(l, handle, Service::Management)).detach();
+                    glommio::spawn_local(serve(l, handle, Service::Management, http_tls)).detach();
                 }
                 tracing::debug!(shard = id, cpu, "serving");
                 shard::run(shard, waiter, connected, shared).await;
@@ -375,7 +407,13 @@ fn run(
         cfg.max_memory_bytes,
         cfg.log_dir.display()
     );
-    wait_for_signal(&shared, wakers, &plane, cfg.leave_timeout_ms);
+    wait_for_signal(
+        &shared,
+        wakers,
+        &plane,
+        cfg.leave_timeout_ms,
+        tls.as_deref(),
+    );
     let mut failed = false;
     for h in handles {
         if h.join().is_err() {
@@ -451,17 +489,30 @@ fn wait_for_signal(
     wakers: Vec<RingWaker>,
     plane: &crate::cluster::plane::Plane,
     leave_timeout_ms: u64,
+    tls: Option<&crate::net::TlsSettings>,
 ) {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("cannot install signal handlers: {e}");
             return;
         }
     };
-    if let Some(sig) = signals.forever().next() {
-        tracing::info!(signal = sig, "signal received");
+    for sig in signals.forever() {
+        if sig != SIGHUP {
+            tracing::info!(signal = sig, "signal received");
+            break;
+        }
+        // SIGHUP: read the certificate again (renewed certificates without a restart); new
+        // TLS connections get it, open ones keep theirs.
+        match tls.map(|t| t.reload()) {
+            Some(Ok(())) => tracing::info!("SIGHUP: reloaded tls_cert_file and tls_key_file"),
+            Some(Err(e)) => {
+                tracing::error!("SIGHUP: TLS reload failed, keeping the old certificate: {e}")
+            }
+            None => tracing::info!("SIGHUP: no TLS certificate configured; nothing to reload"),
+        }
     }
     // Leaving cleanly: hand the partitions over while still serving, so the store keeps every
     // replica and no partition waits for a failover. Bounded: a store that cannot move them in

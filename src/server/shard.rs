@@ -39,6 +39,10 @@ use crate::net::{AlignedBuf, Completion, Op, Ring, SendBatch, Token};
 /// bounds the pause a tick adds to the shard.
 const SWEEP_SLOTS_PER_TICK: usize = 4096;
 
+/// The accept token slot of the `secure_svr_port` listener (0 `svr_port`, 1 `int_port`,
+/// 2 `resp_port`).
+const SECURE_ACCEPT_SLOT: u32 = 3;
+
 /// A batched answer sink writing into a connection's send batch (the local hot path). A RESP
 /// connection's answers are rendered as RESP instead (the second field).
 struct BatchSink<'a>(&'a mut SendBatch, Option<&'a mut crate::resp::RespOut>);
@@ -128,11 +132,17 @@ struct Conn {
     handoff: Option<(usize, u32)>,
     /// A local connection's caller ([`local`]): answers go here instead of a socket.
     local: Option<Rc<RefCell<local::Mailbox>>>,
+    /// Some on `secure_svr_port`: the TLS record layer between the socket and `rbuf` /
+    /// `filling` (see `crate::net::tls`). None costs a plaintext connection one branch per
+    /// receive and per send.
+    tls: Option<Box<crate::net::TlsConn>>,
 }
 
 impl Conn {
     fn queued_bytes(&self) -> usize {
-        self.sending.queued_bytes() + self.filling.queued_bytes()
+        self.sending.queued_bytes()
+            + self.filling.queued_bytes()
+            + self.tls.as_ref().map_or(0, |t| t.wire_bytes())
     }
 
     /// Has the peer done what lets it send full-size frames? A client after `Hello`; another
@@ -167,6 +177,9 @@ pub struct Shard {
     completions: Vec<Completion>,
     hosts: Hosts,
     resp: RespShard,
+    /// `secure_svr_port`: its listener and the certificate its connections are accepted with.
+    secure_listener: Option<socket2::Socket>,
+    tls: Option<Arc<crate::net::TlsSettings>>,
 }
 
 fn conn_kind(conns: &Slab<Box<Conn>>, slot: u32) -> Option<ConnKind> {
@@ -206,6 +219,8 @@ impl Shard {
             completions: Vec::with_capacity(1024),
             hosts: Hosts::new(plane, int_listener),
             resp: RespShard::default(),
+            secure_listener: None,
+            tls: None,
         }
     }
 
@@ -218,6 +233,57 @@ impl Shard {
         self.ring.accept_multi(fd, Token::new(Op::Accept, 0, 0));
         self.start_accepting_int();
         self.start_accepting_resp();
+        self.start_accepting_secure();
+    }
+
+    /// Serves `secure_svr_port` with `listener`, accepting TLS with `tls`.
+    pub fn set_secure_listener(
+        &mut self,
+        listener: Option<socket2::Socket>,
+        tls: Option<Arc<crate::net::TlsSettings>>,
+    ) {
+        self.secure_listener = listener;
+        self.tls = tls;
+    }
+
+    fn start_accepting_secure(&mut self) {
+        if let Some(l) = &self.secure_listener {
+            let token = Token::new(Op::Accept, SECURE_ACCEPT_SLOT, 0);
+            self.ring.accept_multi(l.as_raw_fd(), token);
+        }
+    }
+
+    /// A connection to `secure_svr_port`: a client connection whose bytes pass through TLS.
+    fn on_accept_secure(&mut self, c: Completion) {
+        if c.result >= 0 {
+            // SAFETY: the kernel handed us this new descriptor.
+            let fd = unsafe { OwnedFd::from_raw_fd(c.result) };
+            let Some(settings) = self.tls.clone() else {
+                return;
+            };
+            match crate::net::TlsConn::new(settings.server()) {
+                Ok(tls) => {
+                    if let Some(slot) = self.insert_conn(fd, ConnKind::Client) {
+                        let now = self.now_ms;
+                        let conn = &mut self.conns[slot as usize];
+                        conn.tls = Some(tls);
+                        // A handshake that never finishes is closed like a half-sent frame.
+                        conn.partial_since_ms = Some(now);
+                        self.want_recv(slot);
+                    }
+                }
+                Err(e) => tracing::warn!(shard = self.core.shard, "TLS session setup: {e}"),
+            }
+        } else if !self.draining && c.result != -libc::ECANCELED {
+            tracing::warn!(
+                shard = self.core.shard,
+                "accept on secure_svr_port failed: {}",
+                std::io::Error::from_raw_os_error(-c.result)
+            );
+        }
+        if !c.more() && !self.draining {
+            self.start_accepting_secure();
+        }
     }
 
     // ---- the ring driver ------------------------------------------------------------------
@@ -268,6 +334,9 @@ impl Shard {
         // 2: `resp_port` (Redis clients).
         if c.token.slot() == resp_conn::RESP_ACCEPT_SLOT {
             return self.on_accept_resp(c);
+        }
+        if c.token.slot() == SECURE_ACCEPT_SLOT {
+            return self.on_accept_secure(c);
         }
         let internal = c.token.slot() == 1;
         if c.result >= 0 {
@@ -382,6 +451,7 @@ impl Shard {
             auth,
             handoff: None,
             local: None,
+            tls: None,
         });
         let slot = self.conns.insert(conn) as u32;
         self.core.connections = self.conns.len() as u64;
@@ -509,6 +579,27 @@ impl Shard {
         // partial frame or command at its front needs. A peer that announces a huge frame and
         // sends nothing costs one initial buffer; a real large frame costs about
         // log2(frame / recv_buffer_bytes) regrowths and, in all, about one extra copy of itself.
+        let token = Token::new(Op::Recv, slot, conn.generation);
+        let fd = conn.fd.as_raw_fd();
+        if let Some(tls) = conn.tls.as_deref_mut() {
+            // Ciphertext goes to the TLS buffer; `rbuf` grows as records are decrypted.
+            let Some(spare) = tls.recv_buf() else {
+                tracing::debug!(
+                    shard = self.core.shard,
+                    "closing a TLS connection: {}",
+                    crate::net::TlsError::TooLarge
+                );
+                conn.read_closed = true;
+                conn.close_after_flush = true;
+                return self.maybe_close(slot);
+            };
+            let (ptr, len) = (spare.as_mut_ptr(), spare.len() as u32);
+            conn.recv_inflight = true;
+            // SAFETY: the buffer belongs to the boxed TLS state of the boxed connection; it
+            // is not resized or freed while `recv_inflight` is set.
+            unsafe { self.ring.recv(fd, ptr, len, token) };
+            return;
+        }
         let frame_max = conn.frame_max(cfg);
         if conn.rbuf.len() == conn.rbuf.capacity() {
             let cap = conn.rbuf.capacity();
@@ -529,8 +620,6 @@ impl Shard {
             spare.as_mut_ptr(),
             spare.len().min(u32::MAX as usize) as u32,
         );
-        let token = Token::new(Op::Recv, slot, conn.generation);
-        let fd = conn.fd.as_raw_fd();
         conn.recv_inflight = true;
         // SAFETY: the buffer belongs to the boxed connection, which is not freed and whose
         // buffer is not resized while `recv_inflight` is set.
@@ -550,7 +639,35 @@ impl Shard {
             self.maybe_close(slot);
             return;
         }
-        conn.rbuf.advance(c.result as usize);
+        let shard = self.core.shard;
+        let Some(conn) = self.conn_mut(slot, generation) else {
+            return;
+        };
+        if let Some(tls) = conn.tls.as_deref_mut() {
+            tls.received(c.result as usize);
+            if let Err(e) = tls.pump(&mut conn.rbuf, &mut conn.filling) {
+                // Not TLS (plaintext on the TLS port), a refused certificate, a bad record:
+                // close; the other connections never notice.
+                tracing::debug!(shard, "closing a TLS connection: {e}");
+                conn.read_closed = true;
+                conn.close_after_flush = true;
+                // Answers still to come are dropped as they arrive (see `flush`).
+                conn.filling.clear();
+                self.flush(slot);
+                return self.maybe_close(slot);
+            }
+            if tls.peer_closed() {
+                conn.read_closed = true;
+            }
+            if !tls.established() {
+                // Still in the handshake: nothing to decode; answer it.
+                self.flush(slot);
+                self.want_recv(slot);
+                return self.maybe_close(slot);
+            }
+        } else {
+            conn.rbuf.advance(c.result as usize);
+        }
         let proven = !conn.auth.pending() || self.link_handshake(slot);
         let outbound = matches!(conn_kind(&self.conns, slot), Some(ConnKind::Outbound(..)));
         if !proven || self.conn_mut(slot, generation).is_none() {
@@ -574,6 +691,10 @@ impl Shard {
         } else {
             Some(conn.partial_since_ms.unwrap_or(now))
         };
+        if conn.tls.as_ref().is_some_and(|t| t.has_partial()) {
+            // Half a TLS record is half a frame too.
+            conn.partial_since_ms = Some(conn.partial_since_ms.unwrap_or(now));
+        }
         conn.rbuf.shrink_to(recv_bytes);
         self.flush(slot);
         self.want_recv(slot);
@@ -1134,13 +1255,18 @@ impl Shard {
                 self.conns[slot as usize].kind,
                 ConnKind::Client | ConnKind::Internal
             )
+            && self.conns[slot as usize].tls.is_none()
         {
             // Served by the shard it asked for: hand the socket over once this receive's
             // frames are done (the receive completion calls `hand_off`).
             self.conns[slot as usize].handoff = Some((to, id));
             return;
         }
-        let hello_ok = self.hello_ok(asked.is_some());
+        // A TLS connection stays on the shard that accepted it (its session cannot move to
+        // another thread mid-stream), so it answers as a shard-unaware server: the client
+        // then spreads its pool without per-shard connections.
+        let tls = self.conns[slot as usize].tls.is_some();
+        let hello_ok = self.hello_ok(asked.is_some() && !tls);
         let conn = &mut self.conns[slot as usize];
         let resp = match version {
             Some(v) => {
@@ -1174,10 +1300,26 @@ impl Shard {
         if conn.kind == ConnKind::Local {
             return self.deliver_local(slot);
         }
-        if conn.send_inflight || conn.filling.is_empty() || conn.connecting || conn.auth.pending() {
+        if conn.send_inflight || conn.connecting || conn.auth.pending() {
             return;
         }
-        std::mem::swap(&mut conn.sending, &mut conn.filling);
+        if let Some(tls) = conn.tls.as_deref_mut() {
+            // Encrypt what is queued (handshake records are queued already).
+            if let Err(e) = tls.pump(&mut conn.rbuf, &mut conn.filling) {
+                tracing::debug!("closing a TLS connection: {e}");
+                conn.filling.clear();
+                conn.read_closed = true;
+                conn.close_after_flush = true;
+            }
+            if tls.wire_bytes() == 0 {
+                return;
+            }
+            tls.take_wire(conn.sending.bytes_mut());
+        } else if conn.filling.is_empty() {
+            return;
+        } else {
+            std::mem::swap(&mut conn.sending, &mut conn.filling);
+        }
         let msg = conn.sending.prepare();
         let token = Token::new(Op::Send, slot, conn.generation);
         conn.send_inflight = true;
@@ -1232,6 +1374,7 @@ impl Shard {
             && !conn.connecting
             && (conn.expect.is_empty() || conn.read_closed)
             && conn.filling.is_empty()
+            && conn.tls.as_ref().is_none_or(|t| t.wire_bytes() == 0)
             && conn.waiting == 0
             && conn.slots.is_empty();
         if !(done_reading && idle) {
@@ -1527,6 +1670,7 @@ impl Shard {
             self.listener.take(),
             self.hosts.int_listener.take(),
             self.resp.listener.take(),
+            self.secure_listener.take(),
         ];
         for l in listeners.into_iter().flatten() {
             // Closing the socket alone would not end the multishot accept; shutdown does.

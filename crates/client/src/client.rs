@@ -129,7 +129,44 @@ async fn open(addr: &str, config: &ClientConfig, settings: &ConnSettings) -> Res
             addr: addr.to_owned(),
             source,
         })?;
+    if let Some(tls) = &config.tls {
+        // TLS first (within the same connect timeout), then Hello inside it.
+        let connected = tokio::time::timeout(timeout, crate::tls::connect(stream, addr, tls)).await;
+        let stream = match connected {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(Error::Connect {
+                    addr: addr.to_owned(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "no TLS handshake within {} ms (connect_timeout_ms); is this the server's secure_svr_port?",
+                            config.connect_timeout_ms
+                        ),
+                    ),
+                });
+            }
+        };
+        let (rd, wr) = tokio::io::split(stream);
+        return greet(rd, wr, addr, config, settings).await;
+    }
     let (rd, wr) = stream.into_split();
+    greet(rd, wr, addr, config, settings).await
+}
+
+/// Says Hello on a connected byte stream, within `connect_timeout_ms`.
+async fn greet<R, W>(
+    rd: R,
+    wr: W,
+    addr: &str,
+    config: &ClientConfig,
+    settings: &ConnSettings,
+) -> Result<Conn>
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let timeout = Duration::from_millis(config.connect_timeout_ms);
     match tokio::time::timeout(timeout, Conn::handshake(rd, wr, addr, settings)).await {
         Ok(conn) => conn,
         Err(_) => Err(Error::Connect {
@@ -157,6 +194,9 @@ impl Client {
         let deadline = tokio::time::Instant::now() + budget;
         let budget_ms = config.connect_timeout_ms;
         let seed = with_default_port(addr);
+        // The store's map lists the hosts' plaintext client ports: a TLS client sends
+        // everything to the host it connected to, which relays to the primaries.
+        let tls = config.tls.is_some();
         let mut client = match tokio::time::timeout_at(
             deadline,
             Client::connect_unrouted(addr, config),
@@ -176,6 +216,9 @@ impl Client {
                 });
             }
         };
+        if tls {
+            return Ok(client);
+        }
         Arc::get_mut(&mut client.inner)
             .expect("a new client is not shared yet")
             .routes = Some(std::sync::Mutex::new(Routes {

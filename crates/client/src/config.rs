@@ -47,6 +47,35 @@ pub struct ClientConfig {
     /// pool's connections land on whichever shard the kernel picks, and most requests take a
     /// hop between shards on the server.
     pub shard_aware: bool,
+    /// Speak TLS (to a server's `secure_svr_port`). None: plaintext.
+    pub tls: Option<TlsOptions>,
+}
+
+/// How a client checks the server's certificate.
+///
+/// ```no_run
+/// use stategrid_client::{ClientConfig, TlsOptions};
+/// let config = ClientConfig {
+///     tls: Some(TlsOptions::with_ca_file("/etc/stategrid/ca.pem")),
+///     ..ClientConfig::default()
+/// };
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// PEM file of the CA certificates that sign the servers' certificates.
+    pub ca_file: std::path::PathBuf,
+    /// The name the server's certificate must carry; None: the host part of the address
+    /// connected to (a DNS name or an IP address).
+    pub server_name: Option<String>,
+}
+
+impl TlsOptions {
+    pub fn with_ca_file(path: impl Into<std::path::PathBuf>) -> TlsOptions {
+        TlsOptions {
+            ca_file: path.into(),
+            server_name: None,
+        }
+    }
 }
 
 impl Default for ClientConfig {
@@ -61,6 +90,7 @@ impl Default for ClientConfig {
             client_name: concat!("stategrid-client/", env!("CARGO_PKG_VERSION")).to_owned(),
             dead_peer_timeout_ms: 2_000,
             shard_aware: true,
+            tls: None,
         }
     }
 }

@@ -49,9 +49,10 @@ mod client;
 mod config;
 mod conn;
 mod error;
+mod tls;
 
 pub use client::{Client, KEY_PAGE_LIMIT, KeyPage, Locked, Namespace, ReadResult, WriteOptions};
-pub use config::{ClientConfig, DEFAULT_PORT, with_default_port};
+pub use config::{ClientConfig, DEFAULT_PORT, TlsOptions, with_default_port};
 pub use conn::{RawReply, ServerInfo};
 pub use error::{Error, Result};
 pub use stategrid_proto as proto;

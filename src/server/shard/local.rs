@@ -111,6 +111,7 @@ impl Shard {
             auth: super::LinkAuth::Open,
             handoff: None,
             local: Some(mailbox.clone()),
+            tls: None,
         });
         let slot = self.conns.insert(conn) as u32;
         self.core.connections = self.conns.len() as u64;
