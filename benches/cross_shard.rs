@@ -51,6 +51,7 @@ fn hops(iters: u64, value_bytes: usize) -> Duration {
                 primary_partitions: None,
                 forwarded_requests: 0,
                 handed_off_connections: 0,
+                metrics: Default::default(),
             }));
             while let Some(frame_buf) = rx.recv().await {
                 let p = frame::parse(frame_buf.as_slice(), usize::MAX)

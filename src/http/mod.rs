@@ -9,14 +9,16 @@
 //! - [`body`]: response bodies, a read's value by reference.
 //! - [`openapi`]: the data API's OpenAPI 3.1 document, served at `/openapi.json`.
 //!
-//! - [`mgmt`] and [`metrics`]: the management API on `mgt_http_port` (shard 0 only):
-//!   `/healthz`, `/readyz`, `/api/v1/host`, `/api/v1/map`, `/metrics`.
+//! - [`mgmt`], [`metrics`] and [`console`]: the management API on `mgt_http_port` (shard 0
+//!   only): probes, the store's hosts, the partition map, parameters, join and leave as JSON,
+//!   `/metrics`, and the web console at `/console`.
 //!
 //! Limits (params): `http_connections_max` (per shard), `http_header_bytes_max`,
 //! `http_body_bytes_max`, `http_read_timeout_ms`.
 
 pub mod adapter;
 pub mod body;
+pub mod console;
 pub mod error;
 pub mod metrics;
 pub mod mgmt;

@@ -11,6 +11,7 @@
 mod exec;
 mod gather;
 pub mod local_api;
+pub mod metrics;
 mod shard;
 
 use std::cell::RefCell;
@@ -70,6 +71,8 @@ pub struct Shared {
     pub drained: AtomicUsize,
     pub shards: usize,
     pub started: std::time::Instant,
+    /// Every shard's published counters for `/metrics`.
+    pub metrics: metrics::MetricsBoard,
 }
 
 /// Connections the kernel may queue per shard's listener before the shard accepts them.
@@ -212,6 +215,7 @@ fn run(
         drained: AtomicUsize::new(0),
         shards,
         started: std::time::Instant::now(),
+        metrics: metrics::MetricsBoard::new(shards),
     });
     // The mesh: a bounded channel for every ordered pair of shards.
     let mut senders: Vec<Vec<Option<SharedSender<Msg>>>> = (0..shards)
@@ -281,6 +285,7 @@ fn run(
                     primary_partitions: None,
                     forwarded_requests: 0,
                     handed_off_connections: 0,
+                    metrics: Default::default(),
                 };
                 let shard = Rc::new(RefCell::new(shard::Shard::new(
                     core,

@@ -49,6 +49,16 @@ impl Store {
     /// Starts `n` hosts (one shard each, one replica per partition) and waits until the map
     /// has settled over all of them. Panics with every host's output if it does not.
     pub fn start(n: u8, first_ip: u8) -> Store {
+        Store::start_with(n, first_ip, |_| Vec::new())
+    }
+
+    /// As [`Store::start`], with more `--set`s for each host (given its IP), such as an HTTP
+    /// port bound to that IP.
+    pub fn start_with(
+        n: u8,
+        first_ip: u8,
+        extra: impl Fn(&str) -> Vec<(&'static str, String)>,
+    ) -> Store {
         let (svr, mgt, int) = (free_port(), free_port(), free_port());
         let ips: Vec<String> = (0..n)
             .map(|i| format!("127.0.0.{}", first_ip + i))
@@ -76,7 +86,7 @@ impl Store {
                 ];
                 let mut cmd = Command::new(bin());
                 cmd.arg("serve");
-                for (name, value) in &sets {
+                for (name, value) in sets.iter().cloned().chain(extra(me)) {
                     cmd.arg("--set").arg(format!("{name}={value}"));
                 }
                 let stderr = std::fs::File::create(dir.path().join("stderr.txt")).unwrap();

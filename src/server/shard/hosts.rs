@@ -204,6 +204,8 @@ struct PendingWrite {
     waiting: Vec<HostId>,
     failed: Option<(ErrorCode, u64)>,
     deadline_ms: u64,
+    /// When the write was applied (for the replication acknowledgement latency metric).
+    started: std::time::Instant,
 }
 
 /// A request held until this host's lease covers its partition (see [`HostRoute::Wait`]).
@@ -266,6 +268,12 @@ pub struct Hosts {
 }
 
 impl Hosts {
+    /// For `/metrics`: writes waiting for replicas, partitions being received, partitions
+    /// being streamed out.
+    pub fn metrics_gauges(&self) -> (usize, usize, usize) {
+        (self.pending.len(), self.pulls.len(), self.streams.len())
+    }
+
     pub fn new(plane: Arc<Plane>, int_listener: socket2::Socket) -> Hosts {
         Hosts {
             plane,
@@ -655,6 +663,7 @@ impl Shard {
         id: u32,
         frame: &[u8],
     ) {
+        self.core.metrics.relayed_requests += 1;
         let sent = self.link_send(
             host,
             LinkClass::Relay,
@@ -725,7 +734,9 @@ impl Shard {
             waiting,
             failed: None,
             deadline_ms: self.hosts.mono_ms + self.core.cfg.replication_timeout_ms,
+            started: std::time::Instant::now(),
         }) as u32;
+        self.core.metrics.replicated_writes += 1;
         // One archive for every copy: the key is copied once, the value not at all.
         let msg = Request::Replicate {
             epoch,
@@ -759,6 +770,12 @@ impl Shard {
     /// Answers a write whose replicas all confirmed (or whose deadline passed).
     fn complete_pending(&mut self, idx: u32) {
         let pw = self.hosts.pending.remove(idx as usize);
+        let m = &mut self.core.metrics;
+        m.replication_ack
+            .observe_us(pw.started.elapsed().as_micros() as u64);
+        if pw.failed.is_some() {
+            m.replication_failures += 1;
+        }
         let bytes = match pw.failed {
             Some((code, detail)) => {
                 let mut b = Vec::new();
@@ -928,6 +945,7 @@ impl Shard {
                             self.hosts
                                 .plane
                                 .push_event(DataEvent::MigrationDone { partition: p });
+                            self.core.metrics.migrations_done += 1;
                         }
                     }
                 }
