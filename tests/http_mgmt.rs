@@ -125,12 +125,21 @@ fn probes_status_map_and_metrics() {
     }
     // The shards publish their counters at housekeeping (sweep_interval_ms): wait for them.
     let deadline = Instant::now() + Duration::from_secs(20);
+    let n = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(0.0);
+    let puts = r#"stategrid_operations_total{op="put",result="ok"}"#;
+    let put_count = r#"stategrid_http_request_duration_seconds_count{op="put"}"#;
     let a = loop {
         let a = parse_metrics(&py, &get(&format!("{m}/metrics")).2);
-        if a["stategrid_objects"] == 20.0 {
+        if a["stategrid_objects"] == 20.0
+            && n(&a, puts) >= n(&b, puts) + 20.0
+            && n(&a, put_count) >= n(&b, put_count) + 20.0
+        {
             break a;
         }
-        assert!(Instant::now() < deadline, "objects never reached 20: {a}");
+        assert!(
+            Instant::now() < deadline,
+            "objects never reached 20, or the put counters never moved by 20: {b} -> {a}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let req = |v: &serde_json::Value| v["stategrid_requests_total"].as_f64().unwrap();
@@ -139,12 +148,8 @@ fn probes_status_map_and_metrics() {
         "requests did not move: {b} -> {a}"
     );
     assert!(a["stategrid_memory_used_bytes"].as_f64().unwrap() > 0.0);
-    // By operation and result, and the HTTP latency histogram, summed over both shards.
-    let n = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(0.0);
-    let puts = r#"stategrid_operations_total{op="put",result="ok"}"#;
-    assert!(n(&a, puts) >= n(&b, puts) + 20.0, "{puts} did not move: {a}");
-    let put_count = r#"stategrid_http_request_duration_seconds_count{op="put"}"#;
-    assert!(n(&a, put_count) >= n(&b, put_count) + 20.0, "{put_count}: {a}");
+    // By operation and result, and the HTTP latency histogram, summed over both shards (the
+    // loop above waited for them to move).
     let inf = r#"stategrid_http_request_duration_seconds_bucket{le="+Inf",op="put"}"#;
     assert_eq!(n(&a, inf), n(&a, put_count), "+Inf bucket = count: {a}");
     assert!(n(&a, r#"stategrid_http_responses_total{code="2xx"}"#) >= 20.0);

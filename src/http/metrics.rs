@@ -58,13 +58,11 @@ impl Fixed {
 impl EncodeMetric for Fixed {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         for (labels, row) in &self.rows {
-            let mut e = encoder.encode_family(labels)?;
-            match row {
-                Row::Counter(v) => e.encode_counter::<NoLabelSet, _, u64>(v, None)?,
-                Row::Gauge(v) => e.encode_gauge(v)?,
-                Row::Histogram(sum, count, buckets) => {
-                    e.encode_histogram::<NoLabelSet>(*sum, *count, buckets, None)?
-                }
+            // No labels: no family, or the text would carry an empty `{}`.
+            if labels.is_empty() {
+                encode_row(&mut encoder, row)?;
+            } else {
+                encode_row(&mut encoder.encode_family(labels)?, row)?;
             }
         }
         Ok(())
@@ -72,6 +70,16 @@ impl EncodeMetric for Fixed {
 
     fn metric_type(&self) -> MetricType {
         self.kind
+    }
+}
+
+fn encode_row(e: &mut MetricEncoder, row: &Row) -> Result<(), std::fmt::Error> {
+    match row {
+        Row::Counter(v) => e.encode_counter::<NoLabelSet, _, u64>(v, None),
+        Row::Gauge(v) => e.encode_gauge(v),
+        Row::Histogram(sum, count, buckets) => {
+            e.encode_histogram::<NoLabelSet>(*sum, *count, buckets, None)
+        }
     }
 }
 
