@@ -120,7 +120,7 @@ async fn serve_conn(stream: glommio::net::TcpStream, state: Rc<rest::Rest>, kind
         .timer(adapter::GlommioTimer)
         .header_read_timeout(Duration::from_millis(cfg.http_read_timeout_ms))
         .max_buf_size(cfg.http_header_bytes_max as usize)
-        .serve_connection(adapter::GlommioIo(stream), service);
+        .serve_connection(adapter::GlommioIo::new(stream), service);
     if let Err(e) = conn.await {
         tracing::debug!("HTTP connection ended: {e}");
     }
