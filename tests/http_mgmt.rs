@@ -162,7 +162,11 @@ fn probes_status_map_and_metrics() {
         assert!(Instant::now() < deadline, "{misses} never counted the miss");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(n(&a, r#"stategrid_partitions{role="primary"}"#), 1024.0, "{a}");
+    assert_eq!(
+        n(&a, r#"stategrid_partitions{role="primary"}"#),
+        1024.0,
+        "{a}"
+    );
     assert_eq!(n(&a, r#"stategrid_hosts{state="active"}"#), 1.0, "{a}");
     for name in [
         "stategrid_relayed_requests_total",
@@ -204,7 +208,10 @@ fn json(body: &str) -> serde_json::Value {
 fn wait_ready(base: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while ureq::get(&format!("{base}/readyz")).call().is_err() {
-        assert!(Instant::now() < deadline, "{base}/readyz never answered 200");
+        assert!(
+            Instant::now() < deadline,
+            "{base}/readyz never answered 200"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -282,7 +289,10 @@ fn management_json_api_on_one_host() {
     assert_eq!(st, 200, "{body}");
     assert_eq!(json(&body)["value"], "2");
     let (st, body) = send("PUT", &url, Some(r#"{"value": 9}"#));
-    assert_eq!(st, 409, "an out-of-range value is refused by the host: {body}");
+    assert_eq!(
+        st, 409,
+        "an out-of-range value is refused by the host: {body}"
+    );
     let (st, body) = send("PUT", &url, Some("not json"));
     assert_eq!(st, 400, "{body}");
     assert_eq!(json(&body)["error"], "BadParameterChange");
@@ -305,7 +315,10 @@ fn management_json_api_on_one_host() {
     assert_eq!(json(&body)["state"], "member");
     assert_eq!(send("GET", &format!("{m}/api/v1/join"), None).0, 405);
     assert_eq!(send("DELETE", &format!("{m}/api/v1/hosts"), None).0, 405);
-    assert_eq!(send("POST", &format!("{m}/api/v1/params/max_replicas"), None).0, 405);
+    assert_eq!(
+        send("POST", &format!("{m}/api/v1/params/max_replicas"), None).0,
+        405
+    );
 
     // The console's files are served with their types.
     for (path, ct) in [
@@ -414,7 +427,10 @@ fn three_host_store_management_api_and_console() {
     let (st, body) = send("GET", &format!("{}/api/v1/hosts/{other}", bases[1]), None);
     assert_eq!(st, 200, "{body}");
     let h = json(&body);
-    assert_eq!((h["me"].clone(), h["answered"].clone()), (false.into(), true.into()));
+    assert_eq!(
+        (h["me"].clone(), h["answered"].clone()),
+        (false.into(), true.into())
+    );
 
     // The map: every partition has a primary and one replica on another host.
     let (st, body) = send("GET", &format!("{}/api/v1/map", bases[2]), None);
@@ -430,8 +446,14 @@ fn three_host_store_management_api_and_console() {
         assert_ne!(p, &r[0]);
     }
     for i in 0..3u64 {
-        assert!(prim.iter().any(|p| p.as_u64() == Some(i)), "host {i} has no primary");
-        assert!(reps.iter().any(|r| r[0].as_u64() == Some(i)), "host {i} has no replica");
+        assert!(
+            prim.iter().any(|p| p.as_u64() == Some(i)),
+            "host {i} has no primary"
+        );
+        assert!(
+            reps.iter().any(|r| r[0].as_u64() == Some(i)),
+            "host {i} has no replica"
+        );
     }
 
     // A store-wide parameter change, through any host.
@@ -453,7 +475,10 @@ fn three_host_store_management_api_and_console() {
             dom.contains(r#"<pre id="errors" data-count="0"></pre>"#),
             "the console recorded script errors:\n{dom}"
         );
-        assert!(dom.contains(r#"data-loaded="1""#), "the console never loaded:\n{dom}");
+        assert!(
+            dom.contains(r#"data-loaded="1""#),
+            "the console never loaded:\n{dom}"
+        );
         assert_eq!(dom.matches(r#"<tr class="host""#).count(), 3, "{dom}");
         assert_eq!(dom.matches(r#"<div class="cell"#).count(), 1024, "{dom}");
         for id in &ids {

@@ -21,9 +21,7 @@ use prometheus_client::registry::Registry;
 use crate::cluster::map::{HostState, Role};
 use crate::cluster::plane::View;
 use crate::config::Config;
-use crate::server::metrics::{
-    HTTP_OPS, Histogram, LATENCY_BOUNDS_US, OPS, RESULTS, ShardMetrics,
-};
+use crate::server::metrics::{HTTP_OPS, Histogram, LATENCY_BOUNDS_US, OPS, RESULTS, ShardMetrics};
 
 /// A labelled family whose values are already known at scrape time (prometheus-client's own
 /// `Family` keeps live metrics; these are sums of the shards' published numbers).

@@ -84,7 +84,11 @@ async fn route(
     let method = req.method().clone();
     let read = method == Method::GET || method == Method::HEAD;
     if let Some(r) = super::console::serve(&path) {
-        return if read { Ok(r) } else { Err(method_not_allowed("GET, HEAD")) };
+        return if read {
+            Ok(r)
+        } else {
+            Err(method_not_allowed("GET, HEAD"))
+        };
     }
     match path.as_str() {
         "/healthz" | "/readyz" | "/metrics" | "/api/v1/hosts" | "/api/v1/host" | "/api/v1/map"

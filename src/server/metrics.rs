@@ -48,8 +48,7 @@ pub const RESULTS: [&str; 5] = ["ok", "not_found", "conflict", "refused", "error
 
 /// Upper bounds of the latency histograms' buckets, in microseconds (the last bucket is +Inf).
 pub const LATENCY_BOUNDS_US: [u64; 14] = [
-    25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
-    1_000_000,
+    25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
 ];
 
 /// HTTP data API operations, as the `op` label of `stategrid_http_request_duration_seconds`.

@@ -1480,7 +1480,9 @@ impl Shard {
         m.replication_pending = pending as u64;
         m.migrations_incoming = incoming as u64;
         m.migrations_outgoing = outgoing as u64;
-        self.shared.metrics.publish(self.core.shard, &self.core.metrics);
+        self.shared
+            .metrics
+            .publish(self.core.shard, &self.core.metrics);
     }
 
     /// Periodic work: expire objects and close connections stuck mid-frame.
