@@ -1,9 +1,11 @@
-//! The management HTTP API (`mgt_http_port`) against a real server: probes, host status, the
-//! partition map, and `/metrics` parsed by `prometheus_client`'s OpenMetrics parser (PyPI, in
-//! `.test-venvs/http`), whose counters move when requests are made.
+//! The management HTTP API (`mgt_http_port`) against real servers (one host, and a 3-host store):
+//! probes, the store's hosts, one host, the partition map with replicas, parameters, join and
+//! leave; `/metrics` parsed by `prometheus_client`'s OpenMetrics parser (PyPI, in
+//! `.test-venvs/http`), whose counters move when requests are made; and the web console loaded
+//! in headless Chromium (Debian's `chromium`), with a screenshot in `target/test-artifacts/`.
 //!
-//! Under `CI=true` a missing venv fails the test; elsewhere the metrics part is skipped with a
-//! note.
+//! Under `CI=true` a missing venv or Chromium fails the test; elsewhere that part is skipped
+//! with a loud note.
 
 mod common;
 
