@@ -53,6 +53,7 @@ fn hops(iters: u64, value_bytes: usize) -> Duration {
                 handed_off_connections: 0,
                 list_host: None,
                 cleared: Vec::new(),
+                metrics: Default::default(),
             }));
             while let Some(frame_buf) = rx.recv().await {
                 let p = frame::parse(frame_buf.as_slice(), usize::MAX)

@@ -40,6 +40,9 @@ command -v node >/dev/null 2>&1 || need+=(nodejs)
 # Ruby and the redis gem as Debian packages it.
 command -v ruby >/dev/null 2>&1 || need+=(ruby)
 installed ruby-redis || need+=(ruby-redis)
+# --- 4. The web console test (tests/http_mgmt.rs) loads /console in headless Chromium ---------
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+
 # python3 -m venv needs Debian's python3-venv (ensurepip) when python3 is Debian's own.
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)

@@ -318,15 +318,13 @@ fn a_frozen_replica_turns_writes_into_replication_failed_and_loses_nothing() {
     use common::raw::Raw;
     use stategrid_client::proto::{Key, Request, Response, WriteOpts};
 
-    let mut store = Store::start_with(
-        3,
-        151,
-        &[
+    let mut store = Store::start_with(3, 151, |_| {
+        vec![
             // Long enough that the frozen host is not declared failed during the freeze.
-            ("failure_detection_ms", "8000"),
-            ("replication_timeout_ms", "300"),
-        ],
-    );
+            ("failure_detection_ms", "8000".to_string()),
+            ("replication_timeout_ms", "300".to_string()),
+        ]
+    });
     let svrs = store.svr_addrs();
     let c = client(&svrs[0], 30_000);
     let ns_name = "frozen";

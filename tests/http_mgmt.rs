@@ -1,9 +1,11 @@
-//! The management HTTP API (`mgt_http_port`) against a real server: probes, host status, the
-//! partition map, and `/metrics` parsed by `prometheus_client`'s OpenMetrics parser (PyPI, in
-//! `.test-venvs/http`), whose counters move when requests are made.
+//! The management HTTP API (`mgt_http_port`) against real servers (one host, and a 3-host store):
+//! probes, the store's hosts, one host, the partition map with replicas, parameters, join and
+//! leave; `/metrics` parsed by `prometheus_client`'s OpenMetrics parser (PyPI, in
+//! `.test-venvs/http`), whose counters move when requests are made; and the web console loaded
+//! in headless Chromium (Debian's `chromium`), with a screenshot in `target/test-artifacts/`.
 //!
-//! Under `CI=true` a missing venv fails the test; elsewhere the metrics part is skipped with a
-//! note.
+//! Under `CI=true` a missing venv or Chromium fails the test; elsewhere that part is skipped
+//! with a loud note.
 
 mod common;
 
@@ -49,7 +51,8 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 out = {}
 for fam in text_string_to_metric_families(sys.stdin.read()):
     for s in fam.samples:
-        out[s.name] = s.value
+        labels = ",".join('%s="%s"' % kv for kv in sorted(s.labels.items()))
+        out[s.name + ("{" + labels + "}" if labels else "")] = s.value
 print(json.dumps(out))
 "#;
     let mut child = Command::new(py)
@@ -124,12 +127,21 @@ fn probes_status_map_and_metrics() {
     }
     // The shards publish their counters at housekeeping (sweep_interval_ms): wait for them.
     let deadline = Instant::now() + Duration::from_secs(20);
+    let n = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(0.0);
+    let puts = r#"stategrid_operations_total{op="put",result="ok"}"#;
+    let put_count = r#"stategrid_http_request_duration_seconds_count{op="put"}"#;
     let a = loop {
         let a = parse_metrics(&py, &get(&format!("{m}/metrics")).2);
-        if a["stategrid_objects"] == 20.0 {
+        if a["stategrid_objects"] == 20.0
+            && n(&a, puts) >= n(&b, puts) + 20.0
+            && n(&a, put_count) >= n(&b, put_count) + 20.0
+        {
             break a;
         }
-        assert!(Instant::now() < deadline, "objects never reached 20: {a}");
+        assert!(
+            Instant::now() < deadline,
+            "objects never reached 20, or the put counters never moved by 20: {b} -> {a}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let req = |v: &serde_json::Value| v["stategrid_requests_total"].as_f64().unwrap();
@@ -138,7 +150,35 @@ fn probes_status_map_and_metrics() {
         "requests did not move: {b} -> {a}"
     );
     assert!(a["stategrid_memory_used_bytes"].as_f64().unwrap() > 0.0);
+    // By operation and result, and the HTTP latency histogram, summed over both shards (the
+    // loop above waited for them to move).
+    let inf = r#"stategrid_http_request_duration_seconds_bucket{le="+Inf",op="put"}"#;
+    assert_eq!(n(&a, inf), n(&a, put_count), "+Inf bucket = count: {a}");
+    assert!(n(&a, r#"stategrid_http_responses_total{code="2xx"}"#) >= 20.0);
+    // A miss counts as not_found.
+    let r = ureq::get(&format!("http://127.0.0.1:{rest}/data/m/missing")).call();
+    assert!(matches!(r, Err(ureq::Error::Status(404, _))));
+    let misses = r#"stategrid_operations_total{op="read",result="not_found"}"#;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while n(&parse_metrics(&py, &get(&format!("{m}/metrics")).2), misses) < 1.0 {
+        assert!(Instant::now() < deadline, "{misses} never counted the miss");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        n(&a, r#"stategrid_partitions{role="primary"}"#),
+        1024.0,
+        "{a}"
+    );
+    assert_eq!(n(&a, r#"stategrid_hosts{state="active"}"#), 1.0, "{a}");
     for name in [
+        "stategrid_relayed_requests_total",
+        "stategrid_forwarded_requests_total",
+        "stategrid_replication_pending_writes",
+        "stategrid_replication_ack_seconds_count",
+        "stategrid_migrations_done_total",
+        "stategrid_partitions_moving",
+        "stategrid_map_epoch",
+        "stategrid_ring_waits_total",
         "stategrid_memory_limit_bytes",
         "stategrid_connections",
         "stategrid_evictions_total",
@@ -146,4 +186,335 @@ fn probes_status_map_and_metrics() {
     ] {
         assert!(a.get(name).is_some(), "{name} missing: {a}");
     }
+}
+
+/// Any HTTP method, any body; answers with (status, body) whatever the status.
+fn send(method: &str, url: &str, body: Option<&str>) -> (u16, String) {
+    let req = ureq::request(method, url);
+    let r = match body {
+        Some(b) => req.set("content-type", "application/json").send_string(b),
+        None => req.call(),
+    };
+    let r = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    (r.status(), r.into_string().unwrap())
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+fn wait_ready(base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ureq::get(&format!("{base}/readyz")).call().is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{base}/readyz never answered 200"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn management_json_api_on_one_host() {
+    let (rest, mgt) = (free_port().to_string(), free_port().to_string());
+    let _s = TestServer::start(&[
+        ("rest_port", rest.as_str()),
+        ("mgt_http_port", mgt.as_str()),
+        ("shards", "2"),
+    ]);
+    let m = format!("http://127.0.0.1:{mgt}");
+    wait_ready(&m);
+
+    // The store's hosts: what `stategrid query` shows.
+    let (st, body) = send("GET", &format!("{m}/api/v1/hosts"), None);
+    assert_eq!(st, 200, "{body}");
+    let q = json(&body);
+    assert_eq!(q["member"], true, "{q}");
+    let hosts = q["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 1, "{q}");
+    assert_eq!(hosts[0]["state"], "active");
+    assert_eq!(hosts[0]["primaries"], 1024);
+    let me = q["me"].as_str().unwrap().to_owned();
+    assert_eq!(me.len(), 16, "{me}");
+
+    // One host: its query line and `show`'s details, by id and as `self`.
+    for id in [me.as_str(), "self"] {
+        let (st, body) = send("GET", &format!("{m}/api/v1/hosts/{id}"), None);
+        assert_eq!(st, 200, "{body}");
+        let h = json(&body);
+        assert_eq!(h["id"], me.as_str());
+        assert_eq!(h["me"], true);
+        assert_eq!(h["details"]["shards"], 2, "{h}");
+        assert_eq!(h["details"]["params"]["rest_port"], rest.as_str());
+    }
+    let (st, body) = send("GET", &format!("{m}/api/v1/hosts/00000000deadbeef"), None);
+    assert_eq!(st, 404, "{body}");
+    assert_eq!(json(&body)["error"], "NoSuchHost");
+
+    // The map with every copy: one host holds every primary and no replica.
+    let (st, body) = send("GET", &format!("{m}/api/v1/map"), None);
+    assert_eq!(st, 200);
+    let map = json(&body);
+    assert_eq!(map["hosts"].as_array().unwrap().len(), 1);
+    assert_eq!(map["hosts"][0]["id"], me.as_str());
+    assert_eq!(map["hosts"][0]["state"], "active");
+    for field in ["primaries", "replicas", "pending"] {
+        assert_eq!(map[field].as_array().unwrap().len(), 1024, "{field}");
+    }
+    assert!(map["primaries"].as_array().unwrap().iter().all(|p| p == 0));
+    assert!(
+        map["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r.as_array().unwrap().is_empty())
+    );
+
+    // Parameters: read; store-wide ones change, others say how to change them.
+    let (st, body) = send("GET", &format!("{m}/api/v1/params"), None);
+    assert_eq!(st, 200);
+    let p = json(&body);
+    assert_eq!(p["params"]["mgt_http_port"], mgt.as_str());
+    assert!(
+        p["store_wide"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "max_replicas")
+    );
+    let url = format!("{m}/api/v1/params/max_replicas");
+    let (st, body) = send("PUT", &url, Some(r#"{"value": "2"}"#));
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(json(&body)["value"], "2");
+    let (st, body) = send("PUT", &url, Some(r#"{"value": 9}"#));
+    assert_eq!(
+        st, 409,
+        "an out-of-range value is refused by the host: {body}"
+    );
+    let (st, body) = send("PUT", &url, Some("not json"));
+    assert_eq!(st, 400, "{body}");
+    assert_eq!(json(&body)["error"], "BadParameterChange");
+    let (st, body) = send(
+        "PUT",
+        &format!("{m}/api/v1/params/svr_port"),
+        Some(r#"{"value": "1"}"#),
+    );
+    assert_eq!(st, 409, "{body}");
+    assert_eq!(json(&body)["error"], "NotSettable");
+    let (st, body) = send("PUT", &url, Some(r#"{"value": "1", "scope": "host"}"#));
+    assert_eq!(st, 409, "{body}");
+    assert_eq!(json(&body)["error"], "NeedsRestart");
+    let big = format!(r#"{{"value": "{}"}}"#, "9".repeat(10_000));
+    assert_eq!(send("PUT", &url, Some(&big)).0, 413);
+
+    // Join on a member says so; methods are checked.
+    let (st, body) = send("POST", &format!("{m}/api/v1/join"), None);
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(json(&body)["state"], "member");
+    assert_eq!(send("GET", &format!("{m}/api/v1/join"), None).0, 405);
+    assert_eq!(send("DELETE", &format!("{m}/api/v1/hosts"), None).0, 405);
+    assert_eq!(
+        send("POST", &format!("{m}/api/v1/params/max_replicas"), None).0,
+        405
+    );
+
+    // The console's files are served with their types.
+    for (path, ct) in [
+        ("/console", "text/html"),
+        ("/console/app.js", "text/javascript"),
+        ("/console/style.css", "text/css"),
+    ] {
+        let (st, ctype, body) = get(&format!("{m}{path}"));
+        assert_eq!(st, 200, "{path}");
+        assert!(ctype.starts_with(ct), "{path}: {ctype}");
+        assert!(!body.is_empty());
+    }
+}
+
+/// Chromium from Debian's `chromium` package, or None after saying why (panics under CI).
+fn chromium() -> Option<PathBuf> {
+    for p in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
+        if std::path::Path::new(p).is_file() {
+            return Some(PathBuf::from(p));
+        }
+    }
+    let why = "chromium is not installed: run scripts/install-test-deps.sh";
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{why}");
+    }
+    eprintln!("\n!!! SKIPPED (console in Chromium): {why} !!!\n");
+    None
+}
+
+/// Headless Chromium on `url`: the DOM after the page's scripts ran, and a screenshot.
+fn chromium_dom(chromium: &PathBuf, url: &str, screenshot: &std::path::Path) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let common = |cmd: &mut Command| {
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--window-size=1200,1500",
+            "--virtual-time-budget=8000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .stdin(Stdio::null());
+    };
+    let mut dump = Command::new(chromium);
+    common(&mut dump);
+    let out = dump.arg("--dump-dom").arg(url).output().unwrap();
+    assert!(
+        out.status.success(),
+        "chromium --dump-dom failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut shot = Command::new(chromium);
+    common(&mut shot);
+    let s = shot
+        .arg(format!("--screenshot={}", screenshot.display()))
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(
+        s.status.success() && screenshot.is_file(),
+        "chromium --screenshot failed: {}",
+        String::from_utf8_lossy(&s.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn three_host_store_management_api_and_console() {
+    let (mgt_http, rest) = (free_port(), free_port());
+    let store = common::hosts::Store::start_with(3, 151, |ip| {
+        vec![
+            ("mgt_http_port", mgt_http.to_string()),
+            ("mgt_http_interface", ip.to_owned()),
+            ("rest_port", rest.to_string()),
+        ]
+    });
+    let bases: Vec<String> = store
+        .hosts
+        .iter()
+        .map(|h| format!("http://{}:{mgt_http}", h.ip))
+        .collect();
+    for b in &bases {
+        wait_ready(b);
+    }
+
+    // Every host lists the three hosts, all active, each holding primaries and replicas.
+    let (st, body) = send("GET", &format!("{}/api/v1/hosts", bases[1]), None);
+    assert_eq!(st, 200, "{body}");
+    let q = json(&body);
+    let hosts = q["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 3, "{q}\n{}", store.outputs());
+    for h in hosts {
+        assert_eq!(h["state"], "active", "{q}");
+        assert!(h["primaries"].as_u64().unwrap() > 0, "{q}");
+        assert!(h["replicas"].as_u64().unwrap() > 0, "{q}");
+    }
+    let ids: Vec<String> = hosts
+        .iter()
+        .map(|h| h["id"].as_str().unwrap().to_owned())
+        .collect();
+    let me1 = q["me"].as_str().unwrap().to_owned();
+    let other = ids.iter().find(|i| **i != me1).unwrap();
+    let (st, body) = send("GET", &format!("{}/api/v1/hosts/{other}", bases[1]), None);
+    assert_eq!(st, 200, "{body}");
+    let h = json(&body);
+    assert_eq!(
+        (h["me"].clone(), h["answered"].clone()),
+        (false.into(), true.into())
+    );
+
+    // The map: every partition has a primary and one replica on another host.
+    let (st, body) = send("GET", &format!("{}/api/v1/map", bases[2]), None);
+    assert_eq!(st, 200);
+    let map = json(&body);
+    assert_eq!(map["hosts"].as_array().unwrap().len(), 3);
+    let prim = map["primaries"].as_array().unwrap();
+    let reps = map["replicas"].as_array().unwrap();
+    assert_eq!((prim.len(), reps.len()), (1024, 1024));
+    for (p, r) in prim.iter().zip(reps) {
+        let r = r.as_array().unwrap();
+        assert_eq!(r.len(), 1, "{map}");
+        assert_ne!(p, &r[0]);
+    }
+    for i in 0..3u64 {
+        assert!(
+            prim.iter().any(|p| p.as_u64() == Some(i)),
+            "host {i} has no primary"
+        );
+        assert!(
+            reps.iter().any(|r| r[0].as_u64() == Some(i)),
+            "host {i} has no replica"
+        );
+    }
+
+    // A store-wide parameter change, through any host.
+    let (st, body) = send(
+        "PUT",
+        &format!("{}/api/v1/params/max_replicas", bases[0]),
+        Some(r#"{"value": "1"}"#),
+    );
+    assert_eq!(st, 200, "{body}");
+
+    // The console in headless Chromium: no script error, three hosts, 1024 map cells.
+    if let Some(chromium) = chromium() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+        std::fs::create_dir_all(&dir).unwrap();
+        let shot = dir.join("console-3-hosts.png");
+        let _ = std::fs::remove_file(&shot);
+        let dom = chromium_dom(&chromium, &format!("{}/console", bases[0]), &shot);
+        assert!(
+            dom.contains(r#"<pre id="errors" data-count="0"></pre>"#),
+            "the console recorded script errors:\n{dom}"
+        );
+        assert!(
+            dom.contains(r#"data-loaded="1""#),
+            "the console never loaded:\n{dom}"
+        );
+        assert_eq!(dom.matches(r#"<tr class="host""#).count(), 3, "{dom}");
+        assert_eq!(dom.matches(r#"<div class="cell"#).count(), 1024, "{dom}");
+        for id in &ids {
+            assert!(dom.contains(id.as_str()), "host {id} is not shown");
+        }
+        eprintln!("console screenshot: {}", shot.display());
+    }
+
+    // Leave through the API: the host's partitions move away; join takes a share back.
+    let leaver = &bases[2];
+    let (st, body) = send("POST", &format!("{leaver}/api/v1/leave"), None);
+    assert_eq!(st, 202, "{body}");
+    assert!(json(&body)["partitions_left"].as_u64().is_some(), "{body}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let q = json(&send("GET", &format!("{}/api/v1/hosts", bases[0]), None).1);
+        let left = q["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["addr"].as_str().unwrap().starts_with(&store.hosts[2].ip))
+            .cloned()
+            .unwrap();
+        if left["state"] == "leaving" && left["primaries"] == 0 && left["replicas"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the host never finished leaving: {q}\n{}",
+            store.outputs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (st, body) = send("POST", &format!("{leaver}/api/v1/join"), None);
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(json(&body)["state"], "rejoining");
 }

@@ -9,14 +9,16 @@
 //! - [`body`]: response bodies, a read's value by reference.
 //! - [`openapi`]: the data API's OpenAPI 3.1 document, served at `/openapi.json`.
 //!
-//! - [`mgmt`] and [`metrics`]: the management API on `mgt_http_port` (shard 0 only):
-//!   `/healthz`, `/readyz`, `/api/v1/host`, `/api/v1/map`, `/metrics`.
+//! - [`mgmt`], [`metrics`] and [`console`]: the management API on `mgt_http_port` (shard 0
+//!   only): probes, the store's hosts, the partition map, parameters, join and leave as JSON,
+//!   `/metrics`, and the web console at `/console`.
 //!
 //! Limits (params): `http_connections_max` (per shard), `http_header_bytes_max`,
 //! `http_body_bytes_max`, `http_read_timeout_ms`.
 
 pub mod adapter;
 pub mod body;
+pub mod console;
 pub mod error;
 pub mod metrics;
 pub mod mgmt;
@@ -136,7 +138,7 @@ async fn serve_conn(
     };
     let ended = match tls {
         None => builder
-            .serve_connection(adapter::GlommioIo(stream), service)
+            .serve_connection(adapter::GlommioIo::new(stream), service)
             .await
             .map_err(|e| e.to_string()),
         Some(tls) => {
@@ -150,7 +152,7 @@ async fn serve_conn(
             };
             match futures_lite::future::or(handshake, expired).await {
                 Some(Ok(stream)) => builder
-                    .serve_connection(adapter::GlommioIo(stream), service)
+                    .serve_connection(adapter::GlommioIo::new(stream), service)
                     .await
                     .map_err(|e| e.to_string()),
                 Some(Err(e)) => Err(format!("TLS handshake: {e}")),

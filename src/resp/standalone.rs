@@ -88,6 +88,9 @@ impl Standalone {
                 primary_partitions: None,
                 forwarded_requests: 0,
                 handed_off_connections: 0,
+                list_host: None,
+                cleared: Vec::new(),
+                metrics: Default::default(),
             },
             session: Session::new(1, now_ms),
             out: RespOut::default(),
@@ -313,6 +316,14 @@ impl commands::Host for Standalone {
             .store
             .export(KeyRef::new(ns, key), self.now_ms)
             .map(|(st, _)| (st.version, st.created_ms)))
+    }
+
+    fn watch_stamp(&self, id: u64) -> Option<Stamp> {
+        self.out.watch_stamp(id)
+    }
+
+    fn clear_watch(&mut self) {
+        self.out.clear_watch();
     }
 }
 

@@ -190,6 +190,8 @@ pub struct Core {
     /// shard tells their replicas at once, on the links that carry the partitions' changes
     /// in order (`NsClearPartition`).
     pub cleared: Vec<(u32, u32)>,
+    /// Counters for `/metrics`, published at housekeeping (`server::metrics`).
+    pub metrics: super::metrics::ShardMetrics,
 }
 
 /// Key listing cursors: `shard << 32 | slot` for a listing of one host (a store of one host,
@@ -209,17 +211,58 @@ pub fn cursor_shard(cursor: u64) -> usize {
     ((cursor >> 32) & 0x00FF_FFFF) as usize
 }
 
+/// A sink that notes the answer's error code on its way through (for the metrics).
+struct Metered<'a, S: Sink> {
+    inner: &'a mut S,
+    code: Option<ErrorCode>,
+}
+
+impl<S: Sink> Sink for Metered<'_, S> {
+    #[inline]
+    fn respond(&mut self, request_id: u32, resp: &Response, values: &[Value]) {
+        if let Response::Error(e) = resp {
+            self.code = Some(e.code);
+        }
+        self.inner.respond(request_id, resp, values);
+    }
+
+    #[inline]
+    fn error(&mut self, request_id: u32, code: ErrorCode, detail: u64) {
+        self.code = Some(code);
+        self.inner.error(request_id, code, detail);
+    }
+}
+
 fn store_err(e: StoreError) -> Response {
     Response::Error(ErrorReply::new(e.code, e.detail))
 }
 
 impl Core {
+    /// Applies a request that this shard serves, answering into `sink`, and counts it by
+    /// kind and result for `/metrics` (`server::metrics`: two jump tables and one add).
+    pub fn execute(
+        &mut self,
+        req: &ArchivedRequest,
+        value: &[u8],
+        now_ms: u64,
+        request_id: u32,
+        sink: &mut impl Sink,
+    ) {
+        let op = super::metrics::op_index(req);
+        let mut metered = Metered {
+            inner: sink,
+            code: None,
+        };
+        self.execute_unmetered(req, value, now_ms, request_id, &mut metered);
+        self.metrics.count(op, metered.code);
+    }
+
     /// Applies a request that this shard serves, answering into `sink`.
     ///
     /// Cost of a keyed request (the hot path): one hash, one table probe, for a write one copy
     /// of the value into a new allocation, for a read none (the value is passed by reference);
     /// one rkyv serialization of the answer's metadata. No allocation on a read.
-    pub fn execute(
+    fn execute_unmetered(
         &mut self,
         req: &ArchivedRequest,
         value: &[u8],

@@ -39,6 +39,23 @@ impl ShardHandle {
         ShardHandle { shard, cfg, id }
     }
 
+    /// The control plane's shared state (the installed map with every copy).
+    pub fn plane(&self) -> Arc<crate::cluster::plane::Plane> {
+        self.shard.borrow().plane()
+    }
+
+    /// Every shard's published `/metrics` counters.
+    pub fn shared(&self) -> Arc<super::Shared> {
+        self.shard.borrow().shared()
+    }
+
+    /// Counts one HTTP data API answer on this shard (`server::metrics`: a few adds).
+    pub fn record_http(&self, op: usize, status: u16, us: u64) {
+        if let Ok(mut s) = self.shard.try_borrow_mut() {
+            s.core.metrics.http(op, status, us);
+        }
+    }
+
     /// Opens a local connection; fails while the shard drains or is full of connections.
     pub fn open(&self) -> Result<LocalSession, LocalError> {
         let (conn, mailbox) = self.shard.borrow_mut().open_local()?;

@@ -11,6 +11,7 @@
 pub(crate) mod exec; // crate-wide for `resp::standalone` (a shard without I/O, for fuzzing)
 mod gather;
 pub mod local_api;
+pub mod metrics;
 mod resp_tx;
 mod shard;
 
@@ -71,6 +72,8 @@ pub struct Shared {
     pub drained: AtomicUsize,
     pub shards: usize,
     pub started: std::time::Instant,
+    /// Every shard's published counters for `/metrics`.
+    pub metrics: metrics::MetricsBoard,
 }
 
 /// Connections the kernel may queue per shard's listener before the shard accepts them.
@@ -237,6 +240,7 @@ fn run(
         drained: AtomicUsize::new(0),
         shards,
         started: std::time::Instant::now(),
+        metrics: metrics::MetricsBoard::new(shards),
     });
     // The mesh: a bounded channel for every ordered pair of shards.
     let mut senders: Vec<Vec<Option<SharedSender<Msg>>>> = (0..shards)
@@ -311,6 +315,7 @@ fn run(
                     handed_off_connections: 0,
                     list_host: None,
                     cleared: Vec::new(),
+                    metrics: Default::default(),
                 };
                 let shard = Rc::new(RefCell::new(shard::Shard::new(
                     core,

@@ -1627,12 +1627,25 @@ impl Shard {
 
     // ---- housekeeping ----------------------------------------------------------------------
 
+    /// Publishes this shard's `/metrics` counters with its current gauges (one short lock).
+    fn publish_metrics(&mut self) {
+        let (pending, incoming, outgoing) = self.hosts.metrics_gauges();
+        let m = &mut self.core.metrics;
+        m.replication_pending = pending as u64;
+        m.migrations_incoming = incoming as u64;
+        m.migrations_outgoing = outgoing as u64;
+        self.shared
+            .metrics
+            .publish(self.core.shard, &self.core.metrics);
+    }
+
     /// Periodic work: expire objects and close connections stuck mid-frame.
     pub fn housekeeping(&mut self) {
         self.now_ms = now_ms();
         let now = self.now_ms;
         self.core.store.sweep(now, SWEEP_SLOTS_PER_TICK);
         self.publish_counters();
+        self.publish_metrics();
         self.expire_pending();
         self.cluster_pass();
         let timeout = self.core.cfg.frame_timeout_ms;

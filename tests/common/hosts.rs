@@ -140,14 +140,17 @@ impl Store {
     /// Starts `n` hosts (one shard each, one replica per partition) and waits until the map
     /// has settled over all of them. Panics with every host's output if it does not.
     pub fn start(n: u8, first_ip: u8) -> Store {
-        Store::start_with(n, first_ip, &[])
+        Store::start_with(n, first_ip, |_| Vec::new())
     }
 
-    /// As [`Store::start`], with more `--set NAME=VALUE` for every host (replacing a default
-    /// of the same name).
-    pub fn start_with(n: u8, first_ip: u8, extra: &[(&str, &str)]) -> Store {
+    /// As [`Store::start`], with more `--set`s for each host (given its IP), such as an HTTP
+    /// port bound to that IP; each replaces a default of the same name.
+    pub fn start_with(
+        n: u8,
+        first_ip: u8,
+        extra: impl Fn(&str) -> Vec<(&'static str, String)>,
+    ) -> Store {
         let ports = Ports::free();
-        let extra: Vec<(&str, String)> = extra.iter().map(|(n, v)| (*n, v.to_string())).collect();
         let ips: Vec<String> = (0..n)
             .map(|i| format!("127.0.0.{}", first_ip + i))
             .collect();
@@ -155,7 +158,7 @@ impl Store {
             .iter()
             .map(|me| {
                 let peers: Vec<String> = ips.iter().filter(|o| *o != me).cloned().collect();
-                Host::spawn(me, &peers, ports, &extra)
+                Host::spawn(me, &peers, ports, &extra(me))
             })
             .collect();
         let store = Store {

@@ -254,6 +254,8 @@ struct PendingWrite {
     waiting: Vec<HostId>,
     failed: Option<(ErrorCode, u64)>,
     deadline_ms: u64,
+    /// When the write was applied (for the replication acknowledgement latency metric).
+    started: std::time::Instant,
 }
 
 /// A request held until this host's lease covers its partition (see [`HostRoute::Wait`]).
@@ -318,6 +320,12 @@ pub struct Hosts {
 }
 
 impl Hosts {
+    /// For `/metrics`: writes waiting for replicas, partitions being received, partitions
+    /// being streamed out.
+    pub fn metrics_gauges(&self) -> (usize, usize, usize) {
+        (self.pending.len(), self.pulls.len(), self.streams.len())
+    }
+
     pub fn new(plane: Arc<Plane>, int_listener: socket2::Socket) -> Hosts {
         Hosts {
             plane,
@@ -800,6 +808,7 @@ impl Shard {
         id: u32,
         frame: &[u8],
     ) {
+        self.core.metrics.relayed_requests += 1;
         let sent = self.link_send(
             host,
             LinkClass::Relay,
@@ -1123,7 +1132,9 @@ impl Shard {
             waiting,
             failed: None,
             deadline_ms: self.hosts.mono_ms + self.core.cfg.replication_timeout_ms,
+            started: std::time::Instant::now(),
         }) as u32;
+        self.core.metrics.replicated_writes += 1;
         for key in changed {
             let kr = KeyRef::with_hash(ns, key, key_hash(ns, key));
             let state = self.core.store.export(kr, now);
@@ -1161,6 +1172,12 @@ impl Shard {
     /// Answers a write whose replicas all confirmed (or whose deadline passed).
     fn complete_pending(&mut self, idx: u32) {
         let pw = self.hosts.pending.remove(idx as usize);
+        let m = &mut self.core.metrics;
+        m.replication_ack
+            .observe_us(pw.started.elapsed().as_micros() as u64);
+        if pw.failed.is_some() {
+            m.replication_failures += 1;
+        }
         let bytes = match pw.failed {
             Some((code, detail)) => {
                 let mut b = Vec::new();
@@ -1330,6 +1347,7 @@ impl Shard {
                             self.hosts
                                 .plane
                                 .push_event(DataEvent::MigrationDone { partition: p });
+                            self.core.metrics.migrations_done += 1;
                         }
                     }
                 }

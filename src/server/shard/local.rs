@@ -68,6 +68,16 @@ pub enum LocalError {
 }
 
 impl Shard {
+    /// The control plane's shared state (the installed map), for the management API.
+    pub fn plane(&self) -> std::sync::Arc<crate::cluster::plane::Plane> {
+        self.hosts.plane.clone()
+    }
+
+    /// The process's shared state (every shard's published metrics), for `/metrics`.
+    pub fn shared(&self) -> std::sync::Arc<crate::server::Shared> {
+        self.shared.clone()
+    }
+
     /// Opens a local connection; `Unavailable` while draining or when the shard is at
     /// `connections_per_shard_max`.
     pub fn open_local(&mut self) -> Result<(LocalConn, Rc<RefCell<Mailbox>>), LocalError> {
