@@ -93,8 +93,9 @@ impl Shard {
             rbuf: AlignedBuf::with_capacity(0),
             recv_inflight: false,
             send_inflight: false,
-            sending: SendBatch::default(),
-            filling: SendBatch::default(),
+            // The caller takes values by reference (`take_parts`): none is copied in.
+            sending: SendBatch::by_reference(),
+            filling: SendBatch::by_reference(),
             hello_done: true,
             slots: Default::default(),
             slot_base: 0,
@@ -111,6 +112,7 @@ impl Shard {
             auth: super::LinkAuth::Open,
             handoff: None,
             local: Some(mailbox.clone()),
+            spare: Vec::new(),
         });
         let slot = self.conns.insert(conn) as u32;
         self.core.connections = self.conns.len() as u64;
@@ -140,6 +142,8 @@ impl Shard {
             bytes,
         );
         self.flush(c.slot);
+        // A request for another shard waits in a batch: send it now (no pass ends here).
+        self.flush_hops();
         // A relay or a replication may have queued sends on the ring: hand them over now.
         self.ring.submit();
         Ok(())
