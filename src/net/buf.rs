@@ -7,22 +7,6 @@ use stategrid_proto::codec::value_padding;
 /// Largest gather list one sendmsg takes (Linux IOV_MAX).
 const IOV_MAX: usize = 1024;
 
-/// A stored value up to this many bytes is copied into the batch's bytes (with its padding)
-/// instead of being sent by reference: one contiguous iovec per batch instead of three per
-/// answer. The profile at pipeline 16 put a third of the server's time in the kernel's copy of
-/// gathered iovecs (`_copy_from_iter`); a user-space memcpy of a small value costs less than
-/// the kernel's per-iovec work. Larger values stay zero-copy.
-fn value_copy_bytes_max() -> usize {
-    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *MAX.get_or_init(|| {
-        std::env::var("STATEGRID_VALUE_COPY_BYTES_MAX")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(VALUE_COPY_BYTES_MAX)
-    })
-}
-const VALUE_COPY_BYTES_MAX: usize = 2048;
-
 /// A byte buffer whose start is 8-aligned, so rkyv archives inside frames can be validated in
 /// place (every frame is a multiple of 8 bytes). Filled at the end, consumed from the front.
 pub struct AlignedBuf {
@@ -163,9 +147,6 @@ pub struct SendBatch {
     /// Progress of a partial send: segment index and offset into it.
     sent_seg: usize,
     sent_off: usize,
-    /// Values up to this many bytes are copied in ([`VALUE_COPY_BYTES_MAX`]); 0 for a batch
-    /// whose reader takes values by reference ([`SendBatch::take_parts`]).
-    copy_value_bytes_max: usize,
 }
 
 impl Default for SendBatch {
@@ -180,21 +161,11 @@ impl Default for SendBatch {
             msg: unsafe { std::mem::zeroed() },
             sent_seg: 0,
             sent_off: 0,
-            copy_value_bytes_max: value_copy_bytes_max(),
         }
     }
 }
 
 impl SendBatch {
-    /// A batch that never copies a value in: for a reader that takes the values by reference
-    /// ([`SendBatch::take_parts`]).
-    pub fn by_reference() -> SendBatch {
-        SendBatch {
-            copy_value_bytes_max: 0,
-            ..SendBatch::default()
-        }
-    }
-
     /// Where responses are encoded (`stategrid_proto::codec::encode_head`).
     #[inline]
     pub fn bytes_mut(&mut self) -> &mut Vec<u8> {
@@ -207,15 +178,8 @@ impl SendBatch {
         if value.is_empty() {
             return;
         }
-        let len = value.len();
-        if len <= self.copy_value_bytes_max {
-            // Small: copied with its padding (value + padding is a multiple of 8, so later
-            // archives in `bytes` keep their alignment).
-            self.bytes.extend_from_slice(&value);
-            self.bytes.extend_from_slice(value_padding(len));
-            return;
-        }
         self.close_bytes();
+        let len = value.len();
         self.segs.push(Seg::Value(value));
         self.value_bytes += len;
         let pad = value_padding(len).len();
@@ -356,7 +320,7 @@ mod tests {
 
     #[test]
     fn send_batch_gathers_values_and_handles_partial_sends() {
-        let mut s = SendBatch::by_reference();
+        let mut s = SendBatch::default();
         s.bytes_mut().extend_from_slice(b"HEAD0000");
         s.push_value(Rc::from(&b"abc"[..]));
         s.bytes_mut().extend_from_slice(b"HEAD1111");
@@ -378,27 +342,5 @@ mod tests {
         assert!(s.advance(total - 9));
         s.clear();
         assert!(s.is_empty());
-    }
-
-    #[test]
-    fn a_small_value_is_copied_in_with_its_padding() {
-        let mut s = SendBatch {
-            copy_value_bytes_max: 16,
-            ..SendBatch::default()
-        };
-        s.bytes_mut().extend_from_slice(b"HEAD0000");
-        s.push_value(Rc::from(&b"abc"[..]));
-        s.bytes_mut().extend_from_slice(b"HEAD1111");
-        s.push_value(Rc::from(&[7u8; 20][..]));
-        let msg = s.prepare();
-        // SAFETY: msg points into s, which is alive.
-        let iovlen = unsafe { (*msg).msg_iovlen };
-        assert_eq!(
-            iovlen, 3,
-            "heads and the small value in one, then the large one, padding"
-        );
-        assert_eq!(&s.bytes[..16], b"HEAD0000abc\0\0\0\0\0");
-        assert_eq!(s.bytes.len() % 8, 0, "archives stay 8-aligned");
-        assert_eq!(s.queued_bytes(), 8 + 8 + 8 + 20 + 4);
     }
 }

@@ -93,9 +93,8 @@ impl Shard {
             rbuf: AlignedBuf::with_capacity(0),
             recv_inflight: false,
             send_inflight: false,
-            // The caller takes values by reference (`take_parts`): none is copied in.
-            sending: SendBatch::by_reference(),
-            filling: SendBatch::by_reference(),
+            sending: SendBatch::default(),
+            filling: SendBatch::default(),
             hello_done: true,
             slots: Default::default(),
             slot_base: 0,
