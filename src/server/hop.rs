@@ -222,6 +222,9 @@ impl HopBatch {
 pub struct HopLanes {
     me: usize,
     filling: Vec<Option<Box<HopBatch>>>,
+    /// Boxed because a batch travels through the mesh channel as a `Box` (a pointer in the
+    /// message, not the batch moved): pooling the box reuses it as it came back.
+    #[allow(clippy::vec_box)]
     pool: Vec<Box<HopBatch>>,
 }
 

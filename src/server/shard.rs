@@ -1599,7 +1599,7 @@ impl Shard {
                     };
                     let mut out = Vec::new();
                     let started = self.shared.started;
-                    gather::finish(g, &mut out, |st| finalize_stats(st, &cfg, shards, started));
+                    gather::finish(g, &mut out, |st| finalize_stats(st, cfg, shards, started));
                     *s = Slot::Ready(out);
                     conn.waiting -= 1;
                 }
