@@ -307,3 +307,118 @@ fn local_reads_do_not_allocate_with_several_shards() {
         with_reads.saturating_sub(stats_only)
     );
 }
+
+/// Requests that hop travel in one batch per destination shard per pass, and come back in one
+/// batch: several naive connections at once, each pipelining a long mix of writes and reads of
+/// the same keys (hopping and local, values of many sizes), multi-key reads spread over every
+/// shard and namespace counts answered by every shard, still get every answer in request
+/// order with the right value: a write is seen by the read behind it, batching reorders
+/// nothing.
+#[test]
+fn batched_hops_keep_every_naive_connection_in_order() {
+    use std::io::Write;
+    let server = TestServer::start(&[("shards", &SHARDS.to_string())]);
+    let ns = namespace_id("batched");
+    let before = stats(&mut Raw::hello(&server));
+    let value = |c: usize, i: u32, round: u32| -> Vec<u8> {
+        // 1 byte to 3 KiB, different each write of a key.
+        let n = 1 + ((i as usize * 37 + c * 11 + round as usize * 101) % 3072);
+        (0..n)
+            .map(|j| (j as u32 + i + round + c as u32) as u8)
+            .collect()
+    };
+    let threads: Vec<_> = (0..4usize)
+        .map(|c| {
+            let mut r = Raw::hello(&server);
+            std::thread::spawn(move || {
+                let n = 150u32;
+                let k = |i: u32| format!("c{c}-k{i}");
+                // Per request: its id and what the answer must be.
+                enum Want {
+                    Written,
+                    Value(Vec<u8>),
+                    Multi(Vec<u8>),
+                    Count,
+                }
+                let mut out = Vec::new();
+                let mut wants = Vec::new();
+                let mut id = 0u32;
+                let mut push = |out: &mut Vec<u8>, req: Request, v: &[u8], want: Want| {
+                    codec::encode_request(out, id, &req, v);
+                    wants.push((id, want));
+                    id += 1;
+                };
+                for i in 0..n {
+                    for round in 0..2 {
+                        let v = value(c, i, round);
+                        let put = Request::Put {
+                            key: key(ns, &k(i)),
+                            opts: WriteOpts::default(),
+                        };
+                        push(&mut out, put, &v, Want::Written);
+                        let read = Request::Read {
+                            key: key(ns, &k(i)),
+                        };
+                        push(&mut out, read, b"", Want::Value(v));
+                    }
+                    if i >= 3 && i % 7 == 0 {
+                        // Keys written earlier in this pipeline, on several shards.
+                        let keys: Vec<u32> = vec![i, i - 1, i - 3];
+                        let mut all = Vec::new();
+                        for &j in &keys {
+                            all.extend_from_slice(&value(c, j, 1));
+                        }
+                        let req = Request::MultiRead {
+                            ns,
+                            keys: keys.iter().map(|&j| k(j).into_bytes()).collect(),
+                        };
+                        push(&mut out, req, b"", Want::Multi(all));
+                    }
+                    if i % 50 == 25 {
+                        push(&mut out, Request::NsCount { ns }, b"", Want::Count);
+                    }
+                }
+                r.s.write_all(&out).unwrap();
+                for (id, want) in wants {
+                    let (got, archive, v) = r
+                        .try_recv_frame()
+                        .expect("connection closed before an answer");
+                    assert_eq!(got, id, "connection {c}: answers in request order");
+                    let resp = decode(&archive);
+                    match want {
+                        Want::Written => {
+                            assert!(matches!(resp, Response::Written { .. }), "{resp:?}")
+                        }
+                        Want::Value(want) => {
+                            assert!(matches!(resp, Response::Value { .. }), "{resp:?}");
+                            assert_eq!(
+                                v, want,
+                                "connection {c}, request {id}: the value written just before"
+                            );
+                        }
+                        Want::Multi(want) => {
+                            assert!(matches!(resp, Response::Multi { .. }), "{resp:?}");
+                            assert_eq!(
+                                v, want,
+                                "connection {c}, request {id}: every item, in order"
+                            );
+                        }
+                        Want::Count => {
+                            assert!(matches!(resp, Response::Count { .. }), "{resp:?}")
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let after = stats(&mut Raw::hello(&server));
+    assert!(
+        after.forwarded_requests >= before.forwarded_requests + 300,
+        "with {SHARDS} shards about 3/4 of the 4 × 600 keyed requests hop: {} -> {}",
+        before.forwarded_requests,
+        after.forwarded_requests
+    );
+}

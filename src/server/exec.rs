@@ -270,11 +270,26 @@ impl Core {
         request_id: u32,
         sink: &mut impl Sink,
     ) {
+        self.execute_with_hash(req, None, value, now_ms, request_id, sink)
+    }
+
+    /// As [`Core::execute`], with the key's hash when the caller already computed it (the
+    /// shard hashes a keyed request once, to route it, and passes the hash on: hash once).
+    pub fn execute_with_hash(
+        &mut self,
+        req: &ArchivedRequest,
+        hash: Option<u64>,
+        value: &[u8],
+        now_ms: u64,
+        request_id: u32,
+        sink: &mut impl Sink,
+    ) {
         self.requests += 1;
         if let Some(k) = req.key() {
             let ns = k.ns.to_native();
             let key = k.key.as_slice();
-            let h = key_hash(ns, key);
+            let h = hash.unwrap_or_else(|| key_hash(ns, key));
+            debug_assert_eq!(h, key_hash(ns, key), "a hash passed in is the key's");
             assert_eq!(
                 owner_shard(partition_of(h), self.shards),
                 self.shard,

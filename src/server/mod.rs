@@ -10,6 +10,7 @@
 
 pub(crate) mod exec; // crate-wide for `resp::standalone` (a shard without I/O, for fuzzing)
 mod gather;
+pub mod hop;
 pub mod local_api;
 pub mod metrics;
 mod resp_tx;
@@ -64,6 +65,11 @@ pub enum Msg {
         /// shard that accepted it: the proof stays with the socket, it is not asked again.
         proven_host: Option<u64>,
     },
+    /// Requests this shard owns, forwarded by `batch.origin` during one of its passes
+    /// ([`hop`]): serve them in order and send the batch back as `HopBack`.
+    Hop(Box<hop::HopBatch>),
+    /// A batch this shard sent, back with its answers.
+    HopBack(Box<hop::HopBatch>),
 }
 
 /// State every shard shares: only control-path flags, never data.

@@ -32,6 +32,7 @@ use resp_conn::{RespConn, RespShard};
 
 use super::exec::{Core, Route, Sink, VecSink};
 use super::gather::{self, Gather};
+use super::hop::{HopBatch, HopLanes, HopTo};
 use super::{Msg, Shared};
 use crate::net::{AlignedBuf, Completion, Op, Ring, SendBatch, Token};
 
@@ -136,9 +137,42 @@ struct Conn {
     /// `filling` (see `crate::net::tls`). None costs a plaintext connection one branch per
     /// receive and per send.
     tls: Option<Box<crate::net::TlsConn>>,
+    /// Emptied `Slot::Ready` buffers kept for the next answer that must wait: a naive
+    /// client's local answers queue behind its hopped ones, and without these each would
+    /// allocate (and free) a buffer.
+    spare: Vec<Vec<u8>>,
 }
 
+/// Spare answer buffers a connection keeps ([`Conn::spare`]), and the largest one kept.
+const SPARE_ANSWER_BUFFERS_MAX: usize = 32;
+const SPARE_ANSWER_BUFFER_BYTES_MAX: usize = 64 << 10;
+
 impl Conn {
+    /// A buffer for an answer that must wait in the queue (reused when one is spare).
+    fn answer_buf(&mut self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_default()
+    }
+
+    /// Moves a queued answer into the send batch, keeping its buffer for reuse.
+    fn send_answer(&mut self, mut bytes: Vec<u8>) {
+        self.write_answer(&bytes);
+        if self.spare.len() < SPARE_ANSWER_BUFFERS_MAX
+            && bytes.capacity() <= SPARE_ANSWER_BUFFER_BYTES_MAX
+        {
+            bytes.clear();
+            self.spare.push(bytes);
+        }
+    }
+
+    /// Appends a whole native answer frame to the send batch (rendered as RESP for a RESP
+    /// connection). One copy of the answer.
+    fn write_answer(&mut self, bytes: &[u8]) {
+        match self.resp.as_deref_mut() {
+            Some(r) => resp_conn::render_native(&mut r.out, &mut self.filling, bytes),
+            None => self.filling.bytes_mut().extend_from_slice(bytes),
+        }
+    }
+
     fn queued_bytes(&self) -> usize {
         self.sending.queued_bytes()
             + self.filling.queued_bytes()
@@ -180,6 +214,11 @@ pub struct Shard {
     /// `secure_svr_port`: its listener and the certificate its connections are accepted with.
     secure_listener: Option<socket2::Socket>,
     tls: Option<Arc<crate::net::TlsSettings>>,
+    /// Requests queued for other shards during this pass, sent once per destination at its
+    /// end ([`super::hop`]), and the pool of batches that came back.
+    hops: HopLanes,
+    /// Connections that got answers from a returned batch (reused scratch).
+    touched: Vec<u32>,
 }
 
 fn conn_kind(conns: &Slab<Box<Conn>>, slot: u32) -> Option<ConnKind> {
@@ -202,7 +241,7 @@ impl Shard {
         plane: Arc<crate::cluster::plane::Plane>,
         shared: Arc<Shared>,
     ) -> Shard {
-        let shards = core.shards;
+        let (shards, core_shard) = (core.shards, core.shard);
         Shard {
             core,
             ring,
@@ -221,6 +260,8 @@ impl Shard {
             resp: RespShard::default(),
             secure_listener: None,
             tls: None,
+            hops: HopLanes::new(core_shard, shards),
+            touched: Vec::new(),
         }
     }
 
@@ -303,6 +344,8 @@ impl Shard {
         for c in &batch {
             self.on_completion(*c);
         }
+        // Everything this pass forwards leaves now, one message per destination shard.
+        self.flush_hops();
         self.core.serve_allocations += crate::alloc_count::thread_allocations() - before;
         let n = batch.len();
         self.completions = batch;
@@ -452,6 +495,7 @@ impl Shard {
             handoff: None,
             local: None,
             tls: None,
+            spare: Vec::new(),
         });
         let slot = self.conns.insert(conn) as u32;
         self.core.connections = self.conns.len() as u64;
@@ -824,7 +868,7 @@ impl Shard {
         if conn.slots.is_empty() {
             f(&mut BatchSink::of(conn));
         } else {
-            let mut bytes = Vec::new();
+            let mut bytes = conn.answer_buf();
             f(&mut VecSink(&mut bytes));
             conn.slots.push_back(Slot::Ready(bytes));
         }
@@ -931,13 +975,11 @@ impl Shard {
             });
         }
         // The host that serves a keyed request: this one, or the partition's primary.
-        let mut partition = None;
+        let (mut partition, mut hash) = (None, None);
         if let (Some(k), false) = (req.key(), req.is_internal()) {
-            let p = stategrid_proto::partition_of(stategrid_proto::key_hash(
-                k.ns.to_native(),
-                k.key.as_slice(),
-            )) as usize;
-            partition = Some(p);
+            let h = stategrid_proto::key_hash(k.ns.to_native(), k.key.as_slice());
+            let p = stategrid_proto::partition_of(h) as usize;
+            (partition, hash) = (Some(p), Some(h));
             match self.host_route(p, internal) {
                 HostRoute::Here => {}
                 HostRoute::Remote(host) => {
@@ -1029,14 +1071,15 @@ impl Shard {
                 }
             }
             Route::Local => {
+                // The key was hashed once, above; the store probes with that hash.
                 let now = self.now_ms;
                 let core = &mut self.core;
                 let conn = &mut self.conns[slot as usize];
                 if conn.slots.is_empty() {
-                    core.execute(req, value, now, id, &mut BatchSink::of(conn));
+                    core.execute_with_hash(req, hash, value, now, id, &mut BatchSink::of(conn));
                 } else {
-                    let mut bytes = Vec::new();
-                    core.execute(req, value, now, id, &mut VecSink(&mut bytes));
+                    let mut bytes = conn.answer_buf();
+                    core.execute_with_hash(req, hash, value, now, id, &mut VecSink(&mut bytes));
                     conn.slots.push_back(Slot::Ready(bytes));
                 }
                 self.send_clears();
@@ -1052,18 +1095,16 @@ impl Shard {
                     return;
                 };
                 self.core.forwarded_requests += 1;
-                let frame = AlignedBuf::from_slice(&frame_start[..frame_bytes]);
-                self.send_to(
-                    to,
-                    Msg::Forward {
-                        origin: me,
-                        conn: slot,
-                        generation,
-                        seq,
-                        part: 0,
-                        frame,
-                    },
-                );
+                // Batched: sent with every other request for `to` at the end of the pass.
+                // The archive was validated above and the key hashed: the owner does neither
+                // again. Without a key (a listing, a namespace), the owner validates.
+                let dest = HopTo {
+                    conn: slot,
+                    generation,
+                    seq,
+                    part: 0,
+                };
+                self.queue_hop(to, dest, &frame_start[..frame_bytes], hash);
             }
             Route::All => {
                 let kind = match req {
@@ -1083,7 +1124,7 @@ impl Shard {
                     return;
                 };
                 for s in 0..shards {
-                    let frame = AlignedBuf::from_slice(&frame_start[..frame_bytes]);
+                    let frame = &frame_start[..frame_bytes];
                     self.dispatch_part(s, slot, generation, seq, s as u32, frame);
                 }
             }
@@ -1127,14 +1168,7 @@ impl Shard {
                     if s != me {
                         self.core.forwarded_requests += 1;
                     }
-                    self.dispatch_part(
-                        s,
-                        slot,
-                        generation,
-                        seq,
-                        part as u32,
-                        AlignedBuf::from_slice(&frame),
-                    );
+                    self.dispatch_part(s, slot, generation, seq, part as u32, &frame);
                 }
             }
         }
@@ -1144,16 +1178,13 @@ impl Shard {
     fn push_answer(&mut self, slot: u32, bytes: Vec<u8>) {
         let conn = &mut self.conns[slot as usize];
         if conn.slots.is_empty() {
-            match conn.resp.as_deref_mut() {
-                Some(r) => resp_conn::render_native(&mut r.out, &mut conn.filling, &bytes),
-                None => conn.filling.bytes_mut().extend_from_slice(&bytes),
-            }
+            conn.write_answer(&bytes);
         } else {
             conn.slots.push_back(Slot::Ready(bytes));
         }
     }
 
-    /// Runs one part of a gathered request here or sends it to its shard.
+    /// Runs one part of a gathered request here or queues it for its shard.
     fn dispatch_part(
         &mut self,
         to: usize,
@@ -1161,26 +1192,42 @@ impl Shard {
         generation: u32,
         seq: u64,
         part: u32,
-        frame: AlignedBuf,
+        frame: &[u8],
     ) {
         if to == self.core.shard {
             // Only fill the slot: this runs inside `process_frames`, which owns the receive
             // buffer right now, so no flush, receive or close may happen from here.
-            let answer = self.execute_frame(&frame);
+            let answer = self.execute_frame(&AlignedBuf::from_slice(frame));
             self.fill_slot(slot, generation, seq, part, answer);
         } else {
-            let origin = self.core.shard;
-            self.send_to(
-                to,
-                Msg::Forward {
-                    origin,
-                    conn: slot,
-                    generation,
-                    seq,
-                    part,
-                    frame,
-                },
-            );
+            let dest = HopTo {
+                conn: slot,
+                generation,
+                seq,
+                part,
+            };
+            // The part's archive was not validated here: the owner validates it.
+            self.queue_hop(to, dest, frame, None);
+        }
+    }
+
+    /// Queues a request frame for shard `to`; it leaves at the end of this pass (or now, when
+    /// the batch is full). HOT PATH for a naive client: one memcpy of the frame.
+    fn queue_hop(&mut self, to: usize, dest: HopTo, frame: &[u8], hash: Option<u64>) {
+        if let Some(full) = self.hops.push(to, dest, frame, hash) {
+            self.send_to(to, Msg::Hop(full));
+        }
+    }
+
+    /// Sends every batch queued during this pass: one message per destination shard.
+    fn flush_hops(&mut self) {
+        if !self.hops.pending() {
+            return;
+        }
+        for to in 0..self.core.shards {
+            if let Some(b) = self.hops.take(to) {
+                self.send_to(to, Msg::Hop(b));
+            }
         }
     }
 
@@ -1540,11 +1587,87 @@ impl Shard {
                 internal,
                 proven_host,
             } => self.adopt(fd, rest, hello_id, internal, proven_host),
+            Msg::Hop(batch) => self.serve_hops(batch),
+            Msg::HopBack(batch) => self.on_hops_back(batch),
         }
+        // Requests an adopted connection forwarded leave now.
+        self.flush_hops();
         // A message may have started a migration stream or a pull: drive it now, not at the
         // next ring completion (there may be none for a while).
         self.cluster_pass();
         self.ring.submit();
+    }
+
+    /// Serves a batch of requests another shard forwarded, in order, and sends it back with
+    /// the answers. A change to a replicated partition answers later, alone (`Msg::Reply`).
+    fn serve_hops(&mut self, mut batch: Box<HopBatch>) {
+        let origin = batch.origin;
+        let now = self.now_ms;
+        batch.serve_with(|to, req, hash, value, id, out| {
+            if req.is_internal() {
+                self.execute_internal(req, value, id, &mut VecSink(out));
+                return true;
+            }
+            let replicated = !hosts::read_only(req)
+                && req.key().is_some_and(|k| {
+                    let h = hash.unwrap_or_else(|| {
+                        stategrid_proto::key_hash(k.ns.to_native(), k.key.as_slice())
+                    });
+                    self.hosts
+                        .replicated(stategrid_proto::partition_of(h) as usize)
+                });
+            if replicated {
+                let to = AnswerTo::Shard {
+                    origin,
+                    conn: to.conn,
+                    generation: to.generation,
+                    seq: to.seq,
+                    part: to.part,
+                };
+                return match self.execute_replicated(req, value, id, to) {
+                    Some(answer) => {
+                        out.extend_from_slice(&answer);
+                        true
+                    }
+                    None => false,
+                };
+            }
+            self.core
+                .execute_with_hash(req, hash, value, now, id, &mut VecSink(out));
+            true
+        });
+        self.send_to(origin, Msg::HopBack(batch));
+    }
+
+    /// A batch this shard sent came back: put each answer in its connection's queue, then
+    /// send each connection's answers once (one sendmsg per connection, not per answer), and
+    /// keep the batch for reuse (its buffers were allocated on this thread).
+    fn on_hops_back(&mut self, batch: Box<HopBatch>) {
+        let mut touched = std::mem::take(&mut self.touched);
+        batch.for_each_answer(|to, answer| {
+            if let Some(a) = answer
+                && self.fill_slot_bytes(
+                    to.conn,
+                    to.generation,
+                    to.seq,
+                    to.part,
+                    std::borrow::Cow::Borrowed(a),
+                )
+                && touched.last() != Some(&to.conn)
+            {
+                touched.push(to.conn);
+            }
+        });
+        self.hops.give_back(batch);
+        for &slot in &touched {
+            // A slot seen twice (not in a row) is flushed twice: harmless, both are no-ops
+            // the second time.
+            self.flush(slot);
+            self.want_recv(slot);
+            self.maybe_close(slot);
+        }
+        touched.clear();
+        self.touched = touched;
     }
 
     /// An answer from another shard: fill its slot and send every answer now in order.
@@ -1567,8 +1690,23 @@ impl Shard {
         part: u32,
         answer: Vec<u8>,
     ) -> bool {
+        self.fill_slot_bytes(slot, generation, seq, part, std::borrow::Cow::Owned(answer))
+    }
+
+    /// As [`Shard::fill_slot`], for an answer that may be borrowed (from a returned hop
+    /// batch): an answer at the front of the queue goes straight into the send batch, one
+    /// copy, no allocation; one behind an earlier answer still missing waits in a buffer.
+    fn fill_slot_bytes(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        seq: u64,
+        part: u32,
+        answer: std::borrow::Cow<'_, [u8]>,
+    ) -> bool {
         let (shard, shards) = (self.core.shard, self.core.shards);
-        let cfg = self.core.cfg.clone();
+        // Borrowed, not cloned: an `Arc` clone per answer costs two atomic operations.
+        let cfg = &self.core.cfg;
         let Some(conn) = self
             .conns
             .get_mut(slot as usize)
@@ -1585,11 +1723,27 @@ impl Shard {
         match s {
             Slot::Forwarded { bytes } => {
                 conn.held_bytes -= *bytes as usize;
-                *s = Slot::Ready(answer);
                 conn.waiting -= 1;
+                if idx == 0 {
+                    // Nothing earlier waits: straight into the send batch.
+                    conn.slots.pop_front();
+                    conn.slot_base += 1;
+                    conn.write_answer(&answer);
+                } else {
+                    let owned = match answer {
+                        std::borrow::Cow::Owned(v) => v,
+                        std::borrow::Cow::Borrowed(b) => {
+                            let mut v = conn.answer_buf();
+                            v.extend_from_slice(b);
+                            v
+                        }
+                    };
+                    // `s` was borrowed from the queue before `answer_buf`: index again.
+                    conn.slots[idx] = Slot::Ready(owned);
+                }
             }
             Slot::Gather(g, bytes) => {
-                g.parts[part as usize] = Some(answer);
+                g.parts[part as usize] = Some(answer.into_owned());
                 g.remaining -= 1;
                 if g.remaining == 0 {
                     conn.held_bytes -= *bytes as usize;
@@ -1599,7 +1753,7 @@ impl Shard {
                     };
                     let mut out = Vec::new();
                     let started = self.shared.started;
-                    gather::finish(g, &mut out, |st| finalize_stats(st, &cfg, shards, started));
+                    gather::finish(g, &mut out, |st| finalize_stats(st, cfg, shards, started));
                     *s = Slot::Ready(out);
                     conn.waiting -= 1;
                 }
@@ -1614,10 +1768,7 @@ impl Shard {
         while let Some(Slot::Ready(_) | Slot::Raw(_)) = conn.slots.front() {
             conn.slot_base += 1;
             match conn.slots.pop_front() {
-                Some(Slot::Ready(bytes)) => match conn.resp.as_deref_mut() {
-                    Some(r) => resp_conn::render_native(&mut r.out, &mut conn.filling, &bytes),
-                    None => conn.filling.bytes_mut().extend_from_slice(&bytes),
-                },
+                Some(Slot::Ready(bytes)) => conn.send_answer(bytes),
                 Some(Slot::Raw(bytes)) => conn.filling.bytes_mut().extend_from_slice(&bytes),
                 _ => unreachable!(),
             }
@@ -1648,6 +1799,8 @@ impl Shard {
         self.publish_metrics();
         self.expire_pending();
         self.cluster_pass();
+        // Nothing should be left queued between passes; if a path forgot, it leaves now.
+        self.flush_hops();
         let timeout = self.core.cfg.frame_timeout_ms;
         let stuck: Vec<u32> = self
             .conns

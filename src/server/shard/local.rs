@@ -122,6 +122,7 @@ impl Shard {
             handoff: None,
             local: Some(mailbox.clone()),
             tls: None,
+            spare: Vec::new(),
         });
         let slot = self.conns.insert(conn) as u32;
         self.core.connections = self.conns.len() as u64;
@@ -151,6 +152,8 @@ impl Shard {
             bytes,
         );
         self.flush(c.slot);
+        // A request for another shard waits in a batch: send it now (no pass ends here).
+        self.flush_hops();
         // A relay or a replication may have queued sends on the ring: hand them over now.
         self.ring.submit();
         Ok(())
