@@ -69,11 +69,13 @@ pub enum ConfigError {
     Inconsistent(String),
 }
 
-/// `STATEGRID_*` variables that are not parameters: the control program's addresses, the log
-/// filter and the simulation's seed. A shell that sets them for the CLI can still run `serve`.
+/// `STATEGRID_*` variables that are not parameters: the control program's addresses and
+/// credentials, the log filter and the simulation's seed. A shell that sets them for the CLI
+/// can still run `serve`.
 const ENV_NOT_PARAMS: &[&str] = &[
     "STATEGRID_HOST",
     "STATEGRID_MGT",
+    "STATEGRID_AUTH",
     "STATEGRID_LOG",
     "STATEGRID_SIM_SEED",
 ];
@@ -104,6 +106,15 @@ pub struct Config {
     /// The secret itself, read from `cluster_key_file` or `cluster_key` by [`Config::load`]
     /// (not a parameter).
     pub peer_key: Option<crate::auth::peer::ClusterKey>,
+    /// Users and roles for clients (`users_file`), one line each.
+    pub users_file: PathBuf,
+    /// The user `default`'s password (role admin), as Redis's `requirepass`.
+    pub requirepass: String,
+    /// With no users configured, serve client ports to loopback clients only.
+    pub protected_mode: bool,
+    /// The users read from `users_file` and `requirepass` by [`Config::load`] (not a
+    /// parameter); None: no client credentials, every client is admin.
+    pub users: Option<std::sync::Arc<crate::auth::users::Users>>,
     /// How long SWIM may take to declare a dead host down.
     pub failure_detection_ms: u64,
     /// How long a starting host looks for a store before the lowest id bootstraps one.
@@ -186,6 +197,10 @@ impl Config {
             cluster_key_file: PathBuf::new(),
             insecure_cluster: false,
             peer_key: None,
+            users_file: PathBuf::new(),
+            requirepass: String::new(),
+            protected_mode: false,
+            users: None,
             failure_detection_ms: 0,
             discovery_wait_ms: 0,
             replication_timeout_ms: 0,
@@ -255,6 +270,9 @@ impl Config {
         c.validate()?;
         c.peer_key =
             crate::auth::peer::ClusterKey::from_config(&c).map_err(ConfigError::Inconsistent)?;
+        c.users = crate::auth::users::Users::from_config(&c.users_file, &c.requirepass)
+            .map_err(ConfigError::Inconsistent)?
+            .map(std::sync::Arc::new);
         Ok(c)
     }
 
@@ -597,6 +615,34 @@ pub static PARAMS: &[ParamSpec] = &[
         |c| (c.insecure_cluster as u8).to_string()
     ),
     param!(
+        "requirepass",
+        "",
+        true,
+        "password of the client user `default` (role admin), as Redis's requirepass: native clients send Auth, Redis clients AUTH, HTTP clients Basic or Bearer. Empty: none. Shown as <set> when read back; prefer users_file (hashed) for more than one user",
+        |c, v| c.requirepass = v.to_owned(),
+        |c| if c.requirepass.is_empty() {
+            String::new()
+        } else {
+            REDACTED.to_owned()
+        }
+    ),
+    param!(
+        "users_file",
+        "",
+        true,
+        "file of client users, one `name role hash` per line (role read, read-write or admin; hash from `stategrid hash-password`); see docs/security.md",
+        |c, v| c.users_file = PathBuf::from(v),
+        |c| c.users_file.display().to_string()
+    ),
+    param!(
+        "protected_mode",
+        "1",
+        true,
+        "1: with no requirepass and no users_file, svr_port, resp_port and rest_port serve loopback clients only (others are told why and closed). 0: serve everyone without credentials (only on a network you trust completely)",
+        |c, v| c.protected_mode = parse_bool(v)?,
+        |c| (c.protected_mode as u8).to_string()
+    ),
+    param!(
         "failure_detection_ms",
         "1500",
         true,
@@ -685,7 +731,7 @@ pub static PARAMS: &[ParamSpec] = &[
         "unauth_frame_bytes_max",
         "64KiB",
         true,
-        "largest frame a connection may send before it is trusted (before Hello on svr_port and int_port): a peer that proved nothing cannot make the server buffer more",
+        "largest frame a connection may send before it is trusted (before Hello on svr_port and int_port, and before Auth when client credentials are configured; it also caps a RESP argument before AUTH): a peer that proved nothing cannot make the server buffer more",
         |c, v| c.unauth_frame_bytes_max = parse_bytes(v)?.clamp(1024, 64 << 20),
         |c| c.unauth_frame_bytes_max.to_string()
     ),

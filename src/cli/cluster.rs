@@ -35,9 +35,18 @@ fn mgt_addr(cli: &Cli) -> Result<SocketAddr, Failure> {
 
 fn call(cli: &Cli, what: &str, req: &Request, timeout_ms: u64) -> Result<Value, Failure> {
     let addr = mgt_addr(cli)?;
-    admin::call(addr, req, Duration::from_millis(timeout_ms)).map_err(|error| Failure::Admin {
-        what: what.to_owned(),
-        error,
+    let auth = match cli.credentials()? {
+        Some(c) => admin::AdminAuth {
+            user: c.user,
+            password: Some(c.password),
+        },
+        None => admin::AdminAuth::default(),
+    };
+    admin::call_as(addr, req, &auth, Duration::from_millis(timeout_ms)).map_err(|error| {
+        Failure::Admin {
+            what: what.to_owned(),
+            error,
+        }
     })
 }
 

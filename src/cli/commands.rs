@@ -15,15 +15,16 @@ use super::output::{
 use super::{Cli, Command, Failure, PutArgs, WriteArgs};
 
 /// The CLI makes a handful of calls: one connection, a short connect timeout.
-fn client_config() -> ClientConfig {
-    ClientConfig {
+fn client_config(cli: &Cli) -> Result<ClientConfig, Failure> {
+    Ok(ClientConfig {
+        credentials: cli.credentials()?,
         connections: 1,
         inflight_per_conn_max: 8,
         request_timeout_ms: 5_000,
         connect_timeout_ms: 3_000,
         client_name: concat!("stategrid-cli/", env!("CARGO_PKG_VERSION")).to_owned(),
         ..ClientConfig::default()
-    }
+    })
 }
 
 /// Attaches the operation's name to a client error.
@@ -33,7 +34,7 @@ fn ctx(what: impl Into<String>) -> impl FnOnce(ClientError) -> Failure {
 }
 
 fn connect(cli: &Cli, what: &str) -> Result<Client, Failure> {
-    Client::connect(&cli.host, client_config()).map_err(ctx(what))
+    Client::connect(&cli.host, client_config(cli)?).map_err(ctx(what))
 }
 
 /// Opens (and registers) a namespace: for writes that may create objects.
@@ -76,7 +77,10 @@ fn write_opts(w: &WriteArgs) -> WriteOpts {
 /// Runs every command except `serve`.
 pub(super) fn execute(cli: &Cli) -> Result<Outcome, Failure> {
     match &cli.command {
-        Command::Serve { .. } | Command::Params | Command::Witness { .. } => {
+        Command::Serve { .. }
+        | Command::Params
+        | Command::HashPassword
+        | Command::Witness { .. } => {
             unreachable!("serve, params and witness are not client commands")
         }
         Command::Query => super::cluster::query(cli),

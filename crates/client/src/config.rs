@@ -47,6 +47,46 @@ pub struct ClientConfig {
     /// pool's connections land on whichever shard the kernel picks, and most requests take a
     /// hop between shards on the server.
     pub shard_aware: bool,
+    /// Who the client is, for a server with client users (`requirepass`, `users_file`): sent
+    /// in an `Auth` request right after `Hello` on every connection the pool opens. None:
+    /// send nothing (a server with users then answers `AuthRequired`).
+    pub credentials: Option<Credentials>,
+}
+
+/// A user and password for [`ClientConfig::credentials`]. `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// None: the user `default` (whose password is the server's `requirepass`).
+    pub user: Option<String>,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"<secret>")
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// `user:password`, or a password alone for the user `default` (what `STATEGRID_AUTH`
+    /// and the CLI's `--auth-file` hold). Line ends around it (a file's newline) are
+    /// dropped; spaces are kept (they may belong to the password).
+    pub fn parse(text: &str) -> Credentials {
+        let t = text.trim_matches(|c| c == '\n' || c == '\r');
+        match t.split_once(':') {
+            Some((u, p)) => Credentials {
+                user: Some(u.to_owned()),
+                password: p.to_owned(),
+            },
+            None => Credentials {
+                user: None,
+                password: t.to_owned(),
+            },
+        }
+    }
 }
 
 impl Default for ClientConfig {
@@ -61,6 +101,7 @@ impl Default for ClientConfig {
             client_name: concat!("stategrid-client/", env!("CARGO_PKG_VERSION")).to_owned(),
             dead_peer_timeout_ms: 2_000,
             shard_aware: true,
+            credentials: None,
         }
     }
 }
@@ -127,6 +168,15 @@ mod tests {
         assert_eq!(with_default_port("[::1]"), "[::1]:2721");
         assert_eq!(with_default_port("[::1]:80"), "[::1]:80");
         assert_eq!(with_default_port("::1"), "[::1]:2721");
+    }
+
+    #[test]
+    fn credentials_parse_and_hide_the_password() {
+        let c = Credentials::parse("app:pa:ss\n");
+        assert_eq!(c.user.as_deref(), Some("app"));
+        assert_eq!(c.password, "pa:ss");
+        assert_eq!(Credentials::parse("only").user, None);
+        assert!(!format!("{c:?}").contains("pa:ss"));
     }
 
     #[test]

@@ -51,7 +51,7 @@ mod conn;
 mod error;
 
 pub use client::{Client, KEY_PAGE_LIMIT, KeyPage, Locked, Namespace, ReadResult, WriteOptions};
-pub use config::{ClientConfig, DEFAULT_PORT, with_default_port};
+pub use config::{ClientConfig, Credentials, DEFAULT_PORT, with_default_port};
 pub use conn::{RawReply, ServerInfo};
 pub use error::{Error, Result};
 pub use stategrid_proto as proto;

@@ -182,6 +182,15 @@ pub enum Request {
         limit: u32,
         kind: ValueKind,
     },
+    /// Proves who the client is, after `Hello` (`user` None: the user `default`, whose
+    /// password is the server's `requirepass`). Answered `Ok`, or `AuthFailed`. While a
+    /// server has client credentials configured, a connection is served nothing else but
+    /// `Hello`/`Auth` until one succeeds (`AuthRequired`), and its frames stay under
+    /// `unauth_frame_bytes_max`. A server without credentials answers `Ok` to any `Auth`.
+    Auth {
+        user: Option<String>,
+        password: String,
+    },
 }
 
 /// An object's whole state, as replication and migration copy it. Times are Unix
@@ -451,6 +460,7 @@ impl Request {
             Request::Redis { .. } => 25,
             Request::HelloShard { .. } => 26,
             Request::ListKeysOfKind { .. } => 27,
+            Request::Auth { .. } => 28,
         }
     }
 }
@@ -494,6 +504,50 @@ impl ArchivedRequest {
         )
     }
 
+    /// The least a client's role must be to send this request: 0 none (`Hello`, `Auth`),
+    /// 1 read, 2 read-write (writes, locks, removals), 3 admin (clearing a namespace).
+    /// Host-to-host requests say 3 (they are refused on client ports anyway). One match.
+    #[inline]
+    pub fn role_needed(&self) -> u8 {
+        match self {
+            ArchivedRequest::Hello { .. }
+            | ArchivedRequest::HelloShard { .. }
+            | ArchivedRequest::Auth { .. } => 0,
+            ArchivedRequest::NsOpen { .. }
+            | ArchivedRequest::NsList
+            | ArchivedRequest::NsCount { .. }
+            | ArchivedRequest::Read { .. }
+            | ArchivedRequest::Meta { .. }
+            | ArchivedRequest::ListKeys { .. }
+            | ArchivedRequest::ListKeysOfKind { .. }
+            | ArchivedRequest::MultiRead { .. }
+            | ArchivedRequest::Stats
+            | ArchivedRequest::GetMap => 1,
+            ArchivedRequest::Redis { op, .. } => {
+                if op.to_native().is_read_only() {
+                    1
+                } else {
+                    2
+                }
+            }
+            ArchivedRequest::Add { .. }
+            | ArchivedRequest::Put { .. }
+            | ArchivedRequest::Update { .. }
+            | ArchivedRequest::UpdateIfVersion { .. }
+            | ArchivedRequest::ReadAndLock { .. }
+            | ArchivedRequest::UpdateAndUnlock { .. }
+            | ArchivedRequest::Unlock { .. }
+            | ArchivedRequest::RefreshLock { .. }
+            | ArchivedRequest::Remove { .. }
+            | ArchivedRequest::Touch { .. }
+            | ArchivedRequest::BulkPut { .. } => 2,
+            ArchivedRequest::NsClear { .. }
+            | ArchivedRequest::Replicate { .. }
+            | ArchivedRequest::MigratePull { .. }
+            | ArchivedRequest::MigrateEnd { .. } => 3,
+        }
+    }
+
     /// Host-to-host requests: refused on the client port.
     #[inline]
     pub fn is_internal(&self) -> bool {
@@ -535,12 +589,13 @@ impl ArchivedRequest {
             ArchivedRequest::Redis { .. } => 25,
             ArchivedRequest::HelloShard { .. } => 26,
             ArchivedRequest::ListKeysOfKind { .. } => 27,
+            ArchivedRequest::Auth { .. } => 28,
         };
         Self::name_of(tag)
     }
 
     fn name_of(tag: u8) -> &'static str {
-        const NAMES: [&str; 28] = [
+        const NAMES: [&str; 29] = [
             "hello",
             "ns-open",
             "ns-list",
@@ -569,6 +624,7 @@ impl ArchivedRequest {
             "redis",
             "hello-shard",
             "list-keys-of-kind",
+            "auth",
         ];
         NAMES[tag as usize]
     }
@@ -848,6 +904,14 @@ pub enum ErrorCode {
     WrongType = 28,
     /// The stored value (or the increment) is not a 64-bit integer, or the result overflows.
     NotInteger = 29,
+    /// The server has client credentials configured and this connection has not sent a
+    /// successful `Auth` yet.
+    AuthRequired = 30,
+    /// `Auth` named an unknown user or the wrong password.
+    AuthFailed = 31,
+    /// The connection's user's role does not allow the request; detail = the role needed
+    /// (1 read, 2 read-write, 3 admin). The message names the user and the request.
+    PermissionDenied = 32,
 }
 
 impl ErrorCode {
@@ -921,6 +985,13 @@ impl ErrorCode {
                 "operation against an object holding the wrong kind of value (a Redis hash read as a string, or the reverse)"
             }
             ErrorCode::NotInteger => "value is not an integer or out of range",
+            ErrorCode::AuthRequired => {
+                "authentication required: this server has client users (requirepass or users_file); send Auth with a user and password after Hello (the client library's `credentials`, the CLI's STATEGRID_AUTH or --auth-file)"
+            }
+            ErrorCode::AuthFailed => "invalid username-password pair or user is disabled",
+            ErrorCode::PermissionDenied => {
+                "this user's role does not allow the request (roles: read, read-write, admin); use a user with a higher role"
+            }
         }
     }
 
@@ -1001,6 +1072,9 @@ impl ArchivedErrorCode {
             ArchivedErrorCode::Forbidden => ErrorCode::Forbidden,
             ArchivedErrorCode::WrongType => ErrorCode::WrongType,
             ArchivedErrorCode::NotInteger => ErrorCode::NotInteger,
+            ArchivedErrorCode::AuthRequired => ErrorCode::AuthRequired,
+            ArchivedErrorCode::AuthFailed => ErrorCode::AuthFailed,
+            ArchivedErrorCode::PermissionDenied => ErrorCode::PermissionDenied,
         }
     }
 }
