@@ -289,7 +289,8 @@ try:
     redis.Redis(port=port).get("k")
     raise SystemExit("no NOAUTH")
 except redis.exceptions.AuthenticationError as e:
-    assert "Authentication required" in str(e), e
+    # NOAUTH to the command, or (a redis-py that greets with HELLO 3) to HELLO, as Redis.
+    assert "Authentication required" in str(e) or "already authenticated" in str(e), e
 try:
     redis.Redis(port=port, username="writer", password="bad").ping()
     raise SystemExit("no WRONGPASS")
@@ -362,7 +363,7 @@ fn http_basic_and_bearer() {
     assert_eq!(http("GET", &data, Some(&basic((WRITER.0, "no"))), None).0, 401);
 
     let (st, _, body) = http("PUT", &data, Some(&basic(WRITER)), Some(b"hello"));
-    assert!(st == 200 || st == 201, "{st} {body}");
+    assert!((200..300).contains(&st), "{st} {body}");
     let (st, _, body) = http("GET", &data, Some(&basic(READER)), None);
     assert_eq!((st, body.as_str()), (200, "hello"));
     // Bearer: `user:password` (or the default user's password).

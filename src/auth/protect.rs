@@ -34,19 +34,10 @@ pub fn refuse_fd(cfg: &Config, fd: &impl AsRawFd) -> bool {
     if !active(cfg) {
         return false;
     }
-    // SAFETY: getpeername writes at most `len` bytes into the storage we own.
-    let peer = unsafe {
-        let mut ss: libc::sockaddr_storage = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        if libc::getpeername(
-            fd.as_raw_fd(),
-            &mut ss as *mut _ as *mut libc::sockaddr,
-            &mut len,
-        ) != 0
-        {
-            return true;
-        }
-        socket2::SockAddr::new(ss, len)
+    // SAFETY: the descriptor is open for the duration of this call (the caller holds it).
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd.as_raw_fd()) };
+    let Ok(peer) = socket2::SockRef::from(&fd).peer_addr() else {
+        return true;
     };
     !peer.as_socket().is_some_and(|a| is_loopback(a.ip()))
 }
