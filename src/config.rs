@@ -112,6 +112,8 @@ pub struct Config {
     pub requirepass: String,
     /// With no users configured, serve client ports to loopback clients only.
     pub protected_mode: bool,
+    /// Slow password checks (argon2) a second, for the whole host.
+    pub auth_checks_per_s_max: u32,
     /// The users read from `users_file` and `requirepass` by [`Config::load`] (not a
     /// parameter); None: no client credentials, every client is admin.
     pub users: Option<std::sync::Arc<crate::auth::users::Users>>,
@@ -200,6 +202,7 @@ impl Config {
             users_file: PathBuf::new(),
             requirepass: String::new(),
             protected_mode: false,
+            auth_checks_per_s_max: 0,
             users: None,
             failure_detection_ms: 0,
             discovery_wait_ms: 0,
@@ -270,7 +273,11 @@ impl Config {
         c.validate()?;
         c.peer_key =
             crate::auth::peer::ClusterKey::from_config(&c).map_err(ConfigError::Inconsistent)?;
-        c.users = crate::auth::users::Users::from_config(&c.users_file, &c.requirepass)
+        c.users = crate::auth::users::Users::from_config(
+            &c.users_file,
+            &c.requirepass,
+            c.auth_checks_per_s_max,
+        )
             .map_err(ConfigError::Inconsistent)?
             .map(std::sync::Arc::new);
         Ok(c)
@@ -641,6 +648,14 @@ pub static PARAMS: &[ParamSpec] = &[
         "1: with no requirepass and no users_file, svr_port, resp_port and rest_port serve loopback clients only (others are told why and closed). 0: serve everyone without credentials (only on a network you trust completely)",
         |c, v| c.protected_mode = parse_bool(v)?,
         |c| (c.protected_mode as u8).to_string()
+    ),
+    param!(
+        "auth_checks_per_s_max",
+        "20",
+        true,
+        "slow (argon2) password checks this host makes per second, all clients together (1-10000): a check costs a shard about 20 ms of CPU, and only a (user, password) pair not yet verified needs one (a wrong one always does); beyond it Auth fails at once with a retry-later error",
+        |c, v| c.auth_checks_per_s_max = parse_u64(v, 1, 10_000)? as u32,
+        |c| c.auth_checks_per_s_max.to_string()
     ),
     param!(
         "failure_detection_ms",

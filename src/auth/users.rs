@@ -84,6 +84,12 @@ pub const CREDENTIAL_BYTES_MAX: usize = 1024;
 pub enum AuthFail {
     #[error("invalid username-password pair or user is disabled")]
     WrongPass,
+    /// More slow password checks this second than `auth_checks_per_s_max`: refused without
+    /// checking, so wrong passwords cannot keep the shards busy hashing.
+    #[error(
+        "too many password checks on this host right now (auth_checks_per_s_max); retry in a second"
+    )]
+    Busy,
 }
 
 /// One line of the users file.
@@ -104,6 +110,10 @@ pub struct Users {
     cache_key: [u8; 32],
     /// HMAC(user, password) -> role, for pairs that verified.
     verified: Mutex<HashMap<[u8; 32], Role>>,
+    /// Slow (argon2) checks allowed per second in this process, and the current second's
+    /// (second, checks made).
+    checks_per_s_max: u32,
+    checks: Mutex<(u64, u32)>,
 }
 
 impl PartialEq for Users {
@@ -161,7 +171,11 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 impl Users {
     /// The users of `users_file` (if any) plus `default` for `requirepass` (if set); None
     /// when neither is configured (every client is admin).
-    pub fn from_config(users_file: &Path, requirepass: &str) -> Result<Option<Users>, String> {
+    pub fn from_config(
+        users_file: &Path,
+        requirepass: &str,
+        checks_per_s_max: u32,
+    ) -> Result<Option<Users>, String> {
         let mut users = Vec::new();
         if !users_file.as_os_str().is_empty() {
             let text = std::fs::read_to_string(users_file).map_err(|e| {
@@ -189,6 +203,8 @@ impl Users {
                 .then(|| Sha256::digest(requirepass.as_bytes()).into()),
             cache_key,
             verified: Mutex::new(HashMap::new()),
+            checks_per_s_max,
+            checks: Mutex::new((0, 0)),
         }))
     }
 
@@ -207,6 +223,8 @@ impl Users {
                 .then(|| Sha256::digest(requirepass.as_bytes()).into()),
             cache_key: [7u8; 32],
             verified: Mutex::new(HashMap::new()),
+            checks_per_s_max: u32::MAX,
+            checks: Mutex::new((0, 0)),
         }
     }
 
@@ -246,6 +264,21 @@ impl Users {
         let tag: [u8; 32] = mac.finalize().into_bytes().into();
         if let Some(role) = self.verified.lock().expect("not poisoned").get(&tag) {
             return Ok(*role);
+        }
+        // The slow check: bounded per second for the whole process (a client guessing
+        // passwords costs the shards at most `checks_per_s_max` argon2 runs a second).
+        {
+            let now_s = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let mut c = self.checks.lock().expect("not poisoned");
+            if c.0 != now_s {
+                *c = (now_s, 0);
+            }
+            if c.1 >= self.checks_per_s_max {
+                return Err(AuthFail::Busy);
+            }
+            c.1 += 1;
         }
         let found = self.users.iter().find(|u| u.name.as_bytes() == user);
         let hash = found.map_or(dummy_hash(), |u| u.hash.as_str());
@@ -330,6 +363,19 @@ mod tests {
         assert_eq!(u.verify(Some(b"app"), b"wrong"), Err(AuthFail::WrongPass));
         assert_eq!(u.verify(Some(b"nobody"), b"s3cret"), Err(AuthFail::WrongPass));
         assert_eq!(u.verify(None, b"s3cret"), Err(AuthFail::WrongPass));
+    }
+
+    #[test]
+    fn slow_checks_are_bounded_per_second() {
+        let h = hash_password(b"pw").unwrap();
+        let mut u = Users::with_users(&[("app", Role::Read, &h)], "");
+        u.checks_per_s_max = 1;
+        // Whatever the second, at most one slow check runs in it: of three wrong tries in
+        // a row at least one is refused without checking (two if no second boundary passed).
+        let busy = (0..3)
+            .filter(|_| u.verify(Some(b"app"), b"wrong") == Err(AuthFail::Busy))
+            .count();
+        assert!(busy >= 1, "{busy}");
     }
 
     #[test]

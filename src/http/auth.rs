@@ -37,6 +37,8 @@ pub enum Refusal {
     Missing,
     /// Credentials that did not verify.
     Wrong,
+    /// `auth_checks_per_s_max` reached: not checked.
+    Busy,
 }
 
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
@@ -79,7 +81,10 @@ impl ConnAuth {
         let (user, password) = credentials(value).ok_or(Refusal::Missing)?;
         let role = users
             .verify(user.as_deref(), &password)
-            .map_err(|_| Refusal::Wrong)?;
+            .map_err(|e| match e {
+                crate::auth::users::AuthFail::Busy => Refusal::Busy,
+                crate::auth::users::AuthFail::WrongPass => Refusal::Wrong,
+            })?;
         let name = String::from_utf8_lossy(user.as_deref().unwrap_or(b"default")).into_owned();
         *self.verified.borrow_mut() = Some((value.to_vec(), role, name.clone()));
         Ok((role, name))
@@ -88,12 +93,21 @@ impl ConnAuth {
 
 /// The 401 answer: what was wrong and how to send credentials.
 pub fn unauthorized(why: Refusal) -> hyper::Response<Body> {
+    if let Refusal::Busy = why {
+        let mut e = HttpError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "AuthBusy",
+            crate::auth::users::AuthFail::Busy.to_string(),
+        );
+        e.retry_after_ms = Some(1000);
+        return e.into_response();
+    }
     let (error, message) = match why {
         Refusal::Missing => (
             "AuthRequired",
             "this server has client users (requirepass or users_file): send `Authorization: Basic base64(user:password)` (curl -u user:password) or `Authorization: Bearer user:password`",
         ),
-        Refusal::Wrong => (
+        Refusal::Wrong | Refusal::Busy => (
             "AuthFailed",
             "invalid username-password pair or user is disabled",
         ),

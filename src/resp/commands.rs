@@ -124,8 +124,9 @@ pub trait Host {
     /// client credentials configured).
     fn role(&self) -> Option<Role>;
     /// Checks credentials against the configured users (`user` None: `default`); on success
-    /// the connection takes the user's role. Called only when users are configured.
-    fn login(&mut self, user: Option<&[u8]>, password: &[u8]) -> bool;
+    /// the connection takes the user's role. Called only when users are configured. Err:
+    /// the RESP error to answer.
+    fn login(&mut self, user: Option<&[u8]>, password: &[u8]) -> Result<(), &'static str>;
 }
 
 /// A command queued by MULTI: its own copy of the arguments.
@@ -1395,8 +1396,10 @@ fn select(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
 }
 
 const NO_PASSWORD: &str = "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?";
-const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+pub const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 const NOAUTH: &str = "NOAUTH Authentication required.";
+/// `auth_checks_per_s_max` reached: refused without checking.
+pub const AUTH_BUSY: &str = "ERR too many password checks on this host right now (auth_checks_per_s_max); retry in a second";
 const HELLO_NOAUTH: &str = "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time";
 
 /// The role a command needs: clearing databases is admin's, writes read-write's.
@@ -1413,11 +1416,7 @@ fn role_needed(sp: &Spec) -> Role {
 /// them, `users::Users` checks the pair and the connection takes the user's role.
 fn check_auth(h: &mut dyn Host, user: Option<&[u8]>, pass: &[u8]) -> Result<(), &'static str> {
     if h.cfg().users.is_some() {
-        return if h.login(user, pass) {
-            Ok(())
-        } else {
-            Err(WRONGPASS)
-        };
+        return h.login(user, pass);
     }
     match user {
         None => Err(NO_PASSWORD),

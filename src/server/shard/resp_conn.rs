@@ -238,24 +238,25 @@ impl commands::Host for Glue<'_> {
         self.shard.conns[self.slot as usize].role
     }
 
-    fn login(&mut self, user: Option<&[u8]>, password: &[u8]) -> bool {
+    fn login(&mut self, user: Option<&[u8]>, password: &[u8]) -> Result<(), &'static str> {
         let Some(users) = self.shard.core.cfg.users.clone() else {
-            return true;
+            return Ok(());
         };
         match users.verify(user, password) {
             Ok(role) => {
                 let conn = self.conn();
                 conn.role = Some(role);
                 conn.user = Some(String::from_utf8_lossy(user.unwrap_or(b"default")).into());
-                true
+                Ok(())
             }
+            Err(crate::auth::users::AuthFail::Busy) => Err(commands::AUTH_BUSY),
             Err(_) => {
                 tracing::info!(
                     shard = self.shard.core.shard,
                     "Redis client authentication failed for user '{}'",
                     String::from_utf8_lossy(user.unwrap_or(b"default"))
                 );
-                false
+                Err(commands::WRONGPASS)
             }
         }
     }
