@@ -278,8 +278,8 @@ impl Config {
             &c.requirepass,
             c.auth_checks_per_s_max,
         )
-            .map_err(ConfigError::Inconsistent)?
-            .map(std::sync::Arc::new);
+        .map_err(ConfigError::Inconsistent)?
+        .map(std::sync::Arc::new);
         Ok(c)
     }
 

@@ -113,7 +113,10 @@ fn native_users_and_roles() {
 
     // Without credentials: Hello works, everything else is AuthRequired.
     let anon = client_as(srv, None).expect("Hello needs no credentials");
-    assert_eq!(code(anon.namespace("sessions")), Some(ErrorCode::AuthRequired));
+    assert_eq!(
+        code(anon.namespace("sessions")),
+        Some(ErrorCode::AuthRequired)
+    );
     assert_eq!(code(anon.stats()), Some(ErrorCode::AuthRequired));
 
     // A wrong password, and an unknown user, fail the connection with AuthFailed.
@@ -138,7 +141,10 @@ fn native_users_and_roles() {
     assert_eq!(e.code(), Some(ErrorCode::PermissionDenied), "{e}");
     assert!(e.to_string().contains("reader"), "{e}");
     assert_eq!(code(rns.remove("k1")), Some(ErrorCode::PermissionDenied));
-    assert_eq!(code(rns.read_and_lock("k1")), Some(ErrorCode::PermissionDenied));
+    assert_eq!(
+        code(rns.read_and_lock("k1")),
+        Some(ErrorCode::PermissionDenied)
+    );
     // Clearing a namespace is admin's.
     assert_eq!(code(ns.clear()), Some(ErrorCode::PermissionDenied));
     let ops = client_as(srv, Some(OPS)).unwrap();
@@ -235,7 +241,13 @@ fn requirepass_is_the_default_users_admin_password() {
 
 fn redis_cli(port: u16, auth: &[&str], cmd: &[&str]) -> (String, String) {
     let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--no-auth-warning"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "--no-auth-warning",
+        ])
         .args(auth)
         .args(cmd)
         .output()
@@ -319,7 +331,12 @@ print("ok")
 }
 
 /// An HTTP request with ureq; every status is an answer.
-fn http(method: &str, url: &str, auth: Option<&str>, body: Option<&[u8]>) -> (u16, Vec<String>, String) {
+fn http(
+    method: &str,
+    url: &str,
+    auth: Option<&str>,
+    body: Option<&[u8]>,
+) -> (u16, Vec<String>, String) {
     let mut req = ureq::request(method, url).timeout(Duration::from_secs(20));
     if let Some(a) = auth {
         req = req.set("Authorization", a);
@@ -358,9 +375,18 @@ fn http_basic_and_bearer() {
 
     let (st, challenges, body) = http("GET", &data, None, None);
     assert_eq!(st, 401, "{body}");
-    assert!(challenges.iter().any(|c| c.starts_with("Basic")), "{challenges:?}");
-    assert!(challenges.iter().any(|c| c.starts_with("Bearer")), "{challenges:?}");
-    assert_eq!(http("GET", &data, Some(&basic((WRITER.0, "no"))), None).0, 401);
+    assert!(
+        challenges.iter().any(|c| c.starts_with("Basic")),
+        "{challenges:?}"
+    );
+    assert!(
+        challenges.iter().any(|c| c.starts_with("Bearer")),
+        "{challenges:?}"
+    );
+    assert_eq!(
+        http("GET", &data, Some(&basic((WRITER.0, "no"))), None).0,
+        401
+    );
 
     let (st, _, body) = http("PUT", &data, Some(&basic(WRITER)), Some(b"hello"));
     assert!((200..300).contains(&st), "{st} {body}");
@@ -378,7 +404,10 @@ fn http_basic_and_bearer() {
     assert_eq!(http("GET", &format!("{mgt}/healthz"), None, None).0, 200);
     assert_eq!(http("GET", &format!("{mgt}/readyz"), None, None).0, 200);
     assert_eq!(http("GET", &format!("{mgt}/metrics"), None, None).0, 401);
-    assert_eq!(http("GET", &format!("{mgt}/api/v1/host"), None, None).0, 401);
+    assert_eq!(
+        http("GET", &format!("{mgt}/api/v1/host"), None, None).0,
+        401
+    );
     let (st, _, body) = http("GET", &format!("{mgt}/metrics"), Some(&basic(READER)), None);
     assert_eq!(st, 200, "{body}");
 }
@@ -520,7 +549,10 @@ fn protected_mode_serves_loopback_only_until_credentials_exist() {
     assert!(text.contains("protected mode"), "{text}");
     // Loopback clients are served as before.
     let c = srv.blocking_client();
-    c.namespace("n").unwrap().put("k", b"v", WriteOptions::new()).unwrap();
+    c.namespace("n")
+        .unwrap()
+        .put("k", b"v", WriteOptions::new())
+        .unwrap();
     drop(srv);
 
     // With a password configured, the same outside client is served (after Auth).
@@ -558,6 +590,10 @@ fn protected_mode_serves_loopback_only_until_credentials_exist() {
     let mut off = open.to_vec();
     off.push(("protected_mode", "0"));
     let srv = TestServer::start(&off);
-    let out = from_outside(ip, srv.addr.port(), b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nQUIT\r\n");
+    let out = from_outside(
+        ip,
+        srv.addr.port(),
+        b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nQUIT\r\n",
+    );
     assert_eq!(String::from_utf8_lossy(&out), "+PONG\r\n+OK\r\n");
 }

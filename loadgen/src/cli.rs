@@ -321,9 +321,11 @@ impl Config {
             namespace: a.namespace.clone(),
             shard_aware: !a.naive,
             auth: match &a.auth_file {
-                Some(path) => Some(parse_auth(&std::fs::read_to_string(path).map_err(
-                    |e| format!("--auth-file {}: {e}", path.display()),
-                )?)),
+                Some(path) => {
+                    Some(parse_auth(&std::fs::read_to_string(path).map_err(|e| {
+                        format!("--auth-file {}: {e}", path.display())
+                    })?))
+                }
                 None => std::env::var("STATEGRID_AUTH")
                     .ok()
                     .filter(|v| !v.is_empty())

@@ -92,13 +92,19 @@ pub enum AuthFail {
     Busy,
 }
 
-/// One line of the users file.
+/// One line of the users file. `Debug` leaves the hash out.
 #[derive(Clone, PartialEq, Eq)]
 pub struct User {
     pub name: String,
     pub role: Role,
     /// An argon2 PHC string.
     hash: String,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "User({} {})", self.name, self.role.name())
+    }
 }
 
 /// The configured users. Shared by every shard (`Arc` in the config).
@@ -361,7 +367,10 @@ mod tests {
         // The second time comes from the cache, with the same answer.
         assert_eq!(u.verify(Some(b"app"), b"s3cret"), Ok(Role::ReadWrite));
         assert_eq!(u.verify(Some(b"app"), b"wrong"), Err(AuthFail::WrongPass));
-        assert_eq!(u.verify(Some(b"nobody"), b"s3cret"), Err(AuthFail::WrongPass));
+        assert_eq!(
+            u.verify(Some(b"nobody"), b"s3cret"),
+            Err(AuthFail::WrongPass)
+        );
         assert_eq!(u.verify(None, b"s3cret"), Err(AuthFail::WrongPass));
     }
 

@@ -320,7 +320,10 @@ impl Cli {
             })?;
             return Ok(Some(stategrid_client::Credentials::parse(&text)));
         }
-        if let Some(v) = std::env::var("STATEGRID_AUTH").ok().filter(|v| !v.is_empty()) {
+        if let Some(v) = std::env::var("STATEGRID_AUTH")
+            .ok()
+            .filter(|v| !v.is_empty())
+        {
             return Ok(Some(stategrid_client::Credentials::parse(&v)));
         }
         Ok(std::env::var("STATEGRID_REQUIREPASS")

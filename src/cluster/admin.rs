@@ -302,7 +302,10 @@ mod tests {
             password: Some("pw".into()),
         };
         let line = request_line(&Request::Join, &auth);
-        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), Request::Join);
+        assert_eq!(
+            serde_json::from_str::<Request>(&line).unwrap(),
+            Request::Join
+        );
         assert_eq!(serde_json::from_str::<AdminAuth>(&line).unwrap(), auth);
         assert!(!format!("{auth:?}").contains("pw"));
         let line = ok_line(serde_json::json!({"x": 1}));

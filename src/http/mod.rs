@@ -65,9 +65,7 @@ pub async fn serve(listener: socket2::Socket, shard: ShardHandle, service: Servi
                 continue;
             }
         };
-        if service == Service::Data
-            && crate::auth::protect::refuse_fd(state.cfg(), &stream)
-        {
+        if service == Service::Data && crate::auth::protect::refuse_fd(state.cfg(), &stream) {
             glommio::spawn_local(deny(stream)).detach();
             continue;
         }
@@ -102,7 +100,9 @@ async fn refuse(mut stream: glommio::net::TcpStream, max: u32, param: &str) {
 /// Answers a client refused by protected mode with a 403 saying why, and closes it.
 async fn deny(mut stream: glommio::net::TcpStream) {
     use futures_lite::AsyncReadExt;
-    tracing::info!("rest_port: refused a non-loopback client: protected mode (no requirepass or users_file)");
+    tracing::info!(
+        "rest_port: refused a non-loopback client: protected mode (no requirepass or users_file)"
+    );
     // Read the request first (briefly): closing with unread bytes would reset the
     // connection and the client might never see the answer.
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));

@@ -1185,7 +1185,10 @@ impl Shard {
         let conn = &mut self.conns[slot as usize];
         if is_resp {
             let mut out = Vec::new();
-            crate::resp::reply::error(&mut out, &format!("DENIED {}", crate::auth::protect::DENIED));
+            crate::resp::reply::error(
+                &mut out,
+                &format!("DENIED {}", crate::auth::protect::DENIED),
+            );
             conn.filling.bytes_mut().extend_from_slice(&out);
         } else {
             codec::encode_response(

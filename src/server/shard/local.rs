@@ -150,7 +150,12 @@ impl Shard {
 
     /// Sets what a local connection's caller may do (the HTTP services authenticate each
     /// request and set its user's role here; the shard's ordinary role check then applies).
-    pub fn set_local_role(&mut self, c: LocalConn, role: Option<crate::auth::users::Role>, user: &str) {
+    pub fn set_local_role(
+        &mut self,
+        c: LocalConn,
+        role: Option<crate::auth::users::Role>,
+        user: &str,
+    ) {
         if let Some(conn) = self.conn_mut(c.slot, c.generation) {
             conn.role = role;
             if conn.user.as_deref() != Some(user) {
