@@ -1129,11 +1129,14 @@ impl Shard {
                         Response::Ok
                     }
                     Err(e) => {
-                        tracing::info!(
-                            shard = self.core.shard,
-                            "client authentication failed for user '{}'",
-                            user.unwrap_or("default")
-                        );
+                        // At most auth_checks_per_s_max a second reach a check (and a log).
+                        if e == crate::auth::users::AuthFail::WrongPass {
+                            tracing::info!(
+                                shard = self.core.shard,
+                                "client authentication failed for user '{}'",
+                                user.unwrap_or("default")
+                            );
+                        }
                         Response::Error(ErrorReply::with_message(
                             ErrorCode::AuthFailed,
                             0,
