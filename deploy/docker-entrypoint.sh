@@ -2,7 +2,7 @@
 # The image's entry point: runs `stategrid "$@"` (default `serve`) by exec, so stategrid is
 # PID 1 and `docker stop` (SIGTERM) reaches the server itself, which drains and exits 0.
 #
-# For `serve` it adds four container defaults, each only where the user has not chosen:
+# For `serve` it adds five container defaults, each only where the user has not chosen:
 # - `--params /etc/stategrid/params.txt` when that file exists (mount a params file there)
 #   and no `--params` was given.
 # - net_interface 0.0.0.0 when neither STATEGRID_NET_INTERFACE nor the params file in use sets
@@ -13,6 +13,8 @@
 # - rest_port 4001 (the HTTP data API) and mgt_http_port 4000 (the management HTTP API, on
 #   loopback unless mgt_http_interface says otherwise): ScaleOut's REST ports, exported for
 #   the same reason.
+# - protected_mode 0 when no client credentials are configured (see below, and
+#   docs/security.md: a container's clients never come from loopback).
 # Any other first argument (`show`, `put`, `params`, ...) runs that command unchanged.
 #
 # POSIX sh with builtins only: the offline image (deploy/offline-image.sh) has no coreutils.
@@ -66,6 +68,18 @@ if [ "${1:-serve}" = serve ]; then
     # The management HTTP API on ScaleOut's port 4000 (on loopback unless mgt_http_interface).
     if [ -z "${STATEGRID_MGT_HTTP_PORT:-}" ] && ! sets_param "$params" mgt_http_port; then
         export STATEGRID_MGT_HTTP_PORT=4000
+    fi
+    # Protected mode (client ports serve loopback only while no credentials are configured)
+    # cannot work in a container: published ports and the bridge network reach the server
+    # from the bridge's address, never from loopback. As Redis's official image does, turn it
+    # off unless credentials (STATEGRID_REQUIREPASS / STATEGRID_USERS_FILE or the params file)
+    # or protected_mode itself are set; the cluster key still guards int_port and mgt_port.
+    # Set STATEGRID_REQUIREPASS (or a users_file) to make clients authenticate.
+    if [ -z "${STATEGRID_PROTECTED_MODE:-}" ] && [ -z "${STATEGRID_REQUIREPASS:-}" ] \
+        && [ -z "${STATEGRID_USERS_FILE:-}" ] && ! sets_param "$params" protected_mode \
+        && ! sets_param "$params" requirepass && ! sets_param "$params" users_file; then
+        export STATEGRID_PROTECTED_MODE=0
+        echo "docker-entrypoint: no requirepass or users_file: clients connect without credentials (protected_mode 0); set STATEGRID_REQUIREPASS to require a password" >&2
     fi
     set -- serve "$@"
 fi

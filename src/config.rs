@@ -69,11 +69,13 @@ pub enum ConfigError {
     Inconsistent(String),
 }
 
-/// `STATEGRID_*` variables that are not parameters: the control program's addresses, the log
-/// filter and the simulation's seed. A shell that sets them for the CLI can still run `serve`.
+/// `STATEGRID_*` variables that are not parameters: the control program's addresses and
+/// credentials, the log filter and the simulation's seed. A shell that sets them for the CLI
+/// can still run `serve`.
 const ENV_NOT_PARAMS: &[&str] = &[
     "STATEGRID_HOST",
     "STATEGRID_MGT",
+    "STATEGRID_AUTH",
     "STATEGRID_LOG",
     "STATEGRID_SIM_SEED",
 ];
@@ -111,6 +113,17 @@ pub struct Config {
     /// The secret itself, read from `cluster_key_file` or `cluster_key` by [`Config::load`]
     /// (not a parameter).
     pub peer_key: Option<crate::auth::peer::ClusterKey>,
+    /// Users and roles for clients (`users_file`), one line each.
+    pub users_file: PathBuf,
+    /// The user `default`'s password (role admin), as Redis's `requirepass`.
+    pub requirepass: String,
+    /// With no users configured, serve client ports to loopback clients only.
+    pub protected_mode: bool,
+    /// Slow password checks (argon2) a second, for the whole host.
+    pub auth_checks_per_s_max: u32,
+    /// The users read from `users_file` and `requirepass` by [`Config::load`] (not a
+    /// parameter); None: no client credentials, every client is admin.
+    pub users: Option<std::sync::Arc<crate::auth::users::Users>>,
     /// How long SWIM may take to declare a dead host down.
     pub failure_detection_ms: u64,
     /// How long a starting host looks for a store before the lowest id bootstraps one.
@@ -199,6 +212,11 @@ impl Config {
             cluster_key_file: PathBuf::new(),
             insecure_cluster: false,
             peer_key: None,
+            users_file: PathBuf::new(),
+            requirepass: String::new(),
+            protected_mode: false,
+            auth_checks_per_s_max: 0,
+            users: None,
             failure_detection_ms: 0,
             discovery_wait_ms: 0,
             replication_timeout_ms: 0,
@@ -269,6 +287,13 @@ impl Config {
         c.validate()?;
         c.peer_key =
             crate::auth::peer::ClusterKey::from_config(&c).map_err(ConfigError::Inconsistent)?;
+        c.users = crate::auth::users::Users::from_config(
+            &c.users_file,
+            &c.requirepass,
+            c.auth_checks_per_s_max,
+        )
+        .map_err(ConfigError::Inconsistent)?
+        .map(std::sync::Arc::new);
         Ok(c)
     }
 
@@ -663,6 +688,42 @@ pub static PARAMS: &[ParamSpec] = &[
         |c| (c.insecure_cluster as u8).to_string()
     ),
     param!(
+        "requirepass",
+        "",
+        true,
+        "password of the client user `default` (role admin), as Redis's requirepass: native clients send Auth, Redis clients AUTH, HTTP clients Basic or Bearer. Empty: none. Shown as <set> when read back; prefer users_file (hashed) for more than one user",
+        |c, v| c.requirepass = v.to_owned(),
+        |c| if c.requirepass.is_empty() {
+            String::new()
+        } else {
+            REDACTED.to_owned()
+        }
+    ),
+    param!(
+        "users_file",
+        "",
+        true,
+        "file of client users, one `name role hash` per line (role read, read-write or admin; hash from `stategrid hash-password`); see docs/security.md",
+        |c, v| c.users_file = PathBuf::from(v),
+        |c| c.users_file.display().to_string()
+    ),
+    param!(
+        "protected_mode",
+        "1",
+        true,
+        "1: with no requirepass and no users_file, svr_port, resp_port and rest_port serve loopback clients only (others are told why and closed). 0: serve everyone without credentials (only on a network you trust completely)",
+        |c, v| c.protected_mode = parse_bool(v)?,
+        |c| (c.protected_mode as u8).to_string()
+    ),
+    param!(
+        "auth_checks_per_s_max",
+        "20",
+        true,
+        "slow (argon2) password checks this host makes per second, all clients together (1-10000): a check costs a shard about 20 ms of CPU, and only a (user, password) pair not yet verified needs one (a wrong one always does); beyond it Auth fails at once with a retry-later error",
+        |c, v| c.auth_checks_per_s_max = parse_u64(v, 1, 10_000)? as u32,
+        |c| c.auth_checks_per_s_max.to_string()
+    ),
+    param!(
         "failure_detection_ms",
         "1500",
         true,
@@ -759,7 +820,7 @@ pub static PARAMS: &[ParamSpec] = &[
         "unauth_frame_bytes_max",
         "64KiB",
         true,
-        "largest frame a connection may send before it is trusted (before Hello on svr_port and int_port): a peer that proved nothing cannot make the server buffer more",
+        "largest frame a connection may send before it is trusted (before Hello on svr_port and int_port, and before Auth when client credentials are configured; it also caps a RESP argument before AUTH): a peer that proved nothing cannot make the server buffer more",
         |c, v| c.unauth_frame_bytes_max = parse_bytes(v)?.clamp(1024, 64 << 20),
         |c| c.unauth_frame_bytes_max.to_string()
     ),

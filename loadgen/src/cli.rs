@@ -138,6 +138,11 @@ pub struct Args {
     /// whichever shard the kernel picks and most requests hop between the server's cores.
     #[arg(long)]
     pub naive: bool,
+    /// A file holding `user:password` (or a password alone, for the user `default`) for a
+    /// server with client users: native connections send `Auth` after `Hello`, RESP ones
+    /// `AUTH` first. Otherwise the environment variable STATEGRID_AUTH, same format.
+    #[arg(long, value_name = "FILE")]
+    pub auth_file: Option<PathBuf>,
     /// Write the results as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -180,6 +185,19 @@ pub struct Config {
     pub namespace: String,
     /// Native protocol: connections ask for a shard and carry only its keys (not --naive).
     pub shard_aware: bool,
+    /// (user, password) to authenticate with (`--auth-file` or STATEGRID_AUTH); never in
+    /// the JSON.
+    #[serde(skip)]
+    pub auth: Option<(Option<String>, String)>,
+}
+
+/// `user:password` or a password alone (the user `default`), without a trailing newline.
+fn parse_auth(text: &str) -> (Option<String>, String) {
+    let t = text.trim_end_matches(['\n', '\r']);
+    match t.split_once(':') {
+        Some((u, p)) => (Some(u.to_owned()), p.to_owned()),
+        None => (None, t.to_owned()),
+    }
 }
 
 fn positive(name: &str, v: f64, max: f64) -> Result<f64, String> {
@@ -302,6 +320,17 @@ impl Config {
             seed: a.seed,
             namespace: a.namespace.clone(),
             shard_aware: !a.naive,
+            auth: match &a.auth_file {
+                Some(path) => {
+                    Some(parse_auth(&std::fs::read_to_string(path).map_err(|e| {
+                        format!("--auth-file {}: {e}", path.display())
+                    })?))
+                }
+                None => std::env::var("STATEGRID_AUTH")
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .map(|v| parse_auth(&v)),
+            },
         })
     }
 

@@ -100,13 +100,17 @@ pub struct WorkerSpec {
 pub fn run_worker(spec: WorkerSpec) -> ThreadStats {
     let cfg = spec.cfg.clone();
     match cfg.protocol {
-        Protocol::Native => Worker::run(spec, Native::new(&cfg.namespace, cfg.session_timeout_s)),
+        Protocol::Native => Worker::run(
+            spec,
+            Native::new(&cfg.namespace, cfg.session_timeout_s).with_auth(cfg.auth.clone()),
+        ),
         Protocol::Resp => Worker::run(
             spec,
             Resp::new(
                 cfg.lock_timeout_s as u64 * 1000,
                 cfg.session_timeout_s as u64 * 1000,
-            ),
+            )
+            .with_auth(cfg.auth.clone()),
         ),
         Protocol::Memcache => Worker::run(
             spec,

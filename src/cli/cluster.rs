@@ -46,9 +46,18 @@ fn call(cli: &Cli, what: &str, req: &Request, timeout_ms: u64) -> Result<Value, 
         }
         None => None,
     };
-    admin::call(addr, req, Duration::from_millis(timeout_ms), tls).map_err(|error| Failure::Admin {
-        what: what.to_owned(),
-        error,
+    let auth = match cli.credentials()? {
+        Some(c) => admin::AdminAuth {
+            user: c.user,
+            password: Some(c.password),
+        },
+        None => admin::AdminAuth::default(),
+    };
+    admin::call_as(addr, req, &auth, Duration::from_millis(timeout_ms), tls).map_err(|error| {
+        Failure::Admin {
+            what: what.to_owned(),
+            error,
+        }
     })
 }
 

@@ -15,15 +15,16 @@ use super::output::{
 use super::{Cli, Command, Failure, PutArgs, WriteArgs};
 
 /// The CLI makes a handful of calls: one connection, a short connect timeout.
-fn client_config() -> ClientConfig {
-    ClientConfig {
+fn client_config(cli: &Cli) -> Result<ClientConfig, Failure> {
+    Ok(ClientConfig {
+        credentials: cli.credentials()?,
         connections: 1,
         inflight_per_conn_max: 8,
         request_timeout_ms: 5_000,
         connect_timeout_ms: 3_000,
         client_name: concat!("stategrid-cli/", env!("CARGO_PKG_VERSION")).to_owned(),
         ..ClientConfig::default()
-    }
+    })
 }
 
 /// Attaches the operation's name to a client error.
@@ -37,7 +38,7 @@ fn connect(cli: &Cli, what: &str) -> Result<Client, Failure> {
         tls: cli
             .tls_ca()?
             .map(stategrid_client::TlsOptions::with_ca_file),
-        ..client_config()
+        ..client_config(cli)?
     };
     Client::connect(&cli.host, config).map_err(ctx(what))
 }
@@ -82,7 +83,10 @@ fn write_opts(w: &WriteArgs) -> WriteOpts {
 /// Runs every command except `serve`.
 pub(super) fn execute(cli: &Cli) -> Result<Outcome, Failure> {
     match &cli.command {
-        Command::Serve { .. } | Command::Params | Command::Witness { .. } => {
+        Command::Serve { .. }
+        | Command::Params
+        | Command::HashPassword
+        | Command::Witness { .. } => {
             unreachable!("serve, params and witness are not client commands")
         }
         Command::Query => super::cluster::query(cli),

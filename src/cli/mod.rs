@@ -90,6 +90,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "STATEGRID_CACERT", value_name = "FILE")]
     pub cacert: Option<std::path::PathBuf>,
 
+    /// A file holding `user:password` (or a password alone, for the user `default`) for a
+    /// server with client users. Otherwise the environment variable STATEGRID_AUTH, same
+    /// format. Never on the command line: it would show in `ps`.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub auth_file: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -122,6 +128,9 @@ pub enum Command {
     },
     /// Every server parameter with its default and meaning (a markdown table).
     Params,
+    /// Print an argon2id hash of a password read from stdin (one line), for a users_file
+    /// line `name role HASH`. The password is never taken from the command line.
+    HashPassword,
     /// This host's status: version, shards, partitions, objects, memory, parameters.
     Show,
     /// Store a value (create or replace unless --add / --update / --if-version).
@@ -320,6 +329,37 @@ fn parse_set(s: &str) -> Result<(String, String), String> {
     }
 }
 
+impl Cli {
+    /// The credentials to send: `--auth-file`'s contents, else `STATEGRID_AUTH`, else the
+    /// user `default` with `STATEGRID_REQUIREPASS` when that is set (the server's own
+    /// environment: a container's health check and `docker exec ... stategrid` work
+    /// unchanged), else none.
+    pub fn credentials(&self) -> Result<Option<stategrid_client::Credentials>, Failure> {
+        if let Some(path) = &self.auth_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Failure::Usage(format!(
+                    "cannot read --auth-file {}: {e} (it holds `user:password`, or a password for the user `default`)",
+                    path.display()
+                ))
+            })?;
+            return Ok(Some(stategrid_client::Credentials::parse(&text)));
+        }
+        if let Some(v) = std::env::var("STATEGRID_AUTH")
+            .ok()
+            .filter(|v| !v.is_empty())
+        {
+            return Ok(Some(stategrid_client::Credentials::parse(&v)));
+        }
+        Ok(std::env::var("STATEGRID_REQUIREPASS")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(|password| stategrid_client::Credentials {
+                user: None,
+                password,
+            }))
+    }
+}
+
 /// Why a command failed; [`Failure::exit_code`] and [`Failure::report`] are the only places
 /// that turn it into an exit code and a message.
 #[derive(Debug)]
@@ -440,7 +480,10 @@ pub fn client_exit_code(error: &ClientError) -> i32 {
             | ErrorCode::Unsupported
             | ErrorCode::Forbidden
             | ErrorCode::WrongType
-            | ErrorCode::NotInteger => EXIT_REFUSED,
+            | ErrorCode::NotInteger
+            | ErrorCode::AuthRequired
+            | ErrorCode::AuthFailed
+            | ErrorCode::PermissionDenied => EXIT_REFUSED,
         },
         // Reached the server, which refused to speak this protocol version.
         ClientError::UnsupportedVersion { .. } => EXIT_REFUSED,
@@ -473,6 +516,7 @@ pub fn run(cli: Cli) -> i32 {
             print!("{}", crate::config::params_markdown());
             return EXIT_OK;
         }
+        Command::HashPassword => return hash_password(),
         _ => {}
     }
     match commands::execute(&cli) {
@@ -483,6 +527,32 @@ pub fn run(cli: Cli) -> i32 {
         Err(failure) => {
             failure.report(cli.json);
             failure.exit_code()
+        }
+    }
+}
+
+/// `stategrid hash-password`: stdin's first line (without its newline) to a PHC string.
+fn hash_password() -> i32 {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("error: cannot read the password from stdin: {e}");
+        return EXIT_USAGE;
+    }
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        eprintln!(
+            "error: no password on stdin; for example: `printf '%s' \"$PASSWORD\" | stategrid hash-password`"
+        );
+        return EXIT_USAGE;
+    }
+    match crate::auth::users::hash_password(password.as_bytes()) {
+        Ok(h) => {
+            println!("{h}");
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: hashing failed: {e}");
+            EXIT_USAGE
         }
     }
 }

@@ -14,6 +14,13 @@
 //! | `{"cmd":"set_local","name":S,"value":S}` | `{}` (a `set` forwarded to every host; the leader proposes it) |
 //!
 //! Host ids are 16-digit hex strings (JSON numbers would lose bits in many tools).
+//!
+//! Credentials: when the host has client users (`requirepass`, `users_file`), `join`,
+//! `leave`, `set` and `set_local` need a user with role admin, given in the same line as
+//! `"user": S` (optional: `default`) and `"password": S`; otherwise the answer is
+//! `{"ok": false, "error": "..."}` naming what is missing. `query` and `local` (read-only
+//! status, which hosts ask each other for) need none. A host forwards the credentials of a
+//! `set` to the other hosts in its `set_local`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -57,6 +64,57 @@ pub enum Request {
         name: String,
         value: String,
     },
+}
+
+/// Credentials sent with an admin request (fields of the same JSON object).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminAuth {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for AdminAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminAuth")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<secret>"))
+            .finish()
+    }
+}
+
+impl Request {
+    /// Does this request change the store (and so need the admin role)?
+    pub fn needs_admin(&self) -> bool {
+        !matches!(self, Request::Query | Request::Local)
+    }
+}
+
+/// Checks an admin request's credentials against the host's users; Err says what to fix.
+pub fn authorize(
+    users: Option<&crate::auth::users::Users>,
+    req: &Request,
+    auth: &AdminAuth,
+) -> Result<(), String> {
+    let Some(users) = users else {
+        return Ok(());
+    };
+    if !req.needs_admin() {
+        return Ok(());
+    }
+    let Some(password) = &auth.password else {
+        return Err("this host has client users (requirepass or users_file): join, leave and set need a user with role admin; give the CLI `--auth-file FILE` or STATEGRID_AUTH=user:password".into());
+    };
+    match users.verify(auth.user.as_deref().map(str::as_bytes), password.as_bytes()) {
+        Ok(crate::auth::users::Role::Admin) => Ok(()),
+        Ok(role) => Err(format!(
+            "user '{}' has role {}; join, leave and set need role admin",
+            auth.user.as_deref().unwrap_or("default"),
+            role.name()
+        )),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// How long `leave --wait` waits by default for the host's partitions to move away.
@@ -174,13 +232,24 @@ pub fn call(
     timeout: Duration,
     tls: Option<(std::sync::Arc<rustls::ClientConfig>, String)>,
 ) -> Result<serde_json::Value, CallError> {
+    call_as(addr, req, &AdminAuth::default(), timeout, tls)
+}
+
+/// As [`call`], with credentials in the request line.
+pub fn call_as(
+    addr: SocketAddr,
+    req: &Request,
+    auth: &AdminAuth,
+    timeout: Duration,
+    tls: Option<(std::sync::Arc<rustls::ClientConfig>, String)>,
+) -> Result<serde_json::Value, CallError> {
     let s = TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(5)))
         .map_err(|source| CallError::Connect { addr, source })?;
     let io = |source| CallError::Io { addr, source };
     s.set_read_timeout(Some(timeout)).map_err(io)?;
     s.set_write_timeout(Some(timeout)).map_err(io)?;
     match tls {
-        None => call_on(s, addr, req),
+        None => call_on(s, addr, req, auth),
         Some((config, name)) => {
             let server_name =
                 rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| {
@@ -198,7 +267,7 @@ pub fn call(
                     source: std::io::Error::other(format!("TLS: {e}")),
                 }
             })?;
-            call_on(rustls::StreamOwned::new(conn, s), addr, req)
+            call_on(rustls::StreamOwned::new(conn, s), addr, req, auth)
         }
     }
 }
@@ -208,9 +277,10 @@ fn call_on<S: Read + Write>(
     mut s: S,
     addr: SocketAddr,
     req: &Request,
+    auth: &AdminAuth,
 ) -> Result<serde_json::Value, CallError> {
     let io = |source| CallError::Io { addr, source };
-    let mut line = serde_json::to_string(req).expect("request encodes");
+    let mut line = request_line(req, auth);
     line.push('\n');
     s.write_all(line.as_bytes()).map_err(io)?;
     let mut answer = String::new();
@@ -237,6 +307,17 @@ fn call_on<S: Read + Write>(
     }
 }
 
+/// A request and its credentials as one JSON object (no newline).
+pub fn request_line(req: &Request, auth: &AdminAuth) -> String {
+    let mut v = serde_json::to_value(req).expect("request encodes");
+    if let (Some(o), Ok(serde_json::Value::Object(a))) =
+        (v.as_object_mut(), serde_json::to_value(auth))
+    {
+        o.extend(a);
+    }
+    v.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,6 +340,18 @@ mod tests {
             r#"{"cmd":"query"}"#
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"reboot"}"#).is_err());
+        // Credentials ride in the same object; the request parses as before.
+        let auth = AdminAuth {
+            user: Some("ops".into()),
+            password: Some("pw".into()),
+        };
+        let line = request_line(&Request::Join, &auth);
+        assert_eq!(
+            serde_json::from_str::<Request>(&line).unwrap(),
+            Request::Join
+        );
+        assert_eq!(serde_json::from_str::<AdminAuth>(&line).unwrap(), auth);
+        assert!(!format!("{auth:?}").contains("pw"));
         let line = ok_line(serde_json::json!({"x": 1}));
         assert_eq!(line, "{\"ok\":true,\"x\":1}\n");
         assert!(error_line("nope").contains("\"ok\":false"));

@@ -1311,6 +1311,13 @@ impl Ctl {
                 return self.answer(conn, admin::error_line(msg));
             }
         };
+        // Changes need an admin user when client users are configured (the argon2 check
+        // runs here, on the control thread, not on a shard).
+        let auth: admin::AdminAuth = serde_json::from_slice(line).unwrap_or_default();
+        if let Err(msg) = admin::authorize(self.cfg.users.as_deref(), &req, &auth) {
+            tracing::info!("refused an admin request: {msg}");
+            return self.answer(conn, admin::error_line(msg));
+        }
         match req {
             Request::Local => {
                 let r = self.local_reply();
@@ -1365,7 +1372,7 @@ impl Ctl {
                     deadline_ms: now + timeout_ms,
                 });
             }
-            Request::Set { name, value } => self.start_set(conn, name, value, now),
+            Request::Set { name, value } => self.start_set(conn, name, value, auth, now),
             Request::SetLocal { name, value } => {
                 if let Err(msg) = check_settable(&name, &value) {
                     return self.answer(conn, admin::error_line(msg));
@@ -1487,7 +1494,14 @@ impl Ctl {
         });
     }
 
-    fn start_set(&mut self, conn: u64, name: String, value: String, now: u64) {
+    fn start_set(
+        &mut self,
+        conn: u64,
+        name: String,
+        value: String,
+        auth: admin::AdminAuth,
+        now: u64,
+    ) {
         if let Err(msg) = check_settable(&name, &value) {
             return self.answer(conn, admin::error_line(msg));
         }
@@ -1512,7 +1526,7 @@ impl Ctl {
         };
         let calls = others
             .into_iter()
-            .map(|a| self.start_call(a, &req, deadline_ms))
+            .map(|a| self.start_call_as(a, &req, &auth, deadline_ms))
             .collect();
         self.inputs.push_back(Input::SetParam {
             name: name.clone(),
@@ -1529,8 +1543,20 @@ impl Ctl {
     }
 
     fn start_call(&mut self, to: SocketAddr, req: &Request, deadline_ms: u64) -> u64 {
+        self.start_call_as(to, req, &admin::AdminAuth::default(), deadline_ms)
+    }
+
+    /// Starts an admin call to another host carrying `auth` (a `set`'s own credentials,
+    /// forwarded with its `set_local`).
+    fn start_call_as(
+        &mut self,
+        to: SocketAddr,
+        req: &Request,
+        auth: &admin::AdminAuth,
+        deadline_ms: u64,
+    ) -> u64 {
         self.next_id += 1;
-        let mut out = serde_json::to_vec(req).expect("request encodes");
+        let mut out = admin::request_line(req, auth).into_bytes();
         out.push(b'\n');
         let (stream, result) = match connect_nonblocking(self.cfg.net_interface, to) {
             Ok(s) => (Some(s), None),

@@ -87,7 +87,8 @@ impl HttpError {
             | C::TooManyInFlight
             | C::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
             C::Unsupported => StatusCode::NOT_IMPLEMENTED,
-            C::Forbidden => StatusCode::FORBIDDEN,
+            C::Forbidden | C::PermissionDenied => StatusCode::FORBIDDEN,
+            C::AuthRequired | C::AuthFailed => StatusCode::UNAUTHORIZED,
             C::Internal | C::BadFrame | C::UnsupportedVersion | C::HandshakeRequired => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

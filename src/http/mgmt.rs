@@ -82,6 +82,7 @@ async fn route(
 ) -> Result<hyper::Response<Body>, HttpError> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
+    let headers = req.headers().clone();
     let read = method == Method::GET || method == Method::HEAD;
     if let Some(r) = super::console::serve(&path) {
         return if read {
@@ -106,16 +107,20 @@ async fn route(
             let st = stats(rest, session).await?;
             Ok(json_ok(stats_json(&st)))
         }
-        "/api/v1/hosts" => Ok(json_ok(admin_call(rest, &admin::Request::Query).await?)),
+        "/api/v1/hosts" => Ok(json_ok(
+            admin_call(rest, &admin::Request::Query, &admin::AdminAuth::default()).await?,
+        )),
         "/api/v1/map" => map(rest),
         "/api/v1/params" => params(rest, session).await,
-        "/api/v1/join" => Ok(json_ok(admin_call(rest, &admin::Request::Join).await?)),
+        "/api/v1/join" => Ok(json_ok(
+            admin_call(rest, &admin::Request::Join, &forwarded_auth(&headers)).await?,
+        )),
         "/api/v1/leave" => {
             let req = admin::Request::Leave {
                 wait: false,
                 timeout_ms: 0,
             };
-            let v = admin_call(rest, &req).await?;
+            let v = admin_call(rest, &req, &forwarded_auth(&headers)).await?;
             let mut r = json_ok(v);
             *r.status_mut() = StatusCode::ACCEPTED;
             Ok(r)
@@ -230,9 +235,29 @@ fn admin_addr(rest: &Rest) -> SocketAddr {
     SocketAddr::new(ip.into(), cfg.mgt_port)
 }
 
+/// The HTTP request's own credentials, passed on to `mgt_port` with an admin request (which
+/// checks the admin role itself when the host has users): the HTTP service holds no
+/// credential of its own, so it can do nothing its caller could not.
+fn forwarded_auth(headers: &hyper::HeaderMap) -> admin::AdminAuth {
+    match headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| super::auth::credentials(v.as_bytes()))
+    {
+        Some((user, password)) => admin::AdminAuth {
+            user: user.map(|u| String::from_utf8_lossy(&u).into_owned()),
+            password: Some(String::from_utf8_lossy(&password).into_owned()),
+        },
+        None => admin::AdminAuth::default(),
+    }
+}
+
 /// Sends one admin request to this host's `mgt_port` (what the CLI sends) and returns the
 /// answer without its `ok` field. A refusal is 409 with the host's reason; no answer is 503.
-async fn admin_call(rest: &Rest, req: &admin::Request) -> Result<Value, HttpError> {
+async fn admin_call(
+    rest: &Rest,
+    req: &admin::Request,
+    auth: &admin::AdminAuth,
+) -> Result<Value, HttpError> {
     let addr = admin_addr(rest);
     let unavailable = |what: String| {
         HttpError::new(
@@ -247,7 +272,7 @@ async fn admin_call(rest: &Rest, req: &admin::Request) -> Result<Value, HttpErro
         let mut s = glommio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("refused the connection: {e}"))?;
-        let mut line = serde_json::to_string(req).expect("admin requests encode");
+        let mut line = admin::request_line(req, auth);
         line.push('\n');
         s.write_all(line.as_bytes())
             .await
@@ -295,7 +320,7 @@ async fn host(
     session: &LocalSession,
     id: &str,
 ) -> Result<hyper::Response<Body>, HttpError> {
-    let q = admin_call(rest, &admin::Request::Query).await?;
+    let q = admin_call(rest, &admin::Request::Query, &admin::AdminAuth::default()).await?;
     let me = q["me"].as_str().unwrap_or_default().to_owned();
     let id = if id == "self" { me.as_str() } else { id };
     let entry = q["hosts"]
@@ -421,6 +446,7 @@ async fn set_param(
     name: &str,
     req: hyper::Request<Incoming>,
 ) -> Result<hyper::Response<Body>, HttpError> {
+    let auth = forwarded_auth(req.headers());
     let body = Limited::new(req.into_body(), MGMT_BODY_BYTES_MAX)
         .collect()
         .await
@@ -472,7 +498,7 @@ async fn set_param(
         name: name.to_owned(),
         value,
     };
-    Ok(json_ok(admin_call(rest, &req).await?))
+    Ok(json_ok(admin_call(rest, &req, &auth).await?))
 }
 
 fn json_ok(v: Value) -> hyper::Response<Body> {

@@ -13,10 +13,14 @@
 //!   only): probes, the store's hosts, the partition map, parameters, join and leave as JSON,
 //!   `/metrics`, and the web console at `/console`.
 //!
+//! - [`auth`]: Basic / Bearer credentials when client users are configured (401, 403), and
+//!   protected mode on `rest_port`.
+//!
 //! Limits (params): `http_connections_max` (per shard), `http_header_bytes_max`,
 //! `http_body_bytes_max`, `http_read_timeout_ms`.
 
 pub mod adapter;
+pub mod auth;
 pub mod body;
 pub mod console;
 pub mod error;
@@ -71,6 +75,10 @@ pub async fn serve(
                 continue;
             }
         };
+        if service == Service::Data && crate::auth::protect::refuse_fd(state.cfg(), &stream) {
+            glommio::spawn_local(deny(stream)).detach();
+            continue;
+        }
         let max = state.cfg().http_connections_max;
         if open.get() >= max {
             glommio::spawn_local(refuse(stream, max, "http_connections_max")).detach();
@@ -99,6 +107,21 @@ async fn refuse(mut stream: glommio::net::TcpStream, max: u32, param: &str) {
     let _ = stream.close().await;
 }
 
+/// Answers a client refused by protected mode with a 403 saying why, and closes it.
+async fn deny(mut stream: glommio::net::TcpStream) {
+    use futures_lite::AsyncReadExt;
+    tracing::info!(
+        "rest_port: refused a non-loopback client: protected mode (no requirepass or users_file)"
+    );
+    // Read the request first (briefly): closing with unread bytes would reset the
+    // connection and the client might never see the answer.
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 4096];
+    let _ = stream.read(&mut buf).await;
+    let _ = stream.write_all(auth::denied_response().as_bytes()).await;
+    let _ = stream.close().await;
+}
+
 async fn serve_conn(
     stream: glommio::net::TcpStream,
     state: Rc<rest::Rest>,
@@ -119,9 +142,20 @@ async fn serve_conn(
             .await;
         }
     };
-    let service = hyper::service::service_fn(move |req| {
-        let (state, session) = (state.clone(), session.clone());
+    let conn_auth = Rc::new(auth::ConnAuth::default());
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let (state, session, conn_auth) = (state.clone(), session.clone(), conn_auth.clone());
         async move {
+            if let Some(users) = &state.cfg().users {
+                // Orchestrators probe health and readiness without credentials.
+                let open = kind == Service::Management
+                    && matches!(req.uri().path(), "/healthz" | "/readyz");
+                match conn_auth.check(users, req.headers()) {
+                    Ok((role, user)) => session.set_role(Some(role), &user),
+                    Err(_) if open => session.set_role(Some(crate::auth::users::Role::Read), ""),
+                    Err(why) => return Ok(auth::unauthorized(why)),
+                }
+            }
             let resp = match kind {
                 Service::Data => state.handle(&session, req).await,
                 Service::Management => mgmt::handle(&state, &session, req).await,

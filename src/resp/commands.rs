@@ -17,6 +17,7 @@ use stategrid_proto::{
 
 use super::render::{Combine, Pending, Shape};
 use super::{REDIS_VERSION, reply};
+use crate::auth::users::Role;
 use crate::config::Config;
 use crate::store::{hash, parse_i64};
 
@@ -134,6 +135,13 @@ pub trait Host {
     fn watch_stamp(&self, id: u64) -> Option<Stamp>;
     /// The watch ended: forget the stamps that arrived.
     fn clear_watch(&mut self);
+    /// What this connection may do: None until it authenticates (only when the server has
+    /// client credentials configured).
+    fn role(&self) -> Option<Role>;
+    /// Checks credentials against the configured users (`user` None: `default`); on success
+    /// the connection takes the user's role. Called only when users are configured. Err:
+    /// the RESP error to answer.
+    fn login(&mut self, user: Option<&[u8]>, password: &[u8]) -> Result<(), &'static str>;
 }
 
 /// A command queued by MULTI: its own copy of the arguments.
@@ -509,6 +517,26 @@ pub fn execute(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
     let mut buf = [0u8; 32];
     let name = upper(a.get(0), &mut buf);
     let sp = lookup(name);
+    // Authentication and roles (Redis's texts): one comparison for an admin connection,
+    // which every connection is when no credentials are configured.
+    let role = h.role();
+    if role != Some(Role::Admin) {
+        match (role, sp) {
+            (None, _) if !matches!(name, b"auth" | b"hello" | b"quit" | b"reset") => {
+                return s.err(h, NOAUTH);
+            }
+            (Some(have), Some(sp)) if role_needed(sp) > have => {
+                let e = format!(
+                    "NOPERM User has no permissions to run the '{}' command (role {}; it needs {})",
+                    sp.name,
+                    have.name(),
+                    role_needed(sp).name()
+                );
+                return s.err(h, &e);
+            }
+            _ => {}
+        }
+    }
     if s.multi.is_some()
         && !matches!(
             name,
@@ -1373,11 +1401,28 @@ fn select(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
 }
 
 const NO_PASSWORD: &str = "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?";
-const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+pub const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+const NOAUTH: &str = "NOAUTH Authentication required.";
+/// `auth_checks_per_s_max` reached: refused without checking.
+pub const AUTH_BUSY: &str = "ERR too many password checks on this host right now (auth_checks_per_s_max); retry in a second";
+const HELLO_NOAUTH: &str = "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time";
 
-/// Authentication as a Redis server without a password answers it (the default user, with
-/// no password, is the only one). The security work replaces `check_auth` with real users.
-fn check_auth(user: Option<&[u8]>, _pass: &[u8]) -> Result<(), &'static str> {
+/// The role a command needs: clearing databases is admin's, writes read-write's.
+fn role_needed(sp: &Spec) -> Role {
+    match sp.name {
+        "flushdb" | "flushall" => Role::Admin,
+        _ if sp.flags == W => Role::ReadWrite,
+        _ => Role::Read,
+    }
+}
+
+/// Authentication with Redis's semantics. Without configured credentials the server is as a
+/// Redis without a password (the default user, with no password, is the only one); with
+/// them, `users::Users` checks the pair and the connection takes the user's role.
+fn check_auth(h: &mut dyn Host, user: Option<&[u8]>, pass: &[u8]) -> Result<(), &'static str> {
+    if h.cfg().users.is_some() {
+        return h.login(user, pass);
+    }
     match user {
         None => Err(NO_PASSWORD),
         Some(u) if u == b"default" => Ok(()),
@@ -1387,8 +1432,8 @@ fn check_auth(user: Option<&[u8]>, _pass: &[u8]) -> Result<(), &'static str> {
 
 fn auth(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
     let r = match a.len() {
-        2 => check_auth(None, a.get(1)),
-        3 => check_auth(Some(a.get(1)), a.get(2)),
+        2 => check_auth(h, None, a.get(1)),
+        3 => check_auth(h, Some(a.get(1)), a.get(2)),
         _ => return s.err(h, SYNTAX),
     };
     match r {
@@ -1413,12 +1458,14 @@ fn hello(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
         i = 2;
     }
     let mut name = None;
+    let mut authed = false;
     while i < a.len() {
         let o = a.get(i);
         if eq(o, "auth") && i + 2 < a.len() {
-            if let Err(e) = check_auth(Some(a.get(i + 1)), a.get(i + 2)) {
+            if let Err(e) = check_auth(h, Some(a.get(i + 1)), a.get(i + 2)) {
                 return s.err(h, e);
             }
+            authed = true;
             i += 3;
         } else if eq(o, "setname") && i + 1 < a.len() {
             if !valid_name(a.get(i + 1)) {
@@ -1438,6 +1485,9 @@ fn hello(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
                 ),
             );
         }
+    }
+    if !authed && h.role().is_none() {
+        return s.err(h, HELLO_NOAUTH);
     }
     if name.is_some() {
         s.name = name;

@@ -155,6 +155,11 @@ pub fn error_text(e: &ErrorReply) -> String {
                 e.message
             )
         }
+        ErrorCode::AuthRequired => "NOAUTH Authentication required.".into(),
+        ErrorCode::AuthFailed => {
+            "WRONGPASS invalid username-password pair or user is disabled.".into()
+        }
+        ErrorCode::PermissionDenied => format!("NOPERM {}", e.message),
         _ => {
             let mut s = format!("ERR {}", e.code.describe());
             if !e.message.is_empty() {

@@ -325,6 +325,15 @@ impl commands::Host for Standalone {
     fn clear_watch(&mut self) {
         self.out.clear_watch();
     }
+
+    // The fuzz harness has no users: every command is allowed.
+    fn role(&self) -> Option<crate::auth::users::Role> {
+        Some(crate::auth::users::Role::Admin)
+    }
+
+    fn login(&mut self, _user: Option<&[u8]>, _password: &[u8]) -> Result<(), &'static str> {
+        Ok(())
+    }
 }
 
 /// Checks that `out` is a run of whole, well-formed RESP2/RESP3 replies whose error lines

@@ -76,6 +76,13 @@ impl LocalSession {
         id
     }
 
+    /// Sets what this session's requests may do (None: nothing but `Auth`), as `user`.
+    pub fn set_role(&self, role: Option<crate::auth::users::Role>, user: &str) {
+        self.shard
+            .borrow_mut()
+            .set_local_role(self.conn, role, user);
+    }
+
     /// Serves one whole request frame with id `request_id` and returns its answer.
     pub async fn call(
         &self,

@@ -187,6 +187,17 @@ impl TxHost<'_> {
 }
 
 impl commands::Host for TxHost<'_> {
+    /// The connection's role was checked when `EXEC` sent the transaction (`RedisTx` needs
+    /// read-write); inside it nothing more is asked.
+    fn role(&self) -> Option<crate::auth::users::Role> {
+        Some(crate::auth::users::Role::ReadWrite)
+    }
+
+    /// `AUTH` inside `MULTI` is refused: a transaction cannot change who the connection is.
+    fn login(&mut self, _user: Option<&[u8]>, _password: &[u8]) -> Result<(), &'static str> {
+        Err(commands::WRONGPASS)
+    }
+
     fn reply(&mut self, bytes: &[u8]) {
         self.out.extend_from_slice(bytes);
     }

@@ -34,6 +34,7 @@ use super::exec::{Core, Route, Sink, VecSink};
 use super::gather::{self, Gather};
 use super::hop::{HopBatch, HopLanes, HopTo};
 use super::{Msg, Shared};
+use crate::auth::users::Role;
 use crate::net::{AlignedBuf, Completion, Op, Ring, SendBatch, Token};
 
 /// Slab slots the expiry sweeper visits per housekeeping tick (every `sweep_interval_ms`):
@@ -141,6 +142,15 @@ struct Conn {
     /// client's local answers queue behind its hopped ones, and without these each would
     /// allocate (and free) a buffer.
     spare: Vec<Vec<u8>>,
+    /// What this client may do (`auth::users`): None until a successful `Auth` when the
+    /// server has client credentials; admin otherwise (and for hosts and local callers,
+    /// which are checked where they come in). Checked per request with one comparison.
+    role: Option<Role>,
+    /// The user `Auth` proved (for error messages).
+    user: Option<Box<str>>,
+    /// Protected mode refused this client (not on loopback, no credentials configured): its
+    /// first bytes are answered with why, in its protocol, and it is closed.
+    denied: bool,
 }
 
 /// Spare answer buffers a connection keeps ([`Conn::spare`]), and the largest one kept.
@@ -182,7 +192,7 @@ impl Conn {
     /// Has the peer done what lets it send full-size frames? A client after `Hello`; another
     /// host after `Hello` on `int_port`; our own links always (we chose whom to dial).
     fn trusted(&self) -> bool {
-        matches!(self.kind, ConnKind::Outbound(..)) || self.hello_done
+        matches!(self.kind, ConnKind::Outbound(..)) || (self.hello_done && self.role.is_some())
     }
 
     /// The largest frame this connection may send now: `unauth_frame_bytes_max` until it is
@@ -390,7 +400,10 @@ impl Shard {
             } else {
                 ConnKind::Client
             };
-            self.add_conn_kind(fd, kind);
+            let denied = !internal && crate::auth::protect::refuse_fd(&self.core.cfg, &fd);
+            if let Some(slot) = self.add_conn_kind(fd, kind) {
+                self.conns[slot as usize].denied = denied;
+            }
         } else if !self.draining && c.result != -libc::ECANCELED {
             tracing::warn!(
                 shard = self.core.shard,
@@ -496,6 +509,13 @@ impl Shard {
             local: None,
             tls: None,
             spare: Vec::new(),
+            role: if kind == ConnKind::Client && self.core.cfg.users.is_some() {
+                None
+            } else {
+                Some(Role::Admin)
+            },
+            user: None,
+            denied: false,
         });
         let slot = self.conns.insert(conn) as u32;
         self.core.connections = self.conns.len() as u64;
@@ -712,6 +732,9 @@ impl Shard {
         } else {
             conn.rbuf.advance(c.result as usize);
         }
+        if conn.denied {
+            return self.deny(slot);
+        }
         let proven = !conn.auth.pending() || self.link_handshake(slot);
         let outbound = matches!(conn_kind(&self.conns, slot), Some(ConnKind::Outbound(..)));
         if !proven || self.conn_mut(slot, generation).is_none() {
@@ -807,7 +830,7 @@ impl Shard {
                     };
                     let e = match e {
                         FrameError::TooLarge { frame_bytes, .. } if !trusted => format!(
-                            "frame of {frame_bytes} bytes before Hello exceeds unauth_frame_bytes_max ({frame_max} bytes); send Hello first"
+                            "frame of {frame_bytes} bytes before Hello (and Auth, when the server has client users) exceeds unauth_frame_bytes_max ({frame_max} bytes); send Hello and Auth first"
                         ),
                         e => e.to_string(),
                     };
@@ -904,6 +927,13 @@ impl Shard {
         let conn = &mut self.conns[slot as usize];
         if !conn.hello_done {
             return self.hello(slot, id, req);
+        }
+        // Authentication and roles: one comparison per request for an admin connection
+        // (every connection when no credentials are configured).
+        if (conn.role != Some(Role::Admin) || matches!(req, ArchivedRequest::Auth { .. }))
+            && !self.gate(slot, id, req)
+        {
+            return;
         }
         if !req.carries_value() && !value.is_empty() {
             return self.respond_in_order(slot, |s| {
@@ -1257,6 +1287,111 @@ impl Shard {
         };
         conn.slots.push_back(s);
         Some(conn.slot_base + conn.slots.len() as u64 - 1)
+    }
+
+    /// Authentication and role check for a connection that is not (yet) admin, or sends
+    /// `Auth`: answers `Auth` itself, refuses what the connection may not do. True when the
+    /// request goes on.
+    fn gate(&mut self, slot: u32, id: u32, req: &ArchivedRequest) -> bool {
+        let conn = &self.conns[slot as usize];
+        if let ArchivedRequest::Auth { user, password } = req {
+            let user = user.as_ref().map(|u| u.as_str());
+            let resp = match &self.core.cfg.users {
+                // No credentials configured: every client is admin already.
+                None => Response::Ok,
+                Some(users) => match users.verify(user.map(str::as_bytes), password.as_bytes()) {
+                    Ok(role) => {
+                        let conn = &mut self.conns[slot as usize];
+                        conn.role = Some(role);
+                        conn.user = Some(user.unwrap_or("default").into());
+                        Response::Ok
+                    }
+                    Err(e) => {
+                        // At most auth_checks_per_s_max a second reach a check (and a log).
+                        if e == crate::auth::users::AuthFail::WrongPass {
+                            tracing::info!(
+                                shard = self.core.shard,
+                                "client authentication failed for user '{}'",
+                                user.unwrap_or("default")
+                            );
+                        }
+                        Response::Error(ErrorReply::with_message(
+                            ErrorCode::AuthFailed,
+                            0,
+                            e.to_string(),
+                        ))
+                    }
+                },
+            };
+            self.respond_in_order(slot, |s| s.respond(id, &resp, &[]));
+            return false;
+        }
+        let need = req.role_needed();
+        let have = match conn.role {
+            None => 0,
+            Some(Role::Read) => 1,
+            Some(Role::ReadWrite) => 2,
+            Some(Role::Admin) => 3,
+        };
+        if need <= have {
+            return true;
+        }
+        let resp = if conn.role.is_none() {
+            Response::Error(ErrorReply::new(ErrorCode::AuthRequired, 0))
+        } else {
+            let needed = match need {
+                1 => Role::Read,
+                2 => Role::ReadWrite,
+                _ => Role::Admin,
+            };
+            Response::Error(ErrorReply::with_message(
+                ErrorCode::PermissionDenied,
+                need as u64,
+                format!(
+                    "user '{}' has role {}; {} needs {}",
+                    conn.user.as_deref().unwrap_or("default"),
+                    conn.role.map_or("none", |r| r.name()),
+                    req.name(),
+                    needed.name()
+                ),
+            ))
+        };
+        self.respond_in_order(slot, |s| s.respond(id, &resp, &[]));
+        false
+    }
+
+    /// Answers a client refused by protected mode in its own protocol, then closes it.
+    fn deny(&mut self, slot: u32) {
+        let is_resp = self.detect_resp(slot);
+        let conn = &mut self.conns[slot as usize];
+        if is_resp {
+            let mut out = Vec::new();
+            crate::resp::reply::error(
+                &mut out,
+                &format!("DENIED {}", crate::auth::protect::DENIED),
+            );
+            conn.filling.bytes_mut().extend_from_slice(&out);
+        } else {
+            codec::encode_response(
+                conn.filling.bytes_mut(),
+                0,
+                &Response::Error(ErrorReply::with_message(
+                    ErrorCode::PermissionDenied,
+                    0,
+                    crate::auth::protect::DENIED,
+                )),
+                &[],
+            );
+        }
+        conn.rbuf.consume(conn.rbuf.len());
+        conn.close_after_flush = true;
+        conn.read_closed = true;
+        tracing::info!(
+            shard = self.core.shard,
+            "refused a non-loopback client: protected mode (no requirepass or users_file)"
+        );
+        self.flush(slot);
+        self.maybe_close(slot);
     }
 
     /// The answer to `Hello` (`shard_aware` false) or `HelloShard` on this shard.

@@ -44,6 +44,8 @@ pub struct TestServer {
     pub child: Child,
     /// Holds `log_dir` and the process's stdout/stderr files; removed on drop.
     pub dir: tempfile::TempDir,
+    /// What the harness's own clients authenticate with (a server with client users).
+    pub credentials: Option<stategrid_client::Credentials>,
 }
 
 impl TestServer {
@@ -57,12 +59,22 @@ impl TestServer {
     /// Like [`TestServer::start`], letting the caller adjust the command (environment,
     /// redirections, a wrapper) just before it is spawned.
     pub fn start_with(extra_sets: &[(&str, &str)], adjust: impl Fn(&mut Command)) -> TestServer {
+        Self::start_as(extra_sets, None, adjust)
+    }
+
+    /// Like [`TestServer::start_with`], for a server with client users: the harness's own
+    /// clients (readiness checks, [`TestServer::blocking_client`]) send `credentials`.
+    pub fn start_as(
+        extra_sets: &[(&str, &str)],
+        credentials: Option<stategrid_client::Credentials>,
+        adjust: impl Fn(&mut Command),
+    ) -> TestServer {
         // Free ports are only free until someone binds them: another test's server may take
         // ours between `free_port` and our bind. Such a start is retried on new ports.
         const ATTEMPTS: usize = 5;
         let mut last = String::new();
         for _ in 0..ATTEMPTS {
-            match Self::try_start(extra_sets, &adjust) {
+            match Self::try_start(extra_sets, &credentials, &adjust) {
                 Ok(server) => return server,
                 Err(why) => last = why,
             }
@@ -73,6 +85,7 @@ impl TestServer {
     /// One start attempt. `Err` means "a port was taken, try others"; anything else panics.
     fn try_start(
         extra_sets: &[(&str, &str)],
+        credentials: &Option<stategrid_client::Credentials>,
         adjust: &impl Fn(&mut Command),
     ) -> Result<TestServer, String> {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -118,6 +131,7 @@ impl TestServer {
             addr: SocketAddr::from(([127, 0, 0, 1], svr_port)),
             child,
             dir,
+            credentials: credentials.clone(),
         };
         server.wait_until_accepting(&sets)?;
         Ok(server)
@@ -142,7 +156,7 @@ impl TestServer {
             if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
                 let ours = self.log_dir().display().to_string();
                 let theirs =
-                    stategrid_client::blocking::Client::connect(&self.host(), Default::default())
+                    stategrid_client::blocking::Client::connect(&self.host(), self.config())
                         .and_then(|c| c.stats())
                         .map(|st| {
                             st.params
@@ -210,10 +224,19 @@ impl TestServer {
         self.dir.path()
     }
 
-    /// A blocking client of this server with the default configuration.
+    /// A blocking client of this server with the default configuration (and the harness's
+    /// credentials, if any).
     pub fn blocking_client(&self) -> stategrid_client::blocking::Client {
-        stategrid_client::blocking::Client::connect(&self.host(), Default::default())
+        stategrid_client::blocking::Client::connect(&self.host(), self.config())
             .expect("connect to the test server")
+    }
+
+    /// The default client configuration with the harness's credentials.
+    pub fn config(&self) -> stategrid_client::ClientConfig {
+        stategrid_client::ClientConfig {
+            credentials: self.credentials.clone(),
+            ..Default::default()
+        }
     }
 
     /// What the process printed so far (unless `start_with` redirected it), for failure

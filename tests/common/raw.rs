@@ -23,7 +23,11 @@ impl Raw {
     }
 
     pub fn connect_to(addr: SocketAddr) -> Raw {
-        let s = TcpStream::connect(addr).unwrap();
+        Raw::from_stream(TcpStream::connect(addr).unwrap())
+    }
+
+    /// A raw connection over a stream the caller connected (from a chosen source address).
+    pub fn from_stream(s: TcpStream) -> Raw {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         Raw {
             s,

@@ -256,6 +256,7 @@ impl Client {
             recv_buffer_bytes: config.recv_buffer_bytes,
             client_name: config.client_name.clone(),
             shard: None,
+            credentials: config.credentials.clone(),
         };
         // The first connection asks for shard 0 (every host has one) and learns the layout.
         let first_settings = ConnSettings {

@@ -49,6 +49,10 @@ pub struct ClientConfig {
     pub shard_aware: bool,
     /// Speak TLS (to a server's `secure_svr_port`). None: plaintext.
     pub tls: Option<TlsOptions>,
+    /// Who the client is, for a server with client users (`requirepass`, `users_file`): sent
+    /// in an `Auth` request right after `Hello` on every connection the pool opens. None:
+    /// send nothing (a server with users then answers `AuthRequired`).
+    pub credentials: Option<Credentials>,
 }
 
 /// How a client checks the server's certificate.
@@ -78,6 +82,42 @@ impl TlsOptions {
     }
 }
 
+/// A user and password for [`ClientConfig::credentials`]. `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// None: the user `default` (whose password is the server's `requirepass`).
+    pub user: Option<String>,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"<secret>")
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// `user:password`, or a password alone for the user `default` (what `STATEGRID_AUTH`
+    /// and the CLI's `--auth-file` hold). Line ends around it (a file's newline) are
+    /// dropped; spaces are kept (they may belong to the password).
+    pub fn parse(text: &str) -> Credentials {
+        let t = text.trim_matches(|c| c == '\n' || c == '\r');
+        match t.split_once(':') {
+            Some((u, p)) => Credentials {
+                user: Some(u.to_owned()),
+                password: p.to_owned(),
+            },
+            None => Credentials {
+                user: None,
+                password: t.to_owned(),
+            },
+        }
+    }
+}
+
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
@@ -91,6 +131,7 @@ impl Default for ClientConfig {
             dead_peer_timeout_ms: 2_000,
             shard_aware: true,
             tls: None,
+            credentials: None,
         }
     }
 }
@@ -157,6 +198,15 @@ mod tests {
         assert_eq!(with_default_port("[::1]"), "[::1]:2721");
         assert_eq!(with_default_port("[::1]:80"), "[::1]:80");
         assert_eq!(with_default_port("::1"), "[::1]:2721");
+    }
+
+    #[test]
+    fn credentials_parse_and_hide_the_password() {
+        let c = Credentials::parse("app:pa:ss\n");
+        assert_eq!(c.user.as_deref(), Some("app"));
+        assert_eq!(c.password, "pa:ss");
+        assert_eq!(Credentials::parse("only").user, None);
+        assert!(!format!("{c:?}").contains("pa:ss"));
     }
 
     #[test]

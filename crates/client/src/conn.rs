@@ -342,6 +342,8 @@ pub(crate) struct ConnSettings {
     pub(crate) client_name: String,
     /// Ask to be served by this shard of the host (`HelloShard`); None: plain `Hello`.
     pub(crate) shard: Option<u32>,
+    /// Sent in `Auth` after `Hello`.
+    pub(crate) credentials: Option<crate::config::Credentials>,
 }
 
 impl Conn {
@@ -383,6 +385,13 @@ impl Conn {
                 other => break other?,
             }
         };
+        if let Some(c) = &settings.credentials {
+            let auth = Request::Auth {
+                user: c.user.clone(),
+                password: c.password.clone(),
+            };
+            Self::exchange(&mut rd, &mut wr, &mut buf, addr, settings, &auth).await?;
+        }
 
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
@@ -404,6 +413,52 @@ impl Conn {
             writer,
             server,
         })
+    }
+
+    /// Sends one handshake request (`Hello`, `HelloShard`, `Auth`) as request 0 and reads
+    /// its answer.
+    async fn exchange<R, W>(
+        rd: &mut R,
+        wr: &mut W,
+        buf: &mut RecvBuf,
+        addr: &str,
+        settings: &ConnSettings,
+        req: &Request,
+    ) -> Result<RawReply>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut out = Vec::with_capacity(256);
+        encode_request(&mut out, HELLO_REQUEST_ID, req, &[]);
+        let closed = |e: std::io::Error| Error::Closed {
+            reason: format!("handshake with {addr} failed: {e}"),
+        };
+        wr.write_all(&out).await.map_err(closed)?;
+        wr.flush().await.map_err(closed)?;
+        let frame_bytes =
+            buf.fill_frame(rd, settings.frame_bytes_max)
+                .await
+                .map_err(|f| match f.to_error() {
+                    Error::Closed { reason } => Error::Closed {
+                        reason: format!("handshake with {addr}: {reason}"),
+                    },
+                    e => e,
+                })?;
+        let parsed = frame::parse(buf.filled(), settings.frame_bytes_max)
+            .expect("fill_frame checked the header")
+            .expect("fill_frame found a whole frame");
+        let request_id = parsed.header.request_id;
+        let answer = decode_frame(parsed.archive, parsed.value);
+        buf.consume(frame_bytes);
+        let answer = answer?;
+        if request_id != HELLO_REQUEST_ID {
+            return Err(Error::Protocol(format!(
+                "expected the answer to request 0 from {addr}, got {:?} for request {request_id}",
+                answer.response
+            )));
+        }
+        Ok(answer)
     }
 
     /// Sends one `Hello` (or `HelloShard`) and reads its answer.

@@ -52,7 +52,7 @@ mod error;
 mod tls;
 
 pub use client::{Client, KEY_PAGE_LIMIT, KeyPage, Locked, Namespace, ReadResult, WriteOptions};
-pub use config::{ClientConfig, DEFAULT_PORT, TlsOptions, with_default_port};
+pub use config::{ClientConfig, Credentials, DEFAULT_PORT, TlsOptions, with_default_port};
 pub use conn::{RawReply, ServerInfo};
 pub use error::{Error, Result};
 pub use stategrid_proto as proto;

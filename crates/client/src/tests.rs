@@ -27,6 +27,7 @@ fn settings(inflight_per_conn_max: usize) -> ConnSettings {
         recv_buffer_bytes: 64,
         client_name: "unit-test".into(),
         shard: None,
+        credentials: None,
     }
 }
 

@@ -221,6 +221,15 @@ pub enum Request {
         /// The queued commands, each its arguments (name first).
         commands: Vec<Vec<Vec<u8>>>,
     },
+    /// Proves who the client is, after `Hello` (`user` None: the user `default`, whose
+    /// password is the server's `requirepass`). Answered `Ok`, or `AuthFailed`. While a
+    /// server has client credentials configured, a connection is served nothing else but
+    /// `Hello`/`Auth` until one succeeds (`AuthRequired`), and its frames stay under
+    /// `unauth_frame_bytes_max`. A server without credentials answers `Ok` to any `Auth`.
+    Auth {
+        user: Option<String>,
+        password: String,
+    },
 }
 
 /// One restarted timeout of a `ReplicateTouches`.
@@ -523,6 +532,7 @@ impl Request {
             Request::ReplicateTouches { .. } => 28,
             Request::NsClearPartition { .. } => 29,
             Request::RedisTx { .. } => 30,
+            Request::Auth { .. } => 31,
         }
     }
 }
@@ -565,6 +575,54 @@ impl ArchivedRequest {
                 | ArchivedRequest::Redis { .. }
                 | ArchivedRequest::Replicate { .. }
         )
+    }
+
+    /// The least a client's role must be to send this request: 0 none (`Hello`, `Auth`),
+    /// 1 read, 2 read-write (writes, locks, removals), 3 admin (clearing a namespace).
+    /// Host-to-host requests say 3 (they are refused on client ports anyway). One match.
+    #[inline]
+    pub fn role_needed(&self) -> u8 {
+        match self {
+            ArchivedRequest::Hello { .. }
+            | ArchivedRequest::HelloShard { .. }
+            | ArchivedRequest::Auth { .. } => 0,
+            ArchivedRequest::NsOpen { .. }
+            | ArchivedRequest::NsList
+            | ArchivedRequest::NsCount { .. }
+            | ArchivedRequest::Read { .. }
+            | ArchivedRequest::Meta { .. }
+            | ArchivedRequest::ListKeys { .. }
+            | ArchivedRequest::ListKeysOfKind { .. }
+            | ArchivedRequest::MultiRead { .. }
+            | ArchivedRequest::Stats
+            | ArchivedRequest::GetMap => 1,
+            ArchivedRequest::Redis { op, .. } => {
+                if op.to_native().is_read_only() {
+                    1
+                } else {
+                    2
+                }
+            }
+            ArchivedRequest::Add { .. }
+            | ArchivedRequest::Put { .. }
+            | ArchivedRequest::Update { .. }
+            | ArchivedRequest::UpdateIfVersion { .. }
+            | ArchivedRequest::ReadAndLock { .. }
+            | ArchivedRequest::UpdateAndUnlock { .. }
+            | ArchivedRequest::Unlock { .. }
+            | ArchivedRequest::RefreshLock { .. }
+            | ArchivedRequest::Remove { .. }
+            | ArchivedRequest::Touch { .. }
+            | ArchivedRequest::BulkPut { .. } => 2,
+            // A transaction may write; a read-only user sends its reads one by one.
+            ArchivedRequest::RedisTx { .. } => 2,
+            ArchivedRequest::NsClear { .. }
+            | ArchivedRequest::ReplicateTouches { .. }
+            | ArchivedRequest::NsClearPartition { .. }
+            | ArchivedRequest::Replicate { .. }
+            | ArchivedRequest::MigratePull { .. }
+            | ArchivedRequest::MigrateEnd { .. } => 3,
+        }
     }
 
     /// Host-to-host requests: refused on the client port.
@@ -613,12 +671,13 @@ impl ArchivedRequest {
             ArchivedRequest::ReplicateTouches { .. } => 28,
             ArchivedRequest::NsClearPartition { .. } => 29,
             ArchivedRequest::RedisTx { .. } => 30,
+            ArchivedRequest::Auth { .. } => 31,
         };
         Self::name_of(tag)
     }
 
     fn name_of(tag: u8) -> &'static str {
-        const NAMES: [&str; 31] = [
+        const NAMES: [&str; 32] = [
             "hello",
             "ns-open",
             "ns-list",
@@ -650,6 +709,7 @@ impl ArchivedRequest {
             "replicate-touches",
             "ns-clear-partition",
             "redis-tx",
+            "auth",
         ];
         NAMES[tag as usize]
     }
@@ -929,6 +989,14 @@ pub enum ErrorCode {
     WrongType = 28,
     /// The stored value (or the increment) is not a 64-bit integer, or the result overflows.
     NotInteger = 29,
+    /// The server has client credentials configured and this connection has not sent a
+    /// successful `Auth` yet.
+    AuthRequired = 30,
+    /// `Auth` named an unknown user or the wrong password.
+    AuthFailed = 31,
+    /// The connection's user's role does not allow the request; detail = the role needed
+    /// (1 read, 2 read-write, 3 admin). The message names the user and the request.
+    PermissionDenied = 32,
 }
 
 impl ErrorCode {
@@ -1002,6 +1070,13 @@ impl ErrorCode {
                 "operation against an object holding the wrong kind of value (a Redis hash read as a string, or the reverse)"
             }
             ErrorCode::NotInteger => "value is not an integer or out of range",
+            ErrorCode::AuthRequired => {
+                "authentication required: this server has client users (requirepass or users_file); send Auth with a user and password after Hello (the client library's `credentials`, the CLI's STATEGRID_AUTH or --auth-file)"
+            }
+            ErrorCode::AuthFailed => "invalid username-password pair or user is disabled",
+            ErrorCode::PermissionDenied => {
+                "this user's role does not allow the request (roles: read, read-write, admin); use a user with a higher role"
+            }
         }
     }
 
@@ -1082,6 +1157,9 @@ impl ArchivedErrorCode {
             ArchivedErrorCode::Forbidden => ErrorCode::Forbidden,
             ArchivedErrorCode::WrongType => ErrorCode::WrongType,
             ArchivedErrorCode::NotInteger => ErrorCode::NotInteger,
+            ArchivedErrorCode::AuthRequired => ErrorCode::AuthRequired,
+            ArchivedErrorCode::AuthFailed => ErrorCode::AuthFailed,
+            ArchivedErrorCode::PermissionDenied => ErrorCode::PermissionDenied,
         }
     }
 }

@@ -33,6 +33,7 @@ pub const FRAME_BYTES_MAX: usize = VALUE_BYTES_MAX + (1 << 16);
 /// Request ids of the handshake frames (workload requests use their slot index).
 const ID_HELLO: u32 = u32::MAX;
 const ID_NS_OPEN: u32 = u32::MAX - 1;
+const ID_AUTH: u32 = u32::MAX - 2;
 
 pub struct Native {
     namespace: String,
@@ -43,6 +44,8 @@ pub struct Native {
     ask_shard: Option<u32>,
     /// (shards, shard) from the last `HelloShardOk`.
     served_by: Option<(u32, u32)>,
+    /// `Auth` sent between `Hello` and `NsOpen`, when credentials were given.
+    auth: Option<Msg>,
     // Kept between requests so encoding only rewrites the key (no allocation).
     read: Msg,
     put: Msg,
@@ -75,6 +78,7 @@ impl Native {
             server: String::new(),
             ask_shard: None,
             served_by: None,
+            auth: None,
             read: Msg::Read { key: key() },
             put: Msg::Put {
                 key: key(),
@@ -94,6 +98,12 @@ impl Native {
                 opts: session_opts,
             },
         }
+    }
+
+    /// Authenticate every connection as `user` (None: `default`) after `Hello`.
+    pub fn with_auth(mut self, auth: Option<(Option<String>, String)>) -> Self {
+        self.auth = auth.map(|(user, password)| Msg::Auth { user, password });
+        self
     }
 
     /// The namespace id the server returned to `NsOpen`.
@@ -167,11 +177,14 @@ impl Codec for Native {
             },
         };
         encode_request(out, ID_HELLO, &hello, &[]);
+        if let Some(auth) = &self.auth {
+            encode_request(out, ID_AUTH, auth, &[]);
+        }
         let open = Msg::NsOpen {
             name: self.namespace.clone(),
         };
         encode_request(out, ID_NS_OPEN, &open, &[]);
-        2
+        2 + self.auth.is_some() as usize
     }
 
     fn parse_handshake(&mut self, buf: &[u8]) -> Result<Option<usize>, String> {
@@ -181,7 +194,23 @@ impl Codec for Native {
             Err(e) => return Err(e.to_string()),
         };
         let r = decode_response(p.archive).map_err(|e| format!("handshake reply: {e}"))?;
-        match (self.handshake_step, r) {
+        // Steps: 0 Hello, then Auth (when sent), then NsOpen (step 1 below).
+        if self.auth.is_some() && self.handshake_step == 1 {
+            return match r {
+                ArchivedResponse::Ok => {
+                    self.handshake_step = 2;
+                    Ok(Some(p.frame_bytes))
+                }
+                ArchivedResponse::Error(e) => Err(format!("server refused Auth: {}", e.to_reply())),
+                other => Err(format!("expected Ok to Auth, got {}", variant(other))),
+            };
+        }
+        let step = if self.auth.is_some() && self.handshake_step == 2 {
+            1
+        } else {
+            self.handshake_step
+        };
+        match (step, r) {
             (0, ArchivedResponse::HelloOk { server, .. }) => {
                 self.server = server.as_str().to_owned()
             }

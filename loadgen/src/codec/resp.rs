@@ -30,6 +30,10 @@ pub struct Resp {
     lock_ms: u64,
     /// 0: session writes carry no expiry.
     session_ms: u64,
+    /// `AUTH` sent before `PING`, when credentials were given.
+    auth: Option<Vec<u8>>,
+    /// The handshake replies read so far.
+    handshake_step: u8,
 }
 
 impl Resp {
@@ -37,7 +41,27 @@ impl Resp {
         Resp {
             lock_ms,
             session_ms,
+            auth: None,
+            handshake_step: 0,
         }
+    }
+
+    /// Send `AUTH [user] password` first on every connection.
+    pub fn with_auth(mut self, auth: Option<(Option<String>, String)>) -> Self {
+        self.auth = auth.map(|(user, password)| {
+            let args: Vec<&[u8]> = match &user {
+                Some(u) => vec![b"AUTH", u.as_bytes(), password.as_bytes()],
+                None => vec![b"AUTH", password.as_bytes()],
+            };
+            let mut out = format!("*{}\r\n", args.len()).into_bytes();
+            for a in args {
+                out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+                out.extend_from_slice(a);
+                out.extend_from_slice(b"\r\n");
+            }
+            out
+        });
+        self
     }
 }
 
@@ -193,11 +217,30 @@ impl Codec for Resp {
     }
 
     fn handshake(&mut self, out: &mut Vec<u8>) -> usize {
+        self.handshake_step = 0;
+        if let Some(a) = &self.auth {
+            out.extend_from_slice(a);
+        }
         out.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
-        1
+        1 + self.auth.is_some() as usize
     }
 
     fn parse_handshake(&mut self, buf: &[u8]) -> Result<Option<usize>, String> {
+        if self.auth.is_some() && self.handshake_step == 0 {
+            return match reply(buf) {
+                Ok(None) => Ok(None),
+                Ok(Some((Value::Simple(b"OK"), n))) => {
+                    self.handshake_step = 1;
+                    Ok(Some(n))
+                }
+                Ok(Some((Value::Error(e), _))) => Err(format!(
+                    "server refused AUTH: {}",
+                    String::from_utf8_lossy(e)
+                )),
+                Ok(Some((v, _))) => Err(format!("expected +OK to AUTH, got {}", v.describe())),
+                Err(e) => Err(format!("{e} (is this a RESP server?)")),
+            };
+        }
         match reply(buf) {
             Ok(None) => Ok(None),
             Ok(Some((Value::Simple(b"PONG"), n))) => Ok(Some(n)),

@@ -878,8 +878,7 @@ impl Shard {
             return true;
         };
         for s in 0..shards {
-            let f = AlignedBuf::from_slice(frame);
-            self.dispatch_part(s, slot, generation, seq, s as u32, f);
+            self.dispatch_part(s, slot, generation, seq, s as u32, frame);
         }
         for (i, host) in others.into_iter().enumerate() {
             let part = (shards + i) as u32;
@@ -977,14 +976,7 @@ impl Shard {
         let want = cursor_host(cursor);
         if want == me as usize {
             let shard = cursor_shard(cursor).min(self.core.shards - 1);
-            self.dispatch_part(
-                shard,
-                slot,
-                generation,
-                seq,
-                0,
-                AlignedBuf::from_slice(&frame),
-            );
+            self.dispatch_part(shard, slot, generation, seq, 0, &frame);
             return true;
         }
         let hosts = listed_hosts(&view);

@@ -123,6 +123,9 @@ impl Shard {
             local: Some(mailbox.clone()),
             tls: None,
             spare: Vec::new(),
+            role: Some(crate::auth::users::Role::Admin),
+            user: None,
+            denied: false,
         });
         let slot = self.conns.insert(conn) as u32;
         self.core.connections = self.conns.len() as u64;
@@ -157,6 +160,22 @@ impl Shard {
         // A relay or a replication may have queued sends on the ring: hand them over now.
         self.ring.submit();
         Ok(())
+    }
+
+    /// Sets what a local connection's caller may do (the HTTP services authenticate each
+    /// request and set its user's role here; the shard's ordinary role check then applies).
+    pub fn set_local_role(
+        &mut self,
+        c: LocalConn,
+        role: Option<crate::auth::users::Role>,
+        user: &str,
+    ) {
+        if let Some(conn) = self.conn_mut(c.slot, c.generation) {
+            conn.role = role;
+            if conn.user.as_deref() != Some(user) {
+                conn.user = Some(user.into());
+            }
+        }
     }
 
     /// Closes a local connection when its caller is gone; an answer still due is dropped

@@ -46,6 +46,9 @@ pub(super) struct RespShard {
     pub listener: Option<socket2::Socket>,
 }
 
+/// Items one RESP command may have before the connection authenticated.
+const UNAUTH_ITEMS_MAX: usize = 16;
+
 /// The accept token slot of the `resp_port` listener (0 is `svr_port`, 1 `int_port`).
 pub(super) const RESP_ACCEPT_SLOT: u32 = 2;
 
@@ -241,6 +244,33 @@ impl commands::Host for Glue<'_> {
             r.out.clear_watch();
         }
     }
+
+    fn role(&self) -> Option<crate::auth::users::Role> {
+        self.shard.conns[self.slot as usize].role
+    }
+
+    fn login(&mut self, user: Option<&[u8]>, password: &[u8]) -> Result<(), &'static str> {
+        let Some(users) = self.shard.core.cfg.users.clone() else {
+            return Ok(());
+        };
+        match users.verify(user, password) {
+            Ok(role) => {
+                let conn = self.conn();
+                conn.role = Some(role);
+                conn.user = Some(String::from_utf8_lossy(user.unwrap_or(b"default")).into());
+                Ok(())
+            }
+            Err(crate::auth::users::AuthFail::Busy) => Err(commands::AUTH_BUSY),
+            Err(_) => {
+                tracing::info!(
+                    shard = self.shard.core.shard,
+                    "Redis client authentication failed for user '{}'",
+                    String::from_utf8_lossy(user.unwrap_or(b"default"))
+                );
+                Err(commands::WRONGPASS)
+            }
+        }
+    }
 }
 
 impl Shard {
@@ -264,9 +294,11 @@ impl Shard {
             use std::os::fd::FromRawFd;
             // SAFETY: the kernel handed us this new descriptor.
             let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(c.result) };
+            let denied = crate::auth::protect::refuse_fd(&self.core.cfg, &fd);
             if let Some(slot) = self.add_conn_kind(fd, ConnKind::Client) {
                 let now = self.now_ms;
                 self.make_resp(slot, now);
+                self.conns[slot as usize].denied = denied;
             }
         } else if !self.draining && c.result != -libc::ECANCELED {
             tracing::warn!(
@@ -319,10 +351,18 @@ impl Shard {
     /// Serves every whole RESP command in the connection's receive buffer, in order.
     pub(super) fn process_resp(&mut self, slot: u32, generation: u32) {
         let cfg = self.core.cfg.clone();
-        let lim = Limits {
+        let full = Limits {
             bulk_bytes_max: cfg.object_bytes_max as usize,
             items_max: cfg.resp_multibulk_items_max as usize,
             inline_bytes_max: cfg.resp_inline_bytes_max as usize,
+        };
+        // Before AUTH (credentials configured), a command is small: `HELLO 3 AUTH u p
+        // SETNAME n` has 7 items; no argument may exceed unauth_frame_bytes_max.
+        let unauth_bytes = cfg.unauth_frame_bytes_max as usize;
+        let before_auth = Limits {
+            bulk_bytes_max: full.bulk_bytes_max.min(unauth_bytes),
+            items_max: full.items_max.min(UNAUTH_ITEMS_MAX),
+            inline_bytes_max: full.inline_bytes_max.min(unauth_bytes),
         };
         let conn = &mut self.conns[slot as usize];
         let rbuf = std::mem::replace(&mut conn.rbuf, AlignedBuf::with_capacity(0));
@@ -334,7 +374,12 @@ impl Shard {
         let mut need = 0;
         while pos < rbuf.len() {
             let bytes = &rbuf.as_slice()[pos..];
-            match parse::parse(bytes, &lim, &mut args, &mut scratch) {
+            let lim = if self.conns[slot as usize].role.is_some() {
+                &full
+            } else {
+                &before_auth
+            };
+            match parse::parse(bytes, lim, &mut args, &mut scratch) {
                 Ok(Parsed::Incomplete { need: n }) => {
                     need = n;
                     break;
