@@ -674,6 +674,11 @@ impl ClusterNode {
             // raft-rs answers with the request's term and asserts it is set.
             return Err("a vote request with term 0".into());
         }
+        if m.get_msg_type() == MessageType::MsgTransferLeader && m.term != 0 {
+            // A local message (term 0) that a follower forwards to its leader; raft-rs
+            // asserts, as it forwards, that no term is set.
+            return Err(format!("a leader transfer with term {}", m.term));
+        }
         if m.get_msg_type() == MessageType::MsgPropose && m.entries.is_empty() {
             return Err("a proposal with no entries".into());
         }

@@ -392,3 +392,25 @@ fn a_forged_append_with_term_zero_past_the_log_is_refused_not_fatal() {
         "a forged entry was appended"
     );
 }
+
+/// Found by `fuzz/raft` (campaign of 2026-12-02, after 950,000 inputs): a forged
+/// `MsgTransferLeader` carrying a term made a joining host's raft-rs panic as it forwarded it
+/// ("term should not be set when sending MsgTransferLeader"). Fed as the fuzz target does.
+#[test]
+fn a_forged_leader_transfer_with_a_term_is_refused_not_fatal() {
+    const INPUT: &[u8] = include_bytes!("../../fuzz/corpus/raft/crash-transfer-leader-with-term");
+    let mut n = ClusterNode::joining(NodeConfig {
+        id: HostId(2),
+        addr: "127.0.0.2:2720/2721/2722".into(),
+        ..config(0, 1)
+    });
+    let (mut rest, mut now_ms, mut fed) = (&INPUT[1..], 0, 0);
+    while let Ok(Some((from, msg, used))) = super::super::wire::decode_frame(rest, 1 << 20) {
+        rest = &rest[used..];
+        let _ = n.handle(now_ms, Input::Peer { from, msg });
+        now_ms += 100;
+        let _ = n.handle(now_ms, Input::Tick);
+        fed += 1;
+    }
+    assert!(fed > 0, "no frame of the input decodes");
+}
