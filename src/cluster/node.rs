@@ -629,8 +629,8 @@ impl ClusterNode {
     /// Checks what raft-rs asserts (panicking) rather than checks: the entries of an append
     /// follow its `index` one by one with terms between `log_term` and the message's term, and
     /// a heartbeat does not commit past this log's end (a real leader sends
-    /// `min(match, commit)`), a proposal proposes something, a snapshot and a
-    /// vote request have a real term. Costs one pass over the entries; no allocation on success.
+    /// `min(match, commit)`), a proposal proposes something, an append (after index 0), a
+    /// snapshot and a vote request have a real term. Costs one pass over the entries; no allocation on success.
     fn raft_msg_well_formed(&self, from: HostId, m: &Message) -> Result<(), String> {
         use raft::prelude::MessageType;
         if m.from != from.0 {
@@ -648,6 +648,12 @@ impl ClusterNode {
                 ));
             }
             term = e.term;
+        }
+        if m.get_msg_type() == MessageType::MsgAppend && m.index > 0 && m.log_term == 0 {
+            // The same for an append: a `log_term` of 0 "matches" any index past this log's
+            // end, the entries land after a gap and raft-rs panics slicing its log. Only index
+            // 0 has term 0 in a real log.
+            return Err(format!("an append after index {} with term 0", m.index));
         }
         if m.get_msg_type() == MessageType::MsgSnapshot {
             // raft-rs reads term 0 for an index past its log, so a term-0 snapshot "matches"
@@ -667,6 +673,11 @@ impl ClusterNode {
         {
             // raft-rs answers with the request's term and asserts it is set.
             return Err("a vote request with term 0".into());
+        }
+        if m.get_msg_type() == MessageType::MsgTransferLeader && m.term != 0 {
+            // A local message (term 0) that a follower forwards to its leader; raft-rs
+            // asserts, as it forwards, that no term is set.
+            return Err(format!("a leader transfer with term {}", m.term));
         }
         if m.get_msg_type() == MessageType::MsgPropose && m.entries.is_empty() {
             return Err("a proposal with no entries".into());

@@ -363,3 +363,54 @@ fn forged_maps_in_snapshots_are_refused() {
         assert_eq!(n.state().map.epoch, 0, "installed: {}", &forged[..200]);
     }
 }
+
+/// Found by `fuzz/raft` (campaign of 2026-12-02, after 1.1 million inputs): two appends to a
+/// joining host with `log_term` 0 after index 5 of its empty log. raft-rs reads term 0 for an
+/// index past the log's end, so the first "matched" and its entry landed after a gap; the
+/// second made raft-rs panic slicing its log ("unstable.slice[1, 6] out of bound[1, 1]").
+/// The input is the fuzz target's, fed as `fuzz/fuzz_targets/raft.rs` does.
+#[test]
+fn a_forged_append_with_term_zero_past_the_log_is_refused_not_fatal() {
+    const INPUT: &[u8] = b"\x01\x00\x00\x00%\x00\x00\x00\x00\x00\x00\x00\x01\x01\x08\x03\x10\x02\x18\x01 \x020\x030\x05:\x0c\x08\x01\x10\x02\x18\x06\"\x04\x10\x02\x18\x02@\x06\x00\x00\x00%\x00\x00\x00\x00\x00\x00\x00\x01\x01\x08\x03\x10\x02\x18\x01 \x02(\x030\x05:\x0c\x08\x01\x10\x02\x18\x06\"\x04\x10\x02\x18\x02@\x06\x00\x00\x00++\x00\x00,";
+    let mut n = ClusterNode::joining(NodeConfig {
+        id: HostId(2),
+        addr: "127.0.0.2:2720/2721/2722".into(),
+        ..config(0, 1)
+    });
+    let (mut rest, mut now_ms, mut fed) = (&INPUT[1..], 0, 0);
+    while let Ok(Some((from, msg, used))) = super::super::wire::decode_frame(rest, 1 << 20) {
+        rest = &rest[used..];
+        let _ = n.handle(now_ms, Input::Peer { from, msg });
+        now_ms += 100;
+        let _ = n.handle(now_ms, Input::Tick);
+        fed += 1;
+    }
+    assert_eq!(fed, 2, "both forged appends decode and reach the node");
+    assert_eq!(
+        n.raw.raft.raft_log.last_index(),
+        0,
+        "a forged entry was appended"
+    );
+}
+
+/// Found by `fuzz/raft` (campaign of 2026-12-02, after 950,000 inputs): a forged
+/// `MsgTransferLeader` carrying a term made a joining host's raft-rs panic as it forwarded it
+/// ("term should not be set when sending MsgTransferLeader"). Fed as the fuzz target does.
+#[test]
+fn a_forged_leader_transfer_with_a_term_is_refused_not_fatal() {
+    const INPUT: &[u8] = include_bytes!("../../fuzz/corpus/raft/crash-transfer-leader-with-term");
+    let mut n = ClusterNode::joining(NodeConfig {
+        id: HostId(2),
+        addr: "127.0.0.2:2720/2721/2722".into(),
+        ..config(0, 1)
+    });
+    let (mut rest, mut now_ms, mut fed) = (&INPUT[1..], 0, 0);
+    while let Ok(Some((from, msg, used))) = super::super::wire::decode_frame(rest, 1 << 20) {
+        rest = &rest[used..];
+        let _ = n.handle(now_ms, Input::Peer { from, msg });
+        now_ms += 100;
+        let _ = n.handle(now_ms, Input::Tick);
+        fed += 1;
+    }
+    assert!(fed > 0, "no frame of the input decodes");
+}
