@@ -26,7 +26,7 @@ use stategrid::resp::{Pending, RespOut, Session, ValRef};
 use stategrid::server::{Core, Sink};
 use stategrid::store::{KeyRef, Store, StoreLimits, Value};
 use stategrid_proto::hash::redis_ns;
-use stategrid_proto::{Key, RedisOp, Request, Response, codec, frame, key_hash};
+use stategrid_proto::{Key, RedisOp, Request, Response, codec, frame};
 
 const OBJECTS: usize = 100_000;
 const VALUE_BYTES: usize = 1024;

@@ -408,7 +408,13 @@ impl Core {
 
     /// `Request::Meta` without the request (TTL, PTTL, EXPIRETIME over RESP), as
     /// [`Core::execute_redis`].
-    pub fn execute_meta(&mut self, k: KeyRef<'_>, now_ms: u64, request_id: u32, sink: &mut impl Sink) {
+    pub fn execute_meta(
+        &mut self,
+        k: KeyRef<'_>,
+        now_ms: u64,
+        request_id: u32,
+        sink: &mut impl Sink,
+    ) {
         if self.direct_key_ok(k, request_id, sink) {
             let resp = match self.store.meta(k, now_ms) {
                 Ok(meta) => Response::Meta { meta },

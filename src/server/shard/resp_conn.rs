@@ -26,12 +26,12 @@ use std::ops::Range;
 use stategrid_proto::{Key, RedisOp, Request, Response, codec, frame, key_hash, partition_of};
 
 use super::{BatchSink, ConnKind, Shard, Slot};
-use crate::server::exec::{Core, Sink, VecSink, owner_shard};
-use crate::store::KeyRef;
 use crate::net::{AlignedBuf, SendBatch};
 use crate::resp::commands::{self, Args, Owner, SlotRange, TopoNode, Topology};
 use crate::resp::parse::{self, Limits, Parsed};
-use crate::resp::{Pending, RespOut, Session, ValRef, reply};
+use crate::resp::{Pending, RespOut, Session, Shape, ValRef, reply};
+use crate::server::exec::{Core, Sink, VecSink, owner_shard};
+use crate::store::KeyRef;
 
 /// A RESP connection's state, kept in its `Conn`.
 pub(super) struct RespConn {
@@ -50,6 +50,8 @@ pub(super) struct RespShard {
     frame: Vec<u8>,
     /// The key of a `Request::Redis` (reused: moved into the request and back).
     key: Vec<u8>,
+    /// Where an answer queued behind another shard's is rendered (`Glue::serve_here`).
+    alone: SendBatch,
     next_id: u64,
     /// The `resp_port` listener, when that port is on.
     pub listener: Option<socket2::Socket>,
@@ -121,6 +123,19 @@ impl Glue<'_> {
     }
 }
 
+/// Renders one answer as RESP bytes at once with the shape the caller holds (values copied
+/// into the bytes: they are queued, not sent by reference).
+struct AloneSink<'a>(&'a mut RespOut, &'a mut SendBatch, Option<Pending>);
+
+impl Sink for AloneSink<'_> {
+    fn respond(&mut self, _id: u32, resp: &Response, values: &[crate::store::Value]) {
+        if let Some(p) = self.2.take() {
+            let v = values.first().map(|v| ValRef::Bytes(v));
+            self.0.render_alone(p, self.1, resp, v);
+        }
+    }
+}
+
 /// Keyed work a RESP connection's shard applies itself (see `Glue::serve_here`).
 #[derive(Clone, Copy)]
 enum Direct {
@@ -168,13 +183,30 @@ impl Glue<'_> {
         let now = self.shard.now_ms;
         let core = &mut self.shard.core;
         let conn = &mut self.shard.conns[self.slot as usize];
-        conn.resp.as_mut().expect("a RESP connection").out.push(p);
+        let rc = conn.resp.as_mut().expect("a RESP connection");
         if conn.slots.is_empty() {
+            rc.out.push(p);
             what.run(core, k, value, now, &mut BatchSink::of(conn));
-        } else {
+        } else if matches!(p.shape, Shape::Part { .. }) {
+            // A part of a multi-key command combines with its other parts in order: queue its
+            // native answer, rendered when its turn comes.
+            rc.out.push(p);
             let mut bytes = Vec::new();
             what.run(core, k, value, now, &mut VecSink(&mut bytes));
             conn.slots.push_back(Slot::Ready(bytes));
+        } else {
+            // Behind an answer from another shard: render it now and queue the RESP bytes (a
+            // copy of a value, no native answer encoded and decoded later).
+            let batch = &mut self.shard.resp.alone;
+            what.run(
+                core,
+                k,
+                value,
+                now,
+                &mut AloneSink(&mut rc.out, batch, Some(p)),
+            );
+            let (bytes, _) = batch.take_parts();
+            conn.slots.push_back(Slot::Raw(bytes));
         }
     }
 }
@@ -222,7 +254,12 @@ impl commands::Host for Glue<'_> {
     fn redis(&mut self, ns: u32, key: &[u8], op: RedisOp, value: &[u8], p: Pending) {
         let hash = key_hash(ns, key);
         if self.served_here(partition_of(hash) as usize, !op.is_read_only(), value) {
-            return self.serve_here(KeyRef::with_hash(ns, key, hash), Direct::Redis(op), value, p);
+            return self.serve_here(
+                KeyRef::with_hash(ns, key, hash),
+                Direct::Redis(op),
+                value,
+                p,
+            );
         }
         let mut k = std::mem::take(&mut self.shard.resp.key);
         k.clear();
