@@ -19,7 +19,8 @@
 //!   command becomes a native request (rkyv, into a reused buffer) on the shard's ordinary
 //!   routing path (`Shard::on_frame`), which forwards, relays, defers, refuses or replicates
 //!   exactly as for a native client. Its answer comes back as native bytes and is rendered
-//!   then (`render_native`: a deserialization and a copy of the value).
+//!   then (`render_native`: a deserialization and a copy of the value). A command served here
+//!   while such an answer is still awaited is rendered at once and queued as RESP bytes.
 
 use std::ops::Range;
 
@@ -173,8 +174,10 @@ impl Glue<'_> {
     }
 
     /// Applies `op` on this shard's store and answers it in request order: rendered as RESP
-    /// straight into the send batch when nothing earlier waits (the hot path), else queued
-    /// behind the earlier answers as a native answer, as `on_frame` queues a local answer.
+    /// straight into the send batch when nothing earlier waits (the hot path), else rendered
+    /// now and queued as RESP bytes behind the earlier answers (a part of a multi-key command
+    /// is queued as a native answer instead, as `on_frame` queues a local answer, so that the
+    /// parts combine in order).
     ///
     /// HOT PATH. Cost of a GET: one table probe; the stored value goes to sendmsg by reference
     /// (no copy, no allocation). A SET copies its value once (receive buffer to the store).
