@@ -839,3 +839,100 @@ fn rename_moves_value_and_ttl_in_one_step() {
         "-ERR wrong number of arguments for 'rename' command\r\n",
     );
 }
+
+/// With several shards, a pipeline mixes commands the connection's shard serves itself (the
+/// direct path) with commands another shard serves (forwarded as native requests): every
+/// reply still comes back in request order, including direct answers that wait behind a
+/// forwarded one, multi-key commands spread over both shards, TTL and a key over
+/// `key_bytes_max`.
+#[test]
+fn pipelines_mixing_own_and_other_shards_answer_in_order() {
+    let srv = TestServer::start(&[("shards", "2"), ("key_bytes_max", "64")]);
+    for conn in 0..4 {
+        // Connections land on either shard; a few of them cover both cases.
+        let mut c = Conn::open(&srv);
+        let keys: Vec<String> = (0..64).map(|i| format!("order:{conn}:{i}")).collect();
+        let mut cmds = Vec::new();
+        let mut want = String::new();
+        for (i, k) in keys.iter().enumerate() {
+            let v = format!("value-{i}-{}", "x".repeat(i * 16));
+            cmds.push(mb(&["SET", k, &v]));
+            want.push_str("+OK\r\n");
+            cmds.push(mb(&["GET", k]));
+            want.push_str(&format!("${}\r\n{v}\r\n", v.len()));
+            cmds.push(mb(&["TTL", k]));
+            want.push_str(":-1\r\n");
+            cmds.push(mb(&["EXPIRE", k, "1000"]));
+            want.push_str(":1\r\n");
+            cmds.push(mb(&["HSET", &format!("h{k}"), "f", &v]));
+            want.push_str(":1\r\n");
+            cmds.push(mb(&["HGET", &format!("h{k}"), "f"]));
+            want.push_str(&format!("${}\r\n{v}\r\n", v.len()));
+        }
+        let refs: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+        cmds.push(mb(&[&["EXISTS"][..], &refs].concat()));
+        want.push_str(&format!(":{}\r\n", keys.len()));
+        cmds.push(mb(&[&["MGET"][..], &refs[..3], &["order:none"]].concat()));
+        want.push_str("*4\r\n$8\r\nvalue-0-\r\n$24\r\nvalue-1-xxxxxxxxxxxxxxxx\r\n");
+        want.push_str(&format!("$40\r\nvalue-2-{}\r\n$-1\r\n", "x".repeat(32)));
+        let long = "k".repeat(65);
+        cmds.push(mb(&["SET", &long, "v"]));
+        want.push_str("-ERR key is longer than key_bytes_max (64 bytes); use a shorter key\r\n");
+        cmds.push(mb(&["GET", &long]));
+        want.push_str("-ERR key is longer than key_bytes_max (64 bytes); use a shorter key\r\n");
+        cmds.push(mb(&[&["DEL"][..], &refs].concat()));
+        want.push_str(&format!(":{}\r\n", keys.len()));
+        cmds.push(mb(&["GET", &keys[0]]));
+        want.push_str("$-1\r\n");
+        c.check(&cmds.concat(), want.as_bytes());
+    }
+}
+
+/// Reading a 1 KiB string over RESP on the shard that holds it allocates nothing while it is
+/// served (the value goes to sendmsg by reference), and a SET of an existing key allocates
+/// once per write (the store's copy of the value): the Redis protocol's hot path keeps the
+/// native path's allocation-free read. Counted by the shard (`serve_allocations`); what two
+/// back-to-back stats requests cost is subtracted.
+#[test]
+fn resp_reads_do_not_allocate_and_writes_allocate_once() {
+    let srv = server();
+    let client = srv.blocking_client();
+    let mut c = Conn::open(&srv);
+    let value = "v".repeat(1024);
+    c.cmd(&["SET", "obj", &value], "+OK\r\n");
+    let n = 2000;
+    let gets = mb(&["GET", "obj"]).repeat(n);
+    let one = format!("$1024\r\n{value}\r\n");
+    let sets = mb(&["SET", "obj", &value]).repeat(n);
+    let stats = || client.stats().expect("stats").serve_allocations;
+    let get_all = |c: &mut Conn| {
+        c.send(&gets);
+        let got = c.read_n(one.len() * n);
+        assert!(got == one.repeat(n).as_bytes(), "GET answers");
+    };
+    let set_all = |c: &mut Conn| c.check(&sets, "+OK\r\n".repeat(n).as_bytes());
+    // Warm up: buffers grow to their steady size on first use.
+    for _ in 0..4 {
+        get_all(&mut c);
+        set_all(&mut c);
+        stats();
+    }
+    let a0 = stats();
+    let a1 = stats();
+    get_all(&mut c);
+    let a2 = stats();
+    set_all(&mut c);
+    let a3 = stats();
+    let (stats_only, gets_cost, sets_cost) = (a1 - a0, a2 - a1, a3 - a2);
+    println!("allocations: stats alone {stats_only}, {n} GETs {gets_cost}, {n} SETs {sets_cost}");
+    assert!(
+        gets_cost <= stats_only + 2,
+        "{n} GETs allocated {} times while being served",
+        gets_cost - stats_only
+    );
+    assert!(
+        sets_cost <= stats_only + n as u64 + 2,
+        "{n} SETs allocated {} times while being served (one each expected)",
+        sets_cost - stats_only
+    );
+}

@@ -63,9 +63,31 @@ fn memchr_crlf(b: &[u8]) -> Option<usize> {
     None
 }
 
-/// A decimal as Redis's `string2ll` reads it: optional '-', digits, no leading zeros.
+/// A decimal as Redis's `string2ll` reads it: optional '-', digits, no leading zeros, fits
+/// i64 (what `store::parse_i64` accepts). Digit by digit, no UTF-8 check or `str::parse`:
+/// every command has two or more of these header lines.
+#[inline]
 fn parse_len(b: &[u8]) -> Option<i64> {
-    crate::store::parse_i64(b)
+    let (neg, digits) = match b {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, b),
+    };
+    if digits.is_empty() || digits.len() > 19 || (digits[0] == b'0' && (neg || digits.len() > 1)) {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &c in digits {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u64::from(c - b'0');
+    }
+    if neg {
+        // -2^63 is the one negative without a positive twin.
+        0i64.checked_sub_unsigned(n)
+    } else {
+        i64::try_from(n).ok()
+    }
 }
 
 /// Parses one command from the front of `buf`.
@@ -370,6 +392,35 @@ mod tests {
             e(b"ab\x00c"),
             "Protocol error: unexpected control byte in an inline command"
         );
+    }
+
+    #[test]
+    fn lengths_read_as_redis_reads_them() {
+        for text in [
+            "0",
+            "1",
+            "-1",
+            "16",
+            "1024",
+            "-0",
+            "01",
+            "+1",
+            "",
+            "-",
+            "1a",
+            " 1",
+            "9223372036854775807",
+            "9223372036854775808",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "99999999999999999999",
+        ] {
+            assert_eq!(
+                parse_len(text.as_bytes()),
+                crate::store::parse_i64(text.as_bytes()),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]

@@ -217,6 +217,34 @@ impl RespOut {
             );
             return;
         };
+        self.render_as(p, b, resp, val)
+    }
+
+    /// Renders an answer whose shape is `p`, which the caller holds instead of queueing it:
+    /// a command served at once while earlier answers still wait, rendered now and queued
+    /// as bytes. Not for `Shape::Part`: the parts of a multi-key command combine in order
+    /// through the queue.
+    pub fn render_alone(
+        &mut self,
+        p: Pending,
+        b: &mut SendBatch,
+        resp: &Response,
+        val: Option<ValRef<'_>>,
+    ) {
+        debug_assert!(
+            !matches!(p.shape, Shape::Part { .. }),
+            "parts render in order"
+        );
+        self.render_as(p, b, resp, val)
+    }
+
+    fn render_as(
+        &mut self,
+        p: Pending,
+        b: &mut SendBatch,
+        resp: &Response,
+        val: Option<ValRef<'_>>,
+    ) {
         let resp3 = self.resp3;
         match p.shape {
             Shape::Plain => self.plain(b, resp, val),

@@ -22,13 +22,38 @@ pub fn error(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// `prefix`, the decimal `n`, CRLF: the line every length and integer reply is. Formatted on
+/// the stack (no `fmt` machinery: this runs for every bulk reply on the hot path).
+#[inline]
+fn line(out: &mut Vec<u8>, prefix: u8, n: i64) {
+    let mut buf = [0u8; 24];
+    let mut i = buf.len();
+    let mut m = n.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (m % 10) as u8;
+        m /= 10;
+        if m == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    out.reserve(buf.len() - i + 3);
+    out.push(prefix);
+    out.extend_from_slice(&buf[i..]);
+    out.extend_from_slice(b"\r\n");
+}
+
 pub fn int(out: &mut Vec<u8>, n: i64) {
-    let _ = write!(out, ":{n}\r\n");
+    line(out, b':', n);
 }
 
 /// The header of a bulk string of `len` bytes (the bytes and `\r\n` follow).
 pub fn bulk_head(out: &mut Vec<u8>, len: usize) {
-    let _ = write!(out, "${len}\r\n");
+    line(out, b'$', len as i64);
 }
 
 pub fn bulk(out: &mut Vec<u8>, b: &[u8]) {
@@ -46,7 +71,7 @@ pub fn null_array(out: &mut Vec<u8>, resp3: bool) {
 }
 
 pub fn array(out: &mut Vec<u8>, n: usize) {
-    let _ = write!(out, "*{n}\r\n");
+    line(out, b'*', n as i64);
 }
 
 /// A map of `n` pairs: `%n` in RESP3, an array of 2n in RESP2.
@@ -83,6 +108,10 @@ mod tests {
         simple(&mut o, "OK");
         error(&mut o, "ERR a\r\nb");
         int(&mut o, -5);
+        int(&mut o, 0);
+        int(&mut o, i64::MIN);
+        array(&mut o, 12);
+        bulk_head(&mut o, 1024);
         bulk(&mut o, b"hi");
         null(&mut o, false);
         null(&mut o, true);
@@ -91,7 +120,7 @@ mod tests {
         verbatim(&mut o, "x", true);
         assert_eq!(
             o,
-            b"+OK\r\n-ERR a  b\r\n:-5\r\n$2\r\nhi\r\n$-1\r\n_\r\n*2\r\n%1\r\n=5\r\ntxt:x\r\n"
+            b"+OK\r\n-ERR a  b\r\n:-5\r\n:0\r\n:-9223372036854775808\r\n*12\r\n$1024\r\n$2\r\nhi\r\n$-1\r\n_\r\n*2\r\n%1\r\n=5\r\ntxt:x\r\n"
         );
     }
 }

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use stategrid_proto::{
-    ArchivedRequest, ErrorCode, ErrorReply, ItemResult, NsInfo, PARTITIONS, PutResult, Request,
-    Response, ValueKind, codec, key_hash, partition_of,
+    ArchivedRequest, ErrorCode, ErrorReply, ItemResult, NsInfo, PARTITIONS, PutResult, RedisOp,
+    Request, Response, ValueKind, codec, key_hash, partition_of,
 };
 
 use crate::config::Config;
@@ -479,37 +479,7 @@ impl Core {
                 Err(e) => store_err(e),
             },
             ArchivedRequest::Redis { op, .. } => {
-                let fields_max = self.cfg.hash_fields_max as usize;
-                match s.redis(k, op.to_native(), value, fields_max, now) {
-                    Ok(RedisOut::Ok) => Response::Ok,
-                    Ok(RedisOut::Nil) => Response::Nil,
-                    Ok(RedisOut::Int(n)) => Response::Int { n },
-                    Ok(RedisOut::Value(v)) => {
-                        // As `Read`: the stored buffer goes to the sink by reference.
-                        let meta = stategrid_proto::Meta {
-                            value_bytes: v.len() as u32,
-                            version: 0,
-                            created_ms: 0,
-                            updated_ms: 0,
-                            timeout: Default::default(),
-                            expires_in_ms: None,
-                            lock: None,
-                            evictable: true,
-                        };
-                        return sink.respond(
-                            id,
-                            &Response::Value {
-                                meta,
-                                lock_token: None,
-                            },
-                            std::slice::from_ref(&v),
-                        );
-                    }
-                    Ok(RedisOut::Items(bytes, count)) => {
-                        return sink.respond(id, &Response::Items { count }, &[Value::from(bytes)]);
-                    }
-                    Err(e) => store_err(e),
-                }
+                return self.redis_answer(k, op.to_native(), value, now, id, sink);
             }
             _ => unreachable!("not a keyed request"),
         };
@@ -541,6 +511,110 @@ impl Core {
             crate::resp::render::CROSS_PARTITION,
             "the keys of one atomic step must live in one partition; give them a common {hash tag} (e.g. {user1}:a, {user1}:b)",
         ))
+    }
+
+    /// A Redis operation on a key this shard serves, without a native request: what the RESP
+    /// front calls for a key it owns (`server/shard/resp_conn.rs`), so a command is neither
+    /// serialized into an archive nor validated again. The same checks and answers as
+    /// [`Core::execute`] with `Request::Redis`; the caller has checked the route (this shard,
+    /// this host, and for a write no replica to wait for).
+    ///
+    /// Cost: the store operation only (one table probe; a SET copies its value once, from
+    /// `value` into the store); a GET answers the stored buffer by reference.
+    pub fn execute_redis(
+        &mut self,
+        k: KeyRef<'_>,
+        op: RedisOp,
+        value: &[u8],
+        now_ms: u64,
+        request_id: u32,
+        sink: &mut impl Sink,
+    ) {
+        if self.direct_key_ok(k, request_id, sink) {
+            self.redis_answer(k, op, value, now_ms, request_id, sink)
+        }
+    }
+
+    /// `Request::Meta` without the request (TTL, PTTL, EXPIRETIME over RESP), as
+    /// [`Core::execute_redis`].
+    pub fn execute_meta(
+        &mut self,
+        k: KeyRef<'_>,
+        now_ms: u64,
+        request_id: u32,
+        sink: &mut impl Sink,
+    ) {
+        if self.direct_key_ok(k, request_id, sink) {
+            let resp = match self.store.meta(k, now_ms) {
+                Ok(meta) => Response::Meta { meta },
+                Err(e) => store_err(e),
+            };
+            sink.respond(request_id, &resp, &[]);
+        }
+    }
+
+    /// What `execute` does for every keyed request before the store: count it, and refuse a
+    /// key over `key_bytes_max` (answered into `sink`: false).
+    fn direct_key_ok(&mut self, k: KeyRef<'_>, request_id: u32, sink: &mut impl Sink) -> bool {
+        self.requests += 1;
+        debug_assert_eq!(
+            owner_shard(partition_of(k.hash), self.shards),
+            self.shard,
+            "request for a partition this shard does not own reached it"
+        );
+        if k.key.len() > self.cfg.key_bytes_max as usize {
+            sink.error(
+                request_id,
+                ErrorCode::KeyTooLong,
+                self.cfg.key_bytes_max as u64,
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Applies a Redis operation and answers it (`Value` by reference, `Items` in the trailer).
+    fn redis_answer(
+        &mut self,
+        k: KeyRef<'_>,
+        op: RedisOp,
+        value: &[u8],
+        now: u64,
+        id: u32,
+        sink: &mut impl Sink,
+    ) {
+        let fields_max = self.cfg.hash_fields_max as usize;
+        let resp = match self.store.redis(k, op, value, fields_max, now) {
+            Ok(RedisOut::Ok) => Response::Ok,
+            Ok(RedisOut::Nil) => Response::Nil,
+            Ok(RedisOut::Int(n)) => Response::Int { n },
+            Ok(RedisOut::Value(v)) => {
+                // As `Read`: the stored buffer goes to the sink by reference.
+                let meta = stategrid_proto::Meta {
+                    value_bytes: v.len() as u32,
+                    version: 0,
+                    created_ms: 0,
+                    updated_ms: 0,
+                    timeout: Default::default(),
+                    expires_in_ms: None,
+                    lock: None,
+                    evictable: true,
+                };
+                return sink.respond(
+                    id,
+                    &Response::Value {
+                        meta,
+                        lock_token: None,
+                    },
+                    std::slice::from_ref(&v),
+                );
+            }
+            Ok(RedisOut::Items(bytes, count)) => {
+                return sink.respond(id, &Response::Items { count }, &[Value::from(bytes)]);
+            }
+            Err(e) => store_err(e),
+        };
+        sink.respond(id, &resp, &[]);
     }
 
     fn ns_open(&mut self, name: &str) -> Response {
