@@ -71,6 +71,9 @@ impl Bench {
             primary_partitions: None,
             forwarded_requests: 0,
             handed_off_connections: 0,
+            list_host: None,
+            cleared: Vec::new(),
+            metrics: Default::default(),
         };
         let value = vec![0xA5u8; VALUE_BYTES];
         let mut sink_bytes = Vec::new();
@@ -108,6 +111,21 @@ fn set_op() -> RedisOp {
 }
 
 impl Host for Bench {
+    fn watch_stamp(&self, _id: u64) -> Option<Stamp> {
+        None
+    }
+
+    fn clear_watch(&mut self) {}
+
+    // No users: every command is allowed, as on a server without credentials.
+    fn role(&self) -> Option<stategrid::auth::users::Role> {
+        Some(stategrid::auth::users::Role::Admin)
+    }
+
+    fn login(&mut self, _user: Option<&[u8]>, _password: &[u8]) -> Result<(), &'static str> {
+        Ok(())
+    }
+
     fn reply(&mut self, bytes: &[u8]) {
         self.batch.bytes_mut().extend_from_slice(bytes);
     }

@@ -488,7 +488,10 @@ impl Shard {
         let mut session = std::mem::take(&mut rc.session);
         let mut args = std::mem::take(&mut rc.args);
         let mut scratch = std::mem::take(&mut rc.scratch);
-        self.prefetch_resp(rbuf.as_slice(), &lim, session.db, &mut args, &mut scratch);
+        // Only for a connection that may run commands (hints for one that may not are wasted).
+        if self.conns[slot as usize].role.is_some() {
+            self.prefetch_resp(rbuf.as_slice(), &full, session.db, &mut args, &mut scratch);
+        }
         let mut pos = 0;
         let mut need = 0;
         while pos < rbuf.len() {
