@@ -248,34 +248,37 @@ impl Core {
         request_id: u32,
         sink: &mut impl Sink,
     ) {
-        let op = super::metrics::op_index(req);
-        let mut metered = Metered {
-            inner: sink,
-            code: None,
-        };
-        self.execute_unmetered(req, value, now_ms, request_id, &mut metered);
-        self.metrics.count(op, metered.code);
-    }
-
-    /// Applies a request that this shard serves, answering into `sink`.
-    ///
-    /// Cost of a keyed request (the hot path): one hash, one table probe, for a write one copy
-    /// of the value into a new allocation, for a read none (the value is passed by reference);
-    /// one rkyv serialization of the answer's metadata. No allocation on a read.
-    fn execute_unmetered(
-        &mut self,
-        req: &ArchivedRequest,
-        value: &[u8],
-        now_ms: u64,
-        request_id: u32,
-        sink: &mut impl Sink,
-    ) {
         self.execute_with_hash(req, None, value, now_ms, request_id, sink)
     }
 
     /// As [`Core::execute`], with the key's hash when the caller already computed it (the
     /// shard hashes a keyed request once, to route it, and passes the hash on: hash once).
+    /// Every path that serves a request comes through here, so each is counted once.
     pub fn execute_with_hash(
+        &mut self,
+        req: &ArchivedRequest,
+        hash: Option<u64>,
+        value: &[u8],
+        now_ms: u64,
+        request_id: u32,
+        sink: &mut impl Sink,
+    ) {
+        let op = super::metrics::op_index(req);
+        let mut metered = Metered {
+            inner: sink,
+            code: None,
+        };
+        self.serve(req, hash, value, now_ms, request_id, &mut metered);
+        self.metrics.count(op, metered.code);
+    }
+
+    /// Applies a request that this shard serves, answering into `sink`.
+    ///
+    /// Cost of a keyed request (the hot path): one hash (none when passed in), one table
+    /// probe, for a write one copy of the value into a new allocation, for a read none (the
+    /// value is passed by reference); one rkyv serialization of the answer's metadata. No
+    /// allocation on a read.
+    fn serve(
         &mut self,
         req: &ArchivedRequest,
         hash: Option<u64>,
@@ -530,9 +533,14 @@ impl Core {
         request_id: u32,
         sink: &mut impl Sink,
     ) {
-        if self.direct_key_ok(k, request_id, sink) {
-            self.redis_answer(k, op, value, now_ms, request_id, sink)
+        let mut metered = Metered {
+            inner: sink,
+            code: None,
+        };
+        if self.direct_key_ok(k, request_id, &mut metered) {
+            self.redis_answer(k, op, value, now_ms, request_id, &mut metered)
         }
+        self.metrics.count(super::metrics::OP_REDIS, metered.code);
     }
 
     /// `Request::Meta` without the request (TTL, PTTL, EXPIRETIME over RESP), as
@@ -544,13 +552,18 @@ impl Core {
         request_id: u32,
         sink: &mut impl Sink,
     ) {
-        if self.direct_key_ok(k, request_id, sink) {
+        let mut metered = Metered {
+            inner: sink,
+            code: None,
+        };
+        if self.direct_key_ok(k, request_id, &mut metered) {
             let resp = match self.store.meta(k, now_ms) {
                 Ok(meta) => Response::Meta { meta },
                 Err(e) => store_err(e),
             };
-            sink.respond(request_id, &resp, &[]);
+            metered.respond(request_id, &resp, &[]);
         }
+        self.metrics.count(super::metrics::OP_META, metered.code);
     }
 
     /// What `execute` does for every keyed request before the store: count it, and refuse a

@@ -54,6 +54,10 @@ pub const LATENCY_BOUNDS_US: [u64; 14] = [
 /// HTTP data API operations, as the `op` label of `stategrid_http_request_duration_seconds`.
 pub const HTTP_OPS: [&str; 6] = ["get", "head", "put", "delete", "post", "other"];
 
+/// [`OPS`] indexes of the RESP front's direct path (which has no native request).
+pub const OP_META: usize = 11;
+pub const OP_REDIS: usize = 19;
+
 /// The index of a request's kind in [`OPS`]. A jump table.
 #[inline]
 pub fn op_index(req: &ArchivedRequest) -> usize {
@@ -69,7 +73,7 @@ pub fn op_index(req: &ArchivedRequest) -> usize {
         ArchivedRequest::RefreshLock { .. } => 8,
         ArchivedRequest::Remove { .. } => 9,
         ArchivedRequest::Touch { .. } => 10,
-        ArchivedRequest::Meta { .. } => 11,
+        ArchivedRequest::Meta { .. } => OP_META,
         ArchivedRequest::ListKeys { .. } | ArchivedRequest::ListKeysOfKind { .. } => 12,
         ArchivedRequest::MultiRead { .. } => 13,
         ArchivedRequest::BulkPut { .. } => 14,
@@ -77,7 +81,7 @@ pub fn op_index(req: &ArchivedRequest) -> usize {
         ArchivedRequest::NsList => 16,
         ArchivedRequest::NsClear { .. } => 17,
         ArchivedRequest::NsCount { .. } => 18,
-        ArchivedRequest::Redis { .. } => 19,
+        ArchivedRequest::Redis { .. } => OP_REDIS,
         _ => 20,
     }
 }
