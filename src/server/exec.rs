@@ -538,7 +538,15 @@ impl Core {
             code: None,
         };
         if self.direct_key_ok(k, request_id, &mut metered) {
-            self.redis_answer(k, op, value, now_ms, request_id, &mut metered)
+            // RENAME's new name (`value`) must be served by this same atomic step, as on the
+            // native path (`execute_keyed`).
+            if let RedisOp::Rename { .. } = op
+                && let Err(e) = self.colocated(k.hash, k.ns, value)
+            {
+                metered.respond(request_id, &Response::Error(e), &[]);
+            } else {
+                self.redis_answer(k, op, value, now_ms, request_id, &mut metered)
+            }
         }
         self.metrics.count(super::metrics::OP_REDIS, metered.code);
     }
