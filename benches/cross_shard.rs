@@ -66,23 +66,13 @@ fn hops(iters: u64, value_bytes: usize, pipeline: u64) -> (Duration, Duration) {
                     0,
                 )
                 .unwrap();
-            let core = Rc::new(RefCell::new(Core {
-                shard: 0,
-                shards: 1,
+            let core = Rc::new(RefCell::new(Core::new(
+                0,
+                1,
                 store,
-                registry: None,
-                cfg: Arc::new(Config::default()),
-                requests: 0,
-                connections: 0,
-                ring_waits: 0,
-                serve_allocations: 0,
-                primary_partitions: None,
-                forwarded_requests: 0,
-                handed_off_connections: 0,
-                list_host: None,
-                cleared: Vec::new(),
-                metrics: Default::default(),
-            }));
+                None,
+                Arc::new(Config::default()),
+            )));
             let mut cpu_start = None;
             while let Some(msg) = rx.recv().await {
                 cpu_start.get_or_insert_with(thread_cpu);

@@ -58,23 +58,7 @@ struct Bench {
 impl Bench {
     fn new(native: bool) -> Bench {
         let cfg = Arc::new(Config::default());
-        let mut core = Core {
-            shard: 0,
-            shards: 1,
-            store: Store::new(StoreLimits::default(), 1),
-            registry: None,
-            cfg,
-            requests: 0,
-            connections: 0,
-            ring_waits: 0,
-            serve_allocations: 0,
-            primary_partitions: None,
-            forwarded_requests: 0,
-            handed_off_connections: 0,
-            list_host: None,
-            cleared: Vec::new(),
-            metrics: Default::default(),
-        };
+        let mut core = Core::new(0, 1, Store::new(StoreLimits::default(), 1), None, cfg);
         let value = vec![0xA5u8; VALUE_BYTES];
         let mut sink_bytes = Vec::new();
         for i in 0..OBJECTS {

@@ -187,6 +187,20 @@ impl Default for Config {
 }
 
 impl Config {
+    /// One shard's store limits under this configuration: `max_memory` is split evenly
+    /// over `shards`. The one place parameters become store limits (at start and when a
+    /// store-wide parameter changes).
+    pub fn store_limits(&self, shards: usize) -> crate::store::StoreLimits {
+        assert!(shards > 0, "a host has at least one shard");
+        crate::store::StoreLimits {
+            object_bytes_max: self.object_bytes_max as u32,
+            key_bytes_max: self.key_bytes_max,
+            memory_bytes_max: self.max_memory_bytes / shards as u64,
+            lru_threshold_pct: self.lru_threshold_pct as u32,
+            lock_timeout_ms: self.lock_timeout_s as u64 * 1000,
+        }
+    }
+
     fn zero() -> Config {
         Config {
             net_interface: Ipv4Addr::LOCALHOST,

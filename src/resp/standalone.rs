@@ -26,7 +26,7 @@ use super::{RespOut, Session, ValRef, reply};
 use crate::config::Config;
 use crate::net::{AlignedBuf, SendBatch};
 use crate::server::exec::{Core, VecSink};
-use crate::store::{KeyRef, Store, StoreLimits};
+use crate::store::{KeyRef, Store};
 
 /// Milliseconds the clock advances per command (so expiry paths are reached).
 const CLOCK_STEP_MS: u64 = 250;
@@ -66,32 +66,16 @@ pub struct Standalone {
 impl Standalone {
     /// A fresh connection on an empty store with `cfg`'s limits.
     pub fn new(cfg: Config) -> Standalone {
-        let limits = StoreLimits {
-            object_bytes_max: cfg.object_bytes_max as u32,
-            key_bytes_max: cfg.key_bytes_max,
-            memory_bytes_max: cfg.max_memory_bytes,
-            lru_threshold_pct: cfg.lru_threshold_pct as u32,
-            lock_timeout_ms: cfg.lock_timeout_s as u64 * 1000,
-        };
+        let limits = cfg.store_limits(1);
         let now_ms = 1_700_000_000_000;
         Standalone {
-            core: Core {
-                shard: 0,
-                shards: 1,
-                store: Store::new(limits, 7),
-                registry: Some(Default::default()),
-                cfg: Arc::new(cfg),
-                requests: 0,
-                connections: 1,
-                ring_waits: 0,
-                serve_allocations: 0,
-                primary_partitions: None,
-                forwarded_requests: 0,
-                handed_off_connections: 0,
-                list_host: None,
-                cleared: Vec::new(),
-                metrics: Default::default(),
-            },
+            core: Core::new(
+                0,
+                1,
+                Store::new(limits, 7),
+                Some(Default::default()),
+                Arc::new(cfg),
+            ),
             session: Session::new(1, now_ms),
             out: RespOut::default(),
             batch: SendBatch::default(),

@@ -29,7 +29,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::config::Config;
 use crate::net::{AlignedBuf, Ring, RingWaker};
 use crate::preflight::{self, exit};
-use crate::store::{Store, StoreLimits};
+use crate::store::Store;
 
 pub use exec::{Core, Route, Sink, VecSink, owner_shard, route};
 
@@ -263,7 +263,6 @@ fn run(
         }
     }
     let (waker_tx, waker_rx) = std::sync::mpsc::channel::<Result<RingWaker, String>>();
-    let memory_per_shard = cfg.max_memory_bytes / shards as u64;
     let mut handles = Vec::with_capacity(shards);
     let mut rest_listeners = rest_listeners.into_iter();
     let mut secure_listeners = secure_listeners.into_iter();
@@ -299,30 +298,14 @@ fn run(
                 let _ = waker_tx.send(Ok(ring.waker()));
                 let plane_waker = ring.waker();
                 plane.add_waker(Box::new(move || plane_waker.wake()));
-                let limits = StoreLimits {
-                    object_bytes_max: cfg.object_bytes_max as u32,
-                    key_bytes_max: cfg.key_bytes_max,
-                    memory_bytes_max: memory_per_shard,
-                    lru_threshold_pct: cfg.lru_threshold_pct as u32,
-                    lock_timeout_ms: cfg.lock_timeout_s as u64 * 1000,
-                };
-                let core = Core {
-                    shard: id,
+                let limits = cfg.store_limits(shards);
+                let core = Core::new(
+                    id,
                     shards,
-                    store: Store::new(limits, seed(id)),
-                    registry: (id == 0).then(Default::default),
-                    cfg: cfg.clone(),
-                    requests: 0,
-                    connections: 0,
-                    ring_waits: 0,
-                    serve_allocations: 0,
-                    primary_partitions: None,
-                    forwarded_requests: 0,
-                    handed_off_connections: 0,
-                    list_host: None,
-                    cleared: Vec::new(),
-                    metrics: Default::default(),
-                };
+                    Store::new(limits, seed(id)),
+                    (id == 0).then(Default::default),
+                    cfg.clone(),
+                );
                 let shard = Rc::new(RefCell::new(shard::Shard::new(
                     core,
                     ring,

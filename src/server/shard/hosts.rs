@@ -667,11 +667,9 @@ impl Shard {
             );
             return;
         }
-        let mut limits = *self.core.store.limits();
-        limits.lock_timeout_ms = cfg.lock_timeout_s as u64 * 1000;
-        limits.memory_bytes_max = cfg.max_memory_bytes / self.core.shards as u64;
-        limits.lru_threshold_pct = cfg.lru_threshold_pct as u32;
-        self.core.store.set_limits(limits);
+        self.core
+            .store
+            .set_limits(cfg.store_limits(self.core.shards));
         self.core.cfg = Arc::new(cfg);
     }
 
