@@ -266,6 +266,21 @@ impl Core {
     }
 }
 
+/// The metadata of an answer that is a value and nothing more (a Redis reply, a whole EXEC
+/// reply): only its length is meaningful.
+pub(crate) fn bare_meta(value_bytes: usize) -> stategrid_proto::Meta {
+    stategrid_proto::Meta {
+        value_bytes: value_bytes as u32,
+        version: 0,
+        created_ms: 0,
+        updated_ms: 0,
+        timeout: Default::default(),
+        expires_in_ms: None,
+        lock: None,
+        evictable: true,
+    }
+}
+
 fn store_err(e: StoreError) -> Response {
     Response::Error(ErrorReply::new(e.code, e.detail))
 }
@@ -411,15 +426,6 @@ impl Core {
         id: u32,
         sink: &mut impl Sink,
     ) {
-        // RENAME's new name (the trailer) must be served by this same atomic step.
-        if let ArchivedRequest::Redis {
-            op: stategrid_proto::ArchivedRedisOp::Rename { .. },
-            ..
-        } = req
-            && let Err(e) = self.colocated(h, ns, value)
-        {
-            return sink.respond(id, &Response::Error(e), &[]);
-        }
         let s = &mut self.store;
         let k = KeyRef::with_hash(ns, key, h);
         let written = |r: Result<u64, StoreError>| match r {
@@ -566,22 +572,13 @@ impl Core {
         request_id: u32,
         sink: &mut impl Sink,
     ) {
-        let mut metered = Metered {
-            inner: sink,
-            code: None,
-        };
-        if self.direct_key_ok(k, request_id, &mut metered) {
-            // RENAME's new name (`value`) must be served by this same atomic step, as on the
-            // native path (`execute_keyed`).
-            if let RedisOp::Rename { .. } = op
-                && let Err(e) = self.colocated(k.hash, k.ns, value)
-            {
-                metered.respond(request_id, &Response::Error(e), &[]);
-            } else {
-                self.redis_answer(k, op, value, now_ms, request_id, &mut metered)
-            }
-        }
-        self.metrics.count(super::metrics::OP_REDIS, metered.code);
+        self.direct(
+            super::metrics::OP_REDIS,
+            k,
+            request_id,
+            sink,
+            |core, sink| core.redis_answer(k, op, value, now_ms, request_id, sink),
+        );
     }
 
     /// `Request::Meta` without the request (TTL, PTTL, EXPIRETIME over RESP), as
@@ -593,22 +590,43 @@ impl Core {
         request_id: u32,
         sink: &mut impl Sink,
     ) {
+        self.direct(
+            super::metrics::OP_META,
+            k,
+            request_id,
+            sink,
+            |core, sink| {
+                let resp = match core.store.meta(k, now_ms) {
+                    Ok(meta) => Response::Meta { meta },
+                    Err(e) => store_err(e),
+                };
+                sink.respond(request_id, &resp, &[]);
+            },
+        );
+    }
+
+    /// The direct path's frame around `serve`: what `execute` does for every keyed request
+    /// (count it, refuse a key over `key_bytes_max`, count its result as `op` for `/metrics`).
+    fn direct<S: Sink>(
+        &mut self,
+        op: usize,
+        k: KeyRef<'_>,
+        request_id: u32,
+        sink: &mut S,
+        serve: impl FnOnce(&mut Core, &mut Metered<'_, S>),
+    ) {
         let mut metered = Metered {
             inner: sink,
             code: None,
         };
         if self.direct_key_ok(k, request_id, &mut metered) {
-            let resp = match self.store.meta(k, now_ms) {
-                Ok(meta) => Response::Meta { meta },
-                Err(e) => store_err(e),
-            };
-            metered.respond(request_id, &resp, &[]);
+            serve(self, &mut metered);
         }
-        self.metrics.count(super::metrics::OP_META, metered.code);
+        self.metrics.count(op, metered.code);
     }
 
-    /// What `execute` does for every keyed request before the store: count it, and refuse a
-    /// key over `key_bytes_max` (answered into `sink`: false).
+    /// Counts a keyed request and refuses a key over `key_bytes_max` (answered into `sink`:
+    /// false).
     fn direct_key_ok(&mut self, k: KeyRef<'_>, request_id: u32, sink: &mut impl Sink) -> bool {
         self.requests += 1;
         debug_assert_eq!(
@@ -637,6 +655,13 @@ impl Core {
         id: u32,
         sink: &mut impl Sink,
     ) {
+        // RENAME's new name (`value`) must be served by this same atomic step: checked here,
+        // where the native, direct and transaction paths all meet.
+        if let RedisOp::Rename { .. } = op
+            && let Err(e) = self.colocated(k.hash, k.ns, value)
+        {
+            return sink.respond(id, &Response::Error(e), &[]);
+        }
         let fields_max = self.cfg.hash_fields_max as usize;
         let resp = match self.store.redis(k, op, value, fields_max, now) {
             Ok(RedisOut::Ok) => Response::Ok,
@@ -644,16 +669,7 @@ impl Core {
             Ok(RedisOut::Int(n)) => Response::Int { n },
             Ok(RedisOut::Value(v)) => {
                 // As `Read`: the stored buffer goes to the sink by reference.
-                let meta = stategrid_proto::Meta {
-                    value_bytes: v.len() as u32,
-                    version: 0,
-                    created_ms: 0,
-                    updated_ms: 0,
-                    timeout: Default::default(),
-                    expires_in_ms: None,
-                    lock: None,
-                    evictable: true,
-                };
+                let meta = bare_meta(v.len());
                 return sink.respond(
                     id,
                     &Response::Value {

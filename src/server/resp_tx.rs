@@ -103,16 +103,7 @@ pub fn run(
         }
         out = host.out;
     }
-    let meta = stategrid_proto::Meta {
-        value_bytes: out.len() as u32,
-        version: 0,
-        created_ms: 0,
-        updated_ms: 0,
-        timeout: Default::default(),
-        expires_in_ms: None,
-        lock: None,
-        evictable: true,
-    };
+    let meta = super::exec::bare_meta(out.len());
     sink.respond(
         id,
         &Response::Value {
