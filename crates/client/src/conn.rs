@@ -461,7 +461,7 @@ impl Conn {
         Ok(answer)
     }
 
-    /// Sends one `Hello` (or `HelloShard`) and reads its answer.
+    /// Sends one `Hello` (or `HelloShard`) and reads its answer (through [`Self::exchange`]).
     async fn hello<R, W>(
         rd: &mut R,
         wr: &mut W,
@@ -474,29 +474,7 @@ impl Conn {
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let mut out = Vec::with_capacity(256);
-        encode_request(&mut out, HELLO_REQUEST_ID, hello, &[]);
-        let closed = |e: std::io::Error| Error::Closed {
-            reason: format!("handshake with {addr} failed: {e}"),
-        };
-        wr.write_all(&out).await.map_err(closed)?;
-        wr.flush().await.map_err(closed)?;
-
-        let frame_bytes =
-            buf.fill_frame(rd, settings.frame_bytes_max)
-                .await
-                .map_err(|f| match f.to_error() {
-                    Error::Closed { reason } => Error::Closed {
-                        reason: format!("handshake with {addr}: {reason}"),
-                    },
-                    e => e,
-                })?;
-        let parsed = frame::parse(buf.filled(), settings.frame_bytes_max)
-            .expect("fill_frame checked the header")
-            .expect("fill_frame found a whole frame");
-        let request_id = parsed.header.request_id;
-        let answer = decode_frame(parsed.archive, parsed.value);
-        buf.consume(frame_bytes);
+        let answer = Self::exchange(rd, wr, buf, addr, settings, hello).await;
         let (version, server, shards, partitions, shard) = match answer {
             Ok(RawReply {
                 response:
@@ -507,7 +485,7 @@ impl Conn {
                         partitions,
                     },
                 ..
-            }) if request_id == HELLO_REQUEST_ID => (version, server, shards, partitions, None),
+            }) => (version, server, shards, partitions, None),
             Ok(RawReply {
                 response:
                     Response::HelloShardOk {
@@ -518,9 +496,7 @@ impl Conn {
                         shard,
                     },
                 ..
-            }) if request_id == HELLO_REQUEST_ID => {
-                (version, server, shards, partitions, Some(shard))
-            }
+            }) => (version, server, shards, partitions, Some(shard)),
             Err(Error::Server(reply))
                 if reply.code == stategrid_proto::ErrorCode::UnsupportedVersion =>
             {
@@ -533,7 +509,7 @@ impl Conn {
             Err(e) => return Err(e),
             Ok(other) => {
                 return Err(Error::Protocol(format!(
-                    "expected HelloOk for request 0 from {addr}, got {:?} for request {request_id}",
+                    "expected HelloOk from {addr}, got {:?}",
                     other.response
                 )));
             }
