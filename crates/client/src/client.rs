@@ -92,16 +92,13 @@ async fn open(addr: &str, config: &ClientConfig, settings: &ConnSettings) -> Res
             });
         }
         Err(_) => {
-            return Err(Error::Connect {
-                addr: addr.to_owned(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "no connection within {} ms (connect_timeout_ms)",
-                        config.connect_timeout_ms
-                    ),
+            return Err(Error::connect_timeout(
+                addr,
+                format!(
+                    "no connection within {} ms (connect_timeout_ms)",
+                    config.connect_timeout_ms
                 ),
-            });
+            ));
         }
     };
     // Requests are small and latency matters more than packet count; the writer batches.
@@ -135,16 +132,13 @@ async fn open(addr: &str, config: &ClientConfig, settings: &ConnSettings) -> Res
         let stream = match connected {
             Ok(r) => r?,
             Err(_) => {
-                return Err(Error::Connect {
-                    addr: addr.to_owned(),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!(
-                            "no TLS handshake within {} ms (connect_timeout_ms); is this the server's secure_svr_port?",
-                            config.connect_timeout_ms
-                        ),
+                return Err(Error::connect_timeout(
+                    addr,
+                    format!(
+                        "no TLS handshake within {} ms (connect_timeout_ms); is this the server's secure_svr_port?",
+                        config.connect_timeout_ms
                     ),
-                });
+                ));
             }
         };
         let (rd, wr) = tokio::io::split(stream);
@@ -169,16 +163,13 @@ where
     let timeout = Duration::from_millis(config.connect_timeout_ms);
     match tokio::time::timeout(timeout, Conn::handshake(rd, wr, addr, settings)).await {
         Ok(conn) => conn,
-        Err(_) => Err(Error::Connect {
-            addr: addr.to_owned(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!(
-                    "connected, but no answer to Hello within {} ms (connect_timeout_ms); is this a stategrid port?",
-                    config.connect_timeout_ms
-                ),
+        Err(_) => Err(Error::connect_timeout(
+            addr,
+            format!(
+                "connected, but no answer to Hello within {} ms (connect_timeout_ms); is this a stategrid port?",
+                config.connect_timeout_ms
             ),
-        }),
+        )),
     }
 }
 
@@ -205,15 +196,12 @@ impl Client {
         {
             Ok(c) => c?,
             Err(_) => {
-                return Err(Error::Connect {
-                    addr: seed,
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!(
-                            "not connected within {budget_ms} ms (connect_timeout_ms); is the host frozen or overloaded?"
-                        ),
+                return Err(Error::connect_timeout(
+                    &seed,
+                    format!(
+                        "not connected within {budget_ms} ms (connect_timeout_ms); is the host frozen or overloaded?"
                     ),
-                });
+                ));
             }
         };
         if tls {
@@ -230,15 +218,12 @@ impl Client {
         // (within that request's own deadline).
         match tokio::time::timeout_at(deadline, client.refresh_routes()).await {
             Ok(_) => Ok(client),
-            Err(_) => Err(Error::Connect {
-                addr: seed,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "connected, but the store's map did not come within {budget_ms} ms (connect_timeout_ms); is the host frozen or overloaded?"
-                    ),
+            Err(_) => Err(Error::connect_timeout(
+                &seed,
+                format!(
+                    "connected, but the store's map did not come within {budget_ms} ms (connect_timeout_ms); is the host frozen or overloaded?"
                 ),
-            }),
+            )),
         }
     }
 

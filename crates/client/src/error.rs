@@ -63,6 +63,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// `Connect` for a step of connecting that did not finish in time; `what` says which
+    /// step, the budget, and what to check.
+    pub(crate) fn connect_timeout(addr: &str, what: String) -> Error {
+        Error::Connect {
+            addr: addr.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::TimedOut, what),
+        }
+    }
+
     /// The server's error code, when the server refused the request.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
