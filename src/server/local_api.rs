@@ -94,10 +94,7 @@ impl LocalSession {
         self.shard.borrow_mut().submit_local(self.conn, frame)?;
         loop {
             let a = Answer(self.mailbox.clone()).await?;
-            let id = a
-                .bytes
-                .get(..frame::HEADER_BYTES)
-                .map(|h| u32::from_le_bytes(h[12..16].try_into().expect("4 bytes")));
+            let id = frame::request_id(&a.bytes);
             if id == Some(request_id) {
                 return Ok(a);
             }

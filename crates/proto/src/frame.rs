@@ -28,6 +28,23 @@ pub const fn pad8(n: usize) -> usize {
     (n + (FRAME_ALIGN - 1)) & !(FRAME_ALIGN - 1)
 }
 
+/// Where a frame's request id sits in its header (little-endian `u32`).
+pub const REQUEST_ID_RANGE: std::ops::Range<usize> = 12..16;
+
+/// Rewrites the request id of the frame that starts `frame` (a relayed request takes its
+/// link's id; its answer takes back the client's). Panics on fewer than a header's bytes.
+#[inline]
+pub fn set_request_id(frame: &mut [u8], id: u32) {
+    frame[REQUEST_ID_RANGE].copy_from_slice(&id.to_le_bytes());
+}
+
+/// The request id of the frame that starts `frame`; None when a header has not arrived.
+#[inline]
+pub fn request_id(frame: &[u8]) -> Option<u32> {
+    let b = frame.get(REQUEST_ID_RANGE)?;
+    Some(u32::from_le_bytes(b.try_into().expect("4 bytes")))
+}
+
 /// A decoded frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
@@ -54,7 +71,7 @@ impl FrameHeader {
         out[2..4].copy_from_slice(&0u16.to_le_bytes());
         out[4..8].copy_from_slice(&self.archive_bytes.to_le_bytes());
         out[8..12].copy_from_slice(&self.value_bytes.to_le_bytes());
-        out[12..16].copy_from_slice(&self.request_id.to_le_bytes());
+        out[REQUEST_ID_RANGE].copy_from_slice(&self.request_id.to_le_bytes());
     }
 
     /// Reads and checks a header. `frame_bytes_max` bounds the whole frame.

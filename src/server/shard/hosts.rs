@@ -816,12 +816,7 @@ impl Shard {
                 seq,
                 id,
             },
-            |b, link_id| {
-                let out = b.bytes_mut();
-                let start = out.len();
-                out.extend_from_slice(frame);
-                out[start + 12..start + 16].copy_from_slice(&link_id.to_le_bytes());
-            },
+            |b, link_id| append_relabelled(b, frame, link_id),
         );
         if !sent {
             let epoch = self.hosts.view.as_ref().map_or(0, |v| v.epoch);
@@ -889,12 +884,7 @@ impl Shard {
                     seq,
                     part,
                 },
-                |b, link_id| {
-                    let out = b.bytes_mut();
-                    let start = out.len();
-                    out.extend_from_slice(frame);
-                    out[start + 12..start + 16].copy_from_slice(&link_id.to_le_bytes());
-                },
+                |b, link_id| append_relabelled(b, frame, link_id),
             );
             if !sent {
                 self.fill_slot(slot, generation, seq, part, host_unreachable(host));
@@ -1954,7 +1944,7 @@ impl Shard {
                     id,
                 } => {
                     let mut answer = bytes[..p.frame_bytes].to_vec();
-                    answer[12..16].copy_from_slice(&id.to_le_bytes());
+                    frame::set_request_id(&mut answer, id);
                     self.deliver(
                         AnswerTo::Conn {
                             slot: to,
@@ -2040,6 +2030,15 @@ fn encode_with_value(
     if let Some(v) = value {
         b.push_value(v);
     }
+}
+
+/// Appends a client's request frame to a host link's send batch under the link's own request
+/// id (the answer comes back under it and is matched to the client's). One copy of the frame.
+fn append_relabelled(b: &mut SendBatch, frame: &[u8], link_id: u32) {
+    let out = b.bytes_mut();
+    let start = out.len();
+    out.extend_from_slice(frame);
+    frame::set_request_id(&mut out[start..], link_id);
 }
 
 #[cfg(test)]
