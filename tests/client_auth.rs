@@ -330,33 +330,17 @@ print("ok")
     }
 }
 
-/// An HTTP request with ureq; every status is an answer.
+/// (status, every `WWW-Authenticate` challenge, body) of a request with an optional
+/// `Authorization` value.
 fn http(
     method: &str,
     url: &str,
     auth: Option<&str>,
     body: Option<&[u8]>,
 ) -> (u16, Vec<String>, String) {
-    let mut req = ureq::request(method, url).timeout(Duration::from_secs(20));
-    if let Some(a) = auth {
-        req = req.set("Authorization", a);
-    }
-    let r = match body {
-        Some(b) => req.send_bytes(b),
-        None => req.call(),
-    };
-    let resp = match r {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {url}: {e}"),
-    };
-    let status = resp.status();
-    let challenges = resp
-        .all("www-authenticate")
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
-    (status, challenges, resp.into_string().unwrap_or_default())
+    let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+    let a = common::http::send(method, url, &headers, body);
+    (a.status, a.all("www-authenticate"), a.text())
 }
 
 fn basic((user, pw): (&str, &str)) -> String {

@@ -11,78 +11,9 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::http::send;
 use common::store::{client, keys, keys_on, wait_settled};
 use common::{TestServer, bin, free_port};
-
-/// One HTTP answer.
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// One agent for the whole test binary: its pooled keep-alive connections carry many
-/// requests each (a once-found bug: a second request on a connection failed).
-fn agent() -> ureq::Agent {
-    static AGENT: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
-    AGENT
-        .get_or_init(|| {
-            ureq::AgentBuilder::new()
-                .timeout(Duration::from_secs(20))
-                .max_idle_connections_per_host(4)
-                .build()
-        })
-        .clone()
-}
-
-/// Sends a request; every status is an answer (ureq's 4xx/5xx errors are unwrapped).
-fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Answer {
-    let mut req = agent().request(method, url);
-    for (n, v) in headers {
-        req = req.set(n, v);
-    }
-    let r = match body {
-        Some(b) => req.send_bytes(b),
-        None => req.call(),
-    };
-    let resp = match r {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {url}: {e}"),
-    };
-    let status = resp.status();
-    let headers = resp
-        .headers_names()
-        .into_iter()
-        .map(|n| {
-            let v = resp.header(&n).unwrap_or("").to_owned();
-            (n, v)
-        })
-        .collect();
-    let mut body = Vec::new();
-    resp.into_reader().read_to_end(&mut body).unwrap();
-    Answer {
-        status,
-        headers,
-        body,
-    }
-}
 
 /// A one-host store of two shards with the data API on a free port.
 fn server(extra: &[(&str, &str)]) -> (TestServer, String) {

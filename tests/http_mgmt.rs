@@ -17,14 +17,9 @@ use std::time::{Duration, Instant};
 use common::{TestServer, free_port};
 
 fn get(url: &str) -> (u16, String, String) {
-    let r = match ureq::get(url).call() {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("GET {url}: {e}"),
-    };
-    let status = r.status();
-    let ct = r.header("content-type").unwrap_or("").to_owned();
-    (status, ct, r.into_string().unwrap())
+    let a = common::http::send("GET", url, &[], None);
+    let ct = a.header("content-type").unwrap_or("").to_owned();
+    (a.status, ct, a.text())
 }
 
 fn python() -> Option<PathBuf> {
@@ -190,17 +185,10 @@ fn probes_status_map_and_metrics() {
 
 /// Any HTTP method, any body; answers with (status, body) whatever the status.
 fn send(method: &str, url: &str, body: Option<&str>) -> (u16, String) {
-    let req = ureq::request(method, url);
-    let r = match body {
-        Some(b) => req.set("content-type", "application/json").send_string(b),
-        None => req.call(),
-    };
-    let r = match r {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {url}: {e}"),
-    };
-    (r.status(), r.into_string().unwrap())
+    let json = [("content-type", "application/json")];
+    let headers: &[(&str, &str)] = if body.is_some() { &json } else { &[] };
+    let a = common::http::send(method, url, headers, body.map(str::as_bytes));
+    (a.status, a.text())
 }
 
 fn json(body: &str) -> serde_json::Value {

@@ -28,6 +28,7 @@ pub fn bin() -> PathBuf {
 }
 
 pub mod hosts;
+pub mod http;
 #[path = "../support/ports.rs"]
 mod ports;
 pub mod programs;
