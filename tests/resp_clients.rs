@@ -109,22 +109,12 @@ fn command(client: &Client, test: &str, host: &str, port: u16) -> Option<Command
     Some(cmd)
 }
 
-/// Checks of redis_py_plain.py left out against one stategrid host (its `SKIP`): none.
-const SKIP_ONE_HOST: &str = "";
-/// The same on a store of several hosts: the keyspace listing (SCAN, SCAN TYPE and KEYS list the
-/// host asked, as a Redis Cluster node does; django-redis's `cache.keys` is a SCAN). The
-/// cluster client's SCAN, which visits every primary, is checked in
-/// `cluster_client_routes_over_a_3_host_store`; `redis_py_plain_passes_whole_against_stategrid`
-/// (ignored until the listing is store-wide) runs it whole.
-const SKIP_STORE: &str = "keyspace";
-
 /// Runs every client, one after the other, each against the address `target(i)` picks for the
-/// i-th, with `skip` as the programs' `SKIP`; panics naming every failed client with its output
-/// and `diagnostics()`.
+/// i-th, with nothing left out (the programs' `SKIP` is for runs by hand); panics naming every
+/// failed client with its output and `diagnostics()`.
 fn run_all(
     test: &str,
     clients: &[Client],
-    skip: &str,
     target: impl Fn(usize) -> (String, u16),
     diagnostics: impl Fn() -> String,
 ) {
@@ -132,10 +122,9 @@ fn run_all(
     let mut ran = 0;
     for (i, client) in clients.iter().enumerate() {
         let (host, port) = target(i);
-        let Some(mut cmd) = command(client, test, &host, port) else {
+        let Some(cmd) = command(client, test, &host, port) else {
             continue;
         };
-        cmd.env("SKIP", skip);
         let started = Instant::now();
         let r = run(cmd);
         ran += 1;
@@ -183,7 +172,6 @@ fn plain_clients_pass_against_redis_server() {
     run_all(
         test,
         PLAIN_CLIENTS,
-        "",
         |_| ("127.0.0.1".into(), redis.port),
         || redis.log(),
     );
@@ -269,7 +257,6 @@ fn plain_clients_pass_against_one_host() {
     run_all(
         "plain_clients_pass_against_one_host",
         PLAIN_CLIENTS,
-        SKIP_ONE_HOST,
         |_| ("127.0.0.1".into(), server.addr.port()),
         || server.output(),
     );
@@ -278,13 +265,15 @@ fn plain_clients_pass_against_one_host() {
 #[test]
 fn plain_clients_pass_against_a_3_host_store() {
     let test = "plain_clients_pass_against_a_3_host_store";
-    let store = Store::start(3, 61);
-    // Plain clients: each connects to one host, in turn, and every key works through it.
+    let resp_port = common::free_port();
+    let store = Store::start_with(3, 61, |_| vec![("resp_port", resp_port.to_string())]);
+    // Plain clients: each connects to one host, in turn, and every key works through it. On
+    // resp_port (the face of a single Redis server) their SCAN, KEYS, DBSIZE and FLUSHDB cover
+    // the whole store; svr_port answers those per node, as a Redis Cluster node does.
     run_all(
         test,
         PLAIN_CLIENTS,
-        SKIP_STORE,
-        |i| (store.hosts[i % 3].ip.clone(), store.svr_port),
+        |i| (store.hosts[i % 3].ip.clone(), resp_port),
         || store.outputs(),
     );
 }
@@ -309,25 +298,6 @@ fn cluster_client_routes_over_a_3_host_store() {
         "{}\n\n{}",
         failure("redis-py RedisCluster", &ip, store.svr_port, &r),
         store.outputs()
-    );
-}
-
-/// redis_py_plain.py with nothing left out against a 3-host store (one host runs it whole in
-/// `plain_clients_pass_against_one_host`): fails until SCAN/KEYS through one host list the
-/// whole store.
-#[test]
-#[ignore = "SCAN/KEYS through one host of a store list that host's keys (docs/redis.md)"]
-fn redis_py_plain_passes_whole_against_stategrid() {
-    let test = "redis_py_plain_passes_whole_against_stategrid";
-    let redis_py = &PLAIN_CLIENTS[..2];
-    assert!(redis_py.iter().all(|c| c.program == "redis_py_plain.py"));
-    let store = Store::start(3, 67);
-    run_all(
-        test,
-        redis_py,
-        "",
-        |i| (store.hosts[i % 3].ip.clone(), store.svr_port),
-        || store.outputs(),
     );
 }
 

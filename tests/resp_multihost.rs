@@ -31,9 +31,20 @@ fn parse_slots(reply: &str) -> Vec<(u16, u16, String)> {
     out
 }
 
+/// The bulk strings of a RESP2 reply, in order (keys and cursors here hold no CR LF).
+fn bulk_strings(reply: &str) -> Vec<String> {
+    let lines: Vec<&str> = reply.split("\r\n").collect();
+    lines
+        .windows(2)
+        .filter(|w| w[0].starts_with('$') && w[0] != "$-1")
+        .map(|w| w[1].to_string())
+        .collect()
+}
+
 #[test]
 fn three_hosts_serve_plain_and_cluster_redis_clients() {
-    let mut store = Store::start(3, 61);
+    let resp_port = common::free_port();
+    let mut store = Store::start_with(3, 61, |_| vec![("resp_port", resp_port.to_string())]);
     let svrs = store.svr_addrs();
     let native = common::store::client(&svrs[0], 10_000);
 
@@ -109,6 +120,76 @@ fn three_hosts_serve_plain_and_cluster_redis_clients() {
     let nodes = cl.call(&["CLUSTER", "NODES"]);
     assert_eq!(nodes.matches("myself,master").count(), 1, "{nodes}");
     assert_eq!(nodes.matches(" connected").count(), 3, "{nodes}");
+
+    // The keyspace: on resp_port (a single Redis server's face) a plain client's DBSIZE, KEYS,
+    // SCAN and FLUSHDB through any host cover the whole store; on svr_port (the cluster face)
+    // a client's, plain or cluster, cover the node asked, as in Redis Cluster.
+    let mine = (0..60)
+        .flat_map(|i| [format!("session:{i}"), format!("hash:{i}")])
+        .filter(|k| owner(k) == svrs[0])
+        .count();
+    let mut whole: Vec<Conn> = store
+        .hosts
+        .iter()
+        .map(|h| Conn::connect(&format!("{}:{resp_port}", h.ip)))
+        .collect();
+    assert_eq!(whole[1].call_retry(&["DBSIZE"]), ":120\r\n");
+    assert_eq!(cl.call(&["DBSIZE"]), format!(":{mine}\r\n"));
+    assert_eq!(plain[0].call(&["DBSIZE"]), format!(":{mine}\r\n"));
+    let keys = bulk_strings(&whole[2].call_retry(&["KEYS", "session:*"]));
+    assert_eq!(
+        keys.len(),
+        60,
+        "KEYS through one host lists every host's keys: {keys:?}"
+    );
+    assert_eq!(bulk_strings(&cl.call(&["KEYS", "*"])).len(), mine);
+    assert_eq!(bulk_strings(&plain[0].call(&["KEYS", "*"])).len(), mine);
+    let mut seen = Vec::new();
+    let mut cursor = "0".to_string();
+    let mut pages = 0;
+    loop {
+        let page = bulk_strings(&whole[1].call_retry(&["SCAN", &cursor, "COUNT", "7"]));
+        cursor = page[0].clone();
+        seen.extend(page[1..].iter().cloned());
+        pages += 1;
+        assert!(pages < 1000, "SCAN ends");
+        if cursor == "0" {
+            break;
+        }
+        assert!(
+            cursor.parse::<u64>().unwrap() < 1 << 53,
+            "cursors fit a JavaScript number: {cursor}"
+        );
+    }
+    seen.sort();
+    let mut all: Vec<String> = (0..60)
+        .flat_map(|i| [format!("session:{i}"), format!("hash:{i}")])
+        .collect();
+    all.sort();
+    assert_eq!(
+        seen, all,
+        "SCAN through one host visits every key of the store once"
+    );
+    // FLUSHDB from a plain client on resp_port empties the database on every host.
+    for c in whole.iter_mut() {
+        assert_eq!(c.call(&["SELECT", "5"]), "+OK\r\n");
+    }
+    for i in 0..30 {
+        assert_eq!(
+            whole[i % 3].call_retry(&["SET", &format!("f{i}"), "1"]),
+            "+OK\r\n"
+        );
+    }
+    assert_eq!(whole[0].call_retry(&["DBSIZE"]), ":30\r\n");
+    assert_eq!(whole[1].call_retry(&["FLUSHDB"]), "+OK\r\n");
+    assert_eq!(whole[2].call_retry(&["DBSIZE"]), ":0\r\n");
+    assert_eq!(whole[0].call_retry(&["GET", "f7"]), "$-1\r\n");
+    assert_eq!(whole[1].call_retry(&["SELECT", "0"]), "+OK\r\n");
+    assert_eq!(
+        whole[1].call_retry(&["DBSIZE"]),
+        ":120\r\n",
+        "other databases keep their keys"
+    );
 
     // kill -9 the primary of a hash: after failover it is read back whole from another host.
     let h = "hash:5";

@@ -160,6 +160,8 @@ pub struct Session {
     pub lib_ver: Option<String>,
     /// Sent CLUSTER SLOTS/SHARDS/NODES or READONLY: keys of other hosts get -MOVED.
     pub cluster: bool,
+    /// Came in on `resp_port`, the face of a single Redis server (see [`Session::sees_store_wide`]).
+    pub whole_store: bool,
     pub resp3: bool,
     pub created_ms: u64,
     multi: Option<Vec<Queued>>,
@@ -468,6 +470,14 @@ impl Session {
 
     fn ns(&self) -> u32 {
         redis_ns(self.db)
+    }
+
+    /// Whether SCAN, KEYS, DBSIZE and FLUSHDB cover the whole store: on `resp_port`, out of
+    /// cluster mode. On `svr_port` (the cluster face CLUSTER SLOTS advertises) they cover the
+    /// node asked, as a Redis Cluster node's do: a cluster client's per-node connections send
+    /// nothing that tells them from a plain client's, and it visits every node itself.
+    pub fn sees_store_wide(&self) -> bool {
+        self.whole_store && !self.cluster
     }
 
     fn lit(&mut self, h: &mut dyn Host, f: impl FnOnce(&mut Vec<u8>)) {
@@ -1014,6 +1024,7 @@ fn scan(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
     let Some(cursor) = std::str::from_utf8(a.get(1))
         .ok()
         .and_then(|c| c.parse::<u64>().ok())
+        .and_then(|c| super::cursor::to_native(c, s.sees_store_wide()))
     else {
         return s.err(h, "ERR invalid cursor");
     };
@@ -1053,21 +1064,18 @@ fn scan(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
     );
 }
 
+/// One whole-host listing (`CURSOR_WHOLE_HOST`): the host gathers every shard's keys and, for
+/// a plain client of a store of several hosts, every host's.
 fn keys(s: &mut Session, a: &Args<'_>, h: &mut dyn Host) {
     let p = a.get(1);
-    let pattern: Option<Rc<[u8]>> = (p != b"*").then(|| Rc::from(p));
-    let n = h.shards();
-    let limit = h.cfg().items_per_request_max;
-    for shard in 0..n {
-        let req = Request::ListKeys {
-            ns: s.ns(),
-            cursor: (shard as u64) << 32,
-            limit,
-        };
-        let mut pend = parts(Combine::Keys, shard, n);
-        pend.text = pattern.clone();
-        h.request(&req, b"", pend);
-    }
+    let req = Request::ListKeys {
+        ns: s.ns(),
+        cursor: crate::server::exec::CURSOR_WHOLE_HOST,
+        limit: h.cfg().items_per_request_max,
+    };
+    let mut pend = parts(Combine::Keys, 0, 1);
+    pend.text = (p != b"*").then(|| Rc::from(p));
+    h.request(&req, b"", pend);
 }
 
 // ---- hashes ----------------------------------------------------------------------------------
@@ -1379,9 +1387,10 @@ fn quit(s: &mut Session, _a: &Args<'_>, h: &mut dyn Host) {
 }
 
 fn reset(s: &mut Session, _a: &Args<'_>, h: &mut dyn Host) {
-    let (id, created, next_watch) = (s.id, s.created_ms, s.next_watch);
+    let (id, created, next_watch, whole_store) = (s.id, s.created_ms, s.next_watch, s.whole_store);
     end_watch(s, h);
     *s = Session::new(id, created);
+    s.whole_store = whole_store;
     // Watch ids stay unique for the connection's life: an answer to a WATCH sent before the
     // RESET may still arrive, and must not pass for a later WATCH's.
     s.next_watch = next_watch;

@@ -23,6 +23,7 @@
 
 pub mod cluster;
 pub mod commands;
+pub mod cursor;
 pub mod glob;
 pub mod parse;
 pub mod render;

@@ -315,7 +315,8 @@ impl RespOut {
                     let pat = p.text.as_deref();
                     let o = b.bytes_mut();
                     reply::array(o, 2);
-                    reply::bulk(o, next_cursor.to_string().as_bytes());
+                    let cursor = super::cursor::to_resp(*next_cursor);
+                    reply::bulk(o, cursor.to_string().as_bytes());
                     let keep: Vec<&Vec<u8>> = keys
                         .iter()
                         .filter(|k| pat.is_none_or(|p| super::glob::matches(p, k)))

@@ -195,11 +195,17 @@ pub struct Core {
 }
 
 /// Key listing cursors: `shard << 32 | slot` for a listing of one host (a store of one host,
-/// and Redis `SCAN`, which lists one node as in Redis Cluster), and
-/// `STORE_WIDE | host << 56 | shard << 32 | slot` for a native client's listing of a store of
-/// several hosts, which walks every host with one cursor (the host asked marks the cursor,
-/// see `Shard::relay_listing`).
+/// and a Redis cluster client's `SCAN`, which lists one node as in Redis Cluster), and
+/// `STORE_WIDE | host << 56 | shard << 32 | slot` for the listing of a store of several hosts
+/// by a native or plain Redis client, which walks every host with one cursor (the host asked
+/// marks the cursor, see `Shard::relay_listing`). Redis clients see these cursors packed
+/// smaller (`resp::cursor`).
 pub const CURSOR_STORE_WIDE: u64 = 1 << 63;
+
+/// A `ListKeys` cursor asking for the first `limit` keys of every shard in one answer (Redis
+/// `KEYS`): the host asked gathers its shards' parts and, for a store-wide client, every other
+/// host's (`Shard::gather_hosts`). Not a position: never answered as a next cursor.
+pub const CURSOR_WHOLE_HOST: u64 = 1 << 62;
 
 /// The host part of a store-wide listing cursor.
 pub fn cursor_host(cursor: u64) -> usize {
@@ -768,6 +774,18 @@ impl Core {
         kind: Option<ValueKind>,
         now_ms: u64,
     ) -> Response {
+        if cursor & CURSOR_WHOLE_HOST != 0 {
+            // One part of a whole-host listing: this shard's first page, and no next cursor
+            // (the gathering shard merges the parts).
+            let own = (self.shard as u64) << 32;
+            return match self.list_keys(ns, own, limit, kind, now_ms) {
+                Response::Keys { keys, .. } => Response::Keys {
+                    keys,
+                    next_cursor: 0,
+                },
+                other => other,
+            };
+        }
         let shard = cursor_shard(cursor);
         if shard >= self.shards {
             return Response::Error(ErrorReply::with_message(

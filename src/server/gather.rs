@@ -17,6 +17,8 @@ pub enum Kind {
     Stats,
     MultiRead,
     BulkPut,
+    /// Concatenates `Keys` answers (a whole-host listing, Redis `KEYS`).
+    Keys,
 }
 
 /// A request waiting for every shard's part.
@@ -76,6 +78,7 @@ fn merge(
         decoded.push(decode(bytes)?);
     }
     let mut count = 0u64;
+    let mut keys: Vec<Vec<u8>> = Vec::new();
     let mut ns: Vec<NsInfo> = Vec::new();
     let mut stats = stategrid_proto::Stats::default();
     let mut items: Vec<Option<ItemResult>> = vec![None; g.items];
@@ -89,6 +92,9 @@ fn merge(
         match (g.kind, resp) {
             (_, ArchivedResponse::Error(e)) => return Err(e.to_reply()),
             (Kind::Sum, ArchivedResponse::Count { objects }) => count += objects.to_native(),
+            (Kind::Keys, ArchivedResponse::Keys { keys: part, .. }) => {
+                keys.extend(part.iter().map(|k| k.as_slice().to_vec()))
+            }
             (Kind::NsList, ArchivedResponse::Namespaces { items }) => {
                 for it in items.iter() {
                     let id = it.id.to_native();
@@ -171,6 +177,13 @@ fn merge(
     }
     Ok(match g.kind {
         Kind::Sum => (Response::Count { objects: count }, Vec::new()),
+        Kind::Keys => (
+            Response::Keys {
+                keys,
+                next_cursor: 0,
+            },
+            Vec::new(),
+        ),
         Kind::NsList => {
             ns.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
             for n in ns.iter_mut().filter(|n| n.name.is_empty()) {

@@ -1056,14 +1056,13 @@ impl Shard {
                 }
             }
         }
-        // Store-wide requests of a store of several hosts: every host's part.
-        if !internal {
-            let frame = &frame_start[..frame_bytes];
-            if self.gather_hosts(req, slot, generation, id, frame)
-                || self.relay_listing(req, slot, generation, id)
-            {
-                return;
-            }
+        // Requests answered from parts (counts, clears and whole listings: every shard's and,
+        // on a store of several hosts, every host's part), and store-wide listing pages.
+        let frame = &frame_start[..frame_bytes];
+        if self.gather_hosts(req, slot, generation, id, frame, internal)
+            || (!internal && self.relay_listing(req, slot, generation, id))
+        {
+            return;
         }
         let (me, shards) = (self.core.shard, self.core.shards);
         let route = match (req, partition) {

@@ -828,10 +828,23 @@ impl Shard {
 
     // ---- store-wide requests --------------------------------------------------------------
 
-    /// A namespace count or clear from a client of a store of several hosts: every host
-    /// answers for the partitions it is primary of (a clear also clears their replicas), and
-    /// this host sums the parts: its own shards' and each other host's, asked over the relay
-    /// links. Returns false when it is not such a request (served as on one host).
+    /// Whether this connection's listings, counts and clears cover the whole store: a native
+    /// client's do, and a plain Redis client's on `resp_port`; a Redis client's on `svr_port`
+    /// and a cluster client's cover the host asked, one node at a time as in Redis Cluster
+    /// (`resp::commands::Session::sees_store_wide`).
+    pub(super) fn sees_store_wide(&self, slot: u32) -> bool {
+        self.conns[slot as usize]
+            .resp
+            .as_ref()
+            .is_none_or(|r| r.store_wide)
+    }
+
+    /// Requests answered from parts: a namespace count or clear from a client of a store of
+    /// several hosts (every host answers for the partitions it is primary of; a clear also
+    /// clears their replicas), and a whole-host key listing (`CURSOR_WHOLE_HOST`, Redis
+    /// `KEYS`) on any store. This host merges the parts: its own shards' and, for a client
+    /// that sees the store whole, each other host's, asked over the relay links (a host asked
+    /// by another answers for itself only). Returns false when it is not such a request.
     pub(super) fn gather_hosts(
         &mut self,
         req: &ArchivedRequest,
@@ -839,28 +852,33 @@ impl Shard {
         generation: u32,
         id: u32,
         frame: &[u8],
+        internal: bool,
     ) -> bool {
-        // Redis clients count and flush one node at a time, as in Redis Cluster (each host
-        // answers for its primaries).
-        if !self.hosts.multi_host
-            || self.conns[slot as usize].resp.is_some()
-            || !matches!(
-                req,
-                ArchivedRequest::NsCount { .. } | ArchivedRequest::NsClear { .. }
-            )
-        {
+        use super::gather::Kind;
+        let kind = match req {
+            ArchivedRequest::ListKeys { cursor, .. }
+                if cursor.to_native() & crate::server::exec::CURSOR_WHOLE_HOST != 0 =>
+            {
+                Kind::Keys
+            }
+            ArchivedRequest::NsCount { .. } | ArchivedRequest::NsClear { .. } => Kind::Sum,
+            _ => return false,
+        };
+        let store_wide = self.hosts.multi_host && !internal && self.sees_store_wide(slot);
+        if kind == Kind::Sum && !store_wide {
             return false;
         }
-        let Some(view) = self.hosts.view.clone() else {
-            return false;
+        let others: Vec<HostId> = match self.hosts.view.clone() {
+            Some(view) if store_wide => listed_hosts(&view)
+                .into_iter()
+                .filter(|&h| h != view.me)
+                .collect(),
+            _ if kind == Kind::Sum => return false,
+            _ => Vec::new(),
         };
-        let others: Vec<HostId> = listed_hosts(&view)
-            .into_iter()
-            .filter(|&h| h != view.me)
-            .collect();
         let shards = self.core.shards;
         let g = super::gather::Gather {
-            kind: super::gather::Kind::Sum,
+            kind,
             request_id: id,
             parts: (0..shards + others.len()).map(|_| None).collect(),
             indexes: Vec::new(),
@@ -943,8 +961,9 @@ impl Shard {
             }
             _ => return false,
         };
-        // Redis clients list one node at a time (as in Redis Cluster); so do old cursors.
-        if self.conns[slot as usize].resp.is_some() || cursor & CURSOR_STORE_WIDE == 0 {
+        // Redis cluster clients list one node at a time (as in Redis Cluster); so do old
+        // cursors.
+        if !self.sees_store_wide(slot) || cursor & CURSOR_STORE_WIDE == 0 {
             return false;
         }
         let Some(view) = self.hosts.view.clone() else {

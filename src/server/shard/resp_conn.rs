@@ -37,6 +37,10 @@ use crate::store::KeyRef;
 /// A RESP connection's state, kept in its `Conn`.
 pub(super) struct RespConn {
     pub session: Session,
+    /// `session.sees_store_wide()` as of the command being executed: the session is taken
+    /// out while a command runs, and the routing of its requests (`Shard::sees_store_wide`)
+    /// reads this copy.
+    pub store_wide: bool,
     pub out: RespOut,
     args: Vec<Range<usize>>,
     scratch: Vec<u8>,
@@ -65,9 +69,12 @@ const UNAUTH_ITEMS_MAX: usize = 16;
 pub(super) const RESP_ACCEPT_SLOT: u32 = 2;
 
 impl RespConn {
-    fn new(id: u64, now_ms: u64) -> Box<RespConn> {
+    fn new(id: u64, now_ms: u64, whole_store: bool) -> Box<RespConn> {
+        let mut session = Session::new(id, now_ms);
+        session.whole_store = whole_store;
         Box::new(RespConn {
-            session: Session::new(id, now_ms),
+            store_wide: session.sees_store_wide(),
+            session,
             out: RespOut::default(),
             args: Vec::new(),
             scratch: Vec::new(),
@@ -415,7 +422,7 @@ impl Shard {
             let denied = crate::auth::protect::refuse_fd(&self.core.cfg, &fd);
             if let Some(slot) = self.add_conn_kind(fd, ConnKind::Client) {
                 let now = self.now_ms;
-                self.make_resp(slot, now);
+                self.make_resp(slot, now, true);
                 self.conns[slot as usize].denied = denied;
             }
         } else if !self.draining && c.result != -libc::ECANCELED {
@@ -452,18 +459,18 @@ impl Shard {
             [_] => false,
         };
         if resp {
-            self.make_resp(slot, now);
+            self.make_resp(slot, now, false);
         }
         resp
     }
 
     /// Makes a connection a RESP one (detected, or accepted on `resp_port`).
-    pub(super) fn make_resp(&mut self, slot: u32, now_ms: u64) {
+    pub(super) fn make_resp(&mut self, slot: u32, now_ms: u64, whole_store: bool) {
         self.resp.next_id += 1;
         let id = ((self.core.shard as u64) << 48) | self.resp.next_id;
         let conn = &mut self.conns[slot as usize];
         conn.hello_done = true;
-        conn.resp = Some(RespConn::new(id, now_ms));
+        conn.resp = Some(RespConn::new(id, now_ms, whole_store));
     }
 
     /// Serves every whole RESP command in the connection's receive buffer, in order.
@@ -511,6 +518,9 @@ impl Shard {
                         base: if inline { &scratch[..] } else { bytes },
                         ranges: &args,
                     };
+                    if let Some(rc) = self.conns[slot as usize].resp.as_mut() {
+                        rc.store_wide = session.sees_store_wide();
+                    }
                     let mut glue = Glue {
                         shard: self,
                         slot,
