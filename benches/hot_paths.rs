@@ -4,6 +4,8 @@
 //! - `store/*`: one shard's object store with 100K objects of 1 KiB (hashes precomputed, as
 //!   the network layer computes them once to route a request), read and written in a
 //!   scattered order; `get_1k_pinned` reads objects that are not on the LRU list.
+//! - `store_window/*`: 64 scattered reads served one after another or after looking all 64 up
+//!   first, as a ring pass now does for the requests it reaped (`server/shard/prefetch.rs`).
 //! - `proto/decode_validate/*`: finding a frame in a receive buffer and validating its rkyv
 //!   archive in place, the first thing a shard does with every request.
 //!
@@ -103,6 +105,49 @@ fn store_hot_paths(c: &mut Criterion) {
     g.finish();
 }
 
+/// Keys a ring pass looks up ahead of serving them (`server/shard/prefetch.rs`'s window).
+const WINDOW_KEYS: usize = 64;
+
+/// What the pass's look-ahead buys: a window of 64 reads of scattered keys (as 64 pipeline-1
+/// connections bring them in one pass), served one after another (`serial`, what a pass did
+/// before) or after `Store::prefetch` of all 64 (`prefetched`, what it does now). Throughput
+/// is per read; the difference is the overlap of the DRAM misses (wall time: noisy on a
+/// loaded machine, compare within one run).
+fn store_window(c: &mut Criterion) {
+    let (keys, order) = keys_and_order();
+    let mut store = populated_store(&keys, true);
+    let mut g = c.benchmark_group("store_window");
+    g.throughput(Throughput::Elements(WINDOW_KEYS as u64));
+    for prefetched in [false, true] {
+        let mut next = 0;
+        let name = if prefetched { "prefetched" } else { "serial" };
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let window: [usize; WINDOW_KEYS] =
+                    std::array::from_fn(|i| order[(next + i) % OBJECTS]);
+                next = (next + WINDOW_KEYS) % OBJECTS;
+                if prefetched {
+                    for &i in &window {
+                        let (key, hash) = &keys[i];
+                        store.prefetch(KeyRef::with_hash(NS, key, *hash));
+                    }
+                }
+                let mut bytes = 0;
+                for &i in &window {
+                    let (key, hash) = &keys[i];
+                    let (_, v) = store
+                        .read(KeyRef::with_hash(NS, key, *hash), NOW_MS)
+                        .expect("every key is present");
+                    // The value's first line, as the send path's refcount bump touches it.
+                    bytes += v[0] as usize;
+                }
+                black_box(bytes)
+            })
+        });
+    }
+    g.finish();
+}
+
 /// `bytes` copied into 8-aligned storage, as a shard's receive buffer is.
 struct AlignedFrame {
     words: Vec<u64>,
@@ -167,5 +212,5 @@ fn proto_hot_paths(c: &mut Criterion) {
 
 // Groups run in this order. Another group (e.g. `cross_shard_hop`) goes in as one more
 // function in this list.
-criterion_group!(benches, store_hot_paths, proto_hot_paths);
+criterion_group!(benches, store_hot_paths, store_window, proto_hot_paths);
 criterion_main!(benches);

@@ -65,6 +65,19 @@ impl AlignedBuf {
         }
     }
 
+    /// The filled bytes and the `n` after them that a completed recv wrote but [`advance`]
+    /// has not counted yet: lets a pass look at what arrived before it serves it
+    /// (`server/shard/prefetch.rs`). Panics when `n` goes past the capacity.
+    ///
+    /// [`advance`]: AlignedBuf::advance
+    #[inline]
+    pub fn received(&self, n: usize) -> &[u8] {
+        let end = self.len + n;
+        assert!(end <= self.capacity(), "recv wrote past the buffer");
+        // SAFETY: in bounds of the u64 storage, which is initialised (zeroed, then written).
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr() as *const u8, end) }
+    }
+
     /// Marks `n` more bytes as filled (after a recv wrote them).
     #[inline]
     pub fn advance(&mut self, n: usize) {

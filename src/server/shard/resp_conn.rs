@@ -495,10 +495,7 @@ impl Shard {
         let mut session = std::mem::take(&mut rc.session);
         let mut args = std::mem::take(&mut rc.args);
         let mut scratch = std::mem::take(&mut rc.scratch);
-        // Only for a connection that may run commands (hints for one that may not are wasted).
-        if self.conns[slot as usize].role.is_some() {
-            self.prefetch_resp(rbuf.as_slice(), &full, session.db, &mut args, &mut scratch);
-        }
+        // The pass looked up this buffer's keys already (`prefetch`).
         let mut pos = 0;
         let mut need = 0;
         while pos < rbuf.len() {
@@ -561,64 +558,6 @@ impl Shard {
         rc.args = args;
         rc.scratch = scratch;
         rc.need = need;
-    }
-
-    /// With several pipelined commands in the buffer, looks up the objects of those whose
-    /// first argument is a key of this shard first, so their cache misses overlap instead of
-    /// stalling one command each (as `prefetch_reads` does for native frames; at 100K objects
-    /// each lookup is a few dependent DRAM misses). Two passes: parse and hash every command,
-    /// then the lookups back to back, so the CPU runs several at once. Costs a second parse
-    /// and hash per command; skipped for a lone command. `db`: the connection's database (a
-    /// SELECT in the pipeline only makes the later hints miss).
-    fn prefetch_resp(
-        &self,
-        buf: &[u8],
-        lim: &Limits,
-        db: u16,
-        args: &mut Vec<Range<usize>>,
-        scratch: &mut Vec<u8>,
-    ) {
-        const PREFETCH_COMMANDS_MAX: usize = 64;
-        let ns = stategrid_proto::hash::redis_ns(db);
-        let mut keys = [(0usize, 0usize, 0u64); PREFETCH_COMMANDS_MAX];
-        let mut n = 0;
-        let mut pos = 0;
-        for i in 0..PREFETCH_COMMANDS_MAX {
-            let bytes = &buf[pos..];
-            let Ok(Parsed::Command {
-                consumed,
-                inline: false,
-            }) = parse::parse(bytes, lim, args, scratch)
-            else {
-                break;
-            };
-            if i == 0 && consumed == bytes.len() {
-                return;
-            }
-            if args.len() >= 2 {
-                let mut name = [0u8; 16];
-                let raw = &bytes[args[0].clone()];
-                if raw.len() <= name.len() {
-                    for (d, c) in name.iter_mut().zip(raw) {
-                        *d = c.to_ascii_lowercase();
-                    }
-                    if commands::lookup(&name[..raw.len()]).is_some_and(|sp| sp.first == 1) {
-                        let key = pos + args[1].start..pos + args[1].end;
-                        let h = key_hash(ns, &buf[key.clone()]);
-                        if owner_shard(partition_of(h), self.core.shards) == self.core.shard {
-                            keys[n] = (key.start, key.end, h);
-                            n += 1;
-                        }
-                    }
-                }
-            }
-            pos += consumed;
-        }
-        for &(start, end, h) in &keys[..n] {
-            self.core
-                .store
-                .prefetch(KeyRef::with_hash(ns, &buf[start..end], h));
-        }
     }
 
     /// The partition map as Redis Cluster slot ranges.
