@@ -90,14 +90,15 @@ impl Stategrid {
 /// Starts `stategrid serve` with `shards` shards on free loopback ports and waits until it says
 /// it serves on its port (so the port is bound by this server, not by another test's).
 fn start_stategrid(shards: u32) -> Stategrid {
-    start_stategrid_with(shards, &[])
+    start_stategrid_with("plain", shards, &[])
 }
 
-/// As [`start_stategrid`], with more `--set NAME=VALUE`s.
-fn start_stategrid_with(shards: u32, extra: &[(&str, String)]) -> Stategrid {
+/// As [`start_stategrid`], with more `--set NAME=VALUE`s; `tag` keeps its directory apart
+/// from other servers of this test process.
+fn start_stategrid_with(tag: &str, shards: u32, extra: &[(&str, String)]) -> Stategrid {
     let mut last = String::new();
     for attempt in 0..START_ATTEMPTS {
-        let dir = tmp(&format!("stategrid-{shards}-{attempt}"));
+        let dir = tmp(&format!("stategrid-{tag}-{shards}-{attempt}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("log")).unwrap();
         let port = free_port();
@@ -299,6 +300,7 @@ fn native_and_resp_over_tls_against_stategrid() {
     let (ca, cert, key) = make_pki(&pki_dir);
     let secure = free_port();
     let mut sg = start_stategrid_with(
+        "tls",
         2,
         &[
             ("secure_svr_port", secure.to_string()),
