@@ -352,41 +352,58 @@ impl TlsConn {
             }
             self.first_checked = true;
         }
-        loop {
-            let incoming = &mut self.incoming[..self.used];
-            let (discard, stop) = match &mut self.side {
-                Side::Server(conn) => {
-                    let UnbufferedStatus { discard, state, .. } =
-                        conn.process_tls_records(incoming);
-                    match state {
-                        Ok(ConnectionState::ReadEarlyData(mut r)) => {
-                            // Early data is off (max_early_data_size 0); read it as ordinary
-                            // data should a configuration turn it on.
-                            let mut discard = discard;
-                            while let Some(rec) = r.next_record() {
-                                let rec = rec?;
-                                discard += rec.discard;
-                                append(plain, rec.payload);
-                            }
-                            (discard, false)
-                        }
-                        state => {
-                            step(state, discard, plain, app_out.as_deref_mut(), &mut self.out)?
-                        }
+        // Records rustls is done with are dropped from the front by moving `start` past them
+        // (what rustls asks before it is called again); the partial record left moves to the
+        // buffer's front once at the end: one copy per pump, not one per record.
+        let mut start = 0;
+        let result = loop {
+            match self.pump_once(start, plain, app_out.as_deref_mut()) {
+                Ok((discard, stop)) => {
+                    start += discard;
+                    if stop {
+                        break Ok(());
                     }
                 }
-                Side::Client(conn) => {
-                    let UnbufferedStatus { discard, state, .. } =
-                        conn.process_tls_records(incoming);
-                    step(state, discard, plain, app_out.as_deref_mut(), &mut self.out)?
-                }
-            };
-            if discard > 0 {
-                self.incoming.copy_within(discard..self.used, 0);
-                self.used -= discard;
+                Err(e) => break Err(e),
             }
-            if stop {
-                return Ok(());
+        };
+        if start > 0 {
+            self.incoming.copy_within(start..self.used, 0);
+            self.used -= start;
+        }
+        result
+    }
+
+    /// One step of the state machine over the ciphertext from `start`: the bytes it used up
+    /// and whether to stop.
+    fn pump_once(
+        &mut self,
+        start: usize,
+        plain: &mut AlignedBuf,
+        app_out: Option<&mut SendBatch>,
+    ) -> Result<(usize, bool), TlsError> {
+        let incoming = &mut self.incoming[start..self.used];
+        match &mut self.side {
+            Side::Server(conn) => {
+                let UnbufferedStatus { discard, state, .. } = conn.process_tls_records(incoming);
+                match state {
+                    Ok(ConnectionState::ReadEarlyData(mut r)) => {
+                        // Early data is off (max_early_data_size 0); read it as ordinary data
+                        // should a configuration turn it on.
+                        let mut discard = discard;
+                        while let Some(rec) = r.next_record() {
+                            let rec = rec?;
+                            discard += rec.discard;
+                            append(plain, rec.payload);
+                        }
+                        Ok((discard, false))
+                    }
+                    state => step(state, discard, plain, app_out, &mut self.out),
+                }
+            }
+            Side::Client(conn) => {
+                let UnbufferedStatus { discard, state, .. } = conn.process_tls_records(incoming);
+                step(state, discard, plain, app_out, &mut self.out)
             }
         }
     }
