@@ -27,6 +27,8 @@ need=()
 # --- 1. servers -------------------------------------------------------------------------------
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v memcached >/dev/null 2>&1 || need+=(memcached)
+# tcpdump: tests/tls_cluster.rs captures int_port to show host links carry no plaintext.
+command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 
 # --- 2. Redis clients of other languages (tests/clients/) --------------------------------------
 # redis-tools: redis-cli (and redis-benchmark), usually pulled in by redis-server already.

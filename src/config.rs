@@ -92,8 +92,10 @@ pub struct Config {
     /// PEM certificate chain and private key for every TLS port; empty = no TLS.
     pub tls_cert_file: PathBuf,
     pub tls_key_file: PathBuf,
-    /// PEM CA certificates of the store (host-to-host mutual TLS; accepted, not used yet).
+    /// PEM CA certificates of the store: host links verify each other against it.
     pub tls_ca_file: PathBuf,
+    /// Host-to-host links over mutual TLS under `tls_ca_file` (`net::tls_cluster`).
+    pub tls_cluster: bool,
     /// Serve `rest_port` and `mgt_http_port` over HTTPS.
     pub http_tls: bool,
     /// Bytes; 0 = unlimited.
@@ -212,6 +214,7 @@ impl Config {
             tls_cert_file: PathBuf::new(),
             tls_key_file: PathBuf::new(),
             tls_ca_file: PathBuf::new(),
+            tls_cluster: false,
             http_tls: false,
             max_memory_bytes: 0,
             lru_threshold_pct: 0,
@@ -384,6 +387,7 @@ impl Config {
             ("secure_svr_port", self.secure_svr_port != 0),
             ("secure_mgt_port", self.secure_mgt_port != 0),
             ("http_tls", self.http_tls),
+            ("tls_cluster", self.tls_cluster),
         ];
         for (name, on) in tls_users {
             if on && no_cert {
@@ -391,6 +395,11 @@ impl Config {
                     "{name} is set, but there is no certificate: set tls_cert_file and tls_key_file (PEM files; docs/security.md shows how to make them with openssl), or turn {name} off (0)"
                 )));
             }
+        }
+        if self.tls_cluster && self.tls_ca_file.as_os_str().is_empty() {
+            return Err(ConfigError::Inconsistent(
+                "tls_cluster is 1 but tls_ca_file is not set: name the store CA's certificate (PEM) that signs every host's tls_cert_file (docs/security.md shows how to make them with openssl), or set tls_cluster 0".into(),
+            ));
         }
         if !no_cert && self.tls_key_file.as_os_str().is_empty() {
             return Err(ConfigError::Inconsistent(
@@ -579,10 +588,18 @@ pub static PARAMS: &[ParamSpec] = &[
     param!(
         "tls_ca_file",
         "",
-        false,
-        "PEM CA certificates that sign the store's host certificates, for mutual TLS between hosts",
+        true,
+        "PEM CA certificates that sign the store's host certificates, for mutual TLS between hosts (tls_cluster)",
         |c, v| c.tls_ca_file = PathBuf::from(v),
         |c| c.tls_ca_file.display().to_string()
+    ),
+    param!(
+        "tls_cluster",
+        "0",
+        true,
+        "1: host-to-host links over mutual TLS: each host presents tls_cert_file and verifies its peer's certificate against tls_ca_file. Every host of the store needs the same setting (1/0)",
+        |c, v| c.tls_cluster = parse_bool(v)?,
+        |c| (c.tls_cluster as u8).to_string()
     ),
     param!(
         "http_tls",

@@ -143,6 +143,13 @@ pub struct Args {
     /// `AUTH` first. Otherwise the environment variable STATEGRID_AUTH, same format.
     #[arg(long, value_name = "FILE")]
     pub auth_file: Option<PathBuf>,
+    /// Speak TLS (stategrid's `secure_svr_port`, Redis's `--tls-port`), trusting the CA in
+    /// --cacert; the server's certificate must name the target's IP address.
+    #[arg(long)]
+    pub tls: bool,
+    /// PEM CA certificate that signs the servers' certificates (implies --tls).
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
     /// Write the results as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -189,6 +196,11 @@ pub struct Config {
     /// the JSON.
     #[serde(skip)]
     pub auth: Option<(Option<String>, String)>,
+    /// Over TLS (`--tls`/`--cacert`)?
+    pub tls_enabled: bool,
+    /// The TLS client configuration every connection uses.
+    #[serde(skip)]
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// `user:password` or a password alone (the user `default`), without a trailing newline.
@@ -294,6 +306,16 @@ impl Config {
         if a.namespace.is_empty() {
             return Err("--namespace must not be empty".into());
         }
+        let tls = match (&a.cacert, a.tls) {
+            (Some(ca), _) => Some(crate::tls::client_config(ca)?),
+            (None, true) => {
+                return Err(
+                    "--tls needs --cacert FILE: the PEM CA certificate that signs the server's certificate"
+                        .into(),
+                );
+            }
+            (None, false) => None,
+        };
         Ok(Config {
             protocol: a.protocol,
             targets: target_addrs.iter().map(|t| t.to_string()).collect(),
@@ -331,6 +353,8 @@ impl Config {
                     .filter(|v| !v.is_empty())
                     .map(|v| parse_auth(&v)),
             },
+            tls_enabled: tls.is_some(),
+            tls,
         })
     }
 

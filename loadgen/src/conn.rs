@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::codec::Codec;
+use crate::tls::{Tls, Wire};
 use crate::workload::{Planned, Session};
 
 /// Largest receive buffer a connection may grow to (one reply must fit).
@@ -159,6 +160,8 @@ pub struct Conn {
     pub dead: bool,
     /// Shard-aware: the keys this connection carries (those its serving shard owns).
     pub layout: Option<crate::codec::ShardLayout>,
+    /// `--tls`: the session between the ring's buffers and the requests and replies.
+    pub tls: Option<Box<Tls>>,
 }
 
 impl Conn {
@@ -183,6 +186,7 @@ impl Conn {
             slots: vec![Slot::default(); depth],
             dead: false,
             layout: None,
+            tls: None,
         }
     }
 
@@ -205,13 +209,23 @@ pub fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Socket> {
     Ok(s)
 }
 
-/// Sends the codec's handshake and reads its replies, blocking, within `timeout`.
-pub fn handshake<C: Codec>(s: &mut Socket, codec: &mut C, timeout: Duration) -> Result<(), String> {
+/// Sends the codec's handshake and reads its replies, blocking, within `timeout` (through
+/// `tls` when the connection has a session).
+pub fn handshake<C: Codec>(
+    s: &mut Socket,
+    mut tls: Option<&mut rustls::ClientConnection>,
+    codec: &mut C,
+    timeout: Duration,
+) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     let mut expect = codec.handshake(&mut out);
-    s.write_all(&out)
-        .map_err(|e| format!("sending the {} handshake: {e}", codec.name()))?;
+    Wire {
+        sock: s,
+        tls: tls.as_deref_mut(),
+    }
+    .write_all(&out)
+    .map_err(|e| format!("sending the {} handshake: {e}", codec.name()))?;
     let mut buf = RecvBuf::new(4096);
     while expect > 0 {
         if let Some(used) = codec.parse_handshake(buf.data())? {
@@ -232,7 +246,11 @@ pub fn handshake<C: Codec>(s: &mut Socket, codec: &mut C, timeout: Duration) -> 
         if buf.is_full() && !buf.grow() {
             return Err("handshake reply too large".into());
         }
-        match s.read(buf.spare()) {
+        let mut wire = Wire {
+            sock: s,
+            tls: tls.as_deref_mut(),
+        };
+        match wire.read(buf.spare()) {
             Ok(0) => {
                 return Err(format!(
                     "connection closed during the {} handshake",

@@ -16,6 +16,8 @@
 //! - [`report`]: the final table, the JSON file, and the client-CPU verdict.
 //! - [`plot`]: throughput and latency percentiles over time, SVG or PNG.
 //! - [`run`]: the orchestration: threads, barriers, progress line, deadlines, exit codes.
+//! - [`tls`]: `--tls`: a rustls session per connection between the ring's buffers and the
+//!   codec (set-up handshake blocking, then encrypt before each send, decrypt after each receive).
 //! - [`sys`]: the few system calls done by hand: CPU affinity, `getrusage`, ring set-up.
 
 pub mod cli;
@@ -26,5 +28,6 @@ pub mod report;
 pub mod run;
 pub mod stats;
 pub mod sys;
+pub mod tls;
 pub mod worker;
 pub mod workload;

@@ -32,6 +32,7 @@ use crate::stats::{
     self, ErrorKind, PHASE_DONE, PHASE_PREFILL, PHASE_RUNNING, Progress, ThreadStats, Tick,
 };
 use crate::sys;
+use crate::tls::Tls;
 use crate::workload::{
     KEY_BYTES, KeySampler, OpKind, Planned, Schedule, Session, Workload, session_after, write_key,
 };
@@ -270,9 +271,18 @@ impl<C: Codec> Worker<C> {
                     left,
                 )
             })?;
-            conn::handshake(&mut s, &mut codec, connect_timeout)
+            let mut tls = match &cfg.tls {
+                Some(config) => Some(Box::new(
+                    Tls::handshake(&mut s, config.clone(), addr, connect_timeout)
+                        .map_err(|e| (format!("{addr} (thread {i}, connection {c}): {e}"), left))?,
+                )),
+                None => None,
+            };
+            let session = tls.as_deref_mut().map(|t| &mut t.session);
+            conn::handshake(&mut s, session, &mut codec, connect_timeout)
                 .map_err(|e| (format!("{addr} (thread {i}, connection {c}): {e}"), left))?;
             let mut conn = Conn::new(t, s, depth, recv_bytes, send_bytes);
+            conn.tls = tls;
             conn.layout = codec.shard_layout().filter(|l| l.shards > 1);
             if let Some(l) = conn.layout {
                 target_shards[t].get_or_insert(l.shards);
@@ -817,7 +827,11 @@ impl<C: Codec> Worker<C> {
     fn arm_recv(&mut self, c: usize, poll_first: bool) {
         let conn = &mut self.conns[c];
         debug_assert!(!conn.recv_armed);
-        let spare = conn.recv.spare();
+        let spare = match conn.tls.as_deref_mut() {
+            // Ciphertext goes to the session's buffer; `on_recv` decrypts it into `recv`.
+            Some(t) => t.cipher_in.as_mut_slice(),
+            None => conn.recv.spare(),
+        };
         let ioprio = if poll_first && self.poll_first {
             sys::RECV_POLL_FIRST
         } else {
@@ -853,12 +867,21 @@ impl<C: Codec> Worker<C> {
             let c = self.flush[i] as usize;
             let conn = &mut self.conns[c];
             conn.queued = false;
-            if conn.dead || conn.send_armed || conn.pending.is_empty() {
+            let tls_wants = conn.tls.as_ref().is_some_and(|t| t.session.wants_write());
+            if conn.dead || conn.send_armed || (conn.pending.is_empty() && !tls_wants) {
                 // A send in flight re-queues the connection when it completes.
                 continue;
             }
-            std::mem::swap(&mut conn.out, &mut conn.pending);
             conn.out_off = 0;
+            if let Some(t) = conn.tls.as_deref_mut() {
+                conn.out.clear();
+                if let Err(e) = t.seal(&mut conn.pending, &mut conn.out) {
+                    self.fail_conn(c, ErrorKind::Protocol, &format!("TLS: {e}"));
+                    continue;
+                }
+            } else {
+                std::mem::swap(&mut conn.out, &mut conn.pending);
+            }
             self.arm_send(c);
         }
         self.flush.clear();
@@ -904,8 +927,22 @@ impl<C: Codec> Worker<C> {
             self.fail_conn(c, ErrorKind::ConnectionLost, &why);
             return;
         }
-        let drained = (res as usize) < conn.recv.spare().len();
-        conn.recv.filled(res as usize);
+        let drained;
+        if let Some(t) = conn.tls.as_deref_mut() {
+            drained = (res as usize) < t.cipher_in.len();
+            if let Err(why) = t.open(res as usize, &mut conn.recv) {
+                self.fail_conn(c, ErrorKind::Protocol, &why);
+                return;
+            }
+            if t.session.wants_write() && !conn.queued {
+                // A TLS message of its own to answer (a key update): the next flush sends it.
+                conn.queued = true;
+                self.flush.push(c as u32);
+            }
+        } else {
+            drained = (res as usize) < conn.recv.spare().len();
+            conn.recv.filled(res as usize);
+        }
         if !self.parse_replies(c, now) {
             return;
         }

@@ -3,6 +3,9 @@
 //! shards) and the session cycle (read-and-lock, update-and-unlock), about 2 s each. The JSON
 //! must be complete and error-free. Nothing is timed.
 //!
+//! With `--tls --cacert`, the same over `secure_svr_port` (native and RESP), with a CA and a
+//! certificate the test makes (rcgen).
+//!
 //! The server binary is the workspace's own `stategrid`, from the same target directory and
 //! profile as this test (`target/debug` or `target/release`). loadgen does not depend on the
 //! server crate, so cargo does not build it for `cargo test -p loadgen`; when it is missing this
@@ -87,9 +90,15 @@ impl Stategrid {
 /// Starts `stategrid serve` with `shards` shards on free loopback ports and waits until it says
 /// it serves on its port (so the port is bound by this server, not by another test's).
 fn start_stategrid(shards: u32) -> Stategrid {
+    start_stategrid_with("plain", shards, &[])
+}
+
+/// As [`start_stategrid`], with more `--set NAME=VALUE`s; `tag` keeps its directory apart
+/// from other servers of this test process.
+fn start_stategrid_with(tag: &str, shards: u32, extra: &[(&str, String)]) -> Stategrid {
     let mut last = String::new();
     for attempt in 0..START_ATTEMPTS {
-        let dir = tmp(&format!("stategrid-{shards}-{attempt}"));
+        let dir = tmp(&format!("stategrid-{tag}-{shards}-{attempt}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("log")).unwrap();
         let port = free_port();
@@ -102,6 +111,11 @@ fn start_stategrid(shards: u32) -> Stategrid {
             .args(["--set", &format!("int_port={}", free_port())])
             .args(["--set", "use_multicast=0"])
             .args(["--set", &format!("log_dir={}", dir.join("log").display())])
+            .args(
+                extra
+                    .iter()
+                    .flat_map(|(n, v)| ["--set".to_string(), format!("{n}={v}")]),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -251,5 +265,90 @@ fn native_session_cycle_against_stategrid() {
         granted.abs_diff(updates) <= 16,
         "{granted} locks granted, {updates} updates\n{v:#}"
     );
+    assert_server_healthy(&mut sg);
+}
+
+/// A throwaway CA and a certificate for 127.0.0.1 it signed, in `dir`: (ca, cert, key) files.
+fn make_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let host_key = rcgen::KeyPair::generate().unwrap();
+    let host = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&host_key, &ca, &ca_key)
+        .unwrap();
+    let files = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&files.0, ca.pem()).unwrap();
+    std::fs::write(&files.1, host.pem()).unwrap();
+    std::fs::write(&files.2, host_key.serialize_pem()).unwrap();
+    files
+}
+
+/// `--tls --cacert` against `secure_svr_port`: native (shard-aware asks are answered as a
+/// plain Hello over TLS) and RESP, GET:PUT over prefilled keys, every read a hit, no error.
+#[test]
+fn native_and_resp_over_tls_against_stategrid() {
+    let pki_dir = tmp("stategrid-tls-pki");
+    let _ = std::fs::remove_dir_all(&pki_dir);
+    std::fs::create_dir_all(&pki_dir).unwrap();
+    let (ca, cert, key) = make_pki(&pki_dir);
+    let secure = free_port();
+    let mut sg = start_stategrid_with(
+        "tls",
+        2,
+        &[
+            ("secure_svr_port", secure.to_string()),
+            ("tls_cert_file", cert.display().to_string()),
+            ("tls_key_file", key.display().to_string()),
+        ],
+    );
+    let target = format!("127.0.0.1:{secure}");
+    for protocol in ["native", "resp"] {
+        let (out, v) = loadgen(
+            &[
+                "--protocol",
+                protocol,
+                "--targets",
+                &target,
+                "--tls",
+                "--cacert",
+                &ca.display().to_string(),
+                "--duration",
+                "1",
+                "--warmup",
+                "0.2",
+                "--connections",
+                "4",
+                "--pipeline",
+                "8",
+                "--keys",
+                "1000",
+                "--prefill",
+                "--value-size",
+                "1..40000",
+            ],
+            &format!("stategrid-tls-{protocol}.json"),
+        );
+        assert_complete_and_clean(&out, &v);
+        assert_eq!(v["config"]["tls_enabled"].as_bool(), Some(true), "{v:#}");
+        assert!(ops_of(&v, "get") > 0 && ops_of(&v, "put") > 0, "{v:#}");
+        assert_eq!(v["misses"].as_u64(), Some(0), "{protocol}: {v:#}");
+    }
+    // A TLS client against the plaintext port fails its handshake and says so.
+    let out = Command::new(LOADGEN)
+        .args(["--targets", &sg.server.addr, "--tls", "--cacert"])
+        .arg(&ca)
+        .args(["--duration", "1", "--connections", "1", "--quiet"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("TLS handshake"), "{err}");
     assert_server_healthy(&mut sg);
 }

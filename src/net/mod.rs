@@ -15,11 +15,13 @@
 //!
 //! [`Ring`] is the small interface the rest of the server sees; [`AlignedBuf`] and
 //! [`SendBatch`] are the buffers it reads into and writes from; [`tls`] is the TLS record
-//! layer a `secure_svr_port` connection runs between them and the socket.
+//! layer a `secure_svr_port` connection (and, with `tls_cluster 1`, a host link: [`tls_cluster`])
+//! runs between them and the socket.
 
 mod buf;
 mod ring;
 pub mod tls;
+pub mod tls_cluster;
 
 pub use buf::{AlignedBuf, SendBatch};
 pub use ring::{Completion, Op, Ring, RingWaker, Token, Waiter};

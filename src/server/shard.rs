@@ -26,6 +26,7 @@ mod hosts;
 mod local;
 mod prefetch;
 mod resp_conn;
+mod tls_link;
 
 use hosts::{AnswerTo, ConnKind, Expect, HostRoute, Hosts, LinkAuth};
 pub use local::{Answer, LocalAnswer, LocalConn, LocalError, Mailbox};
@@ -316,19 +317,7 @@ impl Shard {
             let Some(settings) = self.tls.clone() else {
                 return;
             };
-            match crate::net::TlsConn::new(settings.server()) {
-                Ok(tls) => {
-                    if let Some(slot) = self.insert_conn(fd, ConnKind::Client) {
-                        let now = self.now_ms;
-                        let conn = &mut self.conns[slot as usize];
-                        conn.tls = Some(tls);
-                        // A handshake that never finishes is closed like a half-sent frame.
-                        conn.partial_since_ms = Some(now);
-                        self.want_recv(slot);
-                    }
-                }
-                Err(e) => tracing::warn!(shard = self.core.shard, "TLS session setup: {e}"),
-            }
+            self.accept_tls(fd, ConnKind::Client, settings.server());
         } else if !self.draining && c.result != -libc::ECANCELED {
             tracing::warn!(
                 shard = self.core.shard,
@@ -402,7 +391,10 @@ impl Shard {
                 ConnKind::Client
             };
             let denied = !internal && crate::auth::protect::refuse_fd(&self.core.cfg, &fd);
-            if let Some(slot) = self.add_conn_kind(fd, kind) {
+            if let Some(config) = internal.then(|| self.int_accept_tls()).flatten() {
+                // tls_cluster: another host proves its certificate before anything else.
+                self.accept_tls(fd, kind, config);
+            } else if let Some(slot) = self.add_conn_kind(fd, kind) {
                 self.conns[slot as usize].denied = denied;
             }
         } else if !self.draining && c.result != -libc::ECANCELED {
@@ -710,7 +702,14 @@ impl Shard {
         };
         if let Some(tls) = conn.tls.as_deref_mut() {
             tls.received(c.result as usize);
-            if let Err(e) = tls.pump(&mut conn.rbuf, &mut conn.filling) {
+            // A host link's answers wait for the cluster-key handshake (run inside TLS).
+            let app_out = (!conn.auth.pending()).then_some(&mut conn.filling);
+            if let Err(e) = tls.pump(&mut conn.rbuf, app_out) {
+                if conn.kind != ConnKind::Client {
+                    // A host link (tls_cluster): say why and how to fix it, retry later.
+                    return self
+                        .fail_handshake(slot, format!("{e}. {}", crate::net::tls_cluster::HOWTO));
+                }
                 // Not TLS (plaintext on the TLS port), a refused certificate, a bad record:
                 // close; the other connections never notice.
                 tracing::debug!(shard, "closing a TLS connection: {e}");
@@ -1453,12 +1452,15 @@ impl Shard {
         if conn.kind == ConnKind::Local {
             return self.deliver_local(slot);
         }
-        if conn.send_inflight || conn.connecting || conn.auth.pending() {
+        if conn.send_inflight || conn.connecting {
             return;
         }
+        // Nothing of ours goes to a host that has not proven the cluster key but the
+        // handshake itself (over TLS: the TLS handshake and the urgent queue).
+        let held = conn.auth.pending();
         if let Some(tls) = conn.tls.as_deref_mut() {
             // Encrypt what is queued (handshake records are queued already).
-            if let Err(e) = tls.pump(&mut conn.rbuf, &mut conn.filling) {
+            if let Err(e) = tls.pump(&mut conn.rbuf, (!held).then_some(&mut conn.filling)) {
                 tracing::debug!("closing a TLS connection: {e}");
                 conn.filling.clear();
                 conn.read_closed = true;
@@ -1468,7 +1470,7 @@ impl Shard {
                 return;
             }
             tls.take_wire(conn.sending.bytes_mut());
-        } else if conn.filling.is_empty() {
+        } else if held || conn.filling.is_empty() {
             return;
         } else {
             std::mem::swap(&mut conn.sending, &mut conn.filling);

@@ -150,8 +150,17 @@ fn host_unreachable(host: HostId) -> Vec<u8> {
 
 /// Sends a handshake message straight on a socket nothing else has sent on yet (tens of
 /// bytes into an empty socket buffer: it goes whole or the connection is useless). One
-/// syscall, once per connection.
-fn send_now(fd: std::os::fd::RawFd, bytes: &[u8]) -> bool {
+/// syscall, once per connection. Over TLS (`tls_cluster`) it is queued to be encrypted
+/// ahead of everything else, and the next flush sends it.
+fn send_now(
+    fd: std::os::fd::RawFd,
+    tls: &mut Option<Box<crate::net::TlsConn>>,
+    bytes: &[u8],
+) -> bool {
+    if let Some(tls) = tls {
+        tls.send_urgent(bytes);
+        return true;
+    }
     // SAFETY: a nonblocking send of our own bytes on our own socket.
     let n = unsafe {
         libc::send(
@@ -1662,9 +1671,14 @@ impl Shard {
                 .with_interval(std::time::Duration::from_secs(1))
                 .with_retries(2),
         );
+        let tls = self
+            .link_tls(addr)
+            .inspect_err(|e| tracing::warn!(shard = self.core.shard, "link to {addr}: {e}"))
+            .ok()?;
         // SAFETY: the descriptor is moved out of the socket2 wrapper, which forgets it.
         let fd = unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(sock)) };
         let slot = self.add_conn_kind(fd, ConnKind::Outbound(host, class))?;
+        self.conns[slot as usize].tls = tls;
         let peer_key = self.core.cfg.peer_key.clone();
         let me = self.hosts.view.as_ref().map_or(0, |v| v.me.0);
         let conn = &mut self.conns[slot as usize];
@@ -1733,7 +1747,7 @@ impl Shard {
         }
         if let LinkAuth::Initiator(_, hello) = &mut conn.auth
             && let Some(hello) = hello.take()
-            && !send_now(conn.fd.as_raw_fd(), &hello)
+            && !send_now(conn.fd.as_raw_fd(), &mut conn.tls, &hello)
         {
             return self.fail_handshake(slot, "cannot send the handshake".into());
         }
@@ -1752,7 +1766,7 @@ impl Shard {
                 Ok(None) => return false,
                 Ok(Some((proof, id))) => {
                     conn.rbuf.consume(peer::CHALLENGE_BYTES);
-                    if send_now(fd, &proof) {
+                    if send_now(fd, &mut conn.tls, &proof) {
                         conn.auth = LinkAuth::Proven(HostId(id));
                         Ok(true)
                     } else {
@@ -1768,7 +1782,7 @@ impl Shard {
                         Ok(peer::Step::More) => return false,
                         Ok(peer::Step::Send { used, bytes }) => {
                             conn.rbuf.consume(used);
-                            if !send_now(fd, &bytes) {
+                            if !send_now(fd, &mut conn.tls, &bytes) {
                                 outcome = Err("cannot send the handshake challenge".to_string());
                                 break;
                             }
@@ -1803,7 +1817,7 @@ impl Shard {
     }
 
     /// Drops a connection whose peer did not prove itself, saying why and how to fix it.
-    fn fail_handshake(&mut self, slot: u32, why: String) {
+    pub(super) fn fail_handshake(&mut self, slot: u32, why: String) {
         let shard = self.core.shard;
         let conn = &mut self.conns[slot as usize];
         let fd = conn.fd.as_raw_fd();
