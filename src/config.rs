@@ -92,10 +92,12 @@ pub struct Config {
     /// PEM certificate chain and private key for every TLS port; empty = no TLS.
     pub tls_cert_file: PathBuf,
     pub tls_key_file: PathBuf,
-    /// PEM CA certificates of the store (host-to-host mutual TLS; accepted, not used yet).
+    /// PEM CA certificates of the store (host-to-host mutual TLS with `tls_cluster`).
     pub tls_ca_file: PathBuf,
     /// Serve `rest_port` and `mgt_http_port` over HTTPS.
     pub http_tls: bool,
+    /// Host-to-host links over mutual TLS under `tls_ca_file` (mgt_port: the control plane).
+    pub tls_cluster: bool,
     /// Bytes; 0 = unlimited.
     pub max_memory_bytes: u64,
     pub lru_threshold_pct: u8,
@@ -213,6 +215,7 @@ impl Config {
             tls_key_file: PathBuf::new(),
             tls_ca_file: PathBuf::new(),
             http_tls: false,
+            tls_cluster: false,
             max_memory_bytes: 0,
             lru_threshold_pct: 0,
             lock_timeout_s: 0,
@@ -384,6 +387,7 @@ impl Config {
             ("secure_svr_port", self.secure_svr_port != 0),
             ("secure_mgt_port", self.secure_mgt_port != 0),
             ("http_tls", self.http_tls),
+            ("tls_cluster", self.tls_cluster),
         ];
         for (name, on) in tls_users {
             if on && no_cert {
@@ -391,6 +395,11 @@ impl Config {
                     "{name} is set, but there is no certificate: set tls_cert_file and tls_key_file (PEM files; docs/security.md shows how to make them with openssl), or turn {name} off (0)"
                 )));
             }
+        }
+        if self.tls_cluster && self.tls_ca_file.as_os_str().is_empty() {
+            return Err(ConfigError::Inconsistent(
+                "tls_cluster is 1 but tls_ca_file is not set: name the PEM certificate of the CA that signs every host's certificate".into(),
+            ));
         }
         if !no_cert && self.tls_key_file.as_os_str().is_empty() {
             return Err(ConfigError::Inconsistent(
@@ -579,7 +588,7 @@ pub static PARAMS: &[ParamSpec] = &[
     param!(
         "tls_ca_file",
         "",
-        false,
+        true,
         "PEM CA certificates that sign the store's host certificates, for mutual TLS between hosts",
         |c, v| c.tls_ca_file = PathBuf::from(v),
         |c| c.tls_ca_file.display().to_string()
@@ -591,6 +600,14 @@ pub static PARAMS: &[ParamSpec] = &[
         "1: serve rest_port and mgt_http_port over HTTPS with tls_cert_file (1/0)",
         |c, v| c.http_tls = parse_bool(v)?,
         |c| (c.http_tls as u8).to_string()
+    ),
+    param!(
+        "tls_cluster",
+        "0",
+        true,
+        "1: host-to-host connections over mutual TLS: each host presents tls_cert_file and accepts only peers whose certificate tls_ca_file signed (1/0)",
+        |c, v| c.tls_cluster = parse_bool(v)?,
+        |c| (c.tls_cluster as u8).to_string()
     ),
     param!(
         "max_memory",
