@@ -102,12 +102,14 @@ const WAKER: Token = Token(0);
 const SOCKET: Token = Token(1);
 /// Readiness events taken per poll (more wait for the next one, which comes at once).
 const EVENTS_MAX: usize = 256;
-/// Raft tick: one `Input::Tick` per tick.
-pub const TICK_MS: u64 = 10;
-/// Raft heartbeat, in ticks.
+/// Raft tick: one `Input::Tick` per tick. With the heartbeat every 2 ticks these are most of
+/// an idle host's wake-ups (25 heartbeats and 50 ticks a second; each costs a context switch
+/// and a pass), so the tick is no finer than the timeouts below need.
+pub const TICK_MS: u64 = 20;
+/// Raft heartbeat, in ticks (40 ms: 2.5 to 5 per election timeout).
 const HEARTBEAT_TICKS: usize = 2;
 /// Raft election timeout range in ticks (100-200 ms): drawn once per start.
-const ELECTION_TICKS: std::ops::Range<usize> = 10..20;
+const ELECTION_TICKS: std::ops::Range<usize> = 5..10;
 /// Names in `hosts` are looked up again this often (on the resolver's thread).
 pub const STATIC_RESOLVE_MS: u64 = 2000;
 /// Static `hosts` not yet seen by SWIM are announced to this often.
@@ -390,7 +392,9 @@ fn entropy() -> u64 {
 /// Sets `capped` when it stopped at the bound with bytes possibly left: readiness is
 /// edge-triggered, so the loop must then pass again without waiting for a new event.
 fn read_some(s: &mut impl Read, buf: &mut Vec<u8>, capped: &mut bool) -> io::Result<bool> {
-    let mut chunk = [0u8; 64 << 10];
+    // 16 KiB on the stack per call: zeroing a 64 KiB chunk on every pass over every socket
+    // was the idle loop's largest cost after the context switch itself (perf, issue 11).
+    let mut chunk = [0u8; 16 << 10];
     let mut total = 0;
     loop {
         if total >= READ_BYTES_PER_PASS_MAX {

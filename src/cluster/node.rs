@@ -1029,7 +1029,11 @@ impl ClusterNode {
         if committed_term != self.raw.raft.term {
             return;
         }
-        let st = self.state.borrow().clone();
+        // A shared borrow, not a copy: the state holds the whole map (tens of KiB), and this
+        // runs on every tick of the leader. Nothing below applies entries (proposals are
+        // applied later, in `pump`), so no mutable borrow can meet it.
+        let state = self.state.clone();
+        let st = state.borrow();
         let me = self.cfg.id;
 
         // 1. Down hosts become Failed.
