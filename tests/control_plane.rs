@@ -359,15 +359,9 @@ fn a_hanging_name_server_delays_no_lease() {
             )
         })
         .collect();
-    let store = Store {
-        hosts,
-        svr_port: ports.svr,
-        mgt_port: ports.mgt,
-        int_port: ports.int,
-    };
+    let store = Store::settled(hosts, ports);
     let svrs = store.svr_addrs();
     let c = client(&svrs[0], 30_000);
-    wait_settled(&c, &svrs, 1, || store.outputs());
     let ns_name = "dns";
     let ns = c.namespace(ns_name).unwrap();
     let m = common::store::map(&c).expect("map");

@@ -181,6 +181,12 @@ impl Store {
                 Host::spawn(me, &peers, ports, &extra(me))
             })
             .collect();
+        Store::settled(hosts, ports)
+    }
+
+    /// A store of hosts the caller spawned (sharing `ports`), once its map has settled over
+    /// all of them. Panics with every host's output if it does not.
+    pub fn settled(hosts: Vec<Host>, ports: Ports) -> Store {
         let store = Store {
             hosts,
             svr_port: ports.svr,
