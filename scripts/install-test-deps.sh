@@ -45,6 +45,10 @@ installed ruby-redis || need+=(ruby-redis)
 # --- 4. The web console test (tests/http_mgmt.rs) loads /console in headless Chromium ---------
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 
+# --- 5. unshare(1) and mount(8): tests/control_plane.rs runs a host in a mount namespace ------
+command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+command -v mount >/dev/null 2>&1 || need+=(mount)
+
 # python3 -m venv needs Debian's python3-venv (ensurepip) when python3 is Debian's own.
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)

@@ -94,7 +94,8 @@ pub struct Config {
     pub tls_key_file: PathBuf,
     /// PEM CA certificates of the store: host links verify each other against it.
     pub tls_ca_file: PathBuf,
-    /// Host-to-host links over mutual TLS under `tls_ca_file` (`net::tls_cluster`).
+    /// Host-to-host connections over mutual TLS under `tls_ca_file`: `int_port` links
+    /// (`net::tls_cluster`) and `mgt_port` peers (`cluster::mgt_tls`).
     pub tls_cluster: bool,
     /// Serve `rest_port` and `mgt_http_port` over HTTPS.
     pub http_tls: bool,
@@ -597,7 +598,7 @@ pub static PARAMS: &[ParamSpec] = &[
         "tls_cluster",
         "0",
         true,
-        "1: host-to-host links over mutual TLS: each host presents tls_cert_file and verifies its peer's certificate against tls_ca_file. Every host of the store needs the same setting (1/0)",
+        "1: host-to-host connections (int_port links and mgt_port peers) over mutual TLS: each host presents tls_cert_file and verifies its peer's certificate against tls_ca_file. Every host of the store needs the same setting (1/0)",
         |c, v| c.tls_cluster = parse_bool(v)?,
         |c| (c.tls_cluster as u8).to_string()
     ),

@@ -562,7 +562,11 @@ fn short(m: &PeerMsg) -> String {
     match m {
         PeerMsg::Raft(_) => "raft".into(),
         PeerMsg::JoinRequest { host, .. } => format!("join {:x}", host.id.0),
-        PeerMsg::LeaseRequest { seq, applied_epoch } => format!("lease? #{seq} e{applied_epoch}"),
+        PeerMsg::LeaseRequest {
+            seq,
+            applied_epoch,
+            held_epoch,
+        } => format!("lease? #{seq} e{applied_epoch} held e{held_epoch}"),
         PeerMsg::LeaseGrant { seq, epoch } => format!("lease #{seq} e{epoch}"),
         PeerMsg::MigrationDone { partitions } => {
             format!("migrated {} partitions", partitions.len())

@@ -930,8 +930,8 @@ impl StoreHost {
 }
 
 /// Starts a store host on `net` that finds the others by their container names (Docker's DNS),
-/// restarted by Docker when it exits on its own (a host the store declared failed exits 1 and
-/// comes back as a new member, as the README says to run it).
+/// restarted by Docker when it exits on its own (a crash; a host the store declared failed
+/// rejoins in-process as a new member and does not exit).
 fn start_store_host(env: &Env, net: &str, name: &str, others: &[String]) -> StoreHost {
     let hosts: Vec<String> = others.iter().map(|o| format!("{o}:2720")).collect();
     docker_ok(&[
@@ -1098,8 +1098,8 @@ fn a_three_host_store_in_containers_survives_kill_partition_and_rolling_restart(
         );
     }
 
-    // 3. Reconnected, the isolated host learns it was declared failed, exits, is restarted by
-    //    Docker as a new member and joins: the store heals to three hosts with replicas.
+    // 3. Reconnected, the isolated host learns it was declared failed and rejoins in-process
+    //    as a new member: the store heals to three hosts with replicas.
     docker_ok(&["network", "connect", &net, &minority.name]);
     let healed = Instant::now();
     wait_for(

@@ -330,8 +330,8 @@ fn a_frozen_replica_turns_writes_into_replication_failed_and_loses_nothing() {
     let ns_name = "frozen";
     let ns = c.namespace(ns_name).unwrap();
     let m = common::store::map(&c).expect("map");
-    // Freeze a host that does not lead the Raft group: with the leader frozen no lease is
-    // renewed and every primary stops after `lease_ms` (a separate gap of issue 11).
+    // Freeze a host that does not lead the Raft group: this test is about a frozen replica,
+    // not about the election a frozen leader causes (tests/control_plane.rs covers that).
     let mgt = format!("{}:{}", store.hosts[0].ip, store.mgt_port);
     let out = std::process::Command::new(common::bin())
         .args(["query", "--json", "--mgt", &mgt])

@@ -14,7 +14,7 @@ use crate::cluster::admin::{self, QueryReply, Request};
 use crate::cluster::control::{self, ControlRole};
 use crate::cluster::plane::Plane;
 use crate::config::Config;
-use crate::preflight::{self, exit};
+use crate::preflight::exit;
 
 /// How long the CLI waits for a quick admin answer (a `query` gathers from every host for up
 /// to a second).
@@ -197,11 +197,8 @@ pub fn witness(params: Option<PathBuf>, sets: Vec<(String, String)>) -> i32 {
         }
     };
     let _guard = crate::server::init_logging(&cfg);
-    // The control thread runs a glommio executor: the same io_uring checks as `serve`.
-    if let Err(e) = preflight::check(1, 64 << 10) {
-        eprintln!("stategrid: {e}");
-        return e.exit_code;
-    }
+    // No io_uring preflight: the control plane is a plain thread on epoll (a witness runs
+    // where io_uring is blocked, e.g. Docker's default seccomp profile).
     let plane = Arc::new(Plane::new(1));
     let handle = match control::start(Arc::new(cfg), plane, ControlRole::Witness) {
         Ok(h) => h,

@@ -14,15 +14,20 @@
 //! - **Data plane**: every installed map is published as a [`View`], the lease every tick,
 //!   migrations go down as [`DataCmd::Pull`], finished ones come up as events.
 //!
-//! # Why std sockets polled from a glommio timer
-//! The thread runs a glommio `LocalExecutor` (unpinned: the shards own the CPUs) with one task
-//! that owns everything: it drains nonblocking std sockets, runs due timers, and sleeps
-//! [`POLL_MS`] on a glommio timer. One owner means no `RefCell` borrowed across await
-//! points and a loop that reads top to bottom; the control plane handles a few messages per
-//! tick, so a pass over its handful of sockets costs microseconds. glommio's own sockets
-//! would need a task per connection sharing the node, and glommio 0.9's reactor can miss a
-//! wake-up on connect (see `server/mod.rs`); polling cannot. The cost is up to [`POLL_MS`]
-//! of latency per hop, small against a 10 ms Raft tick.
+//! # Why one thread that sleeps in `epoll` (mio)
+//! One plain thread (unpinned: the shards own the CPUs) owns everything: nonblocking std
+//! sockets, the node, the timers. It sleeps in [`mio::Poll`] until a socket is ready, the
+//! [`Waker`] rings (a name lookup answered, shutdown), or the next deadline comes: the Raft
+//! tick ([`TICK_MS`]) or a SWIM timer, whichever is first (every other deadline here is
+//! coarser than a tick and is checked on the tick). Each wake-up runs one pass over the
+//! handful of sockets (microseconds): no per-socket dispatch, so a socket can never be
+//! forgotten, and one owner means a loop that reads top to bottom. mio is edge-triggered, so
+//! a pass that stopped reading a socket at a per-pass bound runs again at once instead of
+//! sleeping. Before (until issue 11) the thread polled every socket every 2 ms on a glommio
+//! timer: 500 wake-ups a second on an idle host, up to 2 ms per hop.
+//!
+//! Name lookups (the `hosts` list) never run here: a slow name server would stall Raft ticks
+//! and lease renewals. They run on [`super::resolver`]'s thread and come back as events.
 //!
 //! A host the store declares failed (`Output::Expelled`) exits with code 1: its objects and
 //! log are gone from the store's point of view, and it must restart as a new member (a
@@ -35,6 +40,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
 use rand_foca::rngs::StdRng;
 use rand_foca::{RngExt, SeedableRng};
 use serde_json::Value;
@@ -42,8 +49,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::admin::{self, HostReport, LocalReply, QueryReply, Request};
 use super::map::{HostId, HostState, PARTITIONS, Role};
+use super::mgt_tls::{MgtTls, Stream, TLS_HANDSHAKE_BYTE};
 use super::node::{ClusterNode, Input, MemberEvent, NodeConfig, Output, PeerMsg};
 use super::plane::{DataCmd, DataEvent, HostAddr, Plane, View, now_ms};
+use super::resolver::Resolver;
 use super::swim::{self, FLAG_IN_STORE, FLAG_WANTS_STORE, FLAG_WITNESS, Ident, Start, Swim};
 use super::wire::{self, ConnKind};
 use crate::auth::peer::{self, Initiator, Responder};
@@ -62,13 +71,16 @@ pub enum ControlRole {
 /// The running control plane; [`ControlHandle::shutdown`] stops it.
 pub struct ControlHandle {
     stop: Arc<AtomicBool>,
-    thread: Option<glommio::ExecutorJoinHandle<()>>,
+    /// Wakes the loop out of its poll so it sees `stop` at once.
+    waker: Arc<Waker>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ControlHandle {
     /// Leaves SWIM politely (peers see this host down at once), stops the thread, joins it.
     pub fn shutdown(mut self) {
         self.stop.store(true, Ordering::Release);
+        let _ = self.waker.wake();
         if let Some(t) = self.thread.take()
             && t.join().is_err()
         {
@@ -80,18 +92,25 @@ impl ControlHandle {
 impl Drop for ControlHandle {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
+        let _ = self.waker.wake();
     }
 }
 
-/// One pass of the loop at most this often (the latency a message can wait).
-pub const POLL_MS: u64 = 2;
-/// Raft tick: one `Input::Tick` per tick.
-pub const TICK_MS: u64 = 10;
-/// Raft heartbeat, in ticks.
+/// The poll token of the [`Waker`]; every socket shares [`SOCKET`] (a wake-up runs a pass over
+/// all of them, so which one woke us does not matter).
+const WAKER: Token = Token(0);
+const SOCKET: Token = Token(1);
+/// Readiness events taken per poll (more wait for the next one, which comes at once).
+const EVENTS_MAX: usize = 256;
+/// Raft tick: one `Input::Tick` per tick. With the heartbeat every 2 ticks these are most of
+/// an idle host's wake-ups (25 heartbeats and 50 ticks a second; each costs a context switch
+/// and a pass), so the tick is no finer than the timeouts below need.
+pub const TICK_MS: u64 = 20;
+/// Raft heartbeat, in ticks (40 ms: 2.5 to 5 per election timeout).
 const HEARTBEAT_TICKS: usize = 2;
 /// Raft election timeout range in ticks (100-200 ms): drawn once per start.
-const ELECTION_TICKS: std::ops::Range<usize> = 10..20;
-/// Names in `hosts` are looked up again this often (a lookup blocks the control thread).
+const ELECTION_TICKS: std::ops::Range<usize> = 5..10;
+/// Names in `hosts` are looked up again this often (on the resolver's thread).
 pub const STATIC_RESOLVE_MS: u64 = 2000;
 /// Static `hosts` not yet seen by SWIM are announced to this often.
 pub const STATIC_ANNOUNCE_MS: u64 = 500;
@@ -116,8 +135,6 @@ pub const QUERY_GATHER_TIMEOUT_MS: u64 = 1000;
 const SET_TIMEOUT_MS: u64 = 5000;
 /// An admin connection idle this long is closed.
 const ADMIN_IDLE_MS: u64 = 60_000;
-/// glommio's smallest io memory: the control thread's ring does timers only.
-const IO_MEMORY_BYTES: usize = 64 << 10;
 
 /// Lease timing for a store that must serve a killed host's partitions again within about
 /// `failure_detection_ms` plus a commit.
@@ -182,26 +199,82 @@ pub fn start(
     } else {
         None
     };
+    let runtime_err = |what: &str, e: io::Error| {
+        (
+            exit::RUNTIME,
+            format!("cannot start the control plane ({what}): {e}"),
+        )
+    };
+    let poll = Poll::new().map_err(|e| runtime_err("epoll", e))?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| runtime_err("waker", e))?);
+    watch(&poll, &listener, Interest::READABLE).map_err(|e| runtime_err("epoll", e))?;
+    watch(&poll, &udp, Interest::READABLE).map_err(|e| runtime_err("epoll", e))?;
+    if let Some(m) = &mcast {
+        watch(&poll, m, Interest::READABLE).map_err(|e| runtime_err("epoll", e))?;
+    }
+    let dns_waker = waker.clone();
+    let resolver = Resolver::start(Box::new(move || {
+        let _ = dns_waker.wake();
+    }))
+    .map_err(|e| runtime_err("name lookup thread", e))?;
+    let tls = MgtTls::from_config(&cfg).map_err(|e| (exit::USAGE, format!("tls_cluster: {e}")))?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
-    let thread = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .name("control")
-        .io_memory(IO_MEMORY_BYTES)
-        .spawn(move || async move {
-            let mut ctl = Ctl::new(cfg, plane, role, listener, udp, mcast, static_hosts);
-            ctl.run(&stop2).await;
+    let thread = std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            let io = Io {
+                poll,
+                resolver,
+                tls,
+            };
+            let mut ctl = Ctl::new(cfg, plane, role, listener, udp, mcast, static_hosts, io);
+            ctl.run(&stop2);
         })
-        .map_err(|e| {
-            (
-                exit::RUNTIME,
-                format!("cannot start the control plane thread: {e}"),
-            )
-        })?;
+        .map_err(|e| runtime_err("thread", e))?;
     Ok(ControlHandle {
         stop,
+        waker,
         thread: Some(thread),
     })
 }
+
+/// A SWIM member for host `me`, started now (a newer start wins an address conflict, so a
+/// host that rejoins under a new id replaces its old identity at once).
+fn new_swim(
+    cfg: &Config,
+    me: HostId,
+    mgt: SocketAddr,
+    flags: u8,
+    statics: usize,
+    seed: u64,
+) -> Swim {
+    let started_wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let ident = Ident {
+        id: me.0,
+        mgt,
+        started_ms: started_wall_ms,
+        generation: 0,
+        flags,
+    };
+    let foca_cfg = swim::foca_config(cfg.failure_detection_ms, statics as u32 + 1);
+    Swim::new(ident, foca_cfg, seed)
+}
+
+/// Registers a socket with the loop's poll: every socket shares one token (see [`SOCKET`]).
+/// A closed socket leaves epoll by itself (each is its only descriptor), so nothing
+/// deregisters.
+fn watch(poll: &Poll, s: &impl std::os::fd::AsRawFd, interest: Interest) -> io::Result<()> {
+    poll.registry()
+        .register(&mut SourceFd(&s.as_raw_fd()), SOCKET, interest)
+}
+
+/// A TCP stream is watched for both directions: readable for bytes, writable for a
+/// finished connect and for room after a full send buffer (edge-triggered: one event each).
+const STREAM: Interest = Interest::READABLE.add(Interest::WRITABLE);
 
 fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     let s = Socket::new(Domain::IPV4, Type::STREAM.cloexec(), Some(Protocol::TCP))?;
@@ -274,8 +347,9 @@ fn advertised_ip(cfg: &Config) -> Ipv4Addr {
     }
 }
 
-/// A nonblocking TCP connect from `net_interface` (so peers see the configured address).
-fn connect_nonblocking(local: Ipv4Addr, to: SocketAddr) -> io::Result<TcpStream> {
+/// A nonblocking TCP connect from `net_interface` (so peers see the configured address),
+/// watched by the loop's `poll` (its completion is a writable event).
+fn connect_nonblocking(poll: &Poll, local: Ipv4Addr, to: SocketAddr) -> io::Result<TcpStream> {
     let s = Socket::new(Domain::IPV4, Type::STREAM.cloexec(), Some(Protocol::TCP))?;
     s.set_nonblocking(true)?;
     s.set_tcp_nodelay(true)?;
@@ -285,7 +359,9 @@ fn connect_nonblocking(local: Ipv4Addr, to: SocketAddr) -> io::Result<TcpStream>
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
         Err(e) => return Err(e),
     }
-    Ok(s.into())
+    let s: TcpStream = s.into();
+    watch(poll, &s, STREAM)?;
+    Ok(s)
 }
 
 /// Whether a nonblocking connect finished: `Ok(true)` connected, `Ok(false)` still going.
@@ -313,10 +389,18 @@ fn entropy() -> u64 {
 }
 
 /// Reads what `s` has (up to a per-pass bound) into `buf`; `Ok(false)` when the peer closed.
-fn read_some(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<bool> {
-    let mut chunk = [0u8; 64 << 10];
+/// Sets `capped` when it stopped at the bound with bytes possibly left: readiness is
+/// edge-triggered, so the loop must then pass again without waiting for a new event.
+fn read_some(s: &mut impl Read, buf: &mut Vec<u8>, capped: &mut bool) -> io::Result<bool> {
+    // 16 KiB on the stack per call: zeroing a 64 KiB chunk on every pass over every socket
+    // was the idle loop's largest cost after the context switch itself (perf, issue 11).
+    let mut chunk = [0u8; 16 << 10];
     let mut total = 0;
-    while total < READ_BYTES_PER_PASS_MAX {
+    loop {
+        if total >= READ_BYTES_PER_PASS_MAX {
+            *capped = true;
+            break;
+        }
         match s.read(&mut chunk) {
             Ok(0) => return Ok(false),
             Ok(n) => {
@@ -332,7 +416,7 @@ fn read_some(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<bool> {
 }
 
 /// Writes what it can of `buf[*off..]`; clears `buf` once all is out.
-fn write_some(s: &mut TcpStream, buf: &mut Vec<u8>, off: &mut usize) -> io::Result<()> {
+fn write_some(s: &mut impl Write, buf: &mut Vec<u8>, off: &mut usize) -> io::Result<()> {
     while *off < buf.len() {
         match s.write(&buf[*off..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -349,7 +433,7 @@ fn write_some(s: &mut TcpStream, buf: &mut Vec<u8>, off: &mut usize) -> io::Resu
 
 /// An accepted management connection.
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     from: SocketAddr,
     kind: Option<ConnKind>,
     inbuf: Vec<u8>,
@@ -377,7 +461,7 @@ enum PeerAuth {
 /// The outgoing connection to one peer.
 struct Link {
     addr: SocketAddr,
-    stream: Option<TcpStream>,
+    stream: Option<Stream>,
     connected: bool,
     since_ms: u64,
     out: Vec<u8>,
@@ -423,8 +507,20 @@ enum Op {
     },
 }
 
+/// The loop's own I/O machinery, made on the caller's thread so that failures are reported
+/// by [`start`].
+struct Io {
+    poll: Poll,
+    resolver: Resolver,
+    /// `tls_cluster 1`: peer links in both directions are mutual TLS.
+    tls: Option<MgtTls>,
+}
+
 struct Ctl {
     cfg: Arc<Config>,
+    io: Io,
+    /// A pass stopped reading some socket at a per-pass bound: pass again without sleeping.
+    capped: bool,
     plane: Arc<Plane>,
     role: ControlRole,
     me: HostId,
@@ -438,7 +534,10 @@ struct Ctl {
     /// When a datagram was last dropped for a bad seal with a log line (rate-limited).
     bad_datagram_logged_ms: Option<u64>,
     static_hosts: Vec<swim::HostSpec>,
-    /// What `static_hosts` resolved to last (this host's own address left out).
+    /// What each entry of `static_hosts` resolved to last (IP literals at once, names as the
+    /// resolver answers).
+    static_resolved: Vec<Vec<SocketAddr>>,
+    /// All of `static_resolved`, this host's own address left out.
     static_addrs: Vec<SocketAddr>,
     next_resolve_ms: u64,
     conns: BTreeMap<u64, Conn>,
@@ -456,9 +555,12 @@ struct Ctl {
     last_epoch: u64,
     /// The store-wide parameters last handed to the shards (see [`DataCmd::SetParam`]).
     params_applied: std::collections::BTreeMap<String, String>,
+    /// The node said the store declared this host failed: rejoin once its outputs are out.
+    expelled: bool,
 }
 
 impl Ctl {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         cfg: Arc<Config>,
         plane: Arc<Plane>,
@@ -467,6 +569,7 @@ impl Ctl {
         udp: UdpSocket,
         mcast: Option<UdpSocket>,
         static_hosts: Vec<swim::HostSpec>,
+        io: Io,
     ) -> Ctl {
         let mut rng = StdRng::seed_from_u64(entropy());
         let me = HostId(rng.random_range(1..u64::MAX));
@@ -499,19 +602,14 @@ impl Ctl {
         if witness {
             flags |= FLAG_WITNESS;
         }
-        let started_wall_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let ident = Ident {
-            id: me.0,
-            mgt: addr.mgt(),
-            started_ms: started_wall_ms,
-            generation: 0,
+        let swim = new_swim(
+            &cfg,
+            me,
+            addr.mgt(),
             flags,
-        };
-        let foca_cfg = swim::foca_config(cfg.failure_detection_ms, static_hosts.len() as u32 + 1);
-        let swim = Swim::new(ident, foca_cfg, rng.random());
+            static_hosts.len(),
+            rng.random(),
+        );
         let now = now_ms();
         tracing::info!(
             "control plane of host {} on {} ({:?}): {} static hosts, multicast {}",
@@ -521,8 +619,14 @@ impl Ctl {
             static_hosts.len(),
             if mcast.is_some() { "on" } else { "off" }
         );
+        let static_resolved = static_hosts
+            .iter()
+            .map(|h| h.literal().into_iter().collect())
+            .collect();
         Ctl {
             cfg,
+            io,
+            capped: false,
             plane,
             role,
             me,
@@ -535,6 +639,7 @@ impl Ctl {
             mcast_warned: false,
             bad_datagram_logged_ms: None,
             static_hosts,
+            static_resolved,
             static_addrs: Vec::new(),
             next_resolve_ms: 0,
             conns: BTreeMap::new(),
@@ -551,13 +656,35 @@ impl Ctl {
             inputs: VecDeque::new(),
             last_epoch: 0,
             params_applied: std::collections::BTreeMap::new(),
+            expelled: false,
         }
     }
 
-    async fn run(&mut self, stop: &AtomicBool) {
+    fn run(&mut self, stop: &AtomicBool) {
+        let mut events = Events::with_capacity(EVENTS_MAX);
         while !stop.load(Ordering::Acquire) {
             self.pass();
-            glommio::timer::sleep(Duration::from_millis(POLL_MS)).await;
+            let now = now_ms();
+            let timeout_ms = if self.capped {
+                0
+            } else {
+                self.next_deadline_ms().saturating_sub(now)
+            };
+            debug_assert!(timeout_ms <= TICK_MS, "a tick is never skipped");
+            // Which sockets are ready does not matter: the next pass looks at all of them.
+            match self
+                .io
+                .poll
+                .poll(&mut events, Some(Duration::from_millis(timeout_ms)))
+            {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Cannot happen with a valid epoll descriptor; never spin on it.
+                    tracing::error!("control plane poll failed: {e}");
+                    std::thread::sleep(Duration::from_millis(TICK_MS));
+                }
+            }
         }
         // Leave politely: peers mark us down now instead of after the detection time.
         let now = now_ms();
@@ -571,8 +698,18 @@ impl Ctl {
         tracing::info!("control plane stopped");
     }
 
+    /// When the loop must wake at the latest: the next Raft tick or SWIM timer. Every other
+    /// deadline (announcements, backoffs, admin timeouts, idle connections) is coarser than
+    /// a tick and checked on it.
+    fn next_deadline_ms(&self) -> u64 {
+        let tick = self.next_tick_ms;
+        self.swim.next_timer_ms().map_or(tick, |t| t.min(tick))
+    }
+
     fn pass(&mut self) {
         let now = now_ms();
+        self.capped = false;
+        self.take_resolved(now);
         self.recv_datagrams(now);
         self.swim.on_time(now);
         self.swim_events();
@@ -628,6 +765,9 @@ impl Ctl {
 
     fn recv_datagrams(&mut self, now: u64) {
         let mut buf = [0u8; 2048];
+        // Edge-triggered readiness: a socket still holding datagrams at the per-pass bound
+        // needs another pass at once, not a new event.
+        let mut drained = false;
         for _ in 0..DATAGRAMS_PER_PASS_MAX {
             match self.udp.recv_from(&mut buf) {
                 Ok((n, from)) => {
@@ -635,37 +775,43 @@ impl Ctl {
                         self.swim.on_datagram(body, from, now)
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    tracing::debug!("management UDP receive: {e}");
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        tracing::debug!("management UDP receive: {e}");
+                    }
+                    drained = true;
                     break;
                 }
             }
         }
         let mut heard = Vec::new();
+        let mut mcast_drained = self.mcast.is_none();
         for _ in 0..DATAGRAMS_PER_PASS_MAX {
             let Some(m) = &self.mcast else { break };
-            {
-                match m.recv_from(&mut buf) {
-                    Ok((n, from)) => {
-                        let Some(d) = self.open(&buf[..n], from, now) else {
-                            continue;
-                        };
-                        match d
-                            .strip_prefix(MCAST_MAGIC)
-                            .and_then(|b| serde_json::from_slice::<Ident>(b).ok())
-                        {
-                            Some(i) => heard.push(i),
-                            None => tracing::debug!("multicast datagram from {from} ignored"),
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        tracing::debug!("multicast receive: {e}");
-                        break;
+            match m.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    let Some(d) = self.open(&buf[..n], from, now) else {
+                        continue;
+                    };
+                    match d
+                        .strip_prefix(MCAST_MAGIC)
+                        .and_then(|b| serde_json::from_slice::<Ident>(b).ok())
+                    {
+                        Some(i) => heard.push(i),
+                        None => tracing::debug!("multicast datagram from {from} ignored"),
                     }
                 }
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        tracing::debug!("multicast receive: {e}");
+                    }
+                    mcast_drained = true;
+                    break;
+                }
             }
+        }
+        if !drained || !mcast_drained {
+            self.capped = true;
         }
         for i in heard {
             let known = self.swim.live().any(|l| l.mgt == i.mgt);
@@ -702,26 +848,19 @@ impl Ctl {
 
     fn discovery(&mut self, now: u64) {
         if now >= self.next_resolve_ms && !self.static_hosts.is_empty() {
-            // Names are looked up again now and then: a container named in `hosts` may start
-            // later, or come back with another address.
+            // Names are looked up again now and then (a container named in `hosts` may start
+            // later, or come back with another address), off this thread: the answers arrive
+            // in `take_resolved`. A round still running is not doubled.
             self.next_resolve_ms = now + STATIC_RESOLVE_MS;
-            let me = self.swim.me().mgt;
-            let bound = SocketAddr::new(self.cfg.net_interface.into(), self.cfg.mgt_port);
-            let mut addrs = Vec::new();
-            for spec in &self.static_hosts {
-                let found = spec.resolve();
-                if found.is_empty() {
-                    tracing::debug!(
-                        "hosts entry {}:{} does not resolve (yet)",
-                        spec.host,
-                        spec.port
-                    );
-                }
-                addrs.extend(found.into_iter().filter(|a| *a != me && *a != bound));
-            }
-            addrs.sort();
-            addrs.dedup();
-            self.static_addrs = addrs;
+            let names: Vec<(usize, swim::HostSpec)> = self
+                .static_hosts
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| h.literal().is_none())
+                .map(|(i, h)| (i, h.clone()))
+                .collect();
+            self.io.resolver.ask(names, now);
+            self.update_static_addrs();
         }
         if now >= self.next_static_ms {
             self.next_static_ms = now + STATIC_ANNOUNCE_MS;
@@ -783,6 +922,46 @@ impl Ctl {
                 self.after_node_created(&found, now);
             }
         }
+    }
+
+    /// Takes the name lookups that came back and updates the static addresses.
+    fn take_resolved(&mut self, now: u64) {
+        let answers = self.io.resolver.take(now);
+        if answers.is_empty() {
+            return;
+        }
+        for (i, addrs) in answers {
+            let Some(spec) = self.static_hosts.get(i) else {
+                continue;
+            };
+            if addrs.is_empty() {
+                tracing::debug!(
+                    "hosts entry {}:{} does not resolve (yet)",
+                    spec.host,
+                    spec.port
+                );
+                // A name that stopped resolving keeps its last addresses: a lookup that
+                // failed (a slow or unreachable name server) says nothing about the host.
+                continue;
+            }
+            self.static_resolved[i] = addrs;
+        }
+        self.update_static_addrs();
+    }
+
+    fn update_static_addrs(&mut self) {
+        let me = self.swim.me().mgt;
+        let bound = SocketAddr::new(self.cfg.net_interface.into(), self.cfg.mgt_port);
+        let mut addrs: Vec<SocketAddr> = self
+            .static_resolved
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|a| *a != me && *a != bound)
+            .collect();
+        addrs.sort();
+        addrs.dedup();
+        self.static_addrs = addrs;
     }
 
     fn after_node_created(&mut self, found: &[Ident], now: u64) {
@@ -879,6 +1058,10 @@ impl Ctl {
             for o in outs {
                 self.output(o, now);
             }
+            if self.expelled {
+                self.expelled = false;
+                self.rejoin(now);
+            }
         }
         let in_store = self
             .node
@@ -924,16 +1107,60 @@ impl Ctl {
                     },
                 );
             }
-            Output::Expelled => {
-                let msg = format!(
-                    "this host ({}) was declared failed by the store and cannot serve again under its id; exiting with code 1. Restart it (a supervisor should) and it joins as a new, empty member",
-                    admin::id_text(self.me)
-                );
-                tracing::error!("{msg}");
-                eprintln!("stategrid: {msg}");
-                std::process::exit(exit::RUNTIME);
-            }
+            // Handled once this batch of outputs is out (`drain_inputs`).
+            Output::Expelled => self.expelled = true,
         }
+    }
+
+    /// The store declared this host failed (after a pause or a network cut): it cannot
+    /// serve again under its id, whose objects the store has replaced. Instead of exiting,
+    /// the process becomes a new, empty member: a new id, its copies dropped, and a join like
+    /// any new host, which gets partitions by migration. Its old id is never reused (it would
+    /// let the host vote on a log it no longer follows; see `docs/cluster.md`, "Identity").
+    fn rejoin(&mut self, now: u64) {
+        let mut rng = StdRng::seed_from_u64(entropy());
+        let old = self.me;
+        let me = HostId(rng.random_range(1..u64::MAX));
+        tracing::warn!(
+            "this host ({}) was declared failed by the store and cannot serve under its id again: rejoining in-process as a new, empty member {} (its objects are dropped; it gets partitions by migration like any joining host)",
+            admin::id_text(old),
+            admin::id_text(me)
+        );
+        // Lease first, then a view that names the new id and owns nothing: the shards drop
+        // every copy, fail the writes still waiting for replicas (retryable) and close
+        // their links. Nothing here can serve as primary from now on.
+        self.plane.set_lease(0, 0);
+        self.plane.publish(View {
+            me,
+            epoch: 0,
+            hosts: Vec::new(),
+            owners: vec![Default::default(); PARTITIONS],
+            primary_since: Vec::new(),
+        });
+        // The old identity leaves SWIM (peers mark it down at once), the new one joins.
+        self.swim.leave(now);
+        self.send_datagrams();
+        let mgt = self.swim.me().mgt;
+        let flags = self.swim.me().flags & !FLAG_IN_STORE;
+        self.swim = new_swim(
+            &self.cfg,
+            me,
+            mgt,
+            flags,
+            self.static_hosts.len(),
+            rng.random(),
+        );
+        self.me = me;
+        self.node_cfg.id = me;
+        self.node_cfg.election_ticks = rng.random_range(ELECTION_TICKS);
+        self.node = None;
+        self.inputs.clear();
+        // Outgoing links proved the old id; peers' connections to us stay (they prove theirs).
+        self.links.clear();
+        self.last_epoch = 0;
+        self.started_ms = now;
+        self.next_static_ms = now;
+        self.next_mcast_ms = now;
     }
 
     // ---- peer transport ----------------------------------------------------------------
@@ -973,7 +1200,12 @@ impl Ctl {
                 return; // backing off: dropped, Raft retransmits
             }
             link.addr = addr;
-            match connect_nonblocking(self.cfg.net_interface, addr) {
+            let connected = connect_nonblocking(&self.io.poll, self.cfg.net_interface, addr)
+                .and_then(|s| match &self.io.tls {
+                    Some(tls) => tls.connect(s, addr.ip()),
+                    None => Ok(Stream::Plain(s)),
+                });
+            match connected {
                 Ok(s) => {
                     link.stream = Some(s);
                     link.connected = false;
@@ -1016,12 +1248,13 @@ impl Ctl {
     }
 
     fn progress_links(&mut self, now: u64) {
+        let mut capped = false;
         for (id, l) in self.links.iter_mut() {
             let Some(s) = l.stream.as_mut() else { continue };
             let r = if l.connected {
-                write_some(s, &mut l.out, &mut l.out_off)
+                write_some(s, &mut l.out, &mut l.out_off).and_then(|()| s.flush_tls())
             } else {
-                match connect_done(s) {
+                match connect_done(s.tcp()) {
                     Ok(true) => {
                         l.connected = true;
                         l.backoff_ms = BACKOFF_FIRST_MS;
@@ -1038,7 +1271,7 @@ impl Ctl {
             let r = r.and_then(|()| match &l.init {
                 Some(init) if l.connected => {
                     let s = l.stream.as_mut().expect("checked above");
-                    if !read_some(s, &mut l.inbuf)? {
+                    if !read_some(s, &mut l.inbuf, &mut capped)? {
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
                     match init.on_challenge(&l.inbuf) {
@@ -1071,6 +1304,7 @@ impl Ctl {
                 l.backoff_ms = (l.backoff_ms * 2).min(BACKOFF_MAX_MS);
             }
         }
+        self.capped |= capped;
     }
 
     /// Links only to hosts SWIM or the store still knows: the table stays bounded.
@@ -1105,7 +1339,9 @@ impl Ctl {
                         );
                         continue;
                     }
-                    if stream.set_nonblocking(true).is_err() {
+                    if stream.set_nonblocking(true).is_err()
+                        || watch(&self.io.poll, &stream, STREAM).is_err()
+                    {
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
@@ -1113,7 +1349,7 @@ impl Ctl {
                     self.conns.insert(
                         self.next_id,
                         Conn {
-                            stream,
+                            stream: Stream::Plain(stream),
                             from,
                             kind: None,
                             inbuf: Vec::new(),
@@ -1145,15 +1381,31 @@ impl Ctl {
             let mut requests = Vec::new();
             let mut frames = Vec::new();
             let mut close: Option<String> = None;
+            let mut upgrade = false;
             {
                 let c = self.conns.get_mut(&cid).expect("listed");
                 if c.closing {
                     continue;
                 }
-                match read_some(&mut c.stream, &mut c.inbuf) {
+                match read_some(&mut c.stream, &mut c.inbuf, &mut self.capped) {
                     Ok(true) => {}
                     Ok(false) => close = Some(String::new()),
                     Err(e) => close = Some(format!("read failed: {e}")),
+                }
+                // A TLS handshake (tls_cluster): its first bytes are in `inbuf`; the
+                // connection continues over TLS (below, after this block).
+                if c.kind.is_none()
+                    && close.is_none()
+                    && !c.stream.is_tls()
+                    && c.inbuf.first() == Some(&TLS_HANDSHAKE_BYTE)
+                {
+                    if self.io.tls.is_none() {
+                        close = Some(
+                            "a TLS handshake, but this host does not use tls_cluster: set the same tls_cluster on every host".into(),
+                        );
+                    } else {
+                        upgrade = true;
+                    }
                 }
                 if c.inbuf.is_empty() && close.is_none() {
                     // An idle admin connection, or one that never said what it speaks, holds
@@ -1174,8 +1426,13 @@ impl Ctl {
                         "a frame was left half-sent for over frame_timeout_ms ({frame_timeout_ms} ms)"
                     ));
                 }
-                if c.kind.is_none() && close.is_none() {
+                if c.kind.is_none() && close.is_none() && !upgrade {
                     match wire::classify(&c.inbuf) {
+                        Ok(Some(ConnKind::Peer)) if self.io.tls.is_some() && !c.stream.is_tls() => {
+                            close = Some(
+                                "a host connected without TLS, but this store uses tls_cluster 1: set tls_cluster 1 and its certificate on that host".into(),
+                            );
+                        }
                         Ok(Some(ConnKind::Peer)) => {
                             c.kind = Some(ConnKind::Peer);
                             c.inbuf.drain(..wire::PEER_MAGIC.len());
@@ -1273,17 +1530,46 @@ impl Ctl {
                 {
                     tracing::warn!("management connection from {} closed: {why}", c.from);
                 }
+            } else if upgrade {
+                self.upgrade_to_tls(cid);
             }
+        }
+    }
+
+    /// Continues an accepted connection over TLS (tls_cluster): the handshake bytes read so
+    /// far go to rustls, the rest comes through it. The next pass runs at once (the bytes
+    /// already read raise no new readiness event).
+    fn upgrade_to_tls(&mut self, cid: u64) {
+        let (Some(tls), Some(mut c)) = (&self.io.tls, self.conns.remove(&cid)) else {
+            return;
+        };
+        let Stream::Plain(tcp) = c.stream else {
+            unreachable!("only a plaintext connection is upgraded")
+        };
+        let first = std::mem::take(&mut c.inbuf);
+        match tls.accept(tcp, &first) {
+            Ok(stream) => {
+                c.stream = stream;
+                c.partial_since_ms = None;
+                self.conns.insert(cid, c);
+                self.capped = true;
+            }
+            Err(e) => tracing::warn!(
+                "management connection from {} closed: TLS handshake failed: {e}",
+                c.from
+            ),
         }
     }
 
     fn flush_conns(&mut self, _now: u64) {
         let mut dead = Vec::new();
         for (id, c) in self.conns.iter_mut() {
-            if c.out.is_empty() {
+            if c.out.is_empty() && !c.stream.is_tls() {
                 continue;
             }
-            if write_some(&mut c.stream, &mut c.out, &mut c.out_off).is_err() {
+            let r = write_some(&mut c.stream, &mut c.out, &mut c.out_off)
+                .and_then(|()| c.stream.flush_tls());
+            if r.is_err() {
                 dead.push(*id);
             }
         }
@@ -1558,7 +1844,8 @@ impl Ctl {
         self.next_id += 1;
         let mut out = admin::request_line(req, auth).into_bytes();
         out.push(b'\n');
-        let (stream, result) = match connect_nonblocking(self.cfg.net_interface, to) {
+        let (stream, result) = match connect_nonblocking(&self.io.poll, self.cfg.net_interface, to)
+        {
             Ok(s) => (Some(s), None),
             Err(e) => (None, Some(Err(format!("cannot connect to {to}: {e}")))),
         };
@@ -1578,6 +1865,7 @@ impl Ctl {
     }
 
     fn progress_calls(&mut self, now: u64) {
+        let mut capped = false;
         for c in self.calls.values_mut() {
             if c.result.is_some() {
                 continue;
@@ -1591,7 +1879,7 @@ impl Ctl {
                     c.connected = true;
                 }
                 write_some(s, &mut c.out, &mut c.out_off)?;
-                let open = read_some(s, &mut c.inbuf)?;
+                let open = read_some(s, &mut c.inbuf, &mut capped)?;
                 if let Some(nl) = c.inbuf.iter().position(|&b| b == b'\n') {
                     let v: Value = serde_json::from_slice(&c.inbuf[..nl])
                         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
@@ -1615,6 +1903,7 @@ impl Ctl {
                 c.stream = None;
             }
         }
+        self.capped |= capped;
     }
 
     fn call_result(&self, id: u64) -> Option<&Result<Value, String>> {

@@ -15,13 +15,16 @@
 //!   group changes, primary leases and the witness mode.
 //! - [`plane`]: the boundary between this host's control plane and its data plane.
 //! - [`control`]: the control plane thread (I/O lives here, not in the parts above): SWIM
-//!   ([`swim`]), the Raft transport ([`wire`]) and the admin protocol ([`admin`]) on `mgt_port`.
+//!   ([`swim`]), the Raft transport ([`wire`]) and the admin protocol ([`admin`]) on `mgt_port`;
+//!   name lookups run beside it ([`resolver`]).
 
 pub mod admin;
 pub mod control;
 pub mod map;
+pub mod mgt_tls;
 pub mod node;
 pub mod plane;
+pub mod resolver;
 pub mod secure_mgt;
 pub mod swim;
 pub mod wire;

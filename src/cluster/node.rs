@@ -148,6 +148,10 @@ pub enum PeerMsg {
     LeaseRequest {
         seq: u64,
         applied_epoch: u64,
+        /// The epoch of the newest lease this host was ever granted (0: none). A lease for
+        /// epoch `E` proves that some leader once opened the gate for `E`, so a new leader
+        /// may grant `E` at once instead of waiting out the old leader's leases.
+        held_epoch: u64,
     },
     LeaseGrant {
         seq: u64,
@@ -361,6 +365,8 @@ type PlanCache = (u64, Vec<HostInfo>, usize, u8, Option<Vec<Owners>>);
 struct LeaseBook {
     last_grant_ms: u64,
     reported_epoch: u64,
+    /// The newest epoch this host says it was ever granted a lease for.
+    held_epoch: u64,
 }
 
 /// One host's member of the cluster. See the module doc.
@@ -384,6 +390,9 @@ pub struct ClusterNode {
     lease_epoch: u64,
     lease_until_ms: u64,
     last_renew_ms: Option<u64>,
+    /// The leader the last lease request went to: a new one is asked at once, so leases
+    /// are renewed by a new leader before they run out (see [`Self::host_duties`]).
+    renew_leader: u64,
     migrations_done: BTreeSet<u16>,
     // Leader side.
     leader_since_ms: Option<u64>,
@@ -484,6 +493,7 @@ impl ClusterNode {
             lease_epoch: 0,
             lease_until_ms: 0,
             last_renew_ms: None,
+            renew_leader: 0,
             migrations_done: BTreeSet::new(),
             leader_since_ms: None,
             leases: BTreeMap::new(),
@@ -737,9 +747,11 @@ impl ClusterNode {
                     self.joins.insert(host.id, (host, witness));
                 }
             }
-            PeerMsg::LeaseRequest { seq, applied_epoch } => {
-                self.on_lease_request(from, seq, applied_epoch)
-            }
+            PeerMsg::LeaseRequest {
+                seq,
+                applied_epoch,
+                held_epoch,
+            } => self.on_lease_request(from, seq, applied_epoch, held_epoch),
             PeerMsg::LeaseGrant { seq, epoch } => self.on_lease_grant(seq, epoch),
             PeerMsg::LeaveRequest => {
                 if self.is_leader() && self.state.borrow().host(from).is_some() {
@@ -785,9 +797,16 @@ impl ClusterNode {
         if self.joining && member {
             self.joining = false;
         }
-        let renew_due = self
-            .last_renew_ms
-            .is_none_or(|t| now_ms >= t + self.cfg.lease_renew_ms);
+        // A new leader is asked at once rather than at the next period: the requests sent to
+        // a dead leader were lost, and the lease must be renewed before it runs out.
+        let leader_changed = self.raw.raft.leader_id != 0
+            && self.raw.raft.leader_id != self.renew_leader
+            && member
+            && !self.joining;
+        let renew_due = leader_changed
+            || self
+                .last_renew_ms
+                .is_none_or(|t| now_ms >= t + self.cfg.lease_renew_ms);
         if !renew_due {
             return;
         }
@@ -846,10 +865,19 @@ impl ClusterNode {
             }
             self.lease_requests.push_back((seq, now_ms));
             let applied_epoch = self.map.epoch;
+            let held_epoch = self.lease_epoch;
+            self.renew_leader = leader.0;
             if leader == me {
-                self.on_lease_request(me, seq, applied_epoch);
+                self.on_lease_request(me, seq, applied_epoch, held_epoch);
             } else {
-                self.send(leader, PeerMsg::LeaseRequest { seq, applied_epoch });
+                self.send(
+                    leader,
+                    PeerMsg::LeaseRequest {
+                        seq,
+                        applied_epoch,
+                        held_epoch,
+                    },
+                );
             }
         }
         // Finished migrations still pending in the installed map go to the leader until it
@@ -872,7 +900,7 @@ impl ClusterNode {
         }
     }
 
-    fn on_lease_request(&mut self, from: HostId, seq: u64, applied_epoch: u64) {
+    fn on_lease_request(&mut self, from: HostId, seq: u64, applied_epoch: u64, held_epoch: u64) {
         if !self.is_leader() {
             return;
         }
@@ -885,21 +913,23 @@ impl ClusterNode {
             return;
         }
         // Prove leadership after the request was sent: a ReadIndex round with a quorum.
-        let mut ctx = Vec::with_capacity(24);
+        let mut ctx = Vec::with_capacity(32);
         ctx.extend_from_slice(&from.0.to_le_bytes());
         ctx.extend_from_slice(&seq.to_le_bytes());
         ctx.extend_from_slice(&applied_epoch.to_le_bytes());
+        ctx.extend_from_slice(&held_epoch.to_le_bytes());
         self.raw.read_index(ctx);
     }
 
     fn on_lease_confirmed(&mut self, now_ms: u64, ctx: &[u8]) {
-        if !self.is_leader() || ctx.len() != 24 {
+        if !self.is_leader() || ctx.len() != 32 {
             return;
         }
         let word = |i: usize| u64::from_le_bytes(ctx[i * 8..i * 8 + 8].try_into().unwrap());
         let (from, seq, applied_epoch) = (HostId(word(0)), word(1), word(2));
         let book = self.leases.entry(from).or_default();
         book.reported_epoch = book.reported_epoch.max(applied_epoch);
+        book.held_epoch = book.held_epoch.max(word(3));
         let epoch = self.map.epoch;
         if epoch == 0 || !self.epoch_gate_open(now_ms, epoch) {
             return;
@@ -920,7 +950,18 @@ impl ClusterNode {
     }
 
     /// Leases for `epoch` may be granted once no host can still hold a lease for an older one.
+    ///
+    /// Across a leader change: the first lease ever granted for `epoch` was granted only once
+    /// every host had installed `epoch` or held no lease, and no leader grants an older epoch
+    /// after that (every later leader has `epoch` committed). So a host that says it holds a
+    /// lease for exactly `epoch` proves the gate was opened before, and a new leader renews
+    /// at once instead of waiting out the dead leader's leases: only the partitions of a dead
+    /// host pause when the leader dies. (A claim for a *newer* epoch proves nothing about
+    /// `epoch`: this leader's map is behind, and granting it could revive an old primary.)
     fn epoch_gate_open(&self, now_ms: u64, epoch: u64) -> bool {
+        if self.leases.values().any(|b| b.held_epoch == epoch) {
+            return true;
+        }
         let st = self.state.borrow();
         st.hosts.iter().all(|h| {
             st.witnesses.contains(&h.id)
@@ -988,7 +1029,11 @@ impl ClusterNode {
         if committed_term != self.raw.raft.term {
             return;
         }
-        let st = self.state.borrow().clone();
+        // A shared borrow, not a copy: the state holds the whole map (tens of KiB), and this
+        // runs on every tick of the leader. Nothing below applies entries (proposals are
+        // applied later, in `pump`), so no mutable borrow can meet it.
+        let state = self.state.clone();
+        let st = state.borrow();
         let me = self.cfg.id;
 
         // 1. Down hosts become Failed.

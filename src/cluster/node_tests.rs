@@ -12,6 +12,8 @@ struct Mini {
     nodes: Vec<ClusterNode>,
     now_ms: u64,
     queue: VecDeque<(HostId, HostId, PeerMsg)>,
+    /// Crashed nodes: not ticked, their messages (both ways) lost.
+    dead: Vec<bool>,
 }
 
 fn config(i: usize, max_replicas: u8) -> NodeConfig {
@@ -40,6 +42,7 @@ impl Mini {
             nodes,
             now_ms: 0,
             queue: VecDeque::new(),
+            dead: vec![false; hosts],
         };
         let ids: Vec<HostId> = m.nodes.iter().map(|n| n.id()).collect();
         for i in 0..hosts {
@@ -79,10 +82,20 @@ impl Mini {
     fn step(&mut self) {
         self.now_ms += TICK_MS;
         for i in 0..self.nodes.len() {
-            self.input(i, Input::Tick);
+            if !self.dead[i] {
+                self.input(i, Input::Tick);
+            }
         }
         while let Some((to, from, msg)) = self.queue.pop_front() {
-            if let Some(i) = self.nodes.iter().position(|n| n.id() == to) {
+            let sender_dead = self
+                .nodes
+                .iter()
+                .position(|n| n.id() == from)
+                .is_some_and(|i| self.dead[i]);
+            if let Some(i) = self.nodes.iter().position(|n| n.id() == to)
+                && !self.dead[i]
+                && !sender_dead
+            {
                 self.input(i, Input::Peer { from, msg });
             }
         }
@@ -103,7 +116,8 @@ impl Mini {
     fn leader(&self) -> usize {
         self.nodes
             .iter()
-            .position(|n| n.is_leader())
+            .enumerate()
+            .position(|(i, n)| n.is_leader() && !self.dead[i])
             .expect("a leader")
     }
 
@@ -134,6 +148,34 @@ fn a_follower_that_leaves_ends_up_owning_nothing() {
             && n.map().owners.iter().all(|o| o.role_of(fid).is_none())
     });
     assert!(gone, "{}", m.nodes[m.leader()].debug_status());
+}
+
+/// Issue 11: when the leader died, every host's lease ran out and every write in the store
+/// paused until the new leader had waited out the old one's leases. Now the new leader sees
+/// that the epoch's leases were granted before and renews them at once: the surviving hosts
+/// never lose their lease, so only the dead host's partitions pause.
+#[test]
+fn a_leader_death_lapses_no_surviving_lease() {
+    let mut m = Mini::new(3, 1);
+    assert!(m.run_until(20_000, Mini::settled), "the store settles");
+    // Every host holds a lease before the crash.
+    assert!(m.run_until(2_000, |m| m.nodes.iter().all(|n| n.holds_lease(m.now_ms))));
+    let old = m.leader();
+    m.dead[old] = true;
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    let mut lapses = Vec::new();
+    let end = m.now_ms + 3_000;
+    while m.now_ms < end {
+        m.step();
+        for &i in &survivors {
+            if !m.nodes[i].holds_lease(m.now_ms) {
+                lapses.push((i, m.now_ms));
+            }
+        }
+    }
+    let new = m.leader();
+    assert_ne!(new, old, "a new leader was elected");
+    assert!(lapses.is_empty(), "leases lapsed at {lapses:?}");
 }
 
 #[test]

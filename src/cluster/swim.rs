@@ -153,9 +153,15 @@ pub struct HostSpec {
 }
 
 impl HostSpec {
+    /// The address of an entry that is an IP literal (no lookup needed), else `None`.
+    pub fn literal(&self) -> Option<SocketAddr> {
+        let ip = self.host.parse::<Ipv4Addr>().ok()?;
+        Some(SocketAddr::new(ip.into(), self.port))
+    }
+
     /// The addresses the entry names now: the IP itself, or what DNS answers (IPv4 only; empty
     /// when the name does not resolve yet, for example a container that has not started).
-    /// A DNS lookup blocks: call it rarely (the control plane does, every few seconds).
+    /// A DNS lookup blocks: never on the control thread (see `cluster::resolver`).
     pub fn resolve(&self) -> Vec<SocketAddr> {
         if let Ok(ip) = self.host.parse::<Ipv4Addr>() {
             return vec![SocketAddr::new(ip.into(), self.port)];
@@ -321,6 +327,11 @@ impl Swim {
             tracing::debug!("swim: datagram from {from} refused: {e}");
         }
         self.drain(now_ms);
+    }
+
+    /// When the next timer is due (the control loop sleeps until then at most).
+    pub fn next_timer_ms(&self) -> Option<u64> {
+        self.timers.keys().next().map(|(due, _)| *due)
     }
 
     /// Runs the timers due at `now_ms`.

@@ -78,10 +78,24 @@ pub fn classify(first: &[u8]) -> Result<Option<ConnKind>, WireError> {
 /// The non-Raft peer messages as JSON (raft-rs's `Message` is protobuf, not serde).
 #[derive(Serialize, Deserialize)]
 enum JsonMsg {
-    JoinRequest { host: HostInfo, witness: bool },
-    LeaseRequest { seq: u64, applied_epoch: u64 },
-    LeaseGrant { seq: u64, epoch: u64 },
-    MigrationDone { partitions: Vec<u16> },
+    JoinRequest {
+        host: HostInfo,
+        witness: bool,
+    },
+    LeaseRequest {
+        seq: u64,
+        applied_epoch: u64,
+        /// Absent from hosts that predate it: no lease claimed.
+        #[serde(default)]
+        held_epoch: u64,
+    },
+    LeaseGrant {
+        seq: u64,
+        epoch: u64,
+    },
+    MigrationDone {
+        partitions: Vec<u16>,
+    },
     LeaveRequest,
     RejoinRequest,
     Expelled,
@@ -98,9 +112,14 @@ pub fn encode_frame(from: HostId, msg: &PeerMsg) -> Vec<u8> {
                     host: host.clone(),
                     witness: *witness,
                 },
-                PeerMsg::LeaseRequest { seq, applied_epoch } => JsonMsg::LeaseRequest {
+                PeerMsg::LeaseRequest {
+                    seq,
+                    applied_epoch,
+                    held_epoch,
+                } => JsonMsg::LeaseRequest {
                     seq: *seq,
                     applied_epoch: *applied_epoch,
+                    held_epoch: *held_epoch,
                 },
                 PeerMsg::LeaseGrant { seq, epoch } => JsonMsg::LeaseGrant {
                     seq: *seq,
@@ -160,9 +179,15 @@ pub fn decode_frame(
             .map_err(|e| WireError::BadBody(e.to_string()))?
         {
             JsonMsg::JoinRequest { host, witness } => PeerMsg::JoinRequest { host, witness },
-            JsonMsg::LeaseRequest { seq, applied_epoch } => {
-                PeerMsg::LeaseRequest { seq, applied_epoch }
-            }
+            JsonMsg::LeaseRequest {
+                seq,
+                applied_epoch,
+                held_epoch,
+            } => PeerMsg::LeaseRequest {
+                seq,
+                applied_epoch,
+                held_epoch,
+            },
             JsonMsg::LeaseGrant { seq, epoch } => PeerMsg::LeaseGrant { seq, epoch },
             JsonMsg::MigrationDone { partitions } => PeerMsg::MigrationDone { partitions },
             JsonMsg::LeaveRequest => PeerMsg::LeaveRequest,
@@ -224,11 +249,13 @@ mod tests {
         assert!(matches!(
             round_trip(PeerMsg::LeaseRequest {
                 seq: 4,
-                applied_epoch: 2
+                applied_epoch: 2,
+                held_epoch: 1
             }),
             PeerMsg::LeaseRequest {
                 seq: 4,
-                applied_epoch: 2
+                applied_epoch: 2,
+                held_epoch: 1
             }
         ));
         assert!(matches!(

@@ -93,6 +93,19 @@ impl Host {
     /// (their IPs) through the static `hosts` list; `extra` adds or replaces parameters
     /// (`--set NAME=VALUE`). Does not wait.
     pub fn spawn(ip: &str, peers: &[String], ports: Ports, extra: &[(&str, String)]) -> Host {
+        Host::spawn_wrapped(&[], ip, peers, ports, extra)
+    }
+
+    /// As [`Host::spawn`], run through `wrapper` (a program and its arguments that end by
+    /// executing the rest of the command line in the same process, such as `unshare`), so
+    /// the pid is still the host's own.
+    pub fn spawn_wrapped(
+        wrapper: &[&str],
+        ip: &str,
+        peers: &[String],
+        ports: Ports,
+        extra: &[(&str, String)],
+    ) -> Host {
         let peers: Vec<String> = peers.iter().map(|o| format!("{o}:{}", ports.mgt)).collect();
         let dir = tempfile::tempdir().expect("temp dir");
         let mut sets: Vec<(&str, String)> = vec![
@@ -111,7 +124,14 @@ impl Host {
             sets.retain(|(n, _)| n != name);
             sets.push((name, value.clone()));
         }
-        let mut cmd = Command::new(bin());
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(bin()),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin());
+                c
+            }
+        };
         cmd.arg("serve");
         for (name, value) in &sets {
             cmd.arg("--set").arg(format!("{name}={value}"));
@@ -161,6 +181,12 @@ impl Store {
                 Host::spawn(me, &peers, ports, &extra(me))
             })
             .collect();
+        Store::settled(hosts, ports)
+    }
+
+    /// A store of hosts the caller spawned (sharing `ports`), once its map has settled over
+    /// all of them. Panics with every host's output if it does not.
+    pub fn settled(hosts: Vec<Host>, ports: Ports) -> Store {
         let store = Store {
             hosts,
             svr_port: ports.svr,

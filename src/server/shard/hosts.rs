@@ -585,6 +585,19 @@ impl Shard {
         let me = self.core.shard;
         let shards = self.core.shards;
         let newer = self.hosts.view.as_ref().map(|v| v.epoch) != Some(view.epoch);
+        // The control plane rejoins as a new member (this host was declared failed): a write
+        // still waiting for replicas is not acknowledged (the store may have replaced its
+        // partition), it fails as retryable; the empty view below drops every copy.
+        let rejoined = self.hosts.view.as_ref().is_some_and(|v| v.me != view.me);
+        if rejoined {
+            let ids: Vec<usize> = self.hosts.pending.iter().map(|(i, _)| i).collect();
+            for i in ids {
+                let pw = &mut self.hosts.pending[i];
+                pw.failed = Some((ErrorCode::ReplicationFailed, 0));
+                pw.waiting.clear();
+                self.complete_pending(i as u32);
+            }
+        }
         self.hosts.view = Some(view.clone());
         if view.hosts.len() > 1 {
             self.hosts.multi_host = true;
