@@ -348,6 +348,10 @@ impl Shard {
         }
         let mut batch = std::mem::take(&mut self.completions);
         self.ring.drain(&mut batch);
+        // Latency for /metrics: two clock reads per pass that has work, none per request
+        // (`server::metrics`, `observe_pass`).
+        let started =
+            (!batch.is_empty()).then(|| (std::time::Instant::now(), self.core.metrics.op_totals()));
         // Allocations while serving (parsing, executing, answering) are counted apart from
         // the runtime's: the no-allocation read path is checked against this number.
         let before = crate::alloc_count::thread_allocations();
@@ -368,6 +372,10 @@ impl Shard {
             if let Err(e) = self.ring.enter() {
                 tracing::error!(shard = self.core.shard, "io_uring enter failed: {e}");
             }
+        }
+        if let Some((at, before)) = started {
+            let us = at.elapsed().as_micros() as u64;
+            self.core.metrics.observe_pass(&before, us);
         }
         n
     }
@@ -1920,6 +1928,22 @@ impl Shard {
         m.replication_pending = pending as u64;
         m.migrations_incoming = incoming as u64;
         m.migrations_outgoing = outgoing as u64;
+        m.ring = self.ring.counters;
+        // glommio resets these when read: accumulate.
+        let ex = glommio::executor().executor_stats();
+        m.executor_tasks += ex.tasks_executed();
+        m.executor_scheduler_runs += ex.scheduler_runs();
+        m.connections = [0; crate::server::metrics::PROTOCOLS.len()];
+        for (_, c) in &self.conns {
+            let p = match c.kind {
+                ConnKind::Client if c.resp.is_some() => 1,
+                ConnKind::Client => 0,
+                ConnKind::Local => 2,
+                ConnKind::Internal => 3,
+                ConnKind::Outbound(..) => 4,
+            };
+            m.connections[p] += 1;
+        }
         self.shared
             .metrics
             .publish(self.core.shard, &self.core.metrics);

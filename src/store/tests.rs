@@ -28,6 +28,7 @@ fn pinned() -> WriteOpts {
     WriteOpts {
         timeout: None,
         evictable: false,
+        content_type_bytes: 0,
     }
 }
 
@@ -35,6 +36,7 @@ fn timed(timeout_s: u32, kind: TimeoutKind) -> WriteOpts {
     WriteOpts {
         timeout: Some(Timeout { timeout_s, kind }),
         evictable: true,
+        content_type_bytes: 0,
     }
 }
 
@@ -133,6 +135,7 @@ fn add_read_put_update_and_versions() {
             expires_in_ms: None,
             lock: None,
             evictable: true,
+            content_type_bytes: 0,
         }
     );
     assert_eq!(s.put(k(b"a"), b"v2", opts(), 1002), Ok(2));
