@@ -745,6 +745,37 @@ fn the_content_type_survives_replication_and_failover() {
         let a = send("GET", &url(h, on2[2]), &[], None);
         assert_eq!(a.header("content-type"), Some("application/octet-stream"));
     }
+    // Keys are listed store-wide, in pages, through any host (a cursor walks every host).
+    let mut listed = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let a = send(
+            "GET",
+            &format!("{}/data/docs?count=1{cursor}", rests[1]),
+            &[],
+            None,
+        );
+        assert_eq!(a.status, 200, "{}", a.text());
+        let j = a.json();
+        listed.extend(
+            j["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k.as_str().unwrap().to_owned()),
+        );
+        match j["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    listed.sort();
+    let mut want: Vec<String> = on2.iter().map(|k| k.to_string()).collect();
+    want.sort();
+    assert_eq!(
+        listed, want,
+        "every key once, listed through a host that is not their primary"
+    );
     // The native client reads the value alone (one read and a multi-read).
     let ns = c.namespace("docs").unwrap();
     assert_eq!(ns.read(on2[0]).unwrap().value, b"{\"a\":1}");

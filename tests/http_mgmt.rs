@@ -269,6 +269,25 @@ fn management_json_api_on_one_host() {
     let m = format!("http://127.0.0.1:{mgt}");
     wait_ready(&m);
 
+    // Bound to loopback by default (mgt_http_interface 127.0.0.1), as ScaleOut's management
+    // service is: the kernel's table of listening sockets has this port on 127.0.0.1 only.
+    let port_hex = format!("{:04X}", mgt.parse::<u16>().unwrap());
+    let listening: Vec<String> = std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (addr, port) = f.get(1)?.split_once(':')?;
+            (port == port_hex && f.get(3) == Some(&"0A")).then(|| addr.to_owned())
+        })
+        .collect();
+    assert!(!listening.is_empty(), "no listening socket on {mgt}");
+    assert!(
+        listening.iter().all(|a| a == "0100007F"),
+        "mgt_http_port must listen on 127.0.0.1 only by default: {listening:?}"
+    );
+
     // The store's hosts: what `stategrid query` shows.
     let (st, body) = send("GET", &format!("{m}/api/v1/hosts"), None);
     assert_eq!(st, 200, "{body}");

@@ -20,6 +20,8 @@
 //! (`observe_pass`: 21 subtractions against a snapshot of the per-operation totals taken at
 //! the start of the pass). That is the time the server held the request: answers leave in one
 //! `io_uring_enter` at the end of the pass, so no request of the pass was answered earlier.
+//! Requests served for another shard (a hop batch, a forwarded request) are timed the same way
+//! per message on the shard that serves them.
 
 use std::sync::Mutex;
 

@@ -1696,6 +1696,10 @@ impl Shard {
 
     pub fn on_msg(&mut self, msg: Msg) {
         self.now_ms = now_ms();
+        // Requests served for another shard are timed per message as a pass's are (two clock
+        // reads per batch; `observe_pass`), from taking the batch to answering it.
+        let executes = matches!(msg, Msg::Forward { .. } | Msg::Hop(_));
+        let started = executes.then(|| (std::time::Instant::now(), self.core.metrics.op_totals()));
         match msg {
             Msg::Forward {
                 origin,
@@ -1732,6 +1736,10 @@ impl Shard {
             } => self.adopt(fd, rest, hello_id, internal, proven_host),
             Msg::Hop(batch) => self.serve_hops(batch),
             Msg::HopBack(batch) => self.on_hops_back(batch),
+        }
+        if let Some((at, before)) = started {
+            let us = at.elapsed().as_micros() as u64;
+            self.core.metrics.observe_pass(&before, us);
         }
         // Requests an adopted connection forwarded leave now.
         self.flush_hops();
