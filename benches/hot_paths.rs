@@ -50,6 +50,7 @@ fn populated_store(keys: &[(Vec<u8>, u64)], evictable: bool) -> Store {
     let opts = WriteOpts {
         timeout: None,
         evictable,
+        content_type_bytes: 0,
     };
     let mut store = Store::new(StoreLimits::default(), 1);
     for (key, hash) in keys {

@@ -174,6 +174,9 @@ pub struct Config {
     pub http_header_bytes_max: u64,
     pub http_body_bytes_max: u64,
     pub http_read_timeout_ms: u64,
+    /// Longest `Content-Type` the data API stores with an object (at most 255: the wire
+    /// carries its length in one byte).
+    pub content_type_bytes_max: u32,
     /// The management HTTP API's port; 0 = off.
     pub mgt_http_port: u16,
     pub mgt_http_interface: Ipv4Addr,
@@ -271,6 +274,7 @@ impl Config {
             http_header_bytes_max: 0,
             http_body_bytes_max: 0,
             http_read_timeout_ms: 0,
+            content_type_bytes_max: 0,
             mgt_http_port: 0,
             mgt_http_interface: Ipv4Addr::LOCALHOST,
         }
@@ -1053,6 +1057,14 @@ pub static PARAMS: &[ParamSpec] = &[
         "an HTTP client must send a request's headers, and then its body, each within this long; a slower one gets 408 (body) or is closed (headers). Also the idle keep-alive limit",
         |c, v| c.http_read_timeout_ms = parse_u64(v, 100, 3_600_000)?,
         |c| c.http_read_timeout_ms.to_string()
+    ),
+    param!(
+        "content_type_bytes_max",
+        "255",
+        true,
+        "longest Content-Type the HTTP data API stores with an object (1 to 255 bytes); a longer one is answered 400",
+        |c, v| c.content_type_bytes_max = parse_u64(v, 1, 255)? as u32,
+        |c| c.content_type_bytes_max.to_string()
     ),
     param!(
         "mgt_http_port",

@@ -79,6 +79,7 @@ fn forged_int_frames(epoch: u64, from: u64, thief: u64, partition: u32, key: &Ke
         timeout: Default::default(),
         evictable: true,
         kind: Default::default(),
+        content_type_bytes: 0,
     };
     let reqs = [
         Request::Replicate {
@@ -355,6 +356,7 @@ fn a_proven_host_cannot_speak_for_another_nor_bypass_fencing() {
         timeout: Default::default(),
         evictable: true,
         kind: Default::default(),
+        content_type_bytes: 0,
     };
     let replicate = |from: u64| Request::Replicate {
         epoch: m.epoch + 100,

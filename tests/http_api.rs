@@ -688,3 +688,133 @@ fn any_host_answers_for_any_key_in_a_three_host_store() {
         assert_eq!(send("GET", &url(h), &[], None).status, 404, "host {h}");
     }
 }
+
+/// The object's `Content-Type` is object metadata: written through one host, it is stored with
+/// the value on the primary, replicated, and after the primary is killed (`kill -9`) the
+/// promoted replica serves it through any surviving host. Native and Redis reads see the
+/// value alone.
+#[test]
+fn the_content_type_survives_replication_and_failover() {
+    let rest = free_port();
+    let mut store = common::hosts::Store::start_with(3, 161, |ip| {
+        let _ = ip;
+        vec![("rest_port", rest.to_string())]
+    });
+    let svrs = store.svr_addrs();
+    let c = client(&svrs[0], 10_000);
+    let m = wait_settled(&c, &svrs, 1, || store.outputs());
+    let rests: Vec<String> = store
+        .hosts
+        .iter()
+        .map(|h| format!("http://{}:{rest}", h.ip))
+        .collect();
+    // Keys whose primary is host 2; written through host 0.
+    let candidates = keys(4000, "typed");
+    let on2 = keys_on(&m, "docs", &candidates, &svrs[2], 3);
+    let url = |h: usize, k: &str| format!("{}/data/docs/{k}", rests[h]);
+    let json = "application/json; charset=utf-8";
+    let a = send(
+        "PUT",
+        &url(0, on2[0]),
+        &[("Content-Type", json)],
+        Some(b"{\"a\":1}"),
+    );
+    assert_eq!(a.status, 204, "{}", a.text());
+    // A form post's part type is stored too.
+    let mut body = multipart("B0undary", &[("Soss-Key", None, on2[1].as_bytes())]);
+    body.truncate(body.len() - b"--B0undary--\r\n".len());
+    body.extend_from_slice(b"--B0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"p.png\"\r\nContent-Type: image/png\r\n\r\n\x89PNG\r\n--B0undary--\r\n");
+    let a = send(
+        "POST",
+        &format!("{}/data/docs", rests[0]),
+        &[("Content-Type", "multipart/form-data; boundary=B0undary")],
+        Some(&body),
+    );
+    assert_eq!(a.status, 201, "{}", a.text());
+    // Written without one: the default is served.
+    assert_eq!(send("PUT", &url(0, on2[2]), &[], Some(b"raw")).status, 204);
+    for h in 0..3 {
+        let a = send("GET", &url(h, on2[0]), &[], None);
+        assert_eq!((a.status, a.body.as_slice()), (200, &b"{\"a\":1}"[..]));
+        assert_eq!(a.header("content-type"), Some(json), "host {h}");
+        let a = send("HEAD", &url(h, on2[0]), &[], None);
+        assert_eq!(a.header("content-type"), Some(json), "HEAD via host {h}");
+        assert_eq!(a.header("content-length"), Some("7"));
+        let a = send("GET", &url(h, on2[1]), &[], None);
+        assert_eq!(a.header("content-type"), Some("image/png"), "host {h}");
+        let a = send("GET", &url(h, on2[2]), &[], None);
+        assert_eq!(a.header("content-type"), Some("application/octet-stream"));
+    }
+    // Keys are listed store-wide, in pages, through any host (a cursor walks every host).
+    let mut listed = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let a = send(
+            "GET",
+            &format!("{}/data/docs?count=1{cursor}", rests[1]),
+            &[],
+            None,
+        );
+        assert_eq!(a.status, 200, "{}", a.text());
+        let j = a.json();
+        listed.extend(
+            j["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k.as_str().unwrap().to_owned()),
+        );
+        match j["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    listed.sort();
+    let mut want: Vec<String> = on2.iter().map(|k| k.to_string()).collect();
+    want.sort();
+    assert_eq!(
+        listed, want,
+        "every key once, listed through a host that is not their primary"
+    );
+    // The native client reads the value alone (one read and a multi-read).
+    let ns = c.namespace("docs").unwrap();
+    assert_eq!(ns.read(on2[0]).unwrap().value, b"{\"a\":1}");
+    let many = ns
+        .multi_read(&[on2[0].as_str(), on2[1].as_str(), on2[2].as_str()])
+        .unwrap();
+    let values: Vec<Vec<u8>> = many.into_iter().map(|r| r.unwrap().value).collect();
+    assert_eq!(values, [&b"{\"a\":1}"[..], b"\x89PNG", b"raw"]);
+
+    // kill -9 the primary: a surviving host serves the promoted replica, type included.
+    store.hosts[2].kill9();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let a = loop {
+        let a = send("GET", &url(1, on2[0]), &[], None);
+        if a.status == 200 {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer after failover: {} {}\n{}",
+            a.status,
+            a.text(),
+            store.outputs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(a.body, b"{\"a\":1}");
+    assert_eq!(a.header("content-type"), Some(json));
+    for h in 0..2 {
+        let a = send("GET", &url(h, on2[1]), &[], None);
+        assert_eq!(a.header("content-type"), Some("image/png"), "host {h}");
+    }
+    // After the store re-created the lost copies (a migration stream to the new replicas),
+    // the type is still there; an update without Content-Type clears it (documented).
+    let survivors = svrs[..2].to_vec();
+    wait_settled(&c, &survivors, 1, || store.outputs());
+    let a = send("GET", &url(0, on2[0]), &[], None);
+    assert_eq!(a.header("content-type"), Some(json));
+    assert_eq!(send("PUT", &url(1, on2[0]), &[], Some(b"{}")).status, 204);
+    let a = send("GET", &url(0, on2[0]), &[], None);
+    assert_eq!(a.header("content-type"), Some("application/octet-stream"));
+}

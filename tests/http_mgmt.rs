@@ -75,7 +75,7 @@ print(json.dumps(out))
 #[test]
 fn probes_status_map_and_metrics() {
     let (rest, mgt) = (free_port().to_string(), free_port().to_string());
-    let _s = TestServer::start(&[
+    let s = TestServer::start(&[
         ("rest_port", rest.as_str()),
         ("mgt_http_port", mgt.as_str()),
         ("shards", "2"),
@@ -178,9 +178,61 @@ fn probes_status_map_and_metrics() {
         "stategrid_connections",
         "stategrid_evictions_total",
         "stategrid_expirations_total",
+        "stategrid_failover_promotions_total",
+        "stategrid_hosts_failed_total",
+        "stategrid_migrated_objects_in_total",
+        "stategrid_migrated_bytes_in_total",
+        "stategrid_migrated_objects_out_total",
+        "stategrid_migrated_bytes_out_total",
     ] {
         assert!(a.get(name).is_some(), "{name} missing: {a}");
     }
+
+    // Native and RESP latency by operation, connections by protocol, the rings' counters and
+    // glommio's executor counters: each moves when native and RESP clients are served.
+    let native = s.blocking_client();
+    let ns = native.namespace("m").unwrap();
+    let mut resp = common::resp::Conn::open(&s);
+    for i in 0..20 {
+        ns.read(format!("k{i}")).unwrap();
+        assert_eq!(resp.call(&["GET", &format!("k{i}")]), "$-1\r\n");
+    }
+    let native_reads = r#"stategrid_request_duration_seconds_count{op="read"}"#;
+    let resp_ops = r#"stategrid_request_duration_seconds_count{op="redis"}"#;
+    let native_conns = r#"stategrid_connections_by_protocol{protocol="native"}"#;
+    let resp_conns = r#"stategrid_connections_by_protocol{protocol="resp"}"#;
+    let moved = [
+        "stategrid_ring_submissions_total",
+        "stategrid_ring_completions_total",
+        "stategrid_ring_enters_total",
+        "stategrid_executor_tasks_total",
+        "stategrid_executor_scheduler_runs_total",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let c = loop {
+        let c = parse_metrics(&py, &get(&format!("{m}/metrics")).2);
+        if n(&c, native_reads) >= n(&a, native_reads) + 20.0
+            && n(&c, resp_ops) >= n(&a, resp_ops) + 20.0
+            && n(&c, native_conns) >= 1.0
+            && n(&c, resp_conns) >= 1.0
+            && moved.iter().all(|k| n(&c, k) > n(&a, k))
+        {
+            break c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "native/RESP latency, connections or ring counters never moved: {a} -> {c}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let inf = r#"stategrid_request_duration_seconds_bucket{le="+Inf",op="read"}"#;
+    assert_eq!(n(&c, inf), n(&c, native_reads), "+Inf bucket = count: {c}");
+    assert!(n(&c, r#"stategrid_request_duration_seconds_sum{op="read"}"#) > 0.0);
+    // The HTTP connections of this test's own requests are sessions too.
+    assert!(
+        c.get(r#"stategrid_connections_by_protocol{protocol="http"}"#)
+            .is_some()
+    );
 }
 
 /// Any HTTP method, any body; answers with (status, body) whatever the status.
@@ -216,6 +268,25 @@ fn management_json_api_on_one_host() {
     ]);
     let m = format!("http://127.0.0.1:{mgt}");
     wait_ready(&m);
+
+    // Bound to loopback by default (mgt_http_interface 127.0.0.1), as ScaleOut's management
+    // service is: the kernel's table of listening sockets has this port on 127.0.0.1 only.
+    let port_hex = format!("{:04X}", mgt.parse::<u16>().unwrap());
+    let listening: Vec<String> = std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (addr, port) = f.get(1)?.split_once(':')?;
+            (port == port_hex && f.get(3) == Some(&"0A")).then(|| addr.to_owned())
+        })
+        .collect();
+    assert!(!listening.is_empty(), "no listening socket on {mgt}");
+    assert!(
+        listening.iter().all(|a| a == "0100007F"),
+        "mgt_http_port must listen on 127.0.0.1 only by default: {listening:?}"
+    );
 
     // The store's hosts: what `stategrid query` shows.
     let (st, body) = send("GET", &format!("{m}/api/v1/hosts"), None);
@@ -505,4 +576,65 @@ fn three_host_store_management_api_and_console() {
     let (st, body) = send("POST", &format!("{leaver}/api/v1/join"), None);
     assert_eq!(st, 200, "{body}");
     assert_eq!(json(&body)["state"], "rejoining");
+}
+
+/// The failover, failed-host and migration-progress counters move when a host of a 3-host
+/// store is killed (`kill -9`): the survivors promote the dead host's partitions' replicas,
+/// declare it failed, and stream the lost copies to each other.
+#[test]
+fn failover_and_migration_metrics_move_when_a_host_of_3_dies() {
+    let Some(py) = python() else { return };
+    let (mgt_http, rest) = (free_port(), free_port());
+    let mut store = common::hosts::Store::start_with(3, 165, |ip| {
+        vec![
+            ("mgt_http_port", mgt_http.to_string()),
+            ("mgt_http_interface", ip.to_owned()),
+            ("rest_port", rest.to_string()),
+        ]
+    });
+    let bases: Vec<String> = store
+        .hosts
+        .iter()
+        .map(|h| format!("http://{}:{mgt_http}", h.ip))
+        .collect();
+    for b in &bases {
+        wait_ready(b);
+    }
+    // Objects in every partition, so the re-created copies have something to stream.
+    for i in 0..300 {
+        let url = format!("http://{}:{rest}/data/f/k{i}", store.hosts[0].ip);
+        let a = common::http::send("PUT", &url, &[], Some(b"some value"));
+        assert_eq!(a.status, 204, "{}", a.text());
+    }
+    let n = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(0.0);
+    let scrape = |h: usize| parse_metrics(&py, &get(&format!("{}/metrics", bases[h])).2);
+    let before: Vec<serde_json::Value> = (0..2).map(scrape).collect();
+    for b in &before {
+        assert_eq!(n(b, "stategrid_hosts_failed_total"), 0.0, "{b}");
+        assert_eq!(n(b, "stategrid_failover_promotions_total"), 0.0, "{b}");
+    }
+    store.hosts[2].kill9();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let now: Vec<serde_json::Value> = (0..2).map(scrape).collect();
+        let sum = |k: &str| now.iter().map(|v| n(v, k)).sum::<f64>();
+        let sum_before = |k: &str| before.iter().map(|v| n(v, k)).sum::<f64>();
+        let done = now
+            .iter()
+            .all(|v| n(v, "stategrid_hosts_failed_total") >= 1.0)
+            && sum("stategrid_failover_promotions_total") > 0.0
+            && sum("stategrid_migrated_objects_in_total")
+                > sum_before("stategrid_migrated_objects_in_total")
+            && sum("stategrid_migrated_bytes_out_total")
+                > sum_before("stategrid_migrated_bytes_out_total");
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "failover/migration counters never moved after kill -9: {before:?} -> {now:?}\n{}",
+            store.outputs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }

@@ -69,6 +69,7 @@ fn native() {
                         kind: TimeoutKind::Sliding,
                     }),
                     evictable: true,
+                    content_type_bytes: 0,
                 },
             },
             b"hello world",
@@ -111,6 +112,7 @@ fn host_msg() {
         },
         evictable: true,
         kind: ValueKind::String,
+        content_type_bytes: 0,
     };
     let seeds = [
         (

@@ -77,6 +77,7 @@ fn write_opts(w: &WriteArgs) -> WriteOpts {
             kind: w.timeout_kind.map_or(TimeoutKind::Absolute, Into::into),
         }),
         evictable: !w.not_evictable,
+        content_type_bytes: 0,
     }
 }
 

@@ -247,6 +247,7 @@ mod tests {
             expires_in_ms: Some(59_000),
             lock: Some(LockInfo { expires_in_ms: 900 }),
             evictable: false,
+            content_type_bytes: 0,
         };
         let j = meta_json(&meta);
         assert_eq!(j["timeout_kind"], "sliding");

@@ -159,6 +159,53 @@ pub struct Plane {
     events: Mutex<Vec<DataEvent>>,
     wakers: Mutex<Vec<Box<dyn Fn() + Send>>>,
     pub counters: Vec<ShardCounters>,
+    /// For `/metrics`, counted as maps are installed (off the request path).
+    pub failovers: FailoverCounters,
+}
+
+/// Failovers as this host saw them in the maps it installed.
+#[derive(Default)]
+pub struct FailoverCounters {
+    /// Partitions this host became primary of because their primary had failed (declared
+    /// failed, or dropped from the map while still primary).
+    pub promotions: AtomicU64,
+    /// Hosts the store declared failed.
+    pub hosts_failed: AtomicU64,
+}
+
+impl FailoverCounters {
+    /// Counts what changed from `prev` to `next` (two maps installed one after the other).
+    fn count(&self, prev: &View, next: &View) {
+        use crate::cluster::map::HostState;
+        let failed = |v: &View, id| {
+            v.hosts
+                .iter()
+                .any(|h| h.id == id && h.state == HostState::Failed)
+        };
+        let gone = |v: &View, id| !v.hosts.iter().any(|h| h.id == id);
+        // Marked failed now, or dropped from the map without having failed or left first.
+        let newly = next
+            .hosts
+            .iter()
+            .filter(|h| h.state == HostState::Failed && !failed(prev, h.id))
+            .count()
+            + prev
+                .hosts
+                .iter()
+                .filter(|h| gone(next, h.id))
+                .filter(|h| !matches!(h.state, HostState::Failed | HostState::Leaving))
+                .count();
+        self.hosts_failed.fetch_add(newly as u64, Ordering::Relaxed);
+        let promoted = (0..PARTITIONS)
+            .filter(|&p| {
+                let (was, now) = (prev.owners[p].primary(), next.owners[p].primary());
+                now == Some(next.me)
+                    && was.is_some_and(|w| w != next.me && (failed(next, w) || gone(next, w)))
+            })
+            .count();
+        self.promotions
+            .fetch_add(promoted as u64, Ordering::Relaxed);
+    }
 }
 
 impl Plane {
@@ -172,6 +219,7 @@ impl Plane {
             events: Mutex::new(Vec::new()),
             wakers: Mutex::new(Vec::new()),
             counters: (0..shards).map(|_| ShardCounters::default()).collect(),
+            failovers: FailoverCounters::default(),
         }
     }
 
@@ -187,6 +235,9 @@ impl Plane {
     /// partition away and back).
     pub fn publish(&self, mut view: View) {
         let mut slot = self.view.lock().unwrap();
+        if let Some(old) = slot.as_ref() {
+            self.failovers.count(old, &view);
+        }
         let prev = slot.as_ref().filter(|p| p.epoch + 1 == view.epoch);
         view.primary_since = (0..PARTITIONS)
             .map(|p| {

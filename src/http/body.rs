@@ -9,29 +9,34 @@ use http_body_util::Full;
 /// writes it to the socket (no copy in user space on our side).
 pub enum Chunk {
     Bytes(Bytes),
-    Value { value: Rc<[u8]>, pos: usize },
+    /// `value[pos..end]`: a stored buffer holds the value and then its content type.
+    Value {
+        value: Rc<[u8]>,
+        pos: usize,
+        end: usize,
+    },
 }
 
 impl Buf for Chunk {
     fn remaining(&self) -> usize {
         match self {
             Chunk::Bytes(b) => b.remaining(),
-            Chunk::Value { value, pos } => value.len() - pos,
+            Chunk::Value { pos, end, .. } => end - pos,
         }
     }
 
     fn chunk(&self) -> &[u8] {
         match self {
             Chunk::Bytes(b) => b.chunk(),
-            Chunk::Value { value, pos } => &value[*pos..],
+            Chunk::Value { value, pos, end } => &value[*pos..*end],
         }
     }
 
     fn advance(&mut self, n: usize) {
         match self {
             Chunk::Bytes(b) => b.advance(n),
-            Chunk::Value { value, pos } => {
-                assert!(*pos + n <= value.len(), "advance past the end of a value");
+            Chunk::Value { pos, end, .. } => {
+                assert!(*pos + n <= *end, "advance past the end of a value");
                 *pos += n;
             }
         }
@@ -49,6 +54,12 @@ pub fn bytes(b: impl Into<Bytes>) -> Body {
     Full::new(Chunk::Bytes(b.into()))
 }
 
-pub fn value(v: Rc<[u8]>) -> Body {
-    Full::new(Chunk::Value { value: v, pos: 0 })
+/// The first `len` bytes of a stored buffer (the value; its content type follows).
+pub fn value(v: Rc<[u8]>, len: usize) -> Body {
+    assert!(len <= v.len(), "a value's length is within its buffer");
+    Full::new(Chunk::Value {
+        value: v,
+        pos: 0,
+        end: len,
+    })
 }

@@ -21,7 +21,16 @@ use prometheus_client::registry::Registry;
 use crate::cluster::map::{HostState, Role};
 use crate::cluster::plane::View;
 use crate::config::Config;
-use crate::server::metrics::{HTTP_OPS, Histogram, LATENCY_BOUNDS_US, OPS, RESULTS, ShardMetrics};
+use crate::server::metrics::{
+    HTTP_OPS, Histogram, LATENCY_BOUNDS_US, OPS, PROTOCOLS, RESULTS, ShardMetrics,
+};
+
+/// Failovers this host saw in the maps it installed (`cluster::plane::FailoverCounters`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Failovers {
+    pub promotions: u64,
+    pub hosts_failed: u64,
+}
 
 /// A labelled family whose values are already known at scrape time (prometheus-client's own
 /// `Family` keeps live metrics; these are sums of the shards' published numbers).
@@ -96,6 +105,7 @@ pub fn render(
     s: &stategrid_proto::Stats,
     m: &ShardMetrics,
     view: Option<&View>,
+    failovers: Failovers,
     cfg: &Config,
 ) -> String {
     let mut reg = Registry::with_prefix("stategrid");
@@ -179,6 +189,95 @@ pub fn render(
         "http_request_duration_seconds",
         "HTTP data API request durations on the server (request parsed to answer ready), by method",
         lat,
+    );
+    let mut lat = Fixed::new(MetricType::Histogram);
+    for (op, h) in OPS.iter().zip(m.request_latency.iter()) {
+        if h.count > 0 {
+            lat = lat.row(vec![("op", (*op).to_owned())], histogram_row(h));
+        }
+    }
+    reg.register(
+        "request_duration_seconds",
+        "Native and RESP requests served in a shard's ring pass, by operation: from taking the request off the ring to handing its answer to the kernel (every request of one pass gets that pass's duration)",
+        lat,
+    );
+    let mut conns = Fixed::new(MetricType::Gauge);
+    for (p, &n) in PROTOCOLS.iter().zip(m.connections.iter()) {
+        conns = conns.row(
+            vec![("protocol", (*p).to_owned())],
+            Row::Gauge(n.min(i64::MAX as u64) as i64),
+        );
+    }
+    reg.register(
+        "connections_by_protocol",
+        "Open connections by protocol (native, resp, http sessions, host links in and out; published every sweep_interval_ms)",
+        conns,
+    );
+    counter(
+        &mut reg,
+        "failover_promotions",
+        "Partitions this host took over as primary because their primary had failed",
+        failovers.promotions,
+    );
+    counter(
+        &mut reg,
+        "hosts_failed",
+        "Hosts the store declared failed, as seen in the maps this host installed",
+        failovers.hosts_failed,
+    );
+    counter(
+        &mut reg,
+        "migrated_objects_in",
+        "Objects this host received while pulling partitions (migration streams)",
+        m.migrated_in_objects,
+    );
+    counter(
+        &mut reg,
+        "migrated_bytes_in",
+        "Value bytes this host received while pulling partitions",
+        m.migrated_in_bytes,
+    );
+    counter(
+        &mut reg,
+        "migrated_objects_out",
+        "Objects this host streamed to new copies of its partitions",
+        m.migrated_out_objects,
+    );
+    counter(
+        &mut reg,
+        "migrated_bytes_out",
+        "Value bytes this host streamed to new copies of its partitions",
+        m.migrated_out_bytes,
+    );
+    counter(
+        &mut reg,
+        "ring_submissions",
+        "SQEs the shards' socket rings (io_uring) handed to the kernel",
+        m.ring.submissions,
+    );
+    counter(
+        &mut reg,
+        "ring_completions",
+        "CQEs the shards' socket rings reaped",
+        m.ring.completions,
+    );
+    counter(
+        &mut reg,
+        "ring_enters",
+        "io_uring_enter calls on the shards' socket rings",
+        m.ring.enters,
+    );
+    counter(
+        &mut reg,
+        "executor_tasks",
+        "Tasks glommio's executors ran (its executor_stats)",
+        m.executor_tasks,
+    );
+    counter(
+        &mut reg,
+        "executor_scheduler_runs",
+        "Times glommio's schedulers picked a task queue",
+        m.executor_scheduler_runs,
     );
     counter(
         &mut reg,

@@ -128,8 +128,14 @@ async fn route(
         "/metrics" => {
             let st = stats(rest, session).await?;
             let m = rest.shard().shared().metrics.sum();
-            let view = rest.shard().plane().view();
-            let text = super::metrics::render(&st, &m, view.as_deref(), rest.cfg());
+            let plane = rest.shard().plane();
+            let view = plane.view();
+            let f = &plane.failovers;
+            let failovers = super::metrics::Failovers {
+                promotions: f.promotions.load(std::sync::atomic::Ordering::Relaxed),
+                hosts_failed: f.hosts_failed.load(std::sync::atomic::Ordering::Relaxed),
+            };
+            let text = super::metrics::render(&st, &m, view.as_deref(), failovers, rest.cfg());
             let mut r = hyper::Response::new(body::bytes(text));
             r.headers_mut().insert(
                 CONTENT_TYPE,

@@ -2,7 +2,8 @@
 //!
 //! Fields: `Soss-Key` (the key, required), `Soss-TimeoutSec` and `Soss-TimeoutType` (optional,
 //! as the headers of a PUT), and the object's value: the one other field (any name; a file
-//! part in browsers' forms). The body is bounded by the same limits as a PUT's and parsed
+//! part in browsers' forms), whose part `Content-Type` is stored as the object's (as a PUT's
+//! header is). The body is bounded by the same limits as a PUT's and parsed
 //! by `multer`; a malformed form is a 400 and changes nothing.
 
 use bytes::Bytes;
@@ -13,7 +14,7 @@ use stategrid_proto::Timeout;
 
 use super::body::Body;
 use super::error::HttpError;
-use super::rest::{Cond, Rest, WriteHeaders, check_key, parse_timeout};
+use super::rest::{Cond, Rest, WriteHeaders, check_key, content_type, parse_timeout};
 use crate::config::Config;
 use crate::server::local_api::LocalSession;
 
@@ -37,6 +38,7 @@ pub async fn post(
         timeout: form.timeout,
         lock_token: None,
         unlock: false,
+        content_type: form.content_type,
     };
     let mut resp = rest.put(session, ns, form.key, w, form.value).await?;
     // A form post stores (or replaces) the object: 201 as ScaleOut's upload answers.
@@ -50,6 +52,8 @@ pub struct Form {
     pub key: Vec<u8>,
     pub timeout: Option<Timeout>,
     pub value: Bytes,
+    /// The value part's `Content-Type`, checked as a PUT's header.
+    pub content_type: Option<String>,
 }
 
 /// The boundary of a `multipart/form-data` content type.
@@ -76,8 +80,10 @@ pub async fn parse_form(boundary: String, body: Bytes, cfg: &Config) -> Result<F
         )
     };
     let (mut key, mut sec, mut kind, mut value) = (None, None, None, None);
+    let mut value_type = None;
     while let Some(field) = form.next_field().await.map_err(bad)? {
         let name = field.name().unwrap_or("").to_owned();
+        let part_type = field.content_type().map(|m| m.to_string());
         let data = field.bytes().await.map_err(bad)?;
         let text = || {
             String::from_utf8(data.to_vec()).map_err(|_| {
@@ -88,7 +94,10 @@ pub async fn parse_form(boundary: String, body: Bytes, cfg: &Config) -> Result<F
             "soss-key" => key = Some(data.to_vec()),
             "soss-timeoutsec" => sec = Some(text()?),
             "soss-timeouttype" => kind = Some(text()?),
-            _ if value.is_none() => value = Some(data),
+            _ if value.is_none() => {
+                value = Some(data);
+                value_type = part_type;
+            }
             _ => {
                 return Err(HttpError::bad_request(
                     "BadMultipart",
@@ -109,6 +118,7 @@ pub async fn parse_form(boundary: String, body: Bytes, cfg: &Config) -> Result<F
         key,
         timeout: parse_timeout(sec.as_deref(), kind.as_deref())?,
         value,
+        content_type: content_type(value_type.as_deref().map(str::as_bytes), cfg)?,
     })
 }
 
@@ -132,6 +142,10 @@ mod tests {
         assert_eq!(f.key, b"user1");
         assert_eq!(f.value, Bytes::from_static(b"hello"));
         assert_eq!(f.timeout.map(|t| t.timeout_s), Some(60));
+        assert_eq!(f.content_type, None);
+        let f = form("--XyZ\nContent-Disposition: form-data; name=\"Soss-Key\"\n\nu\n--XyZ\nContent-Disposition: form-data; name=\"file\"\nContent-Type: application/json\n\n{}\n--XyZ--\n")
+            .expect("a valid form with a typed part");
+        assert_eq!(f.content_type.as_deref(), Some("application/json"));
     }
 
     #[test]

@@ -60,18 +60,46 @@ struct Reply {
     value: Option<Value>,
 }
 
-/// A read's value: the store's buffer, or a slice of an answer that crossed threads.
+/// A read's trailer: the store's buffer, or a slice of an answer that crossed threads. Either
+/// holds the value and then the object's content type (`Meta::content_type_bytes`).
 enum Value {
     Rc(Rc<[u8]>),
     Bytes(Bytes),
 }
 
+/// Served when an object was stored without a `Content-Type` (by a native or Redis client, or
+/// an HTTP client that sent none).
+pub const CONTENT_TYPE_DEFAULT: &str = "application/octet-stream";
+
 impl Value {
-    fn into_body(self) -> Body {
+    fn bytes(&self) -> &[u8] {
         match self {
-            Value::Rc(v) => body::value(v),
-            Value::Bytes(b) => body::bytes(b),
+            Value::Rc(v) => v,
+            Value::Bytes(b) => b,
         }
+    }
+
+    /// The body (the first `value_bytes`, by reference) and the `Content-Type` stored behind
+    /// it (the default when there is none). Cost: no copy of the value.
+    fn into_parts(self, meta: &Meta) -> Result<(Body, HeaderValue), HttpError> {
+        let value_bytes = meta.value_bytes as usize;
+        let ct_bytes = meta.content_type_bytes as usize;
+        let len = self.bytes().len();
+        if len != value_bytes + ct_bytes {
+            return Err(internal(&format!(
+                "the shard answered {len} bytes for a value of {value_bytes} and a content type of {ct_bytes}"
+            )));
+        }
+        let ct = match ct_bytes {
+            0 => HeaderValue::from_static(CONTENT_TYPE_DEFAULT),
+            _ => HeaderValue::from_bytes(&self.bytes()[value_bytes..])
+                .map_err(|_| internal("a stored content type is not a valid header value"))?,
+        };
+        let body = match self {
+            Value::Rc(v) => body::value(v, value_bytes),
+            Value::Bytes(b) => body::bytes(b.slice(..value_bytes)),
+        };
+        Ok((body, ct))
     }
 }
 
@@ -162,7 +190,7 @@ impl Rest {
             (Target::Object(ns, key), Method::PUT) => {
                 let (parts, incoming) = req.into_parts();
                 let value = self.read_body(&parts.headers, incoming).await?;
-                let w = WriteHeaders::parse(&parts.headers, &query)?;
+                let w = WriteHeaders::parse(&parts.headers, &query, self.cfg())?;
                 self.put(session, &ns, key, w, value).await
             }
             (Target::Object(ns, key), Method::DELETE) => {
@@ -184,16 +212,31 @@ impl Rest {
         req: &Request,
         value: &[u8],
     ) -> Result<Reply, HttpError> {
+        self.call_typed(session, req, value, &[]).await
+    }
+
+    /// `call` with a write's content type behind the value in the trailer (the request's
+    /// `WriteOpts::content_type_bytes` says how long it is).
+    async fn call_typed(
+        &self,
+        session: &LocalSession,
+        req: &Request,
+        value: &[u8],
+        content_type: &[u8],
+    ) -> Result<Reply, HttpError> {
         let id = session.next_request_id();
+        let trailer_bytes = value.len() + content_type.len();
         let mut head = Vec::with_capacity(128);
-        codec::encode_head(&mut head, id, req, value.len());
+        codec::encode_head(&mut head, id, req, trailer_bytes);
         // One copy of the value: into the frame the shard parses (and may forward as is).
-        let total = head.len() + frame::pad8(value.len());
+        let total = head.len() + frame::pad8(trailer_bytes);
         let mut f = AlignedBuf::with_capacity(total);
         let spare = f.spare_mut();
-        spare[..head.len()].copy_from_slice(&head);
-        spare[head.len()..head.len() + value.len()].copy_from_slice(value);
-        spare[head.len() + value.len()..total].fill(0);
+        let (h, v) = (head.len(), head.len() + value.len());
+        spare[..h].copy_from_slice(&head);
+        spare[h..v].copy_from_slice(value);
+        spare[v..v + content_type.len()].copy_from_slice(content_type);
+        spare[v + content_type.len()..total].fill(0);
         f.advance(total);
         // An HTTP client cannot fetch the map and retry at the new primary as a native client
         // does, so a request refused because the map is changing (NotPrimary: nothing was
@@ -361,8 +404,9 @@ impl Rest {
             return Ok(resp);
         }
         let value = r.value.unwrap_or(Value::Bytes(Bytes::new()));
-        let mut resp = hyper::Response::new(value.into_body());
-        meta_headers(resp.headers_mut(), &meta);
+        let (body, content_type) = value.into_parts(&meta)?;
+        let mut resp = hyper::Response::new(body);
+        meta_headers(resp.headers_mut(), &meta, content_type);
         if let Some(t) = lock_token {
             resp.headers_mut().insert(LOCK_TOKEN, HeaderValue::from(t));
         }
@@ -379,12 +423,17 @@ impl Rest {
             ns: self.namespace(session, ns, false).await?,
             key,
         };
-        let r = self.call_ok(session, &Request::Meta { key }, &[]).await?;
-        let Response::Meta { meta } = r.resp else {
+        // A GET without the body (as HTTP defines HEAD): a `Read`, because only a read's
+        // answer carries the content type. So a HEAD restarts a sliding timeout as a GET does.
+        // The value stays where it is (locally, by reference); only its headers are sent.
+        let r = self.call_ok(session, &Request::Read { key }, &[]).await?;
+        let Response::Value { meta, .. } = r.resp else {
             return Err(unexpected(&r.resp));
         };
+        let value = r.value.unwrap_or(Value::Bytes(Bytes::new()));
+        let (_, content_type) = value.into_parts(&meta)?;
         let mut resp = hyper::Response::new(body::empty());
-        meta_headers(resp.headers_mut(), &meta);
+        meta_headers(resp.headers_mut(), &meta, content_type);
         resp.headers_mut()
             .insert(CONTENT_LENGTH, HeaderValue::from(meta.value_bytes));
         Ok(resp)
@@ -468,9 +517,13 @@ impl Rest {
             ns: self.namespace(session, ns, true).await?,
             key,
         };
+        let content_type = w.content_type.as_deref().unwrap_or("").as_bytes();
         let opts = WriteOpts {
             timeout: w.timeout,
             evictable: true,
+            // At most content_type_bytes_max (<= 255), checked when the header was parsed.
+            content_type_bytes: u8::try_from(content_type.len())
+                .expect("content_type_bytes_max is at most 255"),
         };
         let created = matches!(w.cond, Cond::CreateOnly);
         let req = match (w.cond, w.lock_token, w.unlock) {
@@ -518,7 +571,10 @@ impl Rest {
             },
             (Cond::None, None, false) => Request::Put { key, opts },
         };
-        let r = self.call_ok(session, &req, &value).await?;
+        let r = self.call_typed(session, &req, &value, content_type).await?;
+        if let Response::Error(e) = &r.resp {
+            return Err(HttpError::from_native(e));
+        }
         let Response::Written { version } = r.resp else {
             return Err(unexpected(&r.resp));
         };
@@ -741,7 +797,7 @@ pub fn parse_head(
             }
         }
         (Target::Object(..), &Method::PUT) => {
-            WriteHeaders::parse(headers, &q)?;
+            WriteHeaders::parse(headers, &q, cfg)?;
         }
         (Target::Object(..), &Method::DELETE) => {
             lock_token(headers)?;
@@ -898,10 +954,13 @@ pub(super) struct WriteHeaders {
     pub timeout: Option<Timeout>,
     pub lock_token: Option<u64>,
     pub unlock: bool,
+    /// The object's `Content-Type` (None: not given; the object then has none, and reads
+    /// answer `application/octet-stream`).
+    pub content_type: Option<String>,
 }
 
 impl WriteHeaders {
-    fn parse(h: &HeaderMap, q: &Query) -> Result<WriteHeaders, HttpError> {
+    fn parse(h: &HeaderMap, q: &Query, cfg: &Config) -> Result<WriteHeaders, HttpError> {
         let text = |name| -> Result<Option<&str>, HttpError> {
             h.get(name)
                 .map(|v| {
@@ -934,8 +993,38 @@ impl WriteHeaders {
             timeout: parse_timeout(text(TIMEOUT_SEC)?, text(TIMEOUT_TYPE)?)?,
             lock_token: lock_token(h)?,
             unlock: q.unlock,
+            content_type: content_type(h.get(CONTENT_TYPE).map(|v| v.as_bytes()), cfg)?,
         })
     }
+}
+
+/// A write's `Content-Type` (header, or a form part's), checked before anything is stored:
+/// printable ASCII (what a header may carry and a reader can be served back) and at most
+/// `content_type_bytes_max` bytes. Empty counts as absent.
+pub(super) fn content_type(v: Option<&[u8]>, cfg: &Config) -> Result<Option<String>, HttpError> {
+    let Some(v) = v.map(|v| v.trim_ascii()).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let max = cfg.content_type_bytes_max;
+    if v.len() > max as usize {
+        return Err(HttpError::bad_request(
+            "ContentTypeTooLong",
+            format!(
+                "the Content-Type is {} bytes; at most content_type_bytes_max ({max}) are stored: send a shorter one",
+                v.len()
+            ),
+        )
+        .limit(max as u64, "content_type_bytes_max"));
+    }
+    if !v.iter().all(|b| (0x20..0x7f).contains(b) || *b == b'\t') {
+        return Err(HttpError::bad_request(
+            "BadContentType",
+            "the Content-Type must be printable ASCII (such as application/json)",
+        ));
+    }
+    Ok(Some(
+        String::from_utf8(v.to_vec()).expect("printable ASCII is UTF-8"),
+    ))
 }
 
 /// `Soss-TimeoutSec` and `Soss-TimeoutType` (also the multipart fields).
@@ -1036,12 +1125,9 @@ fn etag(version: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).expect("digits and quotes are a valid header")
 }
 
-fn meta_headers(h: &mut HeaderMap, meta: &Meta) {
+fn meta_headers(h: &mut HeaderMap, meta: &Meta, content_type: HeaderValue) {
     h.insert(ETAG, etag(meta.version));
-    h.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
+    h.insert(CONTENT_TYPE, content_type);
     if meta.timeout.timeout_s > 0 {
         h.insert(TIMEOUT_SEC, HeaderValue::from(meta.timeout.timeout_s));
         h.insert(
@@ -1164,5 +1250,20 @@ mod tests {
             assert_eq!(e.error, error, "{path}?{q}");
             assert!(e.status.is_client_error());
         }
+        let long = format!("application/{}", "x".repeat(250));
+        let e = head(Method::PUT, "/data/ns/k", "", &[("content-type", &long)]).unwrap_err();
+        assert_eq!(
+            (e.status, e.error.as_str()),
+            (StatusCode::BAD_REQUEST, "ContentTypeTooLong")
+        );
+        assert!(
+            head(
+                Method::PUT,
+                "/data/ns/k",
+                "",
+                &[("content-type", &long[..255])]
+            )
+            .is_ok()
+        );
     }
 }

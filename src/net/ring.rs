@@ -82,6 +82,8 @@ pub struct Ring {
     eventfd: RawFd,
     /// SQEs pushed since the last enter.
     unsubmitted: u32,
+    /// For `/metrics`: plain adds, once per enter and per reap.
+    pub counters: crate::server::metrics::RingCounters,
 }
 
 /// The glommio side of a ring: awaits its eventfd.
@@ -127,6 +129,7 @@ impl Ring {
                 ring,
                 eventfd: efd,
                 unsubmitted: 0,
+                counters: Default::default(),
             },
             Waiter { eventfd },
         ))
@@ -148,6 +151,8 @@ impl Ring {
             if let Err(e) = self.ring.submit() {
                 tracing::error!("io_uring submit failed: {e}");
             }
+            self.counters.enters += 1;
+            self.counters.submissions += self.unsubmitted as u64;
             self.unsubmitted = 0;
         }
     }
@@ -219,6 +224,8 @@ impl Ring {
     pub fn enter(&mut self) -> io::Result<()> {
         let to_submit = self.unsubmitted;
         self.unsubmitted = 0;
+        self.counters.enters += 1;
+        self.counters.submissions += to_submit as u64;
         // SAFETY: no timeout argument; flags are valid for this ring.
         let r = unsafe {
             self.ring.submitter().enter::<libc::sigset_t>(
@@ -263,6 +270,7 @@ impl Ring {
                 flags: cqe.flags(),
             });
         }
+        self.counters.completions += out.len() as u64;
     }
 
     /// Wakes the driver from any thread: used by shutdown. Writes the ring's eventfd.

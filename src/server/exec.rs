@@ -284,6 +284,7 @@ pub(crate) fn bare_meta(value_bytes: usize) -> stategrid_proto::Meta {
         expires_in_ms: None,
         lock: None,
         evictable: true,
+        content_type_bytes: 0,
     }
 }
 

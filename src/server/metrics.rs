@@ -13,6 +13,15 @@
 //! owns. HTTP requests also read the clock twice (`Instant::now`, a vDSO call of ~20 ns) and
 //! add to one histogram bucket; replicated writes read it twice as well (their round trip to a
 //! replica costs tens of microseconds, so the clock is noise there).
+//!
+//! Native and RESP latency costs nothing per request: the ring pass reads the clock twice
+//! (after reaping its completions, and after handing the answers to the kernel), and at the
+//! end of the pass every request it executed is put in the bucket of that pass's duration
+//! (`observe_pass`: 21 subtractions against a snapshot of the per-operation totals taken at
+//! the start of the pass). That is the time the server held the request: answers leave in one
+//! `io_uring_enter` at the end of the pass, so no request of the pass was answered earlier.
+//! Requests served for another shard (a hop batch, a forwarded request) are timed the same way
+//! per message on the shard that serves them.
 
 use std::sync::Mutex;
 
@@ -53,6 +62,23 @@ pub const LATENCY_BOUNDS_US: [u64; 14] = [
 
 /// HTTP data API operations, as the `op` label of `stategrid_http_request_duration_seconds`.
 pub const HTTP_OPS: [&str; 6] = ["get", "head", "put", "delete", "post", "other"];
+
+/// Connection protocols, as the `protocol` label of `stategrid_connections_by_protocol`:
+/// native and RESP clients on the client ports, HTTP (data and management API sessions), and
+/// host-to-host links accepted on `int_port` (`host_in`) or opened by this host (`host_out`).
+pub const PROTOCOLS: [&str; 5] = ["native", "resp", "http", "host_in", "host_out"];
+
+/// The shard's socket ring (`net::Ring`), counted by the ring itself: plain adds, one per
+/// `io_uring_enter` and per reap, not per request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingCounters {
+    /// SQEs handed to the kernel.
+    pub submissions: u64,
+    /// CQEs reaped.
+    pub completions: u64,
+    /// `io_uring_enter` calls (each pass makes one or two; a full SQ one more).
+    pub enters: u64,
+}
 
 /// [`OPS`] indexes of the RESP front's direct path (which has no native request).
 pub const OP_META: usize = 11;
@@ -128,13 +154,19 @@ impl Histogram {
     /// Cost: a scan of at most 14 bounds and three adds.
     #[inline]
     pub fn observe_us(&mut self, us: u64) {
+        self.observe_n(us, 1);
+    }
+
+    /// `n` observations of `us` each (every request of one ring pass).
+    #[inline]
+    pub fn observe_n(&mut self, us: u64, n: u64) {
         let i = LATENCY_BOUNDS_US
             .iter()
             .position(|&b| us <= b)
             .unwrap_or(LATENCY_BOUNDS_US.len());
-        self.buckets[i] += 1;
-        self.sum_us += us;
-        self.count += 1;
+        self.buckets[i] += n;
+        self.sum_us += us * n;
+        self.count += n;
     }
 
     pub fn add(&mut self, o: &Histogram) {
@@ -173,6 +205,23 @@ pub struct ShardMetrics {
     pub migrations_incoming: u64,
     /// Gauge: partitions this shard is streaming to a new copy now.
     pub migrations_outgoing: u64,
+    /// Native and RESP requests served in this shard's ring passes, by [`OPS`]: see the module
+    /// doc (a pass's duration, measured twice per pass).
+    pub request_latency: [Histogram; OPS.len()],
+    /// Gauge: open connections by [`PROTOCOLS`] (counted at publish, off the request path).
+    pub connections: [u64; PROTOCOLS.len()],
+    /// The socket ring's counters (copied at publish).
+    pub ring: RingCounters,
+    /// glommio's executor: tasks run and scheduler loops (taken from
+    /// `executor_stats()`, which resets them, and added here at publish).
+    pub executor_tasks: u64,
+    pub executor_scheduler_runs: u64,
+    /// Objects and value bytes this shard installed from migration streams (new copies of
+    /// partitions it receives), and streamed out to new copies.
+    pub migrated_in_objects: u64,
+    pub migrated_in_bytes: u64,
+    pub migrated_out_objects: u64,
+    pub migrated_out_bytes: u64,
 }
 
 impl ShardMetrics {
@@ -188,6 +237,25 @@ impl ShardMetrics {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.http_responses[class] += 1;
         self.http_latency[op.min(HTTP_OPS.len() - 1)].observe_us(us);
+    }
+
+    /// Requests executed so far per operation (every result): the snapshot a ring pass takes
+    /// before it handles its completions. Cost: 105 adds, once per pass.
+    #[inline]
+    pub fn op_totals(&self) -> [u64; OPS.len()] {
+        std::array::from_fn(|op| self.requests[op].iter().sum())
+    }
+
+    /// Puts every request executed since `before` (an [`op_totals`](Self::op_totals) snapshot)
+    /// in the latency bucket of `us`, the pass's duration.
+    #[inline]
+    pub fn observe_pass(&mut self, before: &[u64; OPS.len()], us: u64) {
+        for (op, was) in before.iter().enumerate() {
+            let n = self.requests[op].iter().sum::<u64>() - was;
+            if n > 0 {
+                self.request_latency[op].observe_n(us, n);
+            }
+        }
     }
 
     /// Adds another shard's numbers (at scrape time).
@@ -211,6 +279,25 @@ impl ShardMetrics {
         self.replication_pending += o.replication_pending;
         self.migrations_incoming += o.migrations_incoming;
         self.migrations_outgoing += o.migrations_outgoing;
+        for (a, b) in self
+            .request_latency
+            .iter_mut()
+            .zip(o.request_latency.iter())
+        {
+            a.add(b);
+        }
+        for (a, b) in self.connections.iter_mut().zip(o.connections.iter()) {
+            *a += b;
+        }
+        self.ring.submissions += o.ring.submissions;
+        self.ring.completions += o.ring.completions;
+        self.ring.enters += o.ring.enters;
+        self.executor_tasks += o.executor_tasks;
+        self.executor_scheduler_runs += o.executor_scheduler_runs;
+        self.migrated_in_objects += o.migrated_in_objects;
+        self.migrated_in_bytes += o.migrated_in_bytes;
+        self.migrated_out_objects += o.migrated_out_objects;
+        self.migrated_out_bytes += o.migrated_out_bytes;
     }
 }
 
@@ -280,5 +367,23 @@ mod tests {
         assert_eq!(result_index(Some(ErrorCode::VersionMismatch)), 2);
         assert_eq!(result_index(Some(ErrorCode::LowMemory)), 3);
         assert_eq!(result_index(Some(ErrorCode::Internal)), 4);
+    }
+
+    #[test]
+    fn a_pass_puts_each_request_it_executed_in_its_duration_bucket() {
+        let mut m = ShardMetrics::default();
+        m.count(0, None);
+        let before = m.op_totals();
+        m.count(0, None);
+        m.count(0, Some(ErrorCode::NotFound));
+        m.count(OP_REDIS, None);
+        m.observe_pass(&before, 30);
+        assert_eq!(m.request_latency[0].count, 2);
+        assert_eq!(
+            m.request_latency[0].buckets[1], 2,
+            "30 us is in the 50 us bucket"
+        );
+        assert_eq!(m.request_latency[OP_REDIS].sum_us, 30);
+        assert_eq!(m.request_latency[1].count, 0);
     }
 }

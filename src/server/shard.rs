@@ -341,6 +341,10 @@ impl Shard {
         }
         let mut batch = std::mem::take(&mut self.completions);
         self.ring.drain(&mut batch);
+        // Latency for /metrics: two clock reads per pass that has work, none per request
+        // (`server::metrics`, `observe_pass`).
+        let started =
+            (!batch.is_empty()).then(|| (std::time::Instant::now(), self.core.metrics.op_totals()));
         // Allocations while serving (parsing, executing, answering) are counted apart from
         // the runtime's: the no-allocation read path is checked against this number.
         let before = crate::alloc_count::thread_allocations();
@@ -359,6 +363,10 @@ impl Shard {
         // pass's enter, which the driver runs at once after a pass that handled something
         // (`run`): one `io_uring_enter` per pass submits them and reaps what came meanwhile,
         // instead of one to submit and another to reap.
+        if let Some((at, before)) = started {
+            let us = at.elapsed().as_micros() as u64;
+            self.core.metrics.observe_pass(&before, us);
+        }
         n
     }
 
@@ -1661,6 +1669,10 @@ impl Shard {
 
     pub fn on_msg(&mut self, msg: Msg) {
         self.now_ms = now_ms();
+        // Requests served for another shard are timed per message as a pass's are (two clock
+        // reads per batch; `observe_pass`), from taking the batch to answering it.
+        let executes = matches!(msg, Msg::Forward { .. } | Msg::Hop(_));
+        let started = executes.then(|| (std::time::Instant::now(), self.core.metrics.op_totals()));
         match msg {
             Msg::Forward {
                 origin,
@@ -1697,6 +1709,10 @@ impl Shard {
             } => self.adopt(fd, rest, hello_id, internal, proven_host),
             Msg::Hop(batch) => self.serve_hops(batch),
             Msg::HopBack(batch) => self.on_hops_back(batch),
+        }
+        if let Some((at, before)) = started {
+            let us = at.elapsed().as_micros() as u64;
+            self.core.metrics.observe_pass(&before, us);
         }
         // Requests an adopted connection forwarded leave now.
         self.flush_hops();
@@ -1893,6 +1909,22 @@ impl Shard {
         m.replication_pending = pending as u64;
         m.migrations_incoming = incoming as u64;
         m.migrations_outgoing = outgoing as u64;
+        m.ring = self.ring.counters;
+        // glommio resets these when read: accumulate.
+        let ex = glommio::executor().executor_stats();
+        m.executor_tasks += ex.tasks_executed();
+        m.executor_scheduler_runs += ex.scheduler_runs();
+        m.connections = [0; crate::server::metrics::PROTOCOLS.len()];
+        for (_, c) in &self.conns {
+            let p = match c.kind {
+                ConnKind::Client if c.resp.is_some() => 1,
+                ConnKind::Client => 0,
+                ConnKind::Local => 2,
+                ConnKind::Internal => 3,
+                ConnKind::Outbound(..) => 4,
+            };
+            m.connections[p] += 1;
+        }
         self.shared
             .metrics
             .publish(self.core.shard, &self.core.metrics);

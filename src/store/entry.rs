@@ -36,6 +36,9 @@ pub(super) struct Entry {
     /// When the object expires; 0 = never.
     pub expires_at_ms: u64,
     pub lock: Option<Lock>,
+    /// The value, followed by its `content_type_bytes` of content type: stored as the wire
+    /// carries it, so a read and a replication stream send this buffer whole, by reference.
+    /// Use [`Entry::value_bytes`] for the value's length.
     pub value: Value,
     pub key: KeyBytes,
     pub ns: NsId,
@@ -50,6 +53,8 @@ pub(super) struct Entry {
     /// Used since it last reached the LRU tail (CLOCK's reference bit): reads set it instead of
     /// relinking the entry, which would touch two neighbours' cache lines on every read.
     pub referenced: bool,
+    /// Bytes of content type at the end of `value` (0: none). In the entry's padding byte.
+    pub content_type_bytes: u8,
 }
 
 /// Keys up to this long are stored inside the entry. 38 bytes holds the common session keys
@@ -112,7 +117,20 @@ impl Entry {
         self.lock.filter(|l| l.expires_at_ms > now_ms)
     }
 
-    /// Accounted bytes of this object (see [`object_cost_bytes`]).
+    /// The value's length, without the content type that follows it in `value`.
+    #[inline]
+    pub fn value_bytes(&self) -> usize {
+        self.value.len() - self.content_type_bytes as usize
+    }
+
+    /// The value alone (without its content type).
+    #[inline]
+    pub fn value_only(&self) -> &[u8] {
+        &self.value[..self.value_bytes()]
+    }
+
+    /// Accounted bytes of this object (see [`object_cost_bytes`]); the content type is part
+    /// of the value's allocation, so it is charged with it.
     #[inline]
     pub fn cost_bytes(&self) -> u64 {
         object_cost_bytes(self.key.len(), self.value.len())
@@ -123,7 +141,7 @@ impl Entry {
     pub fn meta(&self, now_ms: u64) -> Meta {
         Meta {
             // The store refuses values above `object_bytes_max`, which is a u32.
-            value_bytes: self.value.len() as u32,
+            value_bytes: self.value_bytes() as u32,
             version: self.version,
             created_ms: self.created_ms,
             updated_ms: self.updated_ms,
@@ -136,6 +154,7 @@ impl Entry {
                 expires_in_ms: l.expires_at_ms - now_ms,
             }),
             evictable: self.evictable,
+            content_type_bytes: self.content_type_bytes,
         }
     }
 }

@@ -71,9 +71,19 @@ impl StoreLimits {
         Ok(())
     }
 
+    /// Checks a written trailer: the value, then `content_type_bytes` of content type (see
+    /// `WriteOpts::content_type_bytes`). The limit applies to the value; the content type is
+    /// bounded by its u8 length (the HTTP API's `content_type_bytes_max` is at most 255).
     #[inline]
-    pub(super) fn check_value(&self, value: &[u8]) -> Result<(), StoreError> {
-        if value.len() > self.object_bytes_max as usize {
+    pub(super) fn check_value(
+        &self,
+        trailer: &[u8],
+        content_type_bytes: u8,
+    ) -> Result<(), StoreError> {
+        let Some(value_bytes) = trailer.len().checked_sub(content_type_bytes as usize) else {
+            return Err(StoreError::new(ErrorCode::InvalidRequest, 0));
+        };
+        if value_bytes > self.object_bytes_max as usize {
             return Err(StoreError::new(
                 ErrorCode::ObjectTooLarge,
                 self.object_bytes_max as u64,

@@ -453,7 +453,7 @@ impl Store {
         now_ms: u64,
     ) -> Result<u64, StoreError> {
         self.limits.check_key(k.key)?;
-        self.limits.check_value(value)?;
+        self.limits.check_value(value, opts.content_type_bytes)?;
         if let Some(t) = opts.timeout {
             check_timeout(t)?;
         }
@@ -577,6 +577,7 @@ impl Store {
             evictable: opts.evictable,
             kind: ValueKind::String,
             referenced: false,
+            content_type_bytes: opts.content_type_bytes,
         });
         1
     }
@@ -627,6 +628,9 @@ impl Store {
         }
         let e = &mut self.slab[slot as usize];
         e.value = Rc::from(value);
+        // A write without a content type clears the old one: the new bytes are not known to
+        // be of the old type (docs/rest.md, "Content-Type").
+        e.content_type_bytes = opts.content_type_bytes;
         e.version += 1;
         e.updated_ms = now_ms;
         match opts.timeout {

@@ -179,6 +179,7 @@ impl Model {
                 expires_in_ms: exp - now_ms,
             }),
             evictable: true,
+            content_type_bytes: 0,
         }
     }
 
@@ -277,6 +278,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let opts = |timeout| WriteOpts {
         timeout,
         evictable: true,
+        content_type_bytes: 0,
     };
     for op in &ops {
         let now = m.now_ms;
@@ -504,6 +506,7 @@ fn run_memory(
                 let opts = WriteOpts {
                     timeout: None,
                     evictable,
+                    content_type_bytes: 0,
                 };
                 match s.put(KeyRef::new(1, &[key]), &vec![key; value_bytes], opts, now) {
                     Ok(_) => {}

@@ -296,7 +296,10 @@ impl Store {
         self.writable(to, now_ms)?;
         let e = &self.slab[slot as usize];
         let (value, kind, at, timeout) = (e.value.clone(), e.kind, e.expires_at_ms, e.timeout);
-        self.r_write(to, &value, kind, SetExpire::Clear, now_ms)?;
+        // The whole buffer moves: the value and the content type behind it (an HTTP object
+        // renamed keeps its type).
+        let ct = e.content_type_bytes;
+        self.r_write_typed(to, &value, ct, kind, SetExpire::Clear, now_ms)?;
         let s = self.find(to).expect("just written");
         let e = &mut self.slab[s as usize];
         e.expires_at_ms = at;
@@ -365,7 +368,7 @@ impl Store {
                 if e.kind != ValueKind::String {
                     return Err(StoreError::WRONG_TYPE);
                 }
-                Some(e.value.clone())
+                Some(string_value(e))
             }
             _ => None,
         };
@@ -397,7 +400,7 @@ impl Store {
         if e.kind != ValueKind::String {
             return Err(StoreError::WRONG_TYPE);
         }
-        Ok(Some(e.value.clone()))
+        Ok(Some(string_value(e)))
     }
 
     /// The object's value if it is a live hash; `WrongType` if it is another kind.
@@ -431,6 +434,20 @@ impl Store {
         expire: SetExpire,
         now_ms: u64,
     ) -> Result<(), StoreError> {
+        // A Redis write stores bytes of no declared type: it clears an HTTP content type.
+        self.r_write_typed(k, value, 0, kind, expire, now_ms)
+    }
+
+    /// `r_write` of a trailer whose last `content_type_bytes` are a content type (RENAME).
+    fn r_write_typed(
+        &mut self,
+        k: KeyRef<'_>,
+        value: &[u8],
+        content_type_bytes: u8,
+        kind: ValueKind,
+        expire: SetExpire,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
         self.writable(k, now_ms)?;
         // Keep the deadline across the write when asked to: `put` without a timeout keeps an
         // Absolute one, but a Sliding one set natively would restart; restore it exactly.
@@ -443,6 +460,7 @@ impl Store {
         let opts = WriteOpts {
             timeout: None,
             evictable: true,
+            content_type_bytes,
         };
         self.write(k, value, opts, WriteMode::Put, now_ms)?;
         let slot = self.find(k).expect("just written");
@@ -485,6 +503,17 @@ impl Store {
             self.remove_slot(s);
         }
         Ok(())
+    }
+}
+
+/// A string object's value as Redis sees it: the stored buffer by reference, or, for an object
+/// written over HTTP with a content type behind its value, a copy of the value alone (one
+/// allocation; RESP never sees the content type).
+fn string_value(e: &super::entry::Entry) -> Value {
+    if e.content_type_bytes == 0 {
+        e.value.clone()
+    } else {
+        Value::from(e.value_only())
     }
 }
 

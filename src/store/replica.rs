@@ -43,6 +43,7 @@ fn state_of(e: &Entry) -> ObjectState {
         timeout: e.timeout,
         evictable: e.evictable,
         kind: e.kind,
+        content_type_bytes: e.content_type_bytes,
     }
 }
 
@@ -79,7 +80,7 @@ impl Store {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         self.limits.check_key(k.key)?;
-        self.limits.check_value(value)?;
+        self.limits.check_value(value, state.content_type_bytes)?;
         let existing = self.find(k);
         if state.expires_at_ms != 0 && state.expires_at_ms <= now_ms {
             if let Some(s) = existing {
@@ -112,6 +113,7 @@ impl Store {
             evictable: state.evictable,
             kind: state.kind,
             referenced: false,
+            content_type_bytes: state.content_type_bytes,
         });
         Ok(())
     }
@@ -251,6 +253,7 @@ mod tests {
                 kind: TimeoutKind::Sliding,
             }),
             evictable: false,
+            content_type_bytes: 0,
         };
         primary.put(k(b"s"), b"cart", opts, NOW).unwrap();
         primary.put(k(b"s"), b"cart2", opts, NOW + 5).unwrap();
@@ -300,6 +303,7 @@ mod tests {
                 kind: TimeoutKind::Sliding,
             }),
             evictable: true,
+            content_type_bytes: 0,
         };
         let mut primary = Store::new(StoreLimits::default(), 1);
         primary.put(k(b"s"), b"cart", sliding, NOW).unwrap();

@@ -16,6 +16,7 @@ pub struct ObjectRef<'a> {
     pub key: &'a [u8],
     /// `key_hash(ns, key)`.
     pub hash: u64,
+    /// The stored buffer: the value, then `meta.content_type_bytes` of content type.
     pub value: &'a Value,
     /// Metadata as seen at the `now_ms` the iteration was made with.
     pub meta: Meta,

@@ -28,6 +28,7 @@ fn pinned() -> WriteOpts {
     WriteOpts {
         timeout: None,
         evictable: false,
+        content_type_bytes: 0,
     }
 }
 
@@ -35,6 +36,7 @@ fn timed(timeout_s: u32, kind: TimeoutKind) -> WriteOpts {
     WriteOpts {
         timeout: Some(Timeout { timeout_s, kind }),
         evictable: true,
+        content_type_bytes: 0,
     }
 }
 
@@ -133,6 +135,7 @@ fn add_read_put_update_and_versions() {
             expires_in_ms: None,
             lock: None,
             evictable: true,
+            content_type_bytes: 0,
         }
     );
     assert_eq!(s.put(k(b"a"), b"v2", opts(), 1002), Ok(2));
@@ -1179,4 +1182,73 @@ fn errors_convert_to_wire_replies_without_a_message() {
     assert_eq!(reply, ErrorReply::new(ErrorCode::Locked, 1234));
     assert!(reply.message.is_empty());
     assert!(e.to_string().contains("1234 ms"), "{e}");
+}
+
+/// An object's content type (HTTP) rides behind its value in the one stored buffer: reads
+/// return the buffer with `meta.content_type_bytes`, the value's length excludes it, memory
+/// accounting includes it, an export/install (replication, migration) keeps it, a write
+/// without one clears it, and Redis reads see the value alone.
+#[test]
+fn a_content_type_is_stored_behind_the_value() {
+    let mut s = store();
+    let typed = WriteOpts {
+        content_type_bytes: 16,
+        ..opts()
+    };
+    s.put(k(b"a"), b"{\"x\":1}application/json", typed, 1000)
+        .unwrap();
+    let (meta, v) = s.read(k(b"a"), 1001).unwrap();
+    assert_eq!((meta.value_bytes, meta.content_type_bytes), (7, 16));
+    assert_eq!(&v[..], b"{\"x\":1}application/json");
+    assert_eq!(s.stats().object_bytes, object_cost_bytes(1, 23));
+    // Redis sees the value alone.
+    let got = s
+        .redis(k(b"a"), stategrid_proto::RedisOp::Get, b"", 16, 1002)
+        .unwrap();
+    assert!(matches!(got, RedisOut::Value(v) if &v[..] == b"{\"x\":1}"));
+    // A copy made from an export is the same object, type included.
+    let (state, value) = s.export(k(b"a"), 1003).unwrap();
+    assert_eq!(state.content_type_bytes, 16);
+    let mut replica = store();
+    replica.install(k(b"a"), &state, &value, 1003).unwrap();
+    assert_eq!(
+        replica.read(k(b"a"), 1004).unwrap().0.content_type_bytes,
+        16
+    );
+    // A type longer than the trailer is refused and changes nothing.
+    let bad = WriteOpts {
+        content_type_bytes: 9,
+        ..opts()
+    };
+    assert_eq!(
+        code(s.put(k(b"a"), b"short", bad, 1005)),
+        ErrorCode::InvalidRequest
+    );
+    // The value limit applies to the value, not to its type.
+    let mut small = Store::new(
+        StoreLimits {
+            object_bytes_max: 4,
+            ..StoreLimits::default()
+        },
+        1,
+    );
+    small
+        .put(
+            k(b"b"),
+            b"abcdtext/plain",
+            WriteOpts {
+                content_type_bytes: 10,
+                ..opts()
+            },
+            1,
+        )
+        .unwrap();
+    // An update without a type clears it.
+    s.put(k(b"a"), b"raw", opts(), 1006).unwrap();
+    let (meta, v) = s.read(k(b"a"), 1007).unwrap();
+    assert_eq!(
+        (meta.value_bytes, meta.content_type_bytes, &v[..]),
+        (3, 0, &b"raw"[..])
+    );
+    assert_eq!(s.stats().object_bytes, object_cost_bytes(1, 3));
 }

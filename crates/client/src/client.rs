@@ -1219,7 +1219,8 @@ impl Namespace {
                             trailer.len()
                         )));
                     };
-                    offset = end;
+                    // The object's content type (HTTP) follows its value: skipped.
+                    offset = end + meta.content_type_bytes as usize;
                     Ok(ReadResult {
                         value: value.to_vec(),
                         meta,
@@ -1338,14 +1339,19 @@ impl Namespace {
 }
 
 /// A read's value, checked against the length its metadata announces.
-fn checked_value(req: &Request, meta: Meta, trailer: Vec<u8>) -> Result<Vec<u8>> {
-    if trailer.len() != meta.value_bytes as usize {
+/// The value of a `Value` answer: the trailer holds the value, then the object's content type
+/// (`meta.content_type_bytes`, set by the HTTP API), which is cut off here.
+fn checked_value(req: &Request, meta: Meta, mut trailer: Vec<u8>) -> Result<Vec<u8>> {
+    let value_bytes = meta.value_bytes as usize;
+    if trailer.len() != value_bytes + meta.content_type_bytes as usize {
         return Err(Error::Protocol(format!(
-            "{} answered a value of {} bytes, its metadata says {}",
+            "{} answered a value of {} bytes, its metadata says {} (+{} of content type)",
             req.name(),
             trailer.len(),
-            meta.value_bytes
+            meta.value_bytes,
+            meta.content_type_bytes
         )));
     }
+    trailer.truncate(value_bytes);
     Ok(trailer)
 }

@@ -41,6 +41,7 @@ fn meta(value_bytes: usize, version: u64) -> Meta {
         expires_in_ms: None,
         lock: None,
         evictable: true,
+        content_type_bytes: 0,
     }
 }
 

@@ -44,6 +44,12 @@ pub struct WriteOpts {
     pub timeout: Option<Timeout>,
     /// May the LRU evict this object when memory runs short?
     pub evictable: bool,
+    /// Bytes of the object's content type (the HTTP `Content-Type` it was written with),
+    /// carried at the END of the value trailer: the value is the trailer's first
+    /// `len - content_type_bytes` bytes. 0: none (every write sets the type it carries, so a
+    /// write without one clears it). Appended field: in the archive's padding, so a frame
+    /// from a client that predates it reads as 0.
+    pub content_type_bytes: u8,
 }
 
 impl Default for WriteOpts {
@@ -51,6 +57,7 @@ impl Default for WriteOpts {
         WriteOpts {
             timeout: None,
             evictable: true,
+            content_type_bytes: 0,
         }
     }
 }
@@ -272,6 +279,9 @@ pub struct ObjectState {
     pub evictable: bool,
     /// What the value bytes are: a string, or a hash in the store's field encoding.
     pub kind: ValueKind,
+    /// Bytes of the object's content type at the end of the value trailer (see
+    /// [`WriteOpts::content_type_bytes`]): replication and migration carry it with the value.
+    pub content_type_bytes: u8,
 }
 
 /// What an object's value bytes hold. Native reads serve strings only (`WrongType` for others).
@@ -440,6 +450,7 @@ impl ArchivedObjectState {
             timeout: self.timeout.to_native(),
             evictable: self.evictable,
             kind: self.kind.to_native(),
+            content_type_bytes: self.content_type_bytes,
         }
     }
 }
@@ -738,6 +749,11 @@ pub struct Meta {
     pub expires_in_ms: Option<u64>,
     pub lock: Option<LockInfo>,
     pub evictable: bool,
+    /// Bytes of the object's content type (0: none). Where this metadata describes a value in
+    /// a trailer (`Value`, a `Multi` item), the content type follows the value there: the
+    /// item takes `value_bytes + content_type_bytes` bytes of the trailer. Appended field
+    /// (in the archive's padding).
+    pub content_type_bytes: u8,
 }
 
 /// Per-item outcome of `MultiRead`: the item's value (if found) is the next `meta.value_bytes`
@@ -1121,6 +1137,7 @@ impl ArchivedWriteOpts {
         WriteOpts {
             timeout: self.timeout.as_ref().map(|t| t.to_native()),
             evictable: self.evictable,
+            content_type_bytes: self.content_type_bytes,
         }
     }
 }

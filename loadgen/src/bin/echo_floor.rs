@@ -88,6 +88,7 @@ impl Replies {
             expires_in_ms: None,
             lock: None,
             evictable: true,
+            content_type_bytes: 0,
         };
         let value = vec![b'v'; value_bytes];
         Replies {

@@ -70,6 +70,7 @@ impl Native {
                 kind: TimeoutKind::Sliding,
             }),
             evictable: true,
+            content_type_bytes: 0,
         };
         Native {
             namespace: namespace.to_owned(),
@@ -330,6 +331,7 @@ mod tests {
             expires_in_ms: None,
             lock: None,
             evictable: true,
+            content_type_bytes: 0,
         }
     }
 

@@ -1302,6 +1302,10 @@ impl Shard {
                 if let Some(pull) = self.hosts.pulls.get_mut(&(p as u16)) {
                     pull.last_progress_ms = self.hosts.mono_ms;
                     pull.failed |= result.is_err();
+                    // /metrics progress: an object received while this host pulls the
+                    // partition (its migration stream, or a change sent to the new copy).
+                    self.core.metrics.migrated_in_objects += 1;
+                    self.core.metrics.migrated_in_bytes += value.len() as u64;
                 }
                 match result {
                     Ok(()) => sink.respond(id, &Response::Ok, &[]),
@@ -1518,6 +1522,8 @@ impl Shard {
                     continue;
                 };
                 n += 1;
+                self.core.metrics.migrated_out_objects += 1;
+                self.core.metrics.migrated_out_bytes += obj.value.len() as u64;
                 let msg = Request::Replicate {
                     epoch: view.epoch,
                     from: view.me.0,
@@ -2113,6 +2119,7 @@ mod tests {
                 timeout: Default::default(),
                 evictable: true,
                 kind: Default::default(),
+                content_type_bytes: 0,
             }),
         };
         encode_with_value(&mut b, 42, &req, Some(std::rc::Rc::from(&b"hello"[..])));
