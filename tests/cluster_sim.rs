@@ -1814,11 +1814,13 @@ fn soak() {
     }
 }
 
-/// Full linearizability, reads included: fails today (seed 250 is the regression case: a
-/// remove waiting for its copies is seen by later removes on the primary, then lost with the
-/// primary). Reads must wait for the changes they see to be confirmed; until then this test
-/// documents the gap. `STATEGRID_SIM_SEED=250 cargo test --release --test cluster_sim --
-/// --ignored reads_are_linearizable`.
+/// Full linearizability, reads included: fails today, first at seed 19 (not triaged yet).
+/// One cause is known: a primary answers reads (and removes that find nothing) from changes
+/// its copies have not confirmed (seen at seed 250 before faults waited for migrations to
+/// end: removes saw a remove that was then lost with the primary). Reads must wait for the
+/// changes they see to be confirmed; until then this test documents the gap:
+/// `STATEGRID_SIM_SEED=19 cargo test --release --test cluster_sim -- --ignored
+/// reads_are_linearizable`.
 #[test]
 #[ignore]
 fn reads_are_linearizable() {
