@@ -16,7 +16,10 @@
 //! - [`cli`]: the `stategrid` control program (a client of the server).
 //! - [`resp`]: the Redis protocol front (RESP2/3 parser, command table, reply rendering); its
 //!   commands become native requests on the shard's one routing path.
-//! - [`cluster`]: the multi-host core (partition map, planner, Raft on the map, leases); pure logic.
+//! - [`cluster`]: the multi-host core, pure logic: partition map, planner, Raft on the map,
+//!   leases, and the data plane's decisions (`cluster::data`: routing, the lease rule, pending
+//!   replicated writes, epoch fencing), run by the shards (`server::shard::hosts` is their
+//!   link I/O) and by the deterministic simulation alike; plus the control plane's I/O.
 //!
 //! The wire protocol lives in the `stategrid-proto` crate and the client library in
 //! `stategrid-client`, so applications never build glommio.

@@ -433,9 +433,17 @@ pub fn plan_with_ready(
             e.push((h, r));
         }
         if !e.iter().any(|&(_, r)| r != Role::Pending) {
-            // No copy with data survives (a new store, or more than max_replicas lost):
+            // No full copy survives. A pending copy still holds every change made since it was
+            // named (changes are replicated to it, and acknowledged only once it confirmed),
+            // and the whole partition if its stream ended but the leader that heard of it
+            // died: it is the best data left, so it becomes a full copy instead of the
+            // partition starting over empty on some other host (found by the simulation, seed
+            // 250: acknowledged writes lost when the only full copy and the leader failed
+            // together). With no copy at all (a new store, or more than max_replicas lost),
             // whatever is planned starts empty and full.
-            e.clear();
+            for x in e.iter_mut() {
+                x.1 = Role::Full;
+            }
         }
         // Too many planned copies (max_replicas lowered): drop pending, then the last replicas.
         while e.iter().filter(|(_, r)| *r != Role::Outgoing).count() > copies {

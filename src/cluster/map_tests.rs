@@ -207,6 +207,39 @@ fn all_copies_lost_starts_fresh() {
     assert!(m2.pending_moves().is_empty());
 }
 
+/// The simulation's seed 250: the only full copy of a partition fails while its new copy is
+/// still pending (its stream ended, but the leader that heard of it failed too). The pending
+/// copy holds every acknowledged write: it must become the primary, not a host with nothing.
+#[test]
+fn a_pending_copy_outlives_the_only_full_copy() {
+    let one = active(&[1]);
+    let (m1, _) = settle(&PartitionMap::empty(), &one, 1);
+    let three = active(&[1, 2, 3]);
+    let m2 = plan(&m1, &three, 1);
+    let pending: Vec<(usize, HostId)> = m2
+        .owners
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.holders().count() == 1)
+        .filter_map(|(p, o)| o.pending().next().map(|h| (p, h)))
+        .collect();
+    assert!(!pending.is_empty(), "joining hosts get pending copies");
+    let after = vec![
+        host(1, 100, HostState::Failed),
+        host(2, 100, HostState::Active),
+        host(3, 100, HostState::Active),
+    ];
+    let m3 = plan(&m2, &after, 1);
+    for (p, h) in pending {
+        assert_eq!(
+            m3.owners[p].primary(),
+            Some(h),
+            "partition {p}: {:?}",
+            m3.owners[p].entries()
+        );
+    }
+}
+
 fn arb_hosts() -> impl Strategy<Value = Vec<HostInfo>> {
     proptest::collection::btree_map(
         1u64..1000,

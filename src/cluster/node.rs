@@ -22,9 +22,12 @@
 //! removed. Followers decide nothing.
 //!
 //! # Leases: never two primaries
-//! A host acts as primary only while it holds a lease for the epoch of the map it has installed
-//! ([`ClusterNode::is_primary`]). It asks the leader every `lease_renew_ms`; its lease runs from
-//! the moment it *sent* the request, so it ends no later than the leader believes. The leader
+//! A host acts as primary of a partition only while a lease covers it
+//! ([`ClusterNode::is_primary`], by the one rule the shards serve under,
+//! [`super::data::lease::covers`]: a lease for epoch `L`, with an installed map of `L` or newer,
+//! covers the partitions this host has been primary of without a break since `L`). It asks the
+//! leader every `lease_renew_ms`; its lease runs from the moment it *sent* the request, so it
+//! ends no later than the leader believes. The leader
 //! answers only after a Raft ReadIndex round proves it was still leader after the request was
 //! sent (so a deposed leader cannot grant), and grants epoch `E` only once every host has either
 //! reported having installed `E` (its older leases are dead) or had its last possible lease run
@@ -376,6 +379,9 @@ pub struct ClusterNode {
     state: Rc<RefCell<ClusterState>>,
     /// The map this host has installed (shared with `Output::Installed`).
     map: Rc<PartitionMap>,
+    /// Per partition of `map`, the first epoch of this host's unbroken run as its primary
+    /// (the lease rule's input, see [`super::data::lease::primary_since`]).
+    primary_since: Vec<u64>,
     /// SWIM's view: hosts reported down (until reported up again).
     down: BTreeSet<HostId>,
     /// SWIM's view: hosts reported up (join requests go there).
@@ -482,6 +488,7 @@ impl ClusterNode {
             raw,
             state,
             map,
+            primary_since: Vec::new(),
             down: BTreeSet::new(),
             up: BTreeSet::new(),
             joining: false,
@@ -576,9 +583,16 @@ impl ClusterNode {
             && now_ms < self.lease_until_ms
     }
 
-    /// Whether this host may act as primary for `partition` at `now_ms`.
+    /// Whether this host may act as primary for `partition` at `now_ms`: the rule the shards
+    /// serve under ([`super::data::lease::covers`]).
     pub fn is_primary(&self, partition: usize, now_ms: u64) -> bool {
-        self.holds_lease(now_ms) && self.map.primary(partition) == Some(self.cfg.id)
+        let since = self.primary_since.get(partition).copied();
+        !self.cfg.witness
+            && !self.expelled
+            && self.map.primary(partition) == Some(self.cfg.id)
+            && since.is_some_and(|s| {
+                super::data::lease::covers(self.lease(), self.map.epoch, s, now_ms)
+            })
     }
 
     /// The one entry point: apply `input` at `now_ms`, return what to do.
@@ -1320,6 +1334,12 @@ impl ClusterNode {
         if maybe_installed && epoch != self.map.epoch {
             assert!(epoch > self.map.epoch, "epochs only grow");
             let old = std::mem::replace(&mut self.map, Rc::new(self.state.borrow().map.clone()));
+            self.primary_since = super::data::lease::primary_since(
+                Some((old.epoch, &self.primary_since)),
+                self.map.epoch,
+                &self.map.owners,
+                me,
+            );
             self.out.push(Output::Installed(self.map.clone()));
             // A host that became primary of a partition asks for a lease on the new epoch at
             // the next tick rather than at the next renewal: requests for that partition wait

@@ -238,19 +238,9 @@ impl Plane {
         if let Some(old) = slot.as_ref() {
             self.failovers.count(old, &view);
         }
-        let prev = slot.as_ref().filter(|p| p.epoch + 1 == view.epoch);
-        view.primary_since = (0..PARTITIONS)
-            .map(|p| {
-                if view.owners[p].primary() != Some(view.me) {
-                    u64::MAX
-                } else {
-                    match prev.map(|v| v.primary_since[p]) {
-                        Some(since) if since != u64::MAX => since,
-                        _ => view.epoch,
-                    }
-                }
-            })
-            .collect();
+        let prev = slot.as_ref().map(|p| (p.epoch, p.primary_since.as_slice()));
+        view.primary_since =
+            super::data::lease::primary_since(prev, view.epoch, &view.owners, view.me);
         view.check();
         *slot = Some(Arc::new(view));
         drop(slot);

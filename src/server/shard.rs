@@ -478,7 +478,7 @@ impl Shard {
         // else (our own links start their side in `link_slot`).
         let auth = match (&self.core.cfg.peer_key, kind) {
             (Some(key), ConnKind::Internal) => {
-                let me = self.hosts.view.as_ref().map_or(0, |v| v.me.0);
+                let me = self.hosts.data.view.as_ref().map_or(0, |v| v.me.0);
                 LinkAuth::Responder(Box::new(crate::auth::peer::Responder::new(key, me)))
             }
             _ => LinkAuth::Open,

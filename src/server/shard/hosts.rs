@@ -2,7 +2,12 @@
 //! replication, and migration streams, over connections to the other hosts' `int_port`.
 //!
 //! The control plane (`cluster::control`) decides who owns what and hands this shard a
-//! [`View`] and a lease through the [`Plane`]; this module acts on them:
+//! [`View`] and a lease through the [`Plane`]. The decisions on them — where a keyed request
+//! goes, the lease rule, which copies a change waits for and when its answer is released,
+//! the epoch fence on changes from other hosts — are made by the I/O-free
+//! [`crate::cluster::data::DataPlane`] (the code the simulation runs); this module is the I/O
+//! around it (links, frames, answers to connections) plus migration streams, held requests
+//! and touch batching, which are not in the machine yet:
 //!
 //! - **Routing.** A keyed request is served here only if this host is its partition's primary
 //!   and holds the lease for the installed map's epoch. A client request for a partition whose
@@ -41,7 +46,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use hashbrown::HashMap;
-use slab::Slab;
 use stategrid_proto::{
     ArchivedRequest, ErrorCode, ErrorReply, Key, MapHost, MapInfo, PARTITIONS, PROTOCOL_VERSION,
     Request, Response, TouchItem, codec, frame, key_hash, partition_of,
@@ -50,6 +54,7 @@ use stategrid_proto::{
 use super::{Conn, Shard, Sink, VecSink};
 use crate::auth::peer;
 use crate::cluster::HostId;
+use crate::cluster::data::{Begin, Completed, DataPlane, Touch};
 use crate::cluster::plane::{self, DataCmd, DataEvent, Plane, View};
 use crate::net::{AlignedBuf, Op, SendBatch, Token};
 use crate::server::Msg;
@@ -254,15 +259,12 @@ pub enum AnswerTo {
     },
 }
 
-/// A change applied here and waiting for its replicas.
-struct PendingWrite {
+/// What a write waiting for its copies answers with (the machine's `T`, see
+/// [`DataPlane::begin_write`]).
+pub struct Waiting {
     to: AnswerTo,
     request_id: u32,
     answer: Vec<u8>,
-    partition: u16,
-    waiting: Vec<HostId>,
-    failed: Option<(ErrorCode, u64)>,
-    deadline_ms: u64,
     /// When the write was applied (for the replication acknowledgement latency metric).
     started: std::time::Instant,
 }
@@ -308,14 +310,11 @@ struct Stream {
 pub struct Hosts {
     pub plane: Arc<Plane>,
     generation: u64,
-    pub view: Option<Arc<View>>,
-    /// `(epoch, until_ms)` on the [`plane::now_ms`] clock, read every pass.
-    lease: (u64, u64),
-    /// [`plane::now_ms`] at the start of this pass.
-    mono_ms: u64,
+    /// The data plane's decisions (map, lease, routing, fencing, pending writes): this file
+    /// is the I/O around it.
+    pub data: DataPlane<Waiting>,
     links: HashMap<(HostId, LinkClass), (u32, u32)>,
     link_retry_at_ms: HashMap<(HostId, LinkClass), u64>,
-    pending: Slab<PendingWrite>,
     pulls: HashMap<u16, Pull>,
     streams: VecDeque<Stream>,
     deferred: VecDeque<Deferred>,
@@ -332,19 +331,20 @@ impl Hosts {
     /// For `/metrics`: writes waiting for replicas, partitions being received, partitions
     /// being streamed out.
     pub fn metrics_gauges(&self) -> (usize, usize, usize) {
-        (self.pending.len(), self.pulls.len(), self.streams.len())
+        (
+            self.data.pending_len(),
+            self.pulls.len(),
+            self.streams.len(),
+        )
     }
 
     pub fn new(plane: Arc<Plane>, int_listener: socket2::Socket) -> Hosts {
         Hosts {
             plane,
             generation: u64::MAX,
-            view: None,
-            lease: (0, 0),
-            mono_ms: plane::now_ms(),
+            data: DataPlane::default(),
             links: HashMap::new(),
             link_retry_at_ms: HashMap::new(),
-            pending: Slab::new(),
             pulls: HashMap::new(),
             streams: VecDeque::new(),
             deferred: VecDeque::new(),
@@ -356,42 +356,21 @@ impl Hosts {
         }
     }
 
-    /// Is this host the primary of `p` with a valid lease now?
-    ///
-    /// A lease granted for epoch `L` covers every partition this host has been primary of
-    /// without a break since `L` or earlier (`View::primary_since`), while the installed map is at
-    /// least `L`. Why that is safe: no other host was primary of such a partition in any epoch
-    /// from `L` to ours; a host primary of it before `L` had, by the time `L` was granted,
-    /// installed `L` or lost its lease; and no epoch newer than ours is granted to anyone
-    /// until this host reports it. So a map change that leaves a partition where it was does
-    /// not pause it; only partitions that changed primary wait for the new epoch's lease.
-    #[inline]
-    fn serves(&self, view: &View, p: usize) -> bool {
-        let (lease_epoch, until_ms) = self.lease;
-        view.owners[p].primary() == Some(view.me)
-            && lease_epoch <= view.epoch
-            && lease_epoch >= view.primary_since[p]
-            && self.mono_ms < until_ms
-    }
-
     /// Does a change to `p` need replication? Cheap: no allocation.
     #[inline]
     pub fn replicated(&self, p: usize) -> bool {
-        self.view
-            .as_ref()
-            .is_some_and(|v| v.owners[p].copies().any(|h| h != v.me))
+        self.data.replicated(p)
+    }
+
+    /// [`plane::now_ms`] at the start of this pass.
+    #[inline]
+    fn mono_ms(&self) -> u64 {
+        self.data.now_ms()
     }
 }
 
-/// Where the arrival shard sends a keyed request.
-pub enum HostRoute {
-    Here,
-    Remote(HostId),
-    /// This host is the primary in its map but its lease does not cover the partition yet
-    /// (it just became primary): hold the request until the lease arrives.
-    Wait,
-    Refuse(ErrorCode, u64),
-}
+/// Where the arrival shard sends a keyed request (decided by [`DataPlane::route`]).
+pub use crate::cluster::data::Route as HostRoute;
 
 /// Requests that change nothing (never replicated).
 pub(super) fn read_only(req: &ArchivedRequest) -> bool {
@@ -406,8 +385,8 @@ impl Shard {
 
     /// Once per pass: new map, lease, commands; then pulls and migration streams.
     pub(super) fn cluster_pass(&mut self) {
-        self.hosts.mono_ms = plane::now_ms();
-        self.hosts.lease = self.hosts.plane.lease();
+        let lease = self.hosts.plane.lease();
+        self.hosts.data.set_time(plane::now_ms(), lease);
         let generation = self.hosts.plane.generation();
         if generation != self.hosts.generation {
             self.hosts.generation = generation;
@@ -422,9 +401,9 @@ impl Shard {
         if !self.hosts.deferred.is_empty() {
             self.pump_deferred();
         }
-        if self.hosts.multi_host && self.hosts.mono_ms >= self.hosts.touches_due_ms {
+        if self.hosts.multi_host && self.hosts.mono_ms() >= self.hosts.touches_due_ms {
             self.hosts.touches_due_ms =
-                self.hosts.mono_ms + self.core.cfg.sliding_touch_replication_ms;
+                self.hosts.mono_ms() + self.core.cfg.sliding_touch_replication_ms;
             self.send_touches();
         }
     }
@@ -437,7 +416,7 @@ impl Shard {
         if touched.is_empty() {
             return;
         }
-        let Some(view) = self.hosts.view.clone() else {
+        let Some(view) = self.hosts.data.view.clone() else {
             return;
         };
         let mut by_partition: HashMap<u32, Vec<TouchItem>> = HashMap::new();
@@ -511,23 +490,23 @@ impl Shard {
             seq,
             id,
             frame: AlignedBuf::from_slice(frame),
-            deadline_ms: self.hosts.mono_ms + DEFER_MS_MAX,
+            deadline_ms: self.hosts.mono_ms() + DEFER_MS_MAX,
         });
     }
 
     /// Serves held requests whose partition the lease now covers; relays a client's whose
     /// partition moved to another host; answers `NotPrimary` to those that waited too long.
     fn pump_deferred(&mut self) {
-        let Some(view) = self.hosts.view.clone() else {
+        let Some(view) = self.hosts.data.view.clone() else {
             return;
         };
-        let now = self.hosts.mono_ms;
+        let now = self.hosts.mono_ms();
         let mut i = 0;
         while i < self.hosts.deferred.len() {
             let d = &self.hosts.deferred[i];
             let primary = view.owners[d.partition].primary();
             let mine = primary == Some(view.me);
-            let ready = mine && self.hosts.serves(&view, d.partition);
+            let ready = mine && self.hosts.data.serves(d.partition);
             // A client's request whose partition now has another primary goes there.
             let elsewhere = primary.filter(|&h| h != view.me && !d.internal);
             if !ready && elsewhere.is_none() && now < d.deadline_ms {
@@ -584,21 +563,14 @@ impl Shard {
         };
         let me = self.core.shard;
         let shards = self.core.shards;
-        let newer = self.hosts.view.as_ref().map(|v| v.epoch) != Some(view.epoch);
-        // The control plane rejoins as a new member (this host was declared failed): a write
-        // still waiting for replicas is not acknowledged (the store may have replaced its
-        // partition), it fails as retryable; the empty view below drops every copy.
-        let rejoined = self.hosts.view.as_ref().is_some_and(|v| v.me != view.me);
-        if rejoined {
-            let ids: Vec<usize> = self.hosts.pending.iter().map(|(i, _)| i).collect();
-            for i in ids {
-                let pw = &mut self.hosts.pending[i];
-                pw.failed = Some((ErrorCode::ReplicationFailed, 0));
-                pw.waiting.clear();
-                self.complete_pending(i as u32);
-            }
+        // Writes waiting for a host the map no longer gives a copy: that copy is gone
+        // (declared failed or moved away), so it is not waited for. After an in-process
+        // rejoin (a new host id) every waiting write fails, retryable (`DataPlane::set_view`);
+        // the empty view below drops every copy.
+        let (newer, done) = self.hosts.data.set_view(view.clone());
+        for c in done {
+            self.complete_pending(c);
         }
-        self.hosts.view = Some(view.clone());
         if view.hosts.len() > 1 {
             self.hosts.multi_host = true;
         }
@@ -616,17 +588,6 @@ impl Shard {
         });
         if newer {
             tracing::debug!(shard = me, epoch = view.epoch, "map installed");
-            // Writes waiting for a host the map no longer gives a copy: that copy is gone
-            // (declared failed or moved away), so it is not waited for.
-            let ids: Vec<usize> = self.hosts.pending.iter().map(|(i, _)| i).collect();
-            for i in ids {
-                let pw = &mut self.hosts.pending[i];
-                let o = &view.owners[pw.partition as usize];
-                pw.waiting.retain(|&h| o.copies().any(|c| c == h));
-                if pw.waiting.is_empty() {
-                    self.complete_pending(i as u32);
-                }
-            }
             // Drop copies this host no longer has a role in, and pulls no longer wanted.
             for p in (me..PARTITIONS as usize).step_by(shards) {
                 let role = view.owners[p].role_of(view.me);
@@ -665,7 +626,7 @@ impl Shard {
             match cmd {
                 DataCmd::SetParam { name, value } => self.apply_param(&name, &value),
                 DataCmd::Pull { partition, .. } => {
-                    let now = self.hosts.mono_ms;
+                    let now = self.hosts.mono_ms();
                     self.hosts.pulls.entry(partition).or_insert(Pull {
                         source: None,
                         asked: false,
@@ -707,26 +668,15 @@ impl Shard {
 
     /// Expires writes whose replicas did not confirm in time (from housekeeping).
     pub(super) fn expire_pending(&mut self) {
-        let now = plane::now_ms();
-        let late: Vec<usize> = self
-            .hosts
-            .pending
-            .iter()
-            .filter(|(_, pw)| now >= pw.deadline_ms)
-            .map(|(i, _)| i)
-            .collect();
-        for i in late {
-            let timeout = self.core.cfg.replication_timeout_ms;
-            let pw = &mut self.hosts.pending[i];
+        let timeout = self.core.cfg.replication_timeout_ms;
+        for c in self.hosts.data.expire(plane::now_ms(), timeout) {
             tracing::warn!(
                 shard = self.core.shard,
-                partition = pw.partition,
+                partition = c.partition,
                 "replicas {:?} did not confirm a change within replication_timeout_ms ({timeout} ms)",
-                pw.waiting
+                c.unconfirmed
             );
-            pw.failed = Some((ErrorCode::ReplicationFailed, timeout));
-            pw.waiting.clear();
-            self.complete_pending(i as u32);
+            self.complete_pending(c);
         }
     }
 
@@ -735,22 +685,8 @@ impl Shard {
     /// Where a keyed request for partition `p` goes, decided on the shard it arrived at.
     #[inline]
     pub(super) fn host_route(&self, p: usize, internal: bool) -> HostRoute {
-        let Some(view) = &self.hosts.view else {
-            return HostRoute::Refuse(ErrorCode::NotJoined, 0);
-        };
-        match view.owners[p].primary() {
-            Some(h) if h == view.me => {
-                if self.hosts.serves(view, p) {
-                    HostRoute::Here
-                } else if self.hosts.deferred.len() < DEFERRED_MAX {
-                    HostRoute::Wait
-                } else {
-                    HostRoute::Refuse(ErrorCode::NotPrimary, view.epoch)
-                }
-            }
-            Some(h) if !internal => HostRoute::Remote(h),
-            _ => HostRoute::Refuse(ErrorCode::NotPrimary, view.epoch),
-        }
+        let can_hold = self.hosts.deferred.len() < DEFERRED_MAX;
+        self.hosts.data.route(p, internal, can_hold)
     }
 
     /// Bulk and store-wide requests are served by one host only; refused once the store has
@@ -770,7 +706,7 @@ impl Shard {
 
     /// `GetMap`: the primaries clients route by.
     pub(super) fn map_response(&self) -> Response {
-        let Some(view) = &self.hosts.view else {
+        let Some(view) = &self.hosts.data.view else {
             return Response::Error(ErrorReply::new(ErrorCode::NotJoined, 0));
         };
         // Hosts declared failed are left out: clients must not route to them, and a host that
@@ -841,7 +777,7 @@ impl Shard {
             |b, link_id| append_relabelled(b, frame, link_id),
         );
         if !sent {
-            let epoch = self.hosts.view.as_ref().map_or(0, |v| v.epoch);
+            let epoch = self.hosts.data.view.as_ref().map_or(0, |v| v.epoch);
             let mut bytes = Vec::new();
             VecSink(&mut bytes).error(id, ErrorCode::NotPrimary, epoch);
             self.fill_slot(slot, generation, seq, 0, bytes);
@@ -890,7 +826,7 @@ impl Shard {
         if kind == Kind::Sum && !store_wide {
             return false;
         }
-        let others: Vec<HostId> = match self.hosts.view.clone() {
+        let others: Vec<HostId> = match self.hosts.data.view.clone() {
             Some(view) if store_wide => listed_hosts(&view)
                 .into_iter()
                 .filter(|&h| h != view.me)
@@ -988,7 +924,7 @@ impl Shard {
         if !self.sees_store_wide(slot) || cursor & CURSOR_STORE_WIDE == 0 {
             return false;
         }
-        let Some(view) = self.hosts.view.clone() else {
+        let Some(view) = self.hosts.data.view.clone() else {
             return false;
         };
         let mut frame = Vec::with_capacity(64);
@@ -1039,7 +975,7 @@ impl Shard {
             return;
         }
         let cleared = std::mem::take(&mut self.core.cleared);
-        let Some(view) = self.hosts.view.clone() else {
+        let Some(view) = self.hosts.data.view.clone() else {
             return;
         };
         for (ns, partition) in cleared {
@@ -1132,29 +1068,37 @@ impl Shard {
         if changed.is_empty() {
             return Some(answer);
         }
-        let (epoch, me, owners) = match &self.hosts.view {
-            Some(v) => (v.epoch, v.me, v.owners[p]),
-            None => return Some(answer),
-        };
-        let copies: Vec<HostId> = owners.copies().filter(|&h| h != me).collect();
-        if copies.is_empty() {
-            return Some(answer);
-        }
-        // One confirmation per changed object per copy (a host appears once per object).
-        let waiting: Vec<HostId> = changed
-            .iter()
-            .flat_map(|_| copies.iter().copied())
-            .collect();
-        let idx = self.hosts.pending.insert(PendingWrite {
+        let waiting = Waiting {
             to,
             request_id: id,
             answer,
-            partition: p as u16,
-            waiting,
-            failed: None,
-            deadline_ms: self.hosts.mono_ms + self.core.cfg.replication_timeout_ms,
             started: std::time::Instant::now(),
-        }) as u32;
+        };
+        let timeout = self.core.cfg.replication_timeout_ms;
+        let now_mono = self.hosts.mono_ms();
+        let (idx, epoch, me, copies) =
+            match self
+                .hosts
+                .data
+                .begin_write(p, changed.len(), waiting, now_mono, timeout)
+            {
+                (
+                    Begin::Replicate {
+                        idx,
+                        epoch,
+                        me,
+                        copies,
+                    },
+                    _,
+                ) => (idx, epoch, me, copies),
+                (Begin::Local, Some(w)) => return Some(w.answer),
+                (Begin::Refuse((code, detail)), Some(w)) => {
+                    let mut b = Vec::new();
+                    VecSink(&mut b).error(w.request_id, code, detail);
+                    return Some(b);
+                }
+                (_, None) => unreachable!("begin_write returns the answer unless it waits"),
+            };
         self.core.metrics.replicated_writes += 1;
         for key in changed {
             let kr = KeyRef::with_hash(ns, key, key_hash(ns, key));
@@ -1191,23 +1135,23 @@ impl Shard {
     }
 
     /// Answers a write whose replicas all confirmed (or whose deadline passed).
-    fn complete_pending(&mut self, idx: u32) {
-        let pw = self.hosts.pending.remove(idx as usize);
+    fn complete_pending(&mut self, c: Completed<Waiting>) {
+        let w = c.answer;
         let m = &mut self.core.metrics;
         m.replication_ack
-            .observe_us(pw.started.elapsed().as_micros() as u64);
-        if pw.failed.is_some() {
+            .observe_us(w.started.elapsed().as_micros() as u64);
+        if c.failed.is_some() {
             m.replication_failures += 1;
         }
-        let bytes = match pw.failed {
+        let bytes = match c.failed {
             Some((code, detail)) => {
                 let mut b = Vec::new();
-                VecSink(&mut b).error(pw.request_id, code, detail);
+                VecSink(&mut b).error(w.request_id, code, detail);
                 b
             }
-            None => pw.answer,
+            None => w.answer,
         };
-        self.deliver(pw.to, bytes);
+        self.deliver(w.to, bytes);
     }
 
     pub(super) fn deliver(&mut self, to: AnswerTo, bytes: Vec<u8>) {
@@ -1244,7 +1188,8 @@ impl Shard {
 
     // ---- host-to-host requests (on the partition's owner shard) -------------------------
 
-    /// Serves `Replicate`, `MigratePull` and `MigrateEnd`.
+    /// Serves the host-to-host requests: changes from a primary go through the data plane
+    /// machine (fence, then the store); migration pulls and ends are handled here.
     pub(super) fn execute_internal(
         &mut self,
         req: &ArchivedRequest,
@@ -1252,7 +1197,7 @@ impl Shard {
         id: u32,
         sink: &mut VecSink<'_>,
     ) {
-        let Some(view) = self.hosts.view.clone() else {
+        let Some(view) = self.hosts.data.view.clone() else {
             return sink.error(id, ErrorCode::NotJoined, 0);
         };
         let now = self.now_ms;
@@ -1265,42 +1210,33 @@ impl Shard {
                 state,
             } => {
                 let (ns, k) = (key.ns.to_native(), key.key.as_slice());
-                let h = key_hash(ns, k);
-                let p = partition_of(h);
-                if p != partition.to_native() {
+                let p = partition.to_native();
+                let state = state.as_ref().map(|st| st.to_native());
+                let result = self.hosts.data.on_replicate(
+                    &mut self.core.store,
+                    epoch.to_native(),
+                    HostId(from.to_native()),
+                    p,
+                    ns,
+                    k,
+                    state.as_ref(),
+                    value,
+                    now,
+                );
+                if let Err((ErrorCode::InvalidRequest, actual)) = result {
                     return sink.respond(
                         id,
                         &Response::Error(ErrorReply::with_message(
                             ErrorCode::InvalidRequest,
                             0,
-                            format!("key is in partition {p}, not {partition}"),
+                            format!("key is in partition {actual}, not {p}"),
                         )),
                         &[],
                     );
                 }
-                let o = &view.owners[p as usize];
-                let from = HostId(from.to_native());
-                // Fencing. A primary takes changes only from its own clients: a host that
-                // claims a newer map is refused until this host has installed that map too
-                // (then it is not the primary any more), so no change reaches a primary's copy
-                // without being replicated from it.
-                let primary_here = o.primary() == Some(view.me) && from != view.me;
-                if primary_here
-                    || (view.epoch >= epoch.to_native()
-                        && (o.primary() != Some(from) || o.role_of(view.me).is_none()))
-                {
-                    return sink.error(id, ErrorCode::StaleEpoch, view.epoch);
-                }
-                let kr = KeyRef::with_hash(ns, k, h);
-                let result = match state.as_ref() {
-                    Some(st) => self.core.store.install(kr, &st.to_native(), value, now),
-                    None => {
-                        self.core.store.remove_exact(kr);
-                        Ok(())
-                    }
-                };
+                let mono = self.hosts.mono_ms();
                 if let Some(pull) = self.hosts.pulls.get_mut(&(p as u16)) {
-                    pull.last_progress_ms = self.hosts.mono_ms;
+                    pull.last_progress_ms = mono;
                     pull.failed |= result.is_err();
                     // /metrics progress: an object received while this host pulls the
                     // partition (its migration stream, or a change sent to the new copy).
@@ -1309,7 +1245,7 @@ impl Shard {
                 }
                 match result {
                     Ok(()) => sink.respond(id, &Response::Ok, &[]),
-                    Err(e) => sink.error(id, e.code, e.detail),
+                    Err((code, detail)) => sink.error(id, code, detail),
                 }
             }
             ArchivedRequest::MigratePull {
@@ -1355,12 +1291,13 @@ impl Shard {
             } => {
                 let p = partition.to_native() as u16;
                 let from = HostId(from.to_native());
+                let mono = self.hosts.mono_ms();
                 if let Some(pull) = self.hosts.pulls.get_mut(&p) {
                     if pull.source == Some(from) {
                         if pull.failed {
                             pull.asked = false;
                             pull.failed = false;
-                            pull.retry_at_ms = self.hosts.mono_ms + PULL_RETRY_MS;
+                            pull.retry_at_ms = mono + PULL_RETRY_MS;
                         } else {
                             self.hosts.pulls.remove(&p);
                             tracing::debug!(
@@ -1384,37 +1321,23 @@ impl Shard {
                 partition,
                 items,
             } => {
-                let p = partition.to_native();
-                if p >= PARTITIONS {
-                    return sink.error(id, ErrorCode::InvalidRequest, p as u64);
+                let items = items.iter().map(|i| Touch {
+                    ns: i.ns.to_native(),
+                    key: i.key.as_slice(),
+                    version: i.version.to_native(),
+                    expires_at_ms: i.expires_at_ms.to_native(),
+                });
+                match self.hosts.data.on_touches(
+                    &mut self.core.store,
+                    epoch.to_native(),
+                    HostId(from.to_native()),
+                    partition.to_native(),
+                    items,
+                    now,
+                ) {
+                    Ok(applied) => sink.respond(id, &Response::Count { objects: applied }, &[]),
+                    Err((code, detail)) => sink.error(id, code, detail),
                 }
-                let o = &view.owners[p as usize];
-                let from = HostId(from.to_native());
-                // Fenced as `Replicate`: only the partition's primary in our map (or a host
-                // with a newer map than ours) may move our deadlines, and never on our own
-                // primary copy.
-                let primary_here = o.primary() == Some(view.me);
-                if primary_here
-                    || (view.epoch >= epoch.to_native()
-                        && (o.primary() != Some(from) || o.role_of(view.me).is_none()))
-                {
-                    return sink.error(id, ErrorCode::StaleEpoch, view.epoch);
-                }
-                let mut applied = 0u64;
-                for item in items.iter() {
-                    let (ns, k) = (item.ns.to_native(), item.key.as_slice());
-                    let h = key_hash(ns, k);
-                    if partition_of(h) != p {
-                        continue;
-                    }
-                    applied += self.core.store.apply_touch(
-                        KeyRef::with_hash(ns, k, h),
-                        item.version.to_native(),
-                        item.expires_at_ms.to_native(),
-                        now,
-                    ) as u64;
-                }
-                sink.respond(id, &Response::Count { objects: applied }, &[]);
             }
             ArchivedRequest::NsClearPartition {
                 epoch,
@@ -1423,17 +1346,10 @@ impl Shard {
                 ns,
             } => {
                 let p = partition.to_native();
-                if p >= PARTITIONS {
-                    return sink.error(id, ErrorCode::InvalidRequest, p as u64);
-                }
-                let o = &view.owners[p as usize];
-                let from = HostId(from.to_native());
                 // Fenced as `Replicate`: only the partition's primary may clear our copy.
-                if o.primary() == Some(view.me)
-                    || (view.epoch >= epoch.to_native()
-                        && (o.primary() != Some(from) || o.role_of(view.me).is_none()))
-                {
-                    return sink.error(id, ErrorCode::StaleEpoch, view.epoch);
+                let from = HostId(from.to_native());
+                if let Err((code, detail)) = self.hosts.data.fence(epoch.to_native(), from, p) {
+                    return sink.error(id, code, detail);
                 }
                 let (removed, _) = self.core.store.ns_clear_partition(ns.to_native(), p, now);
                 sink.respond(id, &Response::Count { objects: removed }, &[]);
@@ -1445,10 +1361,10 @@ impl Shard {
     // ---- migration -----------------------------------------------------------------------
 
     fn pump_pulls(&mut self) {
-        let Some(view) = self.hosts.view.clone() else {
+        let Some(view) = self.hosts.data.view.clone() else {
             return;
         };
-        let now = self.hosts.mono_ms;
+        let now = self.hosts.mono_ms();
         let mut asks = Vec::new();
         for (&p, pull) in self.hosts.pulls.iter_mut() {
             if pull.asked && now.saturating_sub(pull.last_progress_ms) > PULL_IDLE_TIMEOUT_MS {
@@ -1489,7 +1405,7 @@ impl Shard {
     }
 
     fn pull_failed(&mut self, p: u16) {
-        let now = self.hosts.mono_ms;
+        let now = self.hosts.mono_ms();
         if let Some(pull) = self.hosts.pulls.get_mut(&p) {
             pull.asked = false;
             pull.retry_at_ms = now + PULL_RETRY_MS;
@@ -1497,7 +1413,7 @@ impl Shard {
     }
 
     fn pump_streams(&mut self) {
-        let Some(view) = self.hosts.view.clone() else {
+        let Some(view) = self.hosts.data.view.clone() else {
             return;
         };
         let now = self.now_ms;
@@ -1636,7 +1552,7 @@ impl Shard {
             }
             self.hosts.links.remove(&key);
         }
-        let now = self.hosts.mono_ms;
+        let now = self.hosts.mono_ms();
         if self
             .hosts
             .link_retry_at_ms
@@ -1648,7 +1564,7 @@ impl Shard {
         if self.draining {
             return None;
         }
-        let addr = self.hosts.view.as_ref()?.addr(host)?.int();
+        let addr = self.hosts.data.view.as_ref()?.addr(host)?.int();
         let sock = match socket2::Socket::new(
             socket2::Domain::IPV4,
             socket2::Type::STREAM.nonblocking().cloexec(),
@@ -1699,7 +1615,7 @@ impl Shard {
         let slot = self.add_conn_kind(fd, ConnKind::Outbound(host, class))?;
         self.conns[slot as usize].tls = tls;
         let peer_key = self.core.cfg.peer_key.clone();
-        let me = self.hosts.view.as_ref().map_or(0, |v| v.me.0);
+        let me = self.hosts.data.view.as_ref().map_or(0, |v| v.me.0);
         let conn = &mut self.conns[slot as usize];
         conn.connecting = true;
         conn.hello_done = true;
@@ -1755,7 +1671,7 @@ impl Shard {
                 "link failed: {}",
                 std::io::Error::from_raw_os_error(-c.result)
             );
-            let retry = self.hosts.mono_ms + LINK_RETRY_MS;
+            let retry = self.hosts.mono_ms() + LINK_RETRY_MS;
             self.hosts.link_retry_at_ms.insert((host, class), retry);
             let conn = &mut self.conns[slot as usize];
             conn.filling.clear();
@@ -1850,7 +1766,7 @@ impl Shard {
         conn.read_closed = true;
         conn.close_after_flush = true;
         if let ConnKind::Outbound(host, class) = conn.kind {
-            let retry = self.hosts.mono_ms + LINK_RETRY_MS;
+            let retry = self.hosts.mono_ms() + LINK_RETRY_MS;
             self.hosts.link_retry_at_ms.insert((host, class), retry);
         }
         // SAFETY: shutdown on our own socket; pending operations complete.
@@ -1885,7 +1801,7 @@ impl Shard {
         {
             self.hosts.links.remove(&(host, class));
         }
-        let epoch = self.hosts.view.as_ref().map_or(0, |v| v.epoch);
+        let epoch = self.hosts.data.view.as_ref().map_or(0, |v| v.epoch);
         for (_, e) in std::mem::take(&mut conn.expect) {
             match e {
                 // The copy may or may not have the change: keep waiting until the map drops
@@ -1975,18 +1891,11 @@ impl Shard {
                     }
                 }
                 Expect::Ack { pending, host } => {
-                    if let Some(pw) = self.hosts.pending.get_mut(pending as usize) {
-                        if let Some(e) = &error {
-                            pw.failed.get_or_insert((e.code, e.detail));
-                        }
-                        // One confirmation of one object (a write of several objects waits
-                        // for the host once per object).
-                        if let Some(i) = pw.waiting.iter().position(|&h| h == host) {
-                            pw.waiting.swap_remove(i);
-                        }
-                        if pw.waiting.is_empty() {
-                            self.complete_pending(pending);
-                        }
+                    // One confirmation of one object (a write of several objects waits for
+                    // the host once per object).
+                    let refused = error.as_ref().map(|e| (e.code, e.detail));
+                    if let Some(c) = self.hosts.data.confirm(pending, host, refused) {
+                        self.complete_pending(c);
                     }
                 }
                 Expect::Relay {

@@ -328,7 +328,14 @@ impl commands::Host for Glue<'_> {
         match self.shard.host_route(p, false) {
             super::HostRoute::Here | super::HostRoute::Wait => Owner::Here,
             super::HostRoute::Remote(host) => {
-                match self.shard.hosts.view.as_ref().and_then(|v| v.addr(host)) {
+                match self
+                    .shard
+                    .hosts
+                    .data
+                    .view
+                    .as_ref()
+                    .and_then(|v| v.addr(host))
+                {
                     Some(a) => Owner::Remote(a.svr().to_string()),
                     None => Owner::Nobody,
                 }
@@ -563,7 +570,7 @@ impl Shard {
     /// The partition map as Redis Cluster slot ranges.
     pub(super) fn topology(&self) -> Topology {
         let cfg = &self.core.cfg;
-        let Some(view) = &self.hosts.view else {
+        let Some(view) = &self.hosts.data.view else {
             return Topology {
                 me: 0,
                 epoch: 0,
