@@ -113,6 +113,8 @@ pub struct Config {
     pub cluster_key: String,
     pub cluster_key_file: PathBuf,
     pub insecure_cluster: bool,
+    /// A host the store declared failed rejoins in-process instead of exiting (`cluster::control`).
+    pub rejoin_in_process: bool,
     /// The secret itself, read from `cluster_key_file` or `cluster_key` by [`Config::load`]
     /// (not a parameter).
     pub peer_key: Option<crate::auth::peer::ClusterKey>,
@@ -232,6 +234,7 @@ impl Config {
             cluster_key: String::new(),
             cluster_key_file: PathBuf::new(),
             insecure_cluster: false,
+            rejoin_in_process: false,
             peer_key: None,
             users_file: PathBuf::new(),
             requirepass: String::new(),
@@ -722,6 +725,14 @@ pub static PARAMS: &[ParamSpec] = &[
         "1: let a host bound to a non-loopback address run without a cluster key (anyone who reaches int_port or mgt_port can then act as a host); only for networks you trust completely",
         |c, v| c.insecure_cluster = parse_bool(v)?,
         |c| (c.insecure_cluster as u8).to_string()
+    ),
+    param!(
+        "rejoin_in_process",
+        "0",
+        true,
+        "1: a host the store declared failed (after a pause or a network cut) rejoins in-process as a new, empty member; 0: it exits with code 1 and its supervisor restarts it (the image's restart policy does). Off by default until a rejoin after a network partition is shown to settle (see docs/cluster.md) (1/0)",
+        |c, v| c.rejoin_in_process = parse_bool(v)?,
+        |c| (c.rejoin_in_process as u8).to_string()
     ),
     param!(
         "requirepass",

