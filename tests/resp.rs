@@ -381,6 +381,11 @@ fn scan_type_filters_by_value_kind() {
         "*2\r\n$1\r\n0\r\n*0\r\n",
     );
     c.cmd(&["SCAN", "0", "TYPE"], "-ERR syntax error\r\n");
+    // Cursors this server did not hand out: beyond the packed range (resp::cursor), a host
+    // part on a node's own listing (svr_port), and not a number.
+    for bad in ["18446744073709551615", "4398046511104", "x"] {
+        c.cmd(&["SCAN", bad], "-ERR invalid cursor\r\n");
+    }
     // A type change moves the key between listings.
     c.cmd(&["DEL", "h:00"], ":1\r\n");
     c.cmd(&["SET", "h:00", "v"], "+OK\r\n");
