@@ -458,20 +458,11 @@ impl ClusterPki {
     fn new(ips: &[String]) -> ClusterPki {
         let dir = tempfile::tempdir().unwrap();
         for (name, ca_name) in [("store", "stategrid store CA"), ("foreign", "another CA")] {
-            let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-            ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            ca_params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, ca_name);
-            let ca_key = rcgen::KeyPair::generate().unwrap();
-            let ca = ca_params.self_signed(&ca_key).unwrap();
-            let host_params = rcgen::CertificateParams::new(ips.to_vec()).unwrap();
-            let host_key = rcgen::KeyPair::generate().unwrap();
-            let host = host_params.signed_by(&host_key, &ca, &ca_key).unwrap();
+            let (ca, host, host_key) = common::pki::make_pki(ca_name, ips);
             let p = dir.path();
-            std::fs::write(p.join(format!("{name}-ca.pem")), ca.pem()).unwrap();
-            std::fs::write(p.join(format!("{name}-cert.pem")), host.pem()).unwrap();
-            std::fs::write(p.join(format!("{name}-key.pem")), host_key.serialize_pem()).unwrap();
+            std::fs::write(p.join(format!("{name}-ca.pem")), ca).unwrap();
+            std::fs::write(p.join(format!("{name}-cert.pem")), host).unwrap();
+            std::fs::write(p.join(format!("{name}-key.pem")), host_key).unwrap();
         }
         ClusterPki { dir }
     }

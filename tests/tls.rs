@@ -44,21 +44,9 @@ impl Pki {
     }
 }
 
-/// (CA certificate, host certificate, host key) in PEM.
+/// A CA named `ca_name` and a certificate for 127.0.0.1 and localhost (`common::pki`).
 fn make_pki(ca_name: &str) -> (String, String, String) {
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, ca_name);
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let host_params =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .unwrap();
-    let host_key = rcgen::KeyPair::generate().unwrap();
-    let host = host_params.signed_by(&host_key, &ca, &ca_key).unwrap();
-    (ca.pem(), host.pem(), host_key.serialize_pem())
+    common::pki::make_pki(ca_name, &["127.0.0.1".to_owned(), "localhost".to_owned()])
 }
 
 /// A server with `secure_svr_port` on (and whatever `extra` adds); returns it and the port.

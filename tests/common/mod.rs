@@ -29,6 +29,7 @@ pub fn bin() -> PathBuf {
 
 pub mod hosts;
 pub mod http;
+pub mod pki;
 #[path = "../support/ports.rs"]
 mod ports;
 pub mod programs;
