@@ -386,6 +386,10 @@ pub struct ClusterNode {
     down: BTreeSet<HostId>,
     /// SWIM's view: hosts reported up (join requests go there).
     up: BTreeSet<HostId>,
+    /// When each member last sent this host a peer message (members only, so bounded by
+    /// the map's hosts). A leader fails a host SWIM reports down only once it has not heard
+    /// from it for [`Self::contact_grace_ms`] (see [`Self::presumed_down`]).
+    heard_ms: BTreeMap<HostId, u64>,
     joining: bool,
     leave_requested: bool,
     rejoin_requested: bool,
@@ -491,6 +495,7 @@ impl ClusterNode {
             primary_since: Vec::new(),
             down: BTreeSet::new(),
             up: BTreeSet::new(),
+            heard_ms: BTreeMap::new(),
             joining: false,
             leave_requested: false,
             rejoin_requested: false,
@@ -741,6 +746,21 @@ impl ClusterNode {
             }
             return;
         }
+        // Recorded after the message is handled: a lease request is judged on what the
+        // leader heard before it (see `presumed_down`).
+        let member = self.state.borrow().host(from).is_some();
+        self.on_peer_msg(now_ms, from, msg);
+        if member {
+            self.heard_ms.insert(from, now_ms);
+            if self.heard_ms.len() > 2 * self.state.borrow().hosts.len() + 8 {
+                // Hosts that left the map over the store's life (each restart is a new id).
+                let st = self.state.borrow();
+                self.heard_ms.retain(|h, _| st.host(*h).is_some());
+            }
+        }
+    }
+
+    fn on_peer_msg(&mut self, now_ms: u64, from: HostId, msg: PeerMsg) {
         match msg {
             PeerMsg::Raft(m) => {
                 // raft-rs trusts its peers' arithmetic and panics on some malformed messages
@@ -765,7 +785,7 @@ impl ClusterNode {
                 seq,
                 applied_epoch,
                 held_epoch,
-            } => self.on_lease_request(from, seq, applied_epoch, held_epoch),
+            } => self.on_lease_request(now_ms, from, seq, applied_epoch, held_epoch),
             PeerMsg::LeaseGrant { seq, epoch } => self.on_lease_grant(seq, epoch),
             PeerMsg::LeaveRequest => {
                 if self.is_leader() && self.state.borrow().host(from).is_some() {
@@ -882,7 +902,7 @@ impl ClusterNode {
             let held_epoch = self.lease_epoch;
             self.renew_leader = leader.0;
             if leader == me {
-                self.on_lease_request(me, seq, applied_epoch, held_epoch);
+                self.on_lease_request(now_ms, me, seq, applied_epoch, held_epoch);
             } else {
                 self.send(
                     leader,
@@ -914,7 +934,14 @@ impl ClusterNode {
         }
     }
 
-    fn on_lease_request(&mut self, from: HostId, seq: u64, applied_epoch: u64, held_epoch: u64) {
+    fn on_lease_request(
+        &mut self,
+        now_ms: u64,
+        from: HostId,
+        seq: u64,
+        applied_epoch: u64,
+        held_epoch: u64,
+    ) {
         if !self.is_leader() {
             return;
         }
@@ -923,7 +950,7 @@ impl ClusterNode {
             .borrow()
             .host(from)
             .is_some_and(|h| h.state != HostState::Failed);
-        if !ok || self.down.contains(&from) {
+        if !ok || self.presumed_down(from, now_ms) {
             return;
         }
         // Prove leadership after the request was sent: a ReadIndex round with a quorum.
@@ -933,6 +960,29 @@ impl ClusterNode {
         ctx.extend_from_slice(&applied_epoch.to_le_bytes());
         ctx.extend_from_slice(&held_epoch.to_le_bytes());
         self.raw.read_index(ctx);
+    }
+
+    /// How long a leader keeps trusting its own contact with a host over SWIM's word that
+    /// it is down: four heartbeat rounds. Followers answer every heartbeat, so a host cut off
+    /// from the leader falls silent for this long well inside SWIM's detection time (at
+    /// least 300 ms), and a real failure is not failed over later than before.
+    fn contact_grace_ms(&self) -> u64 {
+        4 * self.cfg.heartbeat_ticks as u64 * self.cfg.tick_ms
+    }
+
+    /// SWIM reports `h` down and this host has not heard from it for
+    /// [`Self::contact_grace_ms`]. SWIM alone is not enough: after a partition heals, the
+    /// cut-off side's verdicts (every host it could not reach is "down") spread to the
+    /// majority before the hosts refute them, and a leader acting on one would expel a
+    /// host it was talking to a heartbeat ago (CI found this: the container partition test
+    /// lost the store's quorum to it). Checked on every tick, so a host SWIM reported down
+    /// while it still answered is failed once it stops answering.
+    fn presumed_down(&self, h: HostId, now_ms: u64) -> bool {
+        self.down.contains(&h)
+            && self
+                .heard_ms
+                .get(&h)
+                .is_none_or(|&t| now_ms >= t + self.contact_grace_ms())
     }
 
     fn on_lease_confirmed(&mut self, now_ms: u64, ctx: &[u8]) {
@@ -1051,11 +1101,9 @@ impl ClusterNode {
         let me = self.cfg.id;
 
         // 1. Down hosts become Failed.
-        if let Some(h) = st
-            .hosts
-            .iter()
-            .find(|h| h.state != HostState::Failed && self.down.contains(&h.id) && h.id != me)
-        {
+        if let Some(h) = st.hosts.iter().find(|h| {
+            h.state != HostState::Failed && h.id != me && self.presumed_down(h.id, now_ms)
+        }) {
             let id = h.id;
             return self.propose(
                 now_ms,
@@ -1094,7 +1142,9 @@ impl ClusterNode {
         let mut by_join: Vec<&HostInfo> = st
             .hosts
             .iter()
-            .filter(|h| live(h) && !st.witnesses.contains(&h.id) && !self.down.contains(&h.id))
+            .filter(|h| {
+                live(h) && !st.witnesses.contains(&h.id) && !self.presumed_down(h.id, now_ms)
+            })
             .collect();
         by_join.sort_by_key(|h| st.join_seq.get(&h.id).copied().unwrap_or(u64::MAX));
         let mut want: BTreeSet<u64> = by_join.iter().take(VOTERS_MAX).map(|h| h.id.0).collect();

@@ -456,3 +456,41 @@ fn a_forged_leader_transfer_with_a_term_is_refused_not_fatal() {
     }
     assert!(fed > 0, "no frame of the input decodes");
 }
+
+/// CI found this in the container partition test: when a partition heals, the cut-off
+/// side's SWIM verdicts ("every host I could not reach is down") reach the majority a moment
+/// before the hosts refute them. The leader failed a host it had heard from a heartbeat
+/// earlier; that host exited, and with the cut-off host already failed the store had lost
+/// its Raft quorum for good. A SWIM "down" now fails a host only once the leader has not
+/// heard from it for a few heartbeats; a host that then really stops answering is failed.
+#[test]
+fn a_stale_swim_verdict_does_not_fail_a_host_the_leader_hears() {
+    let mut m = Mini::new(3, 1);
+    assert!(m.run_until(20_000, Mini::settled), "the store settles");
+    let leader = m.leader();
+    let f = (leader + 1) % 3;
+    let fid = m.nodes[f].id();
+    m.input(
+        leader,
+        Input::Member {
+            host: fid,
+            event: MemberEvent::Down,
+        },
+    );
+    let state_of = |m: &Mini| m.nodes[m.leader()].state().host(fid).map(|h| h.state);
+    // The host keeps answering: it stays in the store (and keeps its vote and its lease).
+    let failed = m.run_until(2_000, |m| state_of(m) != Some(HostState::Active));
+    assert!(
+        !failed,
+        "a host the leader hears was failed: {:?}",
+        state_of(&m)
+    );
+    assert!(
+        m.nodes[f].holds_lease(m.now_ms),
+        "its lease is still renewed"
+    );
+    // Now it really stops: the same (never refuted) SWIM report fails it.
+    m.dead[f] = true;
+    let failed = m.run_until(2_000, |m| state_of(m) == Some(HostState::Failed));
+    assert!(failed, "a silent host reported down is failed");
+}
