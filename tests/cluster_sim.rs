@@ -1748,13 +1748,11 @@ const CI_SEEDS_PER_SHARD: u64 = 250;
 /// Seeds that fail today on gaps found by this simulation and not fixed yet (see
 /// docs/cluster.md, "Known gaps"); they run in `known_failing_seeds` (ignored), every other
 /// seed runs in CI. Each is a regression case: remove it from here once it passes.
-/// 126, 730, 759: an answered change not visible after the heal (not triaged yet); 547: a
-/// host restarted after a pause never installs a map (not converged). 48 (not converged, as
-/// 547) and 482 (a one-way partition isolates both copies of a partition, both hosts are
-/// expelled and restart empty: a double fault, beyond the one-host promise, which the fault
-/// schedule should not count) started failing when the control plane's lease and timing
-/// changes met this simulation (2026-12-02 merge); not triaged further.
-const KNOWN_FAILING_SEEDS: &[u64] = &[48, 126, 482, 547, 730, 759];
+/// 482: a one-way cut isolates both copies of a partition, both hosts are expelled and
+/// restart empty (a double fault, beyond the one-host promise, which the fault schedule
+/// should not count). 48, 126, 547, 730 and 759 failed until a leader stopped acting on
+/// stale SWIM verdicts after a heal (`node_tests::a_stale_swim_verdict_does_not_fail_a_host_the_leader_hears`).
+const KNOWN_FAILING_SEEDS: &[u64] = &[482];
 
 fn random_shard(shard: u64) {
     let mut worst = 0;
