@@ -234,7 +234,7 @@ impl Config {
             cluster_key: String::new(),
             cluster_key_file: PathBuf::new(),
             insecure_cluster: false,
-            rejoin_in_process: false,
+            rejoin_in_process: true,
             peer_key: None,
             users_file: PathBuf::new(),
             requirepass: String::new(),
@@ -728,9 +728,9 @@ pub static PARAMS: &[ParamSpec] = &[
     ),
     param!(
         "rejoin_in_process",
-        "0",
+        "1",
         true,
-        "1: a host the store declared failed (after a pause or a network cut) rejoins in-process as a new, empty member; 0: it exits with code 1 and its supervisor restarts it (the image's restart policy does). Off by default until a rejoin after a network partition is shown to settle (see docs/cluster.md) (1/0)",
+        "1: a host the store declared failed (after a pause or a network cut) rejoins in-process as a new, empty member, as ScaleOut's hosts do; 0: it exits with code 1 and its supervisor restarts it (1/0)",
         |c, v| c.rejoin_in_process = parse_bool(v)?,
         |c| (c.rejoin_in_process as u8).to_string()
     ),

@@ -1114,6 +1114,19 @@ fn a_three_host_store_in_containers_survives_kill_partition_and_rolling_restart(
         all_logs,
     );
     let heal_ms = healed.elapsed().as_millis();
+    // It rejoined in the same process (rejoin_in_process, on by default): Docker did not
+    // have to restart it, and it says so in its log.
+    assert_eq!(
+        inspect(&minority.name, "{{.RestartCount}}"),
+        "0",
+        "the isolated host exited instead of rejoining in-process\n{}",
+        all_logs()
+    );
+    assert!(
+        logs(&minority.name).contains("rejoining in-process as a new, empty member"),
+        "the isolated host does not say it rejoined in-process\n{}",
+        all_logs()
+    );
 
     // 4. Rolling restart of all three (SIGTERM, then start) under load, one at a time.
     let mut restart_ms = Vec::new();

@@ -29,9 +29,10 @@
 //! Name lookups (the `hosts` list) never run here: a slow name server would stall Raft ticks
 //! and lease renewals. They run on [`super::resolver`]'s thread and come back as events.
 //!
-//! A host the store declares failed (`Output::Expelled`) exits with code 1: its objects and
-//! log are gone from the store's point of view, and it must restart as a new member (a
-//! supervisor does that).
+//! A host the store declares failed (`Output::Expelled`) cannot serve under its id again: its
+//! objects and log are gone from the store's point of view. It rejoins in-process as a new,
+//! empty member (`Ctl::rejoin`), or with `rejoin_in_process 0` exits with code 1
+//! for a supervisor to restart.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{self, Read, Write};
