@@ -476,9 +476,10 @@ struct Link {
     inbuf: Vec<u8>,
 }
 
-/// An outgoing admin request to another host (gathering counters, forwarding `set`).
+/// An outgoing admin request to another host (gathering counters, forwarding `set`): TLS
+/// under the store CA with `tls_cluster 1`, as the peer links are.
 struct Call {
-    stream: Option<TcpStream>,
+    stream: Option<Stream>,
     connected: bool,
     out: Vec<u8>,
     out_off: usize,
@@ -1854,8 +1855,16 @@ impl Ctl {
         self.next_id += 1;
         let mut out = admin::request_line(req, auth).into_bytes();
         out.push(b'\n');
-        let (stream, result) = match connect_nonblocking(&self.io.poll, self.cfg.net_interface, to)
-        {
+        // With tls_cluster the other host's mgt_port takes the admin line inside TLS (it
+        // tells a handshake from a line by the first byte), so the counters and the `set`
+        // with its forwarded credentials cross the network encrypted.
+        let connected = connect_nonblocking(&self.io.poll, self.cfg.net_interface, to).and_then(
+            |s| match &self.io.tls {
+                Some(tls) => tls.connect(s, to.ip()),
+                None => Ok(Stream::Plain(s)),
+            },
+        );
+        let (stream, result) = match connected {
             Ok(s) => (Some(s), None),
             Err(e) => (None, Some(Err(format!("cannot connect to {to}: {e}")))),
         };
@@ -1883,12 +1892,13 @@ impl Ctl {
             let Some(s) = c.stream.as_mut() else { continue };
             let step = (|| -> io::Result<Option<Value>> {
                 if !c.connected {
-                    if !connect_done(s)? {
+                    if !connect_done(s.tcp())? {
                         return Ok(None);
                     }
                     c.connected = true;
                 }
                 write_some(s, &mut c.out, &mut c.out_off)?;
+                s.flush_tls()?;
                 let open = read_some(s, &mut c.inbuf, &mut capped)?;
                 if let Some(nl) = c.inbuf.iter().position(|&b| b == b'\n') {
                     let v: Value = serde_json::from_slice(&c.inbuf[..nl])

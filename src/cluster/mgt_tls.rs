@@ -6,7 +6,8 @@
 //! certificate signed by the same CA (rustls `WebPkiClientVerifier`), and each presents its
 //! own `tls_cert_file`/`tls_key_file`. A host whose certificate another CA signed cannot
 //! complete a handshake, so it cannot join or send a frame. Plaintext peer connections are
-//! refused. The admin protocol (the CLI) stays plaintext on `mgt_port` (TLS for it is
+//! refused. The admin calls hosts make to each other (`query`'s counters, a forwarded `set`)
+//! are TLS too; the CLI's admin lines may stay plaintext on `mgt_port` (TLS for it is
 //! `secure_mgt_port`).
 //!
 //! What TLS proves is "a host of this store", not which one: with a `cluster_key` the

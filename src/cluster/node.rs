@@ -711,6 +711,11 @@ impl ClusterNode {
         if m.get_msg_type() == MessageType::MsgPropose && m.entries.is_empty() {
             return Err("a proposal with no entries".into());
         }
+        if m.get_msg_type() == MessageType::MsgPropose && m.term != 0 {
+            // As a leader transfer: a follower forwards proposals as local messages (term
+            // 0), and raft-rs asserts so as it forwards one (found by fuzz/raft, 2026-12-02).
+            return Err(format!("a proposal with term {}", m.term));
+        }
         if m.get_msg_type() == MessageType::MsgHeartbeat
             && m.commit > self.raw.raft.raft_log.last_index()
         {

@@ -414,25 +414,7 @@ fn forged_maps_in_snapshots_are_refused() {
 #[test]
 fn a_forged_append_with_term_zero_past_the_log_is_refused_not_fatal() {
     const INPUT: &[u8] = b"\x01\x00\x00\x00%\x00\x00\x00\x00\x00\x00\x00\x01\x01\x08\x03\x10\x02\x18\x01 \x020\x030\x05:\x0c\x08\x01\x10\x02\x18\x06\"\x04\x10\x02\x18\x02@\x06\x00\x00\x00%\x00\x00\x00\x00\x00\x00\x00\x01\x01\x08\x03\x10\x02\x18\x01 \x02(\x030\x05:\x0c\x08\x01\x10\x02\x18\x06\"\x04\x10\x02\x18\x02@\x06\x00\x00\x00++\x00\x00,";
-    let mut n = ClusterNode::joining(NodeConfig {
-        id: HostId(2),
-        addr: "127.0.0.2:2720/2721/2722".into(),
-        ..config(0, 1)
-    });
-    let (mut rest, mut now_ms, mut fed) = (&INPUT[1..], 0, 0);
-    while let Ok(Some((from, msg, used))) = super::super::wire::decode_frame(rest, 1 << 20) {
-        rest = &rest[used..];
-        let _ = n.handle(now_ms, Input::Peer { from, msg });
-        now_ms += 100;
-        let _ = n.handle(now_ms, Input::Tick);
-        fed += 1;
-    }
-    assert_eq!(fed, 2, "both forged appends decode and reach the node");
-    assert_eq!(
-        n.raw.raft.raft_log.last_index(),
-        0,
-        "a forged entry was appended"
-    );
+    feed_fuzz_input(INPUT);
 }
 
 /// Found by `fuzz/raft` (campaign of 2026-12-02, after 950,000 inputs): a forged
@@ -440,14 +422,41 @@ fn a_forged_append_with_term_zero_past_the_log_is_refused_not_fatal() {
 /// ("term should not be set when sending MsgTransferLeader"). Fed as the fuzz target does.
 #[test]
 fn a_forged_leader_transfer_with_a_term_is_refused_not_fatal() {
-    const INPUT: &[u8] = include_bytes!("../../fuzz/corpus/raft/crash-transfer-leader-with-term");
-    let mut n = ClusterNode::joining(NodeConfig {
-        id: HostId(2),
-        addr: "127.0.0.2:2720/2721/2722".into(),
+    feed_fuzz_input(include_bytes!(
+        "../../fuzz/corpus/raft/crash-transfer-leader-with-term"
+    ));
+}
+
+/// A 10-million-execution campaign of fuzz/raft found this: a proposal that arrives with a
+/// term set reached raft-rs's assertion as a follower forwarded it ("term should not be set
+/// when sending MsgPropose"). Fed as the fuzz target does.
+#[test]
+fn a_forged_proposal_with_a_term_is_refused_not_fatal() {
+    feed_fuzz_input(include_bytes!(
+        "../../fuzz/corpus/raft/crash-propose-with-term"
+    ));
+}
+
+/// Feeds a fuzz/raft input to a node as the target does: the first byte picks the node
+/// (even: a bootstrapped leader, id 1; odd: a joining host, id 2), then up to 8 frames, each
+/// with a tick after it.
+fn feed_fuzz_input(input: &[u8]) {
+    let (&pick, mut rest) = input.split_first().expect("a non-empty input");
+    let node_config = |id: u64| NodeConfig {
+        id: HostId(id),
+        addr: format!("127.0.0.{id}:2720/2721/2722"),
         ..config(0, 1)
-    });
-    let (mut rest, mut now_ms, mut fed) = (&INPUT[1..], 0, 0);
-    while let Ok(Some((from, msg, used))) = super::super::wire::decode_frame(rest, 1 << 20) {
+    };
+    let mut n = if pick & 1 == 0 {
+        ClusterNode::bootstrap(node_config(1), 0)
+    } else {
+        ClusterNode::joining(node_config(2))
+    };
+    let (mut now_ms, mut fed) = (0, 0);
+    for _ in 0..8 {
+        let Ok(Some((from, msg, used))) = super::super::wire::decode_frame(rest, 1 << 20) else {
+            break;
+        };
         rest = &rest[used..];
         let _ = n.handle(now_ms, Input::Peer { from, msg });
         now_ms += 100;
