@@ -133,6 +133,29 @@ impl Capture {
     }
 }
 
+/// The UDP payloads of a pcap file tcpdump wrote on `lo` (Ethernet framing, IPv4).
+fn udp_payloads(pcap: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut at = 24; // the file header
+    while let Some(head) = pcap.get(at..at + 16) {
+        let caught = u32::from_le_bytes(head[8..12].try_into().unwrap()) as usize;
+        let Some(frame) = pcap.get(at + 16..at + 16 + caught) else {
+            break;
+        };
+        at += 16 + caught;
+        // Ethernet (14 bytes), then IPv4 with its header length, then UDP (8 bytes).
+        let Some(ip) = frame.get(14..) else { continue };
+        if ip.first().is_none_or(|b| b >> 4 != 4) || ip.get(9) != Some(&17) {
+            continue;
+        }
+        let ihl = (ip[0] & 0x0f) as usize * 4;
+        if let Some(payload) = ip.get(ihl + 8..) {
+            out.push(payload.to_vec());
+        }
+    }
+    out
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -242,6 +265,34 @@ fn three_tls_hosts_replicate_encrypted_and_keep_acknowledged_writes_through_kill
         println!(
             "mgt_port capture between hosts: {} bytes, no plaintext admin line",
             bytes.len()
+        );
+    }
+
+    // SWIM and discovery datagrams are encrypted under the cluster key: a capture of
+    // mgt_port's UDP (probes, acks and gossip naming every member) holds no host's address
+    // in any datagram's payload, as a plaintext SWIM message would.
+    let filter = format!("udp port {}", store.mgt_port);
+    if let Some(capture) = Capture::start_filter(pki.dir.path(), "swim", &filter) {
+        std::thread::sleep(Duration::from_millis(1_500));
+        let payloads = udp_payloads(&capture.stop());
+        assert!(
+            payloads.len() >= 5,
+            "only {} SWIM datagrams in 1.5 s",
+            payloads.len()
+        );
+        for h in &store.hosts {
+            let ip: std::net::Ipv4Addr = h.ip.parse().unwrap();
+            for p in &payloads {
+                assert!(
+                    !contains(p, &ip.octets()),
+                    "a SWIM datagram names host {} in plaintext: {p:02x?}",
+                    h.ip
+                );
+            }
+        }
+        println!(
+            "mgt_port UDP capture: {} datagrams, no host address in plaintext",
+            payloads.len()
         );
     }
 

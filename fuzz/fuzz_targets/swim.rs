@@ -1,7 +1,8 @@
 //! SWIM/discovery datagrams as the control plane takes them (`cluster/control.rs`): the
-//! cluster-key seal is checked first (`ClusterKey::open`: HMAC tag and time window), then the
-//! body goes to foca (`Swim::on_datagram`). Both layers get the raw bytes: the fuzzer cannot
-//! forge a tag, so the SWIM layer is also fed directly (what a cluster without a key does).
+//! cluster-key seal is checked first (`ClusterKey::open`: ChaCha20-Poly1305 tag and time
+//! window), then the body goes to foca (`Swim::on_datagram`). Both layers get the raw bytes:
+//! the fuzzer cannot forge a tag, so the SWIM layer is also fed directly (what a cluster
+//! without a key does).
 //!
 //! Holds: no panic; only a datagram the key sealed opens; the member list stays bounded.
 #![no_main]
@@ -16,13 +17,13 @@ fuzz_target!(|data: &[u8]| {
     let key = ClusterKey::new(b"fuzz-cluster-key-0123456789abcdef").expect("a valid key");
     let now_ms = 1_000_000;
     // The corpus holds one genuine seal (`corpus/swim/sealed`), so opening may succeed; what
-    // must hold is that only the key's own seal opens: the same body and time seal to exactly
-    // these bytes.
+    // must hold is that only the key's own seal opens: the same body, time and nonce seal to
+    // exactly these bytes.
     if let Ok(body) = key.open(data, now_ms) {
-        let ts = &data[body.len()..body.len() + 8];
-        let sent_ms = u64::from_be_bytes(ts.try_into().expect("8 bytes"));
+        let sent_ms = ClusterKey::datagram_sent_ms(data).expect("an opened datagram has a time");
+        let nonce = ClusterKey::datagram_nonce(data).expect("an opened datagram has a nonce");
         assert_eq!(
-            key.seal(body, sent_ms),
+            key.seal_with_nonce(&body, sent_ms, nonce),
             data,
             "a datagram opened that the key did not seal"
         );

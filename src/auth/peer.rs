@@ -21,16 +21,20 @@
 //! is the host it meant to dial; the store does not ask for that (a host restarted on the same
 //! address has a new id and still belongs to the store).
 //!
-//! **UDP (SWIM, discovery)**: each datagram is `body | sent_ms (u64 BE) | tag (16 bytes)`, the
-//! tag `HMAC(k, "datagram" | body | sent_ms)` truncated to 128 bits; a datagram whose tag does
-//! not verify, or sent more than [`DATAGRAM_WINDOW_MS`] from our clock, is dropped before it
-//! is decoded. The window bounds replay; within it a replayed SWIM message only repeats what
-//! its sender said (SWIM's incarnation numbers order what it says).
+//! **UDP (SWIM, discovery)**: each datagram is encrypted and authenticated with
+//! ChaCha20-Poly1305 (ring) under a key derived from the secret (`HMAC(k, "datagram-aead-v1")`):
+//! `sent_ms (u64 BE) | nonce (12 random bytes) | ciphertext | tag (16 bytes)`, with `"SGD1" |
+//! sent_ms` as associated data. A datagram whose tag does not verify, or sent more than
+//! [`DATAGRAM_WINDOW_MS`] from our clock, is dropped before it is decoded. So membership (host
+//! ids, addresses, flags) is not readable on the wire either. The window bounds replay; within
+//! it a replayed SWIM message only repeats what its sender said (SWIM's incarnation numbers
+//! order what it says).
 //!
-//! Cost: one handshake per connection (two HMACs a side); per datagram two HMAC-SHA256 passes
-//! over at most a few KiB. Nothing per request.
+//! Cost: one handshake per connection (two HMACs a side); per datagram one ChaCha20-Poly1305
+//! pass over at most 1.4 KiB and one allocation for the other side's copy. Nothing per request.
 
 use hmac::{Hmac, Mac};
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -45,8 +49,10 @@ pub const HELLO_BYTES: usize = 4 + 8 + NONCE_BYTES;
 pub const CHALLENGE_BYTES: usize = 8 + NONCE_BYTES + TAG_BYTES;
 /// `C2`: tag.
 pub const PROOF_BYTES: usize = TAG_BYTES;
-/// Bytes a datagram's seal adds: timestamp and truncated tag.
-pub const SEAL_BYTES: usize = 8 + 16;
+/// Bytes a datagram's seal adds: timestamp, nonce and tag.
+pub const SEAL_BYTES: usize = 8 + NONCE_LEN + 16;
+/// Associated data of a sealed datagram, before its timestamp ("stategrid datagram", v1).
+const DATAGRAM_AAD: [u8; 4] = *b"SGD1";
 /// How far a datagram's timestamp may be from our clock (both ways): hosts' clocks must
 /// agree this well, and a captured datagram replays only within it.
 pub const DATAGRAM_WINDOW_MS: u64 = 30_000;
@@ -85,6 +91,8 @@ pub enum AuthError {
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClusterKey {
     bytes: Vec<u8>,
+    /// The datagrams' ChaCha20-Poly1305 key, derived from `bytes`.
+    datagram_key: [u8; 32],
 }
 
 impl std::fmt::Debug for ClusterKey {
@@ -103,7 +111,13 @@ impl ClusterKey {
                 t.len()
             ));
         }
-        Ok(ClusterKey { bytes: t.to_vec() })
+        let mut m = HmacSha256::new_from_slice(t).expect("HMAC takes any key length");
+        m.update(b"datagram-aead-v1");
+        let datagram_key: [u8; 32] = m.finalize().into_bytes().into();
+        Ok(ClusterKey {
+            bytes: t.to_vec(),
+            datagram_key,
+        })
     }
 
     /// The configured key: `cluster_key_file`'s contents, else `cluster_key`, else none.
@@ -134,33 +148,84 @@ impl ClusterKey {
         m
     }
 
-    /// Seals a datagram body for sending at `now_ms` (wall clock).
+    /// Seals a datagram body for sending at `now_ms` (wall clock): encrypted under a fresh
+    /// random nonce.
     pub fn seal(&self, body: &[u8], now_ms: u64) -> Vec<u8> {
+        let mut n = [0u8; NONCE_LEN];
+        getrandom::fill(&mut n).expect("the kernel's random source (getrandom) is available");
+        self.seal_with_nonce(body, now_ms, n)
+    }
+
+    /// [`Self::seal`] with a given nonce (a nonce must never repeat under one key: only
+    /// `seal` and tests that check a seal's exact bytes call this).
+    pub fn seal_with_nonce(&self, body: &[u8], now_ms: u64, nonce: [u8; NONCE_LEN]) -> Vec<u8> {
         let ts = now_ms.to_be_bytes();
-        let tag = self.mac(b"datagram", &[body, &ts]).finalize().into_bytes();
         let mut out = Vec::with_capacity(body.len() + SEAL_BYTES);
-        out.extend_from_slice(body);
         out.extend_from_slice(&ts);
-        out.extend_from_slice(&tag[..16]);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(body);
+        let mut in_out = out.split_off(8 + NONCE_LEN);
+        self.aead()
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(Self::aad(&ts)),
+                &mut in_out,
+            )
+            .expect("a datagram is far below ChaCha20-Poly1305's length limit");
+        out.extend_from_slice(&in_out);
         out
     }
 
-    /// Checks a sealed datagram and returns its body.
-    pub fn open<'a>(&self, dgram: &'a [u8], now_ms: u64) -> Result<&'a [u8], AuthError> {
+    /// Checks a sealed datagram and returns its body, decrypted.
+    pub fn open(&self, dgram: &[u8], now_ms: u64) -> Result<Vec<u8>, AuthError> {
         if dgram.len() < SEAL_BYTES {
             return Err(AuthError::Short(dgram.len()));
         }
-        let (rest, tag) = dgram.split_at(dgram.len() - 16);
-        let (body, ts) = rest.split_at(rest.len() - 8);
-        self.mac(b"datagram", &[body, ts])
-            .verify_truncated_left(tag)
-            .map_err(|_| AuthError::BadTag)?;
-        let sent_ms = u64::from_be_bytes(ts.try_into().expect("8 bytes"));
+        let (ts, rest) = dgram.split_at(8);
+        let (nonce, sealed) = rest.split_at(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().expect("NONCE_LEN bytes");
+        let ts: [u8; 8] = ts.try_into().expect("8 bytes");
+        let mut in_out = sealed.to_vec();
+        let body_len = self
+            .aead()
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(Self::aad(&ts)),
+                &mut in_out,
+            )
+            .map_err(|_| AuthError::BadTag)?
+            .len();
+        in_out.truncate(body_len);
+        let sent_ms = u64::from_be_bytes(ts);
         let skew_ms = sent_ms.abs_diff(now_ms);
         if skew_ms > DATAGRAM_WINDOW_MS {
             return Err(AuthError::Stale { sent_ms, skew_ms });
         }
-        Ok(body)
+        Ok(in_out)
+    }
+
+    /// A datagram's sent time, readable without the key (it is associated data, not secret).
+    pub fn datagram_sent_ms(dgram: &[u8]) -> Option<u64> {
+        Some(u64::from_be_bytes(dgram.get(..8)?.try_into().ok()?))
+    }
+
+    /// A datagram's nonce, readable without the key.
+    pub fn datagram_nonce(dgram: &[u8]) -> Option<[u8; NONCE_LEN]> {
+        dgram.get(8..8 + NONCE_LEN)?.try_into().ok()
+    }
+
+    fn aad(ts: &[u8; 8]) -> [u8; 12] {
+        let mut a = [0u8; 12];
+        a[..4].copy_from_slice(&DATAGRAM_AAD);
+        a[4..].copy_from_slice(ts);
+        a
+    }
+
+    fn aead(&self) -> LessSafeKey {
+        LessSafeKey::new(
+            UnboundKey::new(&CHACHA20_POLY1305, &self.datagram_key)
+                .expect("a 32-byte ChaCha20-Poly1305 key"),
+        )
     }
 }
 
@@ -403,12 +468,19 @@ mod tests {
         let k = key("0123456789abcdef-secret");
         let sealed = k.seal(b"swim", 1_000_000);
         assert_eq!(k.open(&sealed, 1_000_500).unwrap(), b"swim");
+        // Encrypted: the body is not in the datagram, and two seals of it differ.
+        assert!(!sealed.windows(4).any(|w| w == b"swim"));
+        assert_ne!(sealed, k.seal(b"swim", 1_000_000));
+        // The time is associated data: changing it breaks the tag, not just the window.
+        let mut retimed = sealed.clone();
+        retimed[7] ^= 1;
+        assert_eq!(k.open(&retimed, 1_000_000), Err(AuthError::BadTag));
         assert_eq!(
             key("0123456789abcdef-other").open(&sealed, 1_000_000),
             Err(AuthError::BadTag)
         );
         let mut tampered = sealed.clone();
-        tampered[0] ^= 1;
+        *tampered.last_mut().unwrap() ^= 1;
         assert_eq!(k.open(&tampered, 1_000_000), Err(AuthError::BadTag));
         assert!(matches!(
             k.open(&sealed, 1_000_000 + DATAGRAM_WINDOW_MS + 1),

@@ -744,14 +744,20 @@ impl Ctl {
         }
     }
 
-    /// With a cluster key, checks an incoming datagram's seal and returns its body; a
-    /// datagram that fails is dropped before it is decoded, with a log line now and then.
-    fn open<'a>(&mut self, dgram: &'a [u8], from: SocketAddr, now: u64) -> Option<&'a [u8]> {
+    /// With a cluster key, checks an incoming datagram's seal and returns its body (decrypted:
+    /// one copy); a datagram that fails is dropped before it is decoded, with a log line now
+    /// and then.
+    fn open<'a>(
+        &mut self,
+        dgram: &'a [u8],
+        from: SocketAddr,
+        now: u64,
+    ) -> Option<std::borrow::Cow<'a, [u8]>> {
         let Some(k) = &self.cfg.peer_key else {
-            return Some(dgram);
+            return Some(dgram.into());
         };
         match k.open(dgram, peer::wall_ms()) {
-            Ok(body) => Some(body),
+            Ok(body) => Some(body.into()),
             Err(e) => {
                 if self
                     .bad_datagram_logged_ms
@@ -774,7 +780,7 @@ impl Ctl {
             match self.udp.recv_from(&mut buf) {
                 Ok((n, from)) => {
                     if let Some(body) = self.open(&buf[..n], from, now) {
-                        self.swim.on_datagram(body, from, now)
+                        self.swim.on_datagram(&body, from, now)
                     }
                 }
                 Err(e) => {

@@ -13,7 +13,7 @@
 //! What TLS proves is "a host of this store", not which one: with a `cluster_key` the
 //! key handshake (`auth::peer`) still runs inside TLS and binds the connection to a host id.
 //! SWIM and discovery datagrams are not TLS; they carry membership only (no session data)
-//! and are authenticated by the cluster key's HMAC when one is set.
+//! and are encrypted and authenticated under the cluster key when one is set (`auth::peer`).
 //!
 //! The control loop uses nonblocking std sockets, so a TLS link is rustls's `StreamOwned`
 //! over the socket: reads and writes return `WouldBlock` until the handshake and the socket
