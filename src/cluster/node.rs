@@ -45,7 +45,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
 
 use protobuf::Message as _;
-use raft::prelude::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, Snapshot};
+use raft::prelude::{
+    ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, MessageType, Snapshot,
+};
 use raft::storage::MemStorage;
 use raft::{RawNode, StateRole, Storage};
 use serde::{Deserialize, Serialize};
@@ -386,9 +388,9 @@ pub struct ClusterNode {
     down: BTreeSet<HostId>,
     /// SWIM's view: hosts reported up (join requests go there).
     up: BTreeSet<HostId>,
-    /// When each member last sent this host a peer message (members only, so bounded by
-    /// the map's hosts). A leader fails a host SWIM reports down only once it has not heard
-    /// from it for [`Self::contact_grace_ms`] (see [`Self::presumed_down`]).
+    /// When each member last answered this host's Raft messages (members only, so bounded
+    /// by the map's hosts). A leader fails a host SWIM reports down only once it has had no
+    /// answer from it for [`Self::contact_grace_ms`] (see [`Self::presumed_down`]).
     heard_ms: BTreeMap<HostId, u64>,
     joining: bool,
     leave_requested: bool,
@@ -661,7 +663,6 @@ impl ClusterNode {
     /// `min(match, commit)`), a proposal proposes something, an append (after index 0), a
     /// snapshot and a vote request have a real term. Costs one pass over the entries; no allocation on success.
     fn raft_msg_well_formed(&self, from: HostId, m: &Message) -> Result<(), String> {
-        use raft::prelude::MessageType;
         if m.from != from.0 {
             return Err(format!("sent by {} on {from:?}'s link", m.from));
         }
@@ -751,9 +752,14 @@ impl ClusterNode {
             }
             return;
         }
-        // Recorded after the message is handled: a lease request is judged on what the
-        // leader heard before it (see `presumed_down`).
-        let member = self.state.borrow().host(from).is_some();
+        // Only an answer to our own Raft message proves contact both ways: a host cut off one
+        // way (it reaches the leader, the leader does not reach it) keeps sending lease
+        // requests it never gets grants for, and must still be failed over.
+        let answer = matches!(&msg, PeerMsg::Raft(m) if matches!(
+            m.get_msg_type(),
+            MessageType::MsgHeartbeatResponse | MessageType::MsgAppendResponse
+        ));
+        let member = answer && self.state.borrow().host(from).is_some();
         self.on_peer_msg(now_ms, from, msg);
         if member {
             self.heard_ms.insert(from, now_ms);

@@ -14,6 +14,8 @@ struct Mini {
     queue: VecDeque<(HostId, HostId, PeerMsg)>,
     /// Crashed nodes: not ticked, their messages (both ways) lost.
     dead: Vec<bool>,
+    /// One-way cuts: messages from the first host to the second are lost.
+    cut: Vec<(HostId, HostId)>,
 }
 
 fn config(i: usize, max_replicas: u8) -> NodeConfig {
@@ -43,6 +45,7 @@ impl Mini {
             now_ms: 0,
             queue: VecDeque::new(),
             dead: vec![false; hosts],
+            cut: Vec::new(),
         };
         let ids: Vec<HostId> = m.nodes.iter().map(|n| n.id()).collect();
         for i in 0..hosts {
@@ -95,6 +98,7 @@ impl Mini {
             if let Some(i) = self.nodes.iter().position(|n| n.id() == to)
                 && !self.dead[i]
                 && !sender_dead
+                && !self.cut.contains(&(from, to))
             {
                 self.input(i, Input::Peer { from, msg });
             }
@@ -502,4 +506,32 @@ fn a_stale_swim_verdict_does_not_fail_a_host_the_leader_hears() {
     m.dead[f] = true;
     let failed = m.run_until(2_000, |m| state_of(m) == Some(HostState::Failed));
     assert!(failed, "a silent host reported down is failed");
+}
+
+/// The other side of the rule above: a host the leader cannot reach (a one-way cut) may
+/// still send it messages (lease requests, votes), yet must be failed, or its partitions,
+/// whose lease it cannot get back, stay unserved until the cut heals. Only an answer to the
+/// leader's own Raft messages counts as contact.
+#[test]
+fn a_host_the_leader_cannot_reach_is_failed_though_it_still_sends() {
+    let mut m = Mini::new(3, 1);
+    assert!(m.run_until(20_000, Mini::settled), "the store settles");
+    let leader = m.leader();
+    let (lid, f) = (m.nodes[leader].id(), (leader + 1) % 3);
+    let fid = m.nodes[f].id();
+    m.cut.push((lid, fid));
+    m.input(
+        leader,
+        Input::Member {
+            host: fid,
+            event: MemberEvent::Down,
+        },
+    );
+    let failed = m.run_until(3_000, |m| {
+        m.nodes[m.leader()].state().host(fid).map(|h| h.state) == Some(HostState::Failed)
+    });
+    assert!(
+        failed,
+        "a host cut off from the leader one way is never failed"
+    );
 }
