@@ -418,7 +418,13 @@ fn forged_maps_in_snapshots_are_refused() {
 #[test]
 fn a_forged_append_with_term_zero_past_the_log_is_refused_not_fatal() {
     const INPUT: &[u8] = b"\x01\x00\x00\x00%\x00\x00\x00\x00\x00\x00\x00\x01\x01\x08\x03\x10\x02\x18\x01 \x020\x030\x05:\x0c\x08\x01\x10\x02\x18\x06\"\x04\x10\x02\x18\x02@\x06\x00\x00\x00%\x00\x00\x00\x00\x00\x00\x00\x01\x01\x08\x03\x10\x02\x18\x01 \x02(\x030\x05:\x0c\x08\x01\x10\x02\x18\x06\"\x04\x10\x02\x18\x02@\x06\x00\x00\x00++\x00\x00,";
-    feed_fuzz_input(INPUT);
+    let (n, fed) = feed_fuzz_input(INPUT);
+    assert_eq!(fed, 2, "both forged appends decode and reach the node");
+    assert_eq!(
+        n.raw.raft.raft_log.last_index(),
+        0,
+        "a forged entry was appended"
+    );
 }
 
 /// Found by `fuzz/raft` (campaign of 2026-12-02, after 950,000 inputs): a forged
@@ -443,8 +449,8 @@ fn a_forged_proposal_with_a_term_is_refused_not_fatal() {
 
 /// Feeds a fuzz/raft input to a node as the target does: the first byte picks the node
 /// (even: a bootstrapped leader, id 1; odd: a joining host, id 2), then up to 8 frames, each
-/// with a tick after it.
-fn feed_fuzz_input(input: &[u8]) {
+/// with a tick after it. Returns the node and how many frames reached it (at least one).
+fn feed_fuzz_input(input: &[u8]) -> (ClusterNode, usize) {
     let (&pick, mut rest) = input.split_first().expect("a non-empty input");
     let node_config = |id: u64| NodeConfig {
         id: HostId(id),
@@ -468,6 +474,7 @@ fn feed_fuzz_input(input: &[u8]) {
         fed += 1;
     }
     assert!(fed > 0, "no frame of the input decodes");
+    (n, fed)
 }
 
 /// CI found this in the container partition test: when a partition heals, the cut-off
