@@ -159,20 +159,21 @@ impl ClusterKey {
     /// [`Self::seal`] with a given nonce (a nonce must never repeat under one key: only
     /// `seal` and tests that check a seal's exact bytes call this).
     pub fn seal_with_nonce(&self, body: &[u8], now_ms: u64, nonce: [u8; NONCE_LEN]) -> Vec<u8> {
+        // One allocation: the body is copied in once and encrypted where it lies.
         let ts = now_ms.to_be_bytes();
         let mut out = Vec::with_capacity(body.len() + SEAL_BYTES);
         out.extend_from_slice(&ts);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(body);
-        let mut in_out = out.split_off(8 + NONCE_LEN);
-        self.aead()
-            .seal_in_place_append_tag(
+        let tag = self
+            .aead()
+            .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(Self::aad(&ts)),
-                &mut in_out,
+                &mut out[8 + NONCE_LEN..],
             )
             .expect("a datagram is far below ChaCha20-Poly1305's length limit");
-        out.extend_from_slice(&in_out);
+        out.extend_from_slice(tag.as_ref());
         out
     }
 
