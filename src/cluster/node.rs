@@ -64,6 +64,10 @@ const JOINS_MAX: usize = 64;
 const REMOVED_REMEMBERED_MAX: usize = 1024;
 /// A host declared failed is told so at most this often.
 const EXPELLED_NOTICE_MS: u64 = 500;
+/// Heartbeat rounds a leader trusts its own contact with a host over SWIM's "down"
+/// ([`ClusterNode::presumed_down`]): long enough to outlast a stale verdict after a heal,
+/// short against SWIM's detection time (at least 300 ms at 40 ms heartbeats: 160 ms).
+const CONTACT_GRACE_HEARTBEATS: u64 = 4;
 /// Log entries kept after compaction (lagging members get a snapshot instead).
 const LOG_ENTRIES_MAX: u64 = 64;
 
@@ -759,9 +763,9 @@ impl ClusterNode {
             m.get_msg_type(),
             MessageType::MsgHeartbeatResponse | MessageType::MsgAppendResponse
         ));
-        let member = answer && self.state.borrow().host(from).is_some();
+        let contact = answer && self.state.borrow().host(from).is_some();
         self.on_peer_msg(now_ms, from, msg);
-        if member {
+        if contact {
             self.heard_ms.insert(from, now_ms);
             if self.heard_ms.len() > 2 * self.state.borrow().hosts.len() + 8 {
                 // Hosts that left the map over the store's life (each restart is a new id).
@@ -990,7 +994,7 @@ impl ClusterNode {
     /// from the leader falls silent for this long well inside SWIM's detection time (at
     /// least 300 ms), and a real failure is not failed over later than before.
     fn contact_grace_ms(&self) -> u64 {
-        4 * self.cfg.heartbeat_ticks as u64 * self.cfg.tick_ms
+        CONTACT_GRACE_HEARTBEATS * self.cfg.heartbeat_ticks as u64 * self.cfg.tick_ms
     }
 
     /// SWIM reports `h` down and this host has not heard from it for
