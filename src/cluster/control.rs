@@ -518,6 +518,18 @@ struct Io {
     tls: Option<MgtTls>,
 }
 
+impl Io {
+    /// Opens a connection from `local` to another host's `mgt_port` (a peer link or an admin
+    /// call): nonblocking, watched by the poll, TLS under the store CA with `tls_cluster 1`.
+    fn dial(&self, local: Ipv4Addr, to: SocketAddr) -> io::Result<Stream> {
+        let s = connect_nonblocking(&self.poll, local, to)?;
+        match &self.tls {
+            Some(tls) => tls.connect(s, to.ip()),
+            None => Ok(Stream::Plain(s)),
+        }
+    }
+}
+
 struct Ctl {
     cfg: Arc<Config>,
     io: Io,
@@ -1217,12 +1229,7 @@ impl Ctl {
                 return; // backing off: dropped, Raft retransmits
             }
             link.addr = addr;
-            let connected = connect_nonblocking(&self.io.poll, self.cfg.net_interface, addr)
-                .and_then(|s| match &self.io.tls {
-                    Some(tls) => tls.connect(s, addr.ip()),
-                    None => Ok(Stream::Plain(s)),
-                });
-            match connected {
+            match self.io.dial(self.cfg.net_interface, addr) {
                 Ok(s) => {
                     link.stream = Some(s);
                     link.connected = false;
@@ -1864,13 +1871,7 @@ impl Ctl {
         // With tls_cluster the other host's mgt_port takes the admin line inside TLS (it
         // tells a handshake from a line by the first byte), so the counters and the `set`
         // with its forwarded credentials cross the network encrypted.
-        let connected = connect_nonblocking(&self.io.poll, self.cfg.net_interface, to).and_then(
-            |s| match &self.io.tls {
-                Some(tls) => tls.connect(s, to.ip()),
-                None => Ok(Stream::Plain(s)),
-            },
-        );
-        let (stream, result) = match connected {
+        let (stream, result) = match self.io.dial(self.cfg.net_interface, to) {
             Ok(s) => (Some(s), None),
             Err(e) => (None, Some(Err(format!("cannot connect to {to}: {e}")))),
         };
