@@ -1765,22 +1765,10 @@ fn random_run(seed: u64, check_reads: bool) -> u64 {
 /// The CI run: 1000 seeds over four tests (the test harness runs them in parallel).
 const CI_SEEDS_PER_SHARD: u64 = 250;
 
-/// Seeds that fail today on gaps found by this simulation and not fixed yet (see
-/// docs/cluster.md, "Known gaps"); they run in `known_failing_seeds` (ignored), every other
-/// seed runs in CI. Each is a regression case: remove it from here once it passes.
-/// None today. 48, 126, 547, 730 and 759 failed until a leader stopped acting on stale SWIM
-/// verdicts after a heal (`node_tests::a_stale_swim_verdict_does_not_fail_a_host_the_leader_hears`);
-/// 482 until the fault schedule stopped cutting off more hosts than the store promises to
-/// survive (`Sim::fault`).
-const KNOWN_FAILING_SEEDS: &[u64] = &[];
-
 fn random_shard(shard: u64) {
     let mut worst = 0;
     let mut failed = Vec::new();
     for seed in seeds(shard * CI_SEEDS_PER_SHARD, CI_SEEDS_PER_SHARD) {
-        if KNOWN_FAILING_SEEDS.contains(&seed) && std::env::var("STATEGRID_SIM_SEED").is_err() {
-            continue;
-        }
         match catch_unwind(|| random_run(seed, false)) {
             Ok(t) => worst = worst.max(t),
             Err(_) => failed.push(seed),
@@ -1791,7 +1779,10 @@ fn random_shard(shard: u64) {
 }
 
 /// Seeds past the CI's range that failed once (found by `soak`), kept as regression cases.
-/// 1213: a cut of 2 of 5 hosts with one replica (see `Sim::fault`).
+/// 1213: a cut of 2 of 5 hosts with one replica (see `Sim::fault`). Every seed of the CI's
+/// range passes; none is set aside (48, 126, 547, 730 and 759 failed until a leader stopped
+/// acting on stale SWIM verdicts after a heal, 482 until the fault schedule stopped cutting
+/// off more hosts than the store promises to survive).
 const REGRESSION_SEEDS: &[u64] = &[1213];
 
 #[test]
@@ -1799,20 +1790,6 @@ fn regression_seeds() {
     for &seed in REGRESSION_SEEDS {
         random_run(seed, false);
     }
-}
-
-/// The seeds of `KNOWN_FAILING_SEEDS`, which fail on known gaps:
-/// `cargo test --release --test cluster_sim -- --ignored known_failing_seeds`.
-#[test]
-#[ignore]
-fn known_failing_seeds() {
-    let mut failed = Vec::new();
-    for &seed in KNOWN_FAILING_SEEDS {
-        if catch_unwind(|| random_run(seed, false)).is_err() {
-            failed.push(seed);
-        }
-    }
-    assert!(failed.is_empty(), "seeds still failing: {failed:?}");
 }
 
 #[test]
