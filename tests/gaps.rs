@@ -312,7 +312,8 @@ fn namespace_count_list_and_clear_are_store_wide() {
 /// `ReplicationFailed` after `replication_timeout_ms`, reached on purpose: a replica frozen
 /// with SIGSTOP makes its primary's writes answer the typed error (retryable; the change may
 /// have been applied), and after SIGCONT no acknowledged write is lost, even when the primary
-/// is then killed and the thawed replica takes over.
+/// is then killed and the thawed replica takes over. Meanwhile a read of a write that failed
+/// is held and fails too (the write is in doubt until the replica has it).
 #[test]
 fn a_frozen_replica_turns_writes_into_replication_failed_and_loses_nothing() {
     use common::raw::Raw;
@@ -399,6 +400,26 @@ fn a_frozen_replica_turns_writes_into_replication_failed_and_loses_nothing() {
                 }
                 other => panic!("put of {k} with a frozen replica answered {other:?}"),
             }
+        }
+    }
+    // No read shows a change the store could still lose: a write that failed is in doubt while
+    // its replica is frozen (the primary sends it again until the replica confirms it), so a
+    // read of it through its primary is held and fails with ReplicationFailed. Before, it
+    // answered "during" at once, a value the frozen replica might never get.
+    if let Some(k) = failed.first() {
+        let h = groups.iter().find(|(_, ks)| ks.contains(k)).unwrap().0;
+        let mut raw = Raw::hello_to(svrs[h].parse().unwrap());
+        let key = Key {
+            ns: ns.id(),
+            key: k.as_bytes().to_vec(),
+        };
+        raw.send(99, &Request::Read { key }, b"");
+        match raw.recv().1 {
+            Response::Error(e) if e.code == ErrorCode::ReplicationFailed => {}
+            other => panic!(
+                "a read of {k}, whose write is in doubt while its replica is frozen, answered {other:?}\n{}",
+                store.outputs()
+            ),
         }
     }
     store.hosts[frozen].signal(libc::SIGCONT);

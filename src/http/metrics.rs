@@ -303,6 +303,12 @@ pub fn render(
         "Replicated writes answered with an error (a replica did not confirm within replication_timeout_ms)",
         m.replication_failures,
     );
+    counter(
+        &mut reg,
+        "replication_resends",
+        "Failed changes sent again to the replicas that had not confirmed them (until they do or leave the map)",
+        m.replication_resends,
+    );
     gauge(
         &mut reg,
         "replication_pending_writes",

@@ -195,6 +195,8 @@ pub struct ShardMetrics {
     pub replicated_writes: u64,
     /// Of those, the ones answered with an error (a replica did not confirm in time).
     pub replication_failures: u64,
+    /// Changes in doubt (failed) sent again to the copies that had not confirmed them.
+    pub replication_resends: u64,
     /// Time from applying a write to the last replica's confirmation.
     pub replication_ack: Histogram,
     /// Partition moves this host finished receiving.
@@ -274,6 +276,7 @@ impl ShardMetrics {
         self.relayed_requests += o.relayed_requests;
         self.replicated_writes += o.replicated_writes;
         self.replication_failures += o.replication_failures;
+        self.replication_resends += o.replication_resends;
         self.replication_ack.add(&o.replication_ack);
         self.migrations_done += o.migrations_done;
         self.replication_pending += o.replication_pending;

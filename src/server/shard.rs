@@ -1057,8 +1057,7 @@ impl Shard {
                 self.push_answer(slot, bytes);
             }
             Route::Local
-                if partition.is_some_and(|p| self.hosts.replicated(p))
-                    && !hosts::read_only(req) =>
+                if partition.is_some_and(|p| self.hosts.via_copies(p, hosts::read_only(req))) =>
             {
                 let Some(seq) = self.reserve(
                     slot,
@@ -1628,11 +1627,14 @@ impl Shard {
             }
             Ok(req)
                 if to.is_some()
-                    && !hosts::read_only(req)
                     && req.key().is_some_and(|k| {
-                        self.hosts.replicated(stategrid_proto::partition_of(
-                            stategrid_proto::key_hash(k.ns.to_native(), k.key.as_slice()),
-                        ) as usize)
+                        self.hosts.via_copies(
+                            stategrid_proto::partition_of(stategrid_proto::key_hash(
+                                k.ns.to_native(),
+                                k.key.as_slice(),
+                            )) as usize,
+                            hosts::read_only(req),
+                        )
                     }) =>
             {
                 return self.execute_replicated(
@@ -1732,14 +1734,15 @@ impl Shard {
                 self.execute_internal(req, value, id, &mut VecSink(out));
                 return true;
             }
-            let replicated = !hosts::read_only(req)
-                && req.key().is_some_and(|k| {
-                    let h = hash.unwrap_or_else(|| {
-                        stategrid_proto::key_hash(k.ns.to_native(), k.key.as_slice())
-                    });
-                    self.hosts
-                        .replicated(stategrid_proto::partition_of(h) as usize)
+            let replicated = req.key().is_some_and(|k| {
+                let h = hash.unwrap_or_else(|| {
+                    stategrid_proto::key_hash(k.ns.to_native(), k.key.as_slice())
                 });
+                self.hosts.via_copies(
+                    stategrid_proto::partition_of(h) as usize,
+                    hosts::read_only(req),
+                )
+            });
             if replicated {
                 let to = AnswerTo::Shard {
                     origin,

@@ -9,7 +9,8 @@
 //!   checker use too;
 //! - [`pending`]: whether a change waits for copies, which copies, and when the answer is
 //!   released (all confirmed, a copy refused, the map dropped a copy, or
-//!   `replication_timeout_ms` passed: `ReplicationFailed`);
+//!   `replication_timeout_ms` passed: `ReplicationFailed`); and the reads of a partition
+//!   held behind its waiting changes, so that no read sees a change before it is safe;
 //! - [`fence`]: whether a change from another host is accepted (epoch fencing,
 //!   `StaleEpoch`), and applying `Replicate` and `ReplicateTouches` to the real [`Store`]
 //!   (itself I/O-free).
@@ -33,7 +34,7 @@ pub mod route;
 use std::sync::Arc;
 
 pub use fence::{Refusal, Touch};
-pub use pending::{Begin, Completed, PendingWrites};
+pub use pending::{Begin, Completed, Objects, PendingWrites, Read, Resend};
 pub use route::Route;
 
 use crate::cluster::plane::View;
@@ -121,5 +122,17 @@ impl<T> DataPlane<T> {
     /// Writes waiting for copies now.
     pub fn pending_len(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Reads held behind them now.
+    pub fn held_len(&self) -> usize {
+        self.pending.held_len()
+    }
+
+    /// Do changes of `p` wait for their copies (so that a read of `p` must wait too, see
+    /// [`DataPlane::begin_read`])? Cost: one load.
+    #[inline]
+    pub fn waiting_in(&self, p: usize) -> bool {
+        self.pending.waiting_in(p)
     }
 }

@@ -54,7 +54,7 @@ use stategrid_proto::{
 use super::{Conn, Shard, Sink, VecSink};
 use crate::auth::peer;
 use crate::cluster::HostId;
-use crate::cluster::data::{Begin, Completed, DataPlane, Touch};
+use crate::cluster::data::{Begin, Completed, DataPlane, Objects, Read, Touch};
 use crate::cluster::plane::{self, DataCmd, DataEvent, Plane, View};
 use crate::net::{AlignedBuf, Op, SendBatch, Token};
 use crate::server::Msg;
@@ -356,10 +356,17 @@ impl Hosts {
         }
     }
 
-    /// Does a change to `p` need replication? Cheap: no allocation.
+    /// Must a request on `p` be served by `Shard::execute_replicated`: a change to a
+    /// replicated partition (it waits for its copies), or a read of a partition whose changes
+    /// wait for their copies (it waits behind them: see [`DataPlane::begin_read`])?
+    /// Cost: two loads for a read, the owners lookup for a change.
     #[inline]
-    pub fn replicated(&self, p: usize) -> bool {
-        self.data.replicated(p)
+    pub fn via_copies(&self, p: usize, read_only: bool) -> bool {
+        if read_only {
+            self.data.waiting_in(p)
+        } else {
+            self.data.replicated(p)
+        }
     }
 
     /// [`plane::now_ms`] at the start of this pass.
@@ -666,17 +673,36 @@ impl Shard {
             .store(st.object_bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Expires writes whose replicas did not confirm in time (from housekeeping).
+    /// Expires writes whose replicas did not confirm in time, and sends the changes in doubt
+    /// again (from housekeeping; see `cluster::data::pending`).
     pub(super) fn expire_pending(&mut self) {
         let timeout = self.core.cfg.replication_timeout_ms;
-        for c in self.hosts.data.expire(plane::now_ms(), timeout) {
-            tracing::warn!(
-                shard = self.core.shard,
-                partition = c.partition,
-                "replicas {:?} did not confirm a change within replication_timeout_ms ({timeout} ms)",
-                c.unconfirmed
-            );
+        let (done, resend) = self.hosts.data.expire(plane::now_ms(), timeout);
+        for c in done {
+            if !c.read {
+                tracing::warn!(
+                    shard = self.core.shard,
+                    partition = c.partition,
+                    "replicas {:?} did not confirm a change within replication_timeout_ms ({timeout} ms); it is sent to them again until they do or leave the map",
+                    c.unconfirmed
+                );
+            }
             self.complete_pending(c);
+        }
+        for r in resend {
+            self.core.metrics.replication_resends += 1;
+            let keys: Vec<(u32, Box<[u8]>)> = r.objects;
+            for (ns, key) in &keys {
+                self.send_replicas(
+                    r.idx,
+                    r.epoch,
+                    r.me,
+                    r.partition as usize,
+                    &r.copies,
+                    *ns,
+                    std::iter::once(&key[..]),
+                );
+            }
         }
     }
 
@@ -1017,6 +1043,9 @@ impl Shard {
 
     /// Serves a keyed request on its owner shard, replicating a change before answering.
     /// Returns the answer now, or None when it will go to `to` after the replicas confirm.
+    /// A read, or a change that changed nothing, of a partition whose changes still wait for
+    /// their copies is held behind them (and fails with them) instead: answered at once it
+    /// could show a change the store then loses with this host (see `cluster::data::pending`).
     ///
     /// Cost over an unreplicated write: two more table probes (version before and after),
     /// two allocations (the waiting hosts, the key copied once into the `Replicate` archive),
@@ -1056,54 +1085,84 @@ impl Shard {
         let mut answer = Vec::with_capacity(128);
         self.core
             .execute(req, value, now, id, &mut VecSink(&mut answer));
-        if read_only(req) {
-            return Some(answer);
-        }
-        let changed: Vec<&[u8]> = keys
-            .iter()
-            .zip(&before)
-            .filter(|(k, b)| stamp_of(&self.core.store, k) != **b)
-            .map(|(k, _)| *k)
-            .collect();
-        if changed.is_empty() {
-            return Some(answer);
-        }
+        let changed: Vec<&[u8]> = if read_only(req) {
+            Vec::new()
+        } else {
+            keys.iter()
+                .zip(&before)
+                .filter(|(k, b)| stamp_of(&self.core.store, k) != **b)
+                .map(|(k, _)| *k)
+                .collect()
+        };
         let waiting = Waiting {
             to,
             request_id: id,
             answer,
             started: std::time::Instant::now(),
         };
-        let timeout = self.core.cfg.replication_timeout_ms;
-        let now_mono = self.hosts.mono_ms();
-        let (idx, epoch, me, copies) =
-            match self
-                .hosts
-                .data
-                .begin_write(p, changed.len(), waiting, now_mono, timeout)
-            {
-                (
-                    Begin::Replicate {
-                        idx,
-                        epoch,
-                        me,
-                        copies,
-                    },
-                    _,
-                ) => (idx, epoch, me, copies),
-                (Begin::Local, Some(w)) => return Some(w.answer),
-                (Begin::Refuse((code, detail)), Some(w)) => {
+        if changed.is_empty() {
+            return match self.hosts.data.begin_read(p, waiting) {
+                (Read::Held, _) => None,
+                (Read::Now, Some(w)) => Some(w.answer),
+                (Read::Refuse((code, detail)), Some(w)) => {
                     let mut b = Vec::new();
                     VecSink(&mut b).error(w.request_id, code, detail);
-                    return Some(b);
+                    Some(b)
                 }
-                (_, None) => unreachable!("begin_write returns the answer unless it waits"),
+                (_, None) => unreachable!("begin_read returns the answer unless it holds it"),
             };
+        }
+        let timeout = self.core.cfg.replication_timeout_ms;
+        let now_mono = self.hosts.mono_ms();
+        // Kept with the pending write, to send again if it fails (a repair).
+        let objects: Objects = changed.iter().map(|&k| (ns, Box::from(k))).collect();
+        let (idx, epoch, me, copies) = match self
+            .hosts
+            .data
+            .begin_write(p, objects, waiting, now_mono, timeout)
+        {
+            (
+                Begin::Replicate {
+                    idx,
+                    epoch,
+                    me,
+                    copies,
+                },
+                _,
+            ) => (idx, epoch, me, copies),
+            (Begin::Local, Some(w)) => return Some(w.answer),
+            (Begin::Refuse((code, detail)), Some(w)) => {
+                let mut b = Vec::new();
+                VecSink(&mut b).error(w.request_id, code, detail);
+                return Some(b);
+            }
+            (_, None) => unreachable!("begin_write returns the answer unless it waits"),
+        };
         self.core.metrics.replicated_writes += 1;
-        for key in changed {
+        self.send_replicas(idx, epoch, me, p, &copies, ns, changed.into_iter());
+        None
+    }
+
+    /// Sends each of `keys`' current state (of partition `p`, namespace `ns`) to every one
+    /// of `copies`, each expecting a confirmation of pending change `idx`: a change's first
+    /// send, and a repair's resend ([`DataPlane::expire`]).
+    /// Cost per object: one archive (the key copied once), no copy of the value (each link
+    /// sends the stored buffer).
+    #[allow(clippy::too_many_arguments)]
+    fn send_replicas<'k>(
+        &mut self,
+        idx: u32,
+        epoch: u64,
+        me: HostId,
+        p: usize,
+        copies: &[HostId],
+        ns: u32,
+        keys: impl Iterator<Item = &'k [u8]>,
+    ) {
+        let now = self.now_ms;
+        for key in keys {
             let kr = KeyRef::with_hash(ns, key, key_hash(ns, key));
             let state = self.core.store.export(kr, now);
-            // One archive for every copy: the key is copied once, the value not at all.
             let msg = Request::Replicate {
                 epoch,
                 from: me.0,
@@ -1114,7 +1173,7 @@ impl Shard {
                 },
                 state: state.as_ref().map(|(s, _)| *s),
             };
-            for &host in &copies {
+            for &host in copies {
                 let v = state.as_ref().map(|(_, v)| v.clone());
                 let sent = self.link_send(
                     host,
@@ -1126,22 +1185,24 @@ impl Shard {
                 );
                 if !sent {
                     // No address or too much in flight: this copy cannot confirm; the deadline
-                    // or a new map settles the write.
+                    // (which sends it again) or a new map settles the change.
                     tracing::debug!(shard = self.core.shard, ?host, "replication not sent");
                 }
             }
         }
-        None
     }
 
-    /// Answers a write whose replicas all confirmed (or whose deadline passed).
+    /// Answers a write whose replicas all confirmed (or whose deadline passed), or a read
+    /// held behind such writes.
     fn complete_pending(&mut self, c: Completed<Waiting>) {
         let w = c.answer;
         let m = &mut self.core.metrics;
-        m.replication_ack
-            .observe_us(w.started.elapsed().as_micros() as u64);
-        if c.failed.is_some() {
-            m.replication_failures += 1;
+        if !c.read {
+            m.replication_ack
+                .observe_us(w.started.elapsed().as_micros() as u64);
+            if c.failed.is_some() {
+                m.replication_failures += 1;
+            }
         }
         let bytes = match c.failed {
             Some((code, detail)) => {
@@ -1894,7 +1955,7 @@ impl Shard {
                     // One confirmation of one object (a write of several objects waits for
                     // the host once per object).
                     let refused = error.as_ref().map(|e| (e.code, e.detail));
-                    if let Some(c) = self.hosts.data.confirm(pending, host, refused) {
+                    for c in self.hosts.data.confirm(pending, host, refused) {
                         self.complete_pending(c);
                     }
                 }

@@ -168,9 +168,10 @@ impl Direct {
 impl Glue<'_> {
     /// May this shard apply `op` on a key of partition `p` at once, without a native request?
     /// Yes when the partition is this shard's and this host serves it now (`HostRoute::Here`:
-    /// primary with a lease), and a write has no replica to wait for. Everything else (another
-    /// shard or host, a lease not yet granted, a refusal, a replicated write, an oversized
-    /// value) takes the native request path, which forwards, defers, refuses or replicates
+    /// primary with a lease), a write has no replica to wait for and a read no change waiting
+    /// for replicas before it. Everything else (another shard or host, a lease not yet
+    /// granted, a refusal, a replicated write, a read held behind one, an oversized value)
+    /// takes the native request path, which forwards, defers, refuses, replicates or holds
     /// exactly as for a native client's request.
     ///
     /// Cost: two loads and the partition map's owner and lease checks (as `on_frame` does).
@@ -180,7 +181,7 @@ impl Glue<'_> {
         owner_shard(p as u32, shard.core.shards) == shard.core.shard
             && value.len() as u64 <= shard.core.cfg.object_bytes_max
             && matches!(shard.host_route(p, false), super::HostRoute::Here)
-            && !(write && shard.hosts.replicated(p))
+            && !shard.hosts.via_copies(p, !write)
     }
 
     /// Applies `op` on this shard's store and answers it in request order: rendered as RESP
