@@ -452,18 +452,36 @@ impl Store {
         mode: WriteMode,
         now_ms: u64,
     ) -> Result<u64, StoreError> {
+        let found = self.find_live(k, now_ms);
+        self.write_found(k, found, value, opts, mode, now_ms)
+            .map(|(_, version)| version)
+    }
+
+    /// [`Store::write`] given `found`, what `find_live(k)` returned just before (no change to
+    /// the store in between): saves its caller's second probe. Returns the object's slot and
+    /// new version.
+    fn write_found(
+        &mut self,
+        k: KeyRef<'_>,
+        found: Option<u32>,
+        value: &[u8],
+        opts: WriteOpts,
+        mode: WriteMode,
+        now_ms: u64,
+    ) -> Result<(u32, u64), StoreError> {
+        debug_assert_eq!(found, self.find(k), "found is k's live slot");
         self.limits.check_key(k.key)?;
         self.limits.check_value(value, opts.content_type_bytes)?;
         if let Some(t) = opts.timeout {
             check_timeout(t)?;
         }
         let new_cost = object_cost_bytes(k.key.len(), value.len());
-        let Some(slot) = self.find_live(k, now_ms) else {
+        let Some(slot) = found else {
             if !matches!(mode, WriteMode::Add | WriteMode::Put) {
                 return Err(StoreError::NOT_FOUND);
             }
             self.make_room(None, new_cost, now_ms)?;
-            return Ok(self.insert_new(k, value, opts, now_ms));
+            return Ok((self.insert_new(k, value, opts, now_ms), 1));
         };
         let e = &self.slab[slot as usize];
         // The lock the object keeps after the write: only an update by the holder keeps it
@@ -497,7 +515,7 @@ impl Store {
             }
         };
         self.make_room(Some(slot), new_cost, now_ms)?;
-        Ok(self.replace(slot, value, opts, lock, now_ms))
+        Ok((slot, self.replace(slot, value, opts, lock, now_ms)))
     }
 
     /// Makes room for a write that takes `new_cost` bytes, replacing `target`'s (if any):
@@ -558,7 +576,8 @@ impl Store {
     }
 
     /// Files a new object (room already made). Returns its version, 1.
-    fn insert_new(&mut self, k: KeyRef<'_>, value: &[u8], opts: WriteOpts, now_ms: u64) -> u64 {
+    /// Files a new object (version 1); returns its slot.
+    fn insert_new(&mut self, k: KeyRef<'_>, value: &[u8], opts: WriteOpts, now_ms: u64) -> u32 {
         // No timeout given: never expires (Timeout's default is 0 s).
         let timeout = opts.timeout.unwrap_or_default();
         self.file(Entry {
@@ -578,8 +597,7 @@ impl Store {
             kind: ValueKind::String,
             referenced: false,
             content_type_bytes: opts.content_type_bytes,
-        });
-        1
+        })
     }
 
     /// Files `entry` (an object not in the store; room already made): slab, partition table,

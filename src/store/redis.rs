@@ -386,7 +386,8 @@ impl Store {
         if skip {
             return Ok(answer(old, false));
         }
-        self.r_write(k, value, ValueKind::String, expire, now_ms)?;
+        // The slot found above is still k's: a plain SET probes the table once.
+        self.r_write_found(k, slot, value, 0, ValueKind::String, expire, now_ms)?;
         Ok(answer(old, true))
     }
 
@@ -448,22 +449,40 @@ impl Store {
         expire: SetExpire,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        self.writable(k, now_ms)?;
+        let found = self.find_live(k, now_ms);
+        self.r_write_found(k, found, value, content_type_bytes, kind, expire, now_ms)
+    }
+
+    /// `r_write_typed` given `found`, what `find_live(k)` returned just before (no change to
+    /// the store in between). HOT PATH of SET: no table probe of its own (it made five before:
+    /// the lock check, the kept deadline, the write, the kind, the expiry).
+    #[allow(clippy::too_many_arguments)]
+    fn r_write_found(
+        &mut self,
+        k: KeyRef<'_>,
+        found: Option<u32>,
+        value: &[u8],
+        content_type_bytes: u8,
+        kind: ValueKind,
+        expire: SetExpire,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
         // Keep the deadline across the write when asked to: `put` without a timeout keeps an
         // Absolute one, but a Sliding one set natively would restart; restore it exactly.
-        let kept = self.find_live(k, now_ms).map(|s| {
-            (
-                self.slab[s as usize].expires_at_ms,
-                self.slab[s as usize].timeout,
-            )
-        });
+        let kept = match found {
+            Some(s) => {
+                let e = &self.slab[s as usize];
+                permit(e, None, now_ms)?;
+                Some((e.expires_at_ms, e.timeout))
+            }
+            None => None,
+        };
         let opts = WriteOpts {
             timeout: None,
             evictable: true,
             content_type_bytes,
         };
-        self.write(k, value, opts, WriteMode::Put, now_ms)?;
-        let slot = self.find(k).expect("just written");
+        let (slot, _) = self.write_found(k, found, value, opts, WriteMode::Put, now_ms)?;
         let e = &mut self.slab[slot as usize];
         e.kind = kind;
         match expire {
@@ -473,7 +492,7 @@ impl Store {
                     e.timeout = t;
                 }
             }
-            other => self.r_set_expiry(k, other, now_ms),
+            other => self.set_expiry_at(slot, other, now_ms),
         }
         Ok(())
     }
@@ -481,7 +500,13 @@ impl Store {
     /// Sets the live object's expiry (checks done by the caller). Bumps the version: the
     /// change must replicate.
     fn r_set_expiry(&mut self, k: KeyRef<'_>, expire: SetExpire, now_ms: u64) {
-        let Some(slot) = self.find(k) else { return };
+        if let Some(slot) = self.find(k) {
+            self.set_expiry_at(slot, expire, now_ms);
+        }
+    }
+
+    /// [`Store::r_set_expiry`] of the object in `slot`.
+    fn set_expiry_at(&mut self, slot: u32, expire: SetExpire, now_ms: u64) {
         let e = &mut self.slab[slot as usize];
         match expire {
             SetExpire::Keep => return,
