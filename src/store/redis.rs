@@ -299,7 +299,8 @@ impl Store {
         // The whole buffer moves: the value and the content type behind it (an HTTP object
         // renamed keeps its type).
         let ct = e.content_type_bytes;
-        self.r_write_typed(to, &value, ct, kind, SetExpire::Clear, now_ms)?;
+        let found = self.find_live(to, now_ms);
+        self.r_write_found(to, found, &value, ct, kind, SetExpire::Clear, now_ms)?;
         let s = self.find(to).expect("just written");
         let e = &mut self.slab[s as usize];
         e.expires_at_ms = at;
@@ -436,26 +437,14 @@ impl Store {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         // A Redis write stores bytes of no declared type: it clears an HTTP content type.
-        self.r_write_typed(k, value, 0, kind, expire, now_ms)
-    }
-
-    /// `r_write` of a trailer whose last `content_type_bytes` are a content type (RENAME).
-    fn r_write_typed(
-        &mut self,
-        k: KeyRef<'_>,
-        value: &[u8],
-        content_type_bytes: u8,
-        kind: ValueKind,
-        expire: SetExpire,
-        now_ms: u64,
-    ) -> Result<(), StoreError> {
         let found = self.find_live(k, now_ms);
-        self.r_write_found(k, found, value, content_type_bytes, kind, expire, now_ms)
+        self.r_write_found(k, found, value, 0, kind, expire, now_ms)
     }
 
-    /// `r_write_typed` given `found`, what `find_live(k)` returned just before (no change to
-    /// the store in between). HOT PATH of SET: no table probe of its own (it made five before:
-    /// the lock check, the kept deadline, the write, the kind, the expiry).
+    /// `r_write` given `found`, what `find_live(k)` returned just before (no change to the
+    /// store in between), of a trailer whose last `content_type_bytes` are a content type
+    /// (RENAME keeps it). HOT PATH of SET: no table probe of its own (it made five before: the
+    /// lock check, the kept deadline, the write, the kind, the expiry).
     #[allow(clippy::too_many_arguments)]
     fn r_write_found(
         &mut self,

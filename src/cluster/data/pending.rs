@@ -503,14 +503,19 @@ mod tests {
     fn plane() -> DataPlane<&'static str> {
         let mut d = DataPlane::default();
         let owners = Owners::from_entries(&[(ME, Role::Full), (REPLICA, Role::Full)]);
-        d.set_view(Arc::new(View {
+        d.set_view(view(3, owners));
+        d
+    }
+
+    /// Epoch `epoch`, every partition owned by `owners`, seen from `ME`.
+    fn view(epoch: u64, owners: Owners) -> Arc<View> {
+        Arc::new(View {
             me: ME,
-            epoch: 3,
+            epoch,
             hosts: Vec::new(),
             owners: vec![owners; PARTITIONS],
             primary_since: vec![3; PARTITIONS],
-        }));
-        d
+        })
     }
 
     fn write(d: &mut DataPlane<&'static str>, p: usize, answer: &'static str) -> u32 {
@@ -629,13 +634,7 @@ mod tests {
             let (_, resend) = d.expire(100, 100);
             assert_eq!(resend.len(), 1);
             assert_eq!(d.begin_read(7, "r"), (Read::Held, None));
-            let (_, done) = d.set_view(Arc::new(View {
-                me: ME,
-                epoch: 4,
-                hosts: Vec::new(),
-                owners: vec![owners; PARTITIONS],
-                primary_since: vec![3; PARTITIONS],
-            }));
+            let (_, done) = d.set_view(view(4, owners));
             assert_eq!(answers(&done), [("r", read_fails)]);
             assert_eq!((d.pending_len(), d.held_len()), (0, 0));
         }
@@ -647,13 +646,7 @@ mod tests {
         write(&mut d, 9, "w");
         assert_eq!(d.begin_read(9, "r"), (Read::Held, None));
         let alone = Owners::from_entries(&[(ME, Role::Full)]);
-        let (_, done) = d.set_view(Arc::new(View {
-            me: ME,
-            epoch: 4,
-            hosts: Vec::new(),
-            owners: vec![alone; PARTITIONS],
-            primary_since: vec![3; PARTITIONS],
-        }));
+        let (_, done) = d.set_view(view(4, alone));
         assert_eq!(answers(&done), [("w", false), ("r", false)]);
         assert_eq!((d.pending_len(), d.held_len()), (0, 0));
     }

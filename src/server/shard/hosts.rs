@@ -691,8 +691,7 @@ impl Shard {
         }
         for r in resend {
             self.core.metrics.replication_resends += 1;
-            let keys: Vec<(u32, Box<[u8]>)> = r.objects;
-            for (ns, key) in &keys {
+            for (ns, key) in &r.objects {
                 self.send_replicas(
                     r.idx,
                     r.epoch,
