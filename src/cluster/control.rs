@@ -11,15 +11,19 @@
 //!   `mgt_port`, one outgoing connection per peer, reconnected with backoff; messages for a
 //!   peer that is not connected are dropped (Raft retransmits, joins and leases are re-sent).
 //! - **Admin**: the same TCP listener answers the CLI ([`super::admin`]).
-//! - **Data plane**: every installed map is published as a [`View`], the lease every tick,
+//! - **Data plane**: every installed map is published as a [`View`], the lease when it changes,
 //!   migrations go down as [`DataCmd::Pull`], finished ones come up as events.
 //!
 //! # Why one thread that sleeps in `epoll` (mio)
 //! One plain thread (unpinned: the shards own the CPUs) owns everything: nonblocking std
 //! sockets, the node, the timers. It sleeps in [`mio::Poll`] until a socket is ready, the
-//! [`Waker`] rings (a name lookup answered, shutdown), or the next deadline comes: the Raft
-//! tick ([`TICK_MS`]) or a SWIM timer, whichever is first (every other deadline here is
-//! coarser than a tick and is checked on the tick). Each wake-up runs one pass over the
+//! [`Waker`] rings (a name lookup answered, shutdown), or the next deadline comes: the next
+//! Raft tick that does something (a heartbeat, an election timer, a lease renewal: ticks in
+//! between only count and are delivered late, in a row), a SWIM timer, or [`SLEEP_MS_MAX`]
+//! (every other deadline here is coarser and checked on any pass). An idle follower so
+//! wakes for the leader's heartbeats, and its renewals ride on those wake-ups; the leader
+//! for its heartbeats and the answers (measured in perf/RESULTS.md, "idle CPU"). Each
+//! wake-up runs one pass over the
 //! handful of sockets (microseconds): no per-socket dispatch, so a socket can never be
 //! forgotten, and one owner means a loop that reads top to bottom. mio is edge-triggered, so
 //! a pass that stopped reading a socket at a per-pass bound runs again at once instead of
@@ -97,16 +101,29 @@ impl Drop for ControlHandle {
     }
 }
 
-/// The poll token of the [`Waker`]; every socket shares [`SOCKET`] (a wake-up runs a pass over
-/// all of them, so which one woke us does not matter).
+/// The poll token of the [`Waker`]; every TCP stream shares [`SOCKET`] (a wake-up runs a pass
+/// over all of them, so which one woke us does not matter). The listener and the datagram
+/// sockets have their own: a pass touches them only when they are ready, since every
+/// `accept4` or `recvfrom` that finds nothing is a wasted syscall (an `accept4` even
+/// allocates a socket inode before it says `EAGAIN`), and an idle host passes 30-90 times a
+/// second.
 const WAKER: Token = Token(0);
 const SOCKET: Token = Token(1);
+const LISTENER: Token = Token(2);
+const UDP: Token = Token(3);
+const MCAST: Token = Token(4);
 /// Readiness events taken per poll (more wait for the next one, which comes at once).
 const EVENTS_MAX: usize = 256;
 /// Raft tick: one `Input::Tick` per tick. With the heartbeat every 2 ticks these are most of
 /// an idle host's wake-ups (25 heartbeats and 50 ticks a second; each costs a context switch
 /// and a pass), so the tick is no finer than the timeouts below need.
 pub const TICK_MS: u64 = 20;
+/// The longest the loop sleeps: how late the coarse deadlines (announcements, reconnect
+/// backoffs, admin timeouts, idle connections) may be noticed. Raft and the lease sleep less.
+const SLEEP_MS_MAX: u64 = 100;
+/// Ticks delivered at once after a sleep at most (a host paused for seconds gets this many,
+/// enough to run any election timer out, not a burst of thousands).
+const TICKS_OWED_MAX: u64 = 16;
 /// Raft heartbeat, in ticks (40 ms: 2.5 to 5 per election timeout).
 const HEARTBEAT_TICKS: usize = 2;
 /// Raft election timeout range in ticks (100-200 ms): drawn once per start.
@@ -144,13 +161,15 @@ const ADMIN_IDLE_MS: u64 = 60_000;
 /// lease has surely ended (`lease_ms + lease_margin_ms` after its last grant, which was before
 /// it died). With the lease at a third of the detection budget it has always ended by the time
 /// SWIM declares the host down, so failover waits for detection only. Shorter would cost more
-/// renewals for nothing; much longer would add to the failover time. Renewing 4 times per
-/// lease survives a lost request or two. The margin covers clock-rate drift between hosts
+/// renewals for nothing; much longer would add to the failover time. Renewing 3 times per
+/// lease survives a lost request (a renewal may also go up to a heartbeat early, riding on a
+/// wake-up the host has anyway, and wait up to a heartbeat for the leader's round: see
+/// `ClusterNode::ticks_quiet`). The margin covers clock-rate drift between hosts
 /// (10 % of a lease is far above real crystal drift).
 pub fn lease_timing(failure_detection_ms: u64) -> (u64, u64, u64) {
     let lease_ms = failure_detection_ms / 3;
     let lease_margin_ms = lease_ms / 10;
-    let lease_renew_ms = lease_ms / 4;
+    let lease_renew_ms = lease_ms / 3;
     assert!(
         lease_ms + lease_margin_ms < failure_detection_ms,
         "a dead host's lease ends before it is declared down"
@@ -208,10 +227,15 @@ pub fn start(
     };
     let poll = Poll::new().map_err(|e| runtime_err("epoll", e))?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| runtime_err("waker", e))?);
-    watch(&poll, &listener, Interest::READABLE).map_err(|e| runtime_err("epoll", e))?;
-    watch(&poll, &udp, Interest::READABLE).map_err(|e| runtime_err("epoll", e))?;
+    let register = |s: &dyn std::os::fd::AsRawFd, token| {
+        poll.registry()
+            .register(&mut SourceFd(&s.as_raw_fd()), token, Interest::READABLE)
+            .map_err(|e| runtime_err("epoll", e))
+    };
+    register(&listener, LISTENER)?;
+    register(&udp, UDP)?;
     if let Some(m) = &mcast {
-        watch(&poll, m, Interest::READABLE).map_err(|e| runtime_err("epoll", e))?;
+        register(m, MCAST)?;
     }
     let dns_waker = waker.clone();
     let resolver = Resolver::start(Box::new(move || {
@@ -265,7 +289,7 @@ fn new_swim(
     Swim::new(ident, foca_cfg, seed)
 }
 
-/// Registers a socket with the loop's poll: every socket shares one token (see [`SOCKET`]).
+/// Registers a TCP stream with the loop's poll: every stream shares one token (see [`SOCKET`]).
 /// A closed socket leaves epoll by itself (each is its only descriptor), so nothing
 /// deregisters.
 fn watch(poll: &Poll, s: &impl std::os::fd::AsRawFd, interest: Interest) -> io::Result<()> {
@@ -276,6 +300,35 @@ fn watch(poll: &Poll, s: &impl std::os::fd::AsRawFd, interest: Interest) -> io::
 /// A TCP stream is watched for both directions: readable for bytes, writable for a
 /// finished connect and for room after a full send buffer (edge-triggered: one event each).
 const STREAM: Interest = Interest::READABLE.add(Interest::WRITABLE);
+
+/// What the last poll said may be readable (see [`LISTENER`]).
+#[derive(Clone, Copy)]
+struct Ready {
+    listener: bool,
+    udp: bool,
+    mcast: bool,
+    streams: bool,
+}
+
+impl Ready {
+    /// At start and after a pass that stopped at a per-pass bound: look at everything.
+    const ALL: Ready = Ready {
+        listener: true,
+        udp: true,
+        mcast: true,
+        streams: true,
+    };
+
+    fn add(&mut self, token: Token) {
+        match token {
+            LISTENER => self.listener = true,
+            UDP => self.udp = true,
+            MCAST => self.mcast = true,
+            SOCKET => self.streams = true,
+            _ => {}
+        }
+    }
+}
 
 fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     let s = Socket::new(Domain::IPV4, Type::STREAM.cloexec(), Some(Protocol::TCP))?;
@@ -544,6 +597,9 @@ struct Ctl {
     listener: TcpListener,
     udp: UdpSocket,
     mcast: Option<UdpSocket>,
+    /// Which sockets may have something to read (edge-triggered: set by an event, cleared
+    /// when a read finds nothing).
+    ready: Ready,
     mcast_warned: bool,
     /// When a datagram was last dropped for a bad seal with a log line (rate-limited).
     bad_datagram_logged_ms: Option<u64>,
@@ -561,6 +617,8 @@ struct Ctl {
     next_id: u64,
     started_ms: u64,
     next_tick_ms: u64,
+    /// The lease last handed to the shards.
+    published_lease: (u64, u64),
     next_static_ms: u64,
     next_mcast_ms: u64,
     next_prune_ms: u64,
@@ -650,6 +708,7 @@ impl Ctl {
             listener,
             udp,
             mcast,
+            ready: Ready::ALL,
             mcast_warned: false,
             bad_datagram_logged_ms: None,
             static_hosts,
@@ -663,6 +722,7 @@ impl Ctl {
             next_id: 0,
             started_ms: now,
             next_tick_ms: now,
+            published_lease: (0, 0),
             next_static_ms: now,
             next_mcast_ms: now,
             next_prune_ms: now,
@@ -682,18 +742,23 @@ impl Ctl {
             let timeout_ms = if self.capped {
                 0
             } else {
-                self.next_deadline_ms().saturating_sub(now)
+                self.next_deadline_ms(now).saturating_sub(now)
             };
-            debug_assert!(timeout_ms <= TICK_MS, "a tick is never skipped");
+            debug_assert!(timeout_ms <= SLEEP_MS_MAX, "coarse deadlines are checked");
             // Which sockets are ready does not matter: the next pass looks at all of them.
             match self
                 .io
                 .poll
                 .poll(&mut events, Some(Duration::from_millis(timeout_ms)))
             {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(()) => {
+                    for e in events.iter() {
+                        self.ready.add(e.token());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.ready = Ready::ALL,
                 Err(e) => {
+                    self.ready = Ready::ALL;
                     // Cannot happen with a valid epoll descriptor; never spin on it.
                     tracing::error!("control plane poll failed: {e}");
                     std::thread::sleep(Duration::from_millis(TICK_MS));
@@ -712,17 +777,42 @@ impl Ctl {
         tracing::info!("control plane stopped");
     }
 
-    /// When the loop must wake at the latest: the next Raft tick or SWIM timer. Every other
-    /// deadline (announcements, backoffs, admin timeouts, idle connections) is coarser than
-    /// a tick and checked on it.
-    fn next_deadline_ms(&self) -> u64 {
+    /// When the loop must wake at the latest: the tick Raft needs next (a heartbeat to send,
+    /// an election timer to run out: [`ClusterNode::ticks_quiet`]), the tick a lease
+    /// renewal needs, a SWIM timer, or [`SLEEP_MS_MAX`] from now. Ticks in between only
+    /// count; they are delivered, in a row, by the next pass ([`Self::pass`]). So an idle
+    /// follower wakes for the leader's heartbeats (and rides its renewals on them), not for
+    /// every tick. Without a node (before joining) every tick wakes the loop.
+    fn next_deadline_ms(&self, now: u64) -> u64 {
         let tick = self.next_tick_ms;
-        self.swim.next_timer_ms().map_or(tick, |t| t.min(tick))
+        let at_tick = |t: u64| tick + t.saturating_sub(tick).div_ceil(TICK_MS) * TICK_MS;
+        let node = match &self.node {
+            Some(n) => {
+                let raft = tick + (n.ticks_quiet().min(TICKS_OWED_MAX) - 1) * TICK_MS;
+                raft.min(at_tick(n.duty_due_ms().unwrap_or(0)))
+            }
+            None => tick,
+        };
+        let due = node.min(now + SLEEP_MS_MAX);
+        let slack_ms = HEARTBEAT_TICKS as u64 * TICK_MS;
+        self.swim
+            .next_timer_ms(slack_ms)
+            .map_or(due, |t| t.min(due))
     }
 
     fn pass(&mut self) {
         let now = now_ms();
+        if self.capped {
+            // The last pass left bytes or datagrams behind: no new edge announces them.
+            self.ready = Ready::ALL;
+        }
         self.capped = false;
+        // Ticks first: they stand for time that passed before what arrived since.
+        if now >= self.next_tick_ms {
+            let owed = ((now - self.next_tick_ms) / TICK_MS + 1).min(TICKS_OWED_MAX);
+            self.next_tick_ms = (self.next_tick_ms + owed * TICK_MS).max(now);
+            self.tick(now, owed);
+        }
         self.take_resolved(now);
         self.recv_datagrams(now);
         self.swim.on_time(now);
@@ -730,15 +820,13 @@ impl Ctl {
         self.discovery(now);
         self.accept(now);
         self.read_conns(now);
-        if now >= self.next_tick_ms {
-            self.next_tick_ms = (self.next_tick_ms + TICK_MS).max(now);
-            self.tick(now);
-        }
         self.drain_inputs(now);
+        self.publish_lease();
         self.progress_calls(now);
         self.progress_ops(now);
         self.flush_conns(now);
         self.progress_links(now);
+        self.ready.streams = false;
         self.send_datagrams();
         if now >= self.next_prune_ms {
             self.next_prune_ms = now + 1000;
@@ -787,8 +875,11 @@ impl Ctl {
         let mut buf = [0u8; 2048];
         // Edge-triggered readiness: a socket still holding datagrams at the per-pass bound
         // needs another pass at once, not a new event.
-        let mut drained = false;
+        let mut drained = !self.ready.udp;
         for _ in 0..DATAGRAMS_PER_PASS_MAX {
+            if drained {
+                break;
+            }
             match self.udp.recv_from(&mut buf) {
                 Ok((n, from)) => {
                     if let Some(body) = self.open(&buf[..n], from, now) {
@@ -800,13 +891,17 @@ impl Ctl {
                         tracing::debug!("management UDP receive: {e}");
                     }
                     drained = true;
+                    self.ready.udp = false;
                     break;
                 }
             }
         }
         let mut heard = Vec::new();
-        let mut mcast_drained = self.mcast.is_none();
+        let mut mcast_drained = self.mcast.is_none() || !self.ready.mcast;
         for _ in 0..DATAGRAMS_PER_PASS_MAX {
+            if mcast_drained {
+                break;
+            }
             let Some(m) = &self.mcast else { break };
             match m.recv_from(&mut buf) {
                 Ok((n, from)) => {
@@ -826,6 +921,7 @@ impl Ctl {
                         tracing::debug!("multicast receive: {e}");
                     }
                     mcast_drained = true;
+                    self.ready.mcast = false;
                     break;
                 }
             }
@@ -1016,7 +1112,9 @@ impl Ctl {
 
     // ---- the Raft node -----------------------------------------------------------------
 
-    fn tick(&mut self, now: u64) {
+    /// `ticks` Raft ticks (more than one after a sleep through quiet ticks), the data
+    /// plane's events, store-wide parameters.
+    fn tick(&mut self, now: u64, ticks: u64) {
         for e in self.plane.take_events() {
             match e {
                 DataEvent::MigrationDone { partition } => {
@@ -1029,13 +1127,23 @@ impl Ctl {
                 }
             }
         }
-        self.inputs.push_back(Input::Tick);
-        self.drain_inputs(now);
-        if let Some(n) = &self.node {
-            let (epoch, until) = n.lease();
-            self.plane.set_lease(epoch, until);
+        for _ in 0..ticks {
+            self.inputs.push_back(Input::Tick);
         }
+        self.drain_inputs(now);
+        self.publish_lease();
         self.hand_down_params();
+    }
+
+    /// Hands the node's lease to the shards when a grant changed it (any pass may bring one).
+    fn publish_lease(&mut self) {
+        if let Some(n) = &self.node {
+            let lease = n.lease();
+            if lease != self.published_lease {
+                self.published_lease = lease;
+                self.plane.set_lease(lease.0, lease.1);
+            }
+        }
     }
 
     /// Hands store-wide parameters the log changed (or that a joining host found in its
@@ -1159,6 +1267,7 @@ impl Ctl {
         // every copy, fail the writes still waiting for replicas (retryable) and close
         // their links. Nothing here can serve as primary from now on.
         self.plane.set_lease(0, 0);
+        self.published_lease = (0, 0);
         self.plane.publish(View {
             me,
             epoch: 0,
@@ -1353,7 +1462,7 @@ impl Ctl {
     // ---- the management listener -------------------------------------------------------
 
     fn accept(&mut self, now: u64) {
-        loop {
+        while self.ready.listener {
             match self.listener.accept() {
                 Ok((stream, from)) => {
                     let max = self.cfg.mgt_connections_max as usize;
@@ -1387,7 +1496,7 @@ impl Ctl {
                         },
                     );
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.ready.listener = false,
                 Err(e) => {
                     tracing::debug!("accept on the management port: {e}");
                     break;
@@ -1411,7 +1520,14 @@ impl Ctl {
                 if c.closing {
                     continue;
                 }
-                match read_some(&mut c.stream, &mut c.inbuf, &mut self.capped) {
+                // No stream event since the last pass: nothing new to read (edge-triggered;
+                // a pass that stopped at the bound made this one look at everything).
+                let read = if self.ready.streams {
+                    read_some(&mut c.stream, &mut c.inbuf, &mut self.capped)
+                } else {
+                    Ok(true)
+                };
+                match read {
                     Ok(true) => {}
                     Ok(false) => close = Some(String::new()),
                     Err(e) => close = Some(format!("read failed: {e}")),
@@ -2059,7 +2175,7 @@ mod tests {
             let (lease, margin, renew) = lease_timing(ms);
             assert!(lease + margin < ms && renew * 2 < lease, "{ms}");
         }
-        assert_eq!(lease_timing(1500), (500, 50, 125));
+        assert_eq!(lease_timing(1500), (500, 50, 166));
     }
 
     #[test]

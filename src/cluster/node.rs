@@ -29,7 +29,10 @@
 //! leader every `lease_renew_ms`; its lease runs from the moment it *sent* the request, so it
 //! ends no later than the leader believes. The leader
 //! answers only after a Raft ReadIndex round proves it was still leader after the request was
-//! sent (so a deposed leader cannot grant), and grants epoch `E` only once every host has either
+//! sent (so a deposed leader cannot grant). Routine renewals wait for the next heartbeat and
+//! share one round, sent with it (an idle store's messages are mostly heartbeats and
+//! renewals: one round per heartbeat instead of one per request halves its wake-ups); a
+//! request for a new epoch's lease starts its round at once. The leader grants epoch `E` only once every host has either
 //! reported having installed `E` (its older leases are dead) or had its last possible lease run
 //! out (`lease_ms + lease_margin_ms` after the leader's last grant to it, or after the leader
 //! took office, since an older leader may have granted just before). A map that removes a
@@ -378,6 +381,13 @@ struct LeaseBook {
     held_epoch: u64,
 }
 
+/// One lease request waiting for the leader's next ReadIndex round: `(seq, applied_epoch,
+/// held_epoch)`, keyed by the asking host (a newer request replaces an older one).
+type LeaseAsk = (u64, u64, u64);
+
+/// Bytes of one request in a ReadIndex round's context: host, seq, applied and held epoch.
+const LEASE_CTX_BYTES: usize = 32;
+
 /// One host's member of the cluster. See the module doc.
 pub struct ClusterNode {
     cfg: NodeConfig,
@@ -413,6 +423,9 @@ pub struct ClusterNode {
     // Leader side.
     leader_since_ms: Option<u64>,
     leases: BTreeMap<HostId, LeaseBook>,
+    /// Renewals waiting for the next heartbeat's ReadIndex round (members only, so bounded by
+    /// the map's hosts).
+    lease_asks: BTreeMap<HostId, LeaseAsk>,
     joins: BTreeMap<HostId, (HostInfo, bool)>,
     /// Hosts (this one included) that asked to leave and are still Active.
     leaves: BTreeSet<HostId>,
@@ -515,6 +528,7 @@ impl ClusterNode {
             migrations_done: BTreeSet::new(),
             leader_since_ms: None,
             leases: BTreeMap::new(),
+            lease_asks: BTreeMap::new(),
             joins: BTreeMap::new(),
             leaves: BTreeSet::new(),
             expelled_notices: BTreeMap::new(),
@@ -586,6 +600,39 @@ impl ClusterNode {
             .unwrap_or(self.cfg.max_replicas)
     }
 
+    /// How early a renewal may go: up to a heartbeat (when a host is awake anyway), at most a
+    /// quarter of the renewal period.
+    fn renew_early_ms(&self) -> u64 {
+        (self.cfg.heartbeat_ticks as u64 * self.cfg.tick_ms).min(self.cfg.lease_renew_ms / 4)
+    }
+
+    /// How many ticks the caller may sleep through: the ticks before the returned one only
+    /// advance Raft's counters (no heartbeat is due, no election timer runs out), so they may
+    /// be delivered late, in a row, with the next input. At least 1 (the next tick matters).
+    /// Together with [`Self::duty_due_ms`] this lets an idle follower sleep until the next
+    /// heartbeat instead of waking for every tick; the next tick is due at once while a new
+    /// leader has not been asked for a lease.
+    pub fn ticks_quiet(&self) -> u64 {
+        let r = &self.raw.raft;
+        let left = |timeout: usize, elapsed: usize| timeout.saturating_sub(elapsed).max(1) as u64;
+        let raft = if self.is_leader() {
+            left(r.heartbeat_timeout(), r.heartbeat_elapsed())
+                .min(left(r.election_timeout(), r.election_elapsed))
+        } else if r.promotable() {
+            left(r.randomized_election_timeout(), r.election_elapsed)
+        } else {
+            u64::MAX
+        };
+        let new_leader = r.leader_id != 0 && r.leader_id != self.renew_leader;
+        if new_leader { 1 } else { raft }
+    }
+
+    /// When [`Self::host_duties`] next has something to do (a lease renewal or a join
+    /// request): the latest time a tick must be delivered for it, or `None` for now.
+    pub fn duty_due_ms(&self) -> Option<u64> {
+        self.last_renew_ms.map(|t| t + self.cfg.lease_renew_ms)
+    }
+
     /// Whether this host holds a lease for the epoch of its installed map at `now_ms`.
     pub fn holds_lease(&self, now_ms: u64) -> bool {
         !self.cfg.witness
@@ -614,7 +661,13 @@ impl ClusterNode {
         match input {
             Input::Tick => {
                 self.raw.tick();
+                // A heartbeat left on this tick: the renewals asked since share one round,
+                // whose messages leave with it.
+                let beat = self.is_leader() && self.raw.raft.heartbeat_elapsed() == 0;
                 self.host_duties(now_ms);
+                if beat {
+                    self.start_lease_round();
+                }
             }
             Input::Peer { from, msg } => self.on_peer(now_ms, from, msg),
             Input::Member { host, event } => match event {
@@ -864,10 +917,12 @@ impl ClusterNode {
             && self.raw.raft.leader_id != self.renew_leader
             && member
             && !self.joining;
+        // Up to one heartbeat early: a host wakes for every heartbeat anyway, and a renewal
+        // sent while it is awake costs no wake-up of its own (see `ticks_quiet`).
         let renew_due = leader_changed
             || self
                 .last_renew_ms
-                .is_none_or(|t| now_ms >= t + self.cfg.lease_renew_ms);
+                .is_none_or(|t| now_ms + self.renew_early_ms() >= t + self.cfg.lease_renew_ms);
         if !renew_due {
             return;
         }
@@ -980,12 +1035,38 @@ impl ClusterNode {
         if !ok || self.presumed_down(from, now_ms) {
             return;
         }
-        // Prove leadership after the request was sent: a ReadIndex round with a quorum.
-        let mut ctx = Vec::with_capacity(32);
-        ctx.extend_from_slice(&from.0.to_le_bytes());
-        ctx.extend_from_slice(&seq.to_le_bytes());
-        ctx.extend_from_slice(&applied_epoch.to_le_bytes());
-        ctx.extend_from_slice(&held_epoch.to_le_bytes());
+        // Prove leadership after the request was sent: a ReadIndex round with a quorum,
+        // started after it arrived. A renewal of the lease the host holds waits for the next
+        // heartbeat's round; a host without a lease for this leader's epoch cannot serve
+        // until it has one, so its round starts now (with whatever else waits).
+        if self.lease_asks.len() >= VOTERS_MAX * 4 && !self.lease_asks.contains_key(&from) {
+            // Members only reach here, so this cannot fill; never grow without bound.
+            return;
+        }
+        self.lease_asks
+            .insert(from, (seq, applied_epoch, held_epoch));
+        // A host without a grant from this leader yet (it just took office: the old
+        // leader's leases are running out) is urgent too.
+        let first = self.leases.get(&from).is_none_or(|b| b.last_grant_ms == 0);
+        if held_epoch != self.map.epoch || first {
+            self.start_lease_round();
+        }
+    }
+
+    /// One ReadIndex round for every lease request waiting: its context lists them
+    /// ([`LEASE_CTX_BYTES`] each); [`Self::on_lease_confirmed`] grants them when a quorum
+    /// has answered.
+    fn start_lease_round(&mut self) {
+        if self.lease_asks.is_empty() {
+            return;
+        }
+        let mut ctx = Vec::with_capacity(self.lease_asks.len() * LEASE_CTX_BYTES);
+        for (from, (seq, applied_epoch, held_epoch)) in std::mem::take(&mut self.lease_asks) {
+            ctx.extend_from_slice(&from.0.to_le_bytes());
+            ctx.extend_from_slice(&seq.to_le_bytes());
+            ctx.extend_from_slice(&applied_epoch.to_le_bytes());
+            ctx.extend_from_slice(&held_epoch.to_le_bytes());
+        }
         self.raw.read_index(ctx);
     }
 
@@ -1013,23 +1094,32 @@ impl ClusterNode {
     }
 
     fn on_lease_confirmed(&mut self, now_ms: u64, ctx: &[u8]) {
-        if !self.is_leader() || ctx.len() != 32 {
+        if !self.is_leader() || ctx.is_empty() || ctx.len() % LEASE_CTX_BYTES != 0 {
             return;
         }
-        let word = |i: usize| u64::from_le_bytes(ctx[i * 8..i * 8 + 8].try_into().unwrap());
-        let (from, seq, applied_epoch) = (HostId(word(0)), word(1), word(2));
-        let book = self.leases.entry(from).or_default();
-        book.reported_epoch = book.reported_epoch.max(applied_epoch);
-        book.held_epoch = book.held_epoch.max(word(3));
+        let asks = || {
+            ctx.chunks_exact(LEASE_CTX_BYTES).map(|c| {
+                let word = |i: usize| u64::from_le_bytes(c[i * 8..i * 8 + 8].try_into().unwrap());
+                (HostId(word(0)), word(1), word(2), word(3))
+            })
+        };
+        // What every request reports first: the gate below may open on any of them.
+        for (from, _, applied_epoch, held_epoch) in asks() {
+            let book = self.leases.entry(from).or_default();
+            book.reported_epoch = book.reported_epoch.max(applied_epoch);
+            book.held_epoch = book.held_epoch.max(held_epoch);
+        }
         let epoch = self.map.epoch;
         if epoch == 0 || !self.epoch_gate_open(now_ms, epoch) {
             return;
         }
-        self.leases.entry(from).or_default().last_grant_ms = now_ms;
-        if from == self.cfg.id {
-            self.on_lease_grant(seq, epoch);
-        } else {
-            self.send(from, PeerMsg::LeaseGrant { seq, epoch });
+        for (from, seq, _, _) in asks() {
+            self.leases.entry(from).or_default().last_grant_ms = now_ms;
+            if from == self.cfg.id {
+                self.on_lease_grant(seq, epoch);
+            } else {
+                self.send(from, PeerMsg::LeaseGrant { seq, epoch });
+            }
         }
     }
 
@@ -1348,6 +1438,7 @@ impl ClusterNode {
         }
         if !self.is_leader() {
             self.leader_since_ms = None;
+            self.lease_asks.clear();
             self.joins.clear();
             self.leaves.clear();
         }

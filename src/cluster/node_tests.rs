@@ -2,7 +2,7 @@
 //! behaviour the real-process tests (`tests/control.rs`) found missing, pinned down here.
 //! (`tests/cluster_sim.rs` covers faults, loss and invariants.)
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use super::*;
 
@@ -16,6 +16,8 @@ struct Mini {
     dead: Vec<bool>,
     /// One-way cuts: messages from the first host to the second are lost.
     cut: Vec<(HostId, HostId)>,
+    /// Every message sent, as `(from, to, msg)`, for tests that count them.
+    sent: Vec<(HostId, HostId, PeerMsg)>,
 }
 
 fn config(i: usize, max_replicas: u8) -> NodeConfig {
@@ -46,6 +48,7 @@ impl Mini {
             queue: VecDeque::new(),
             dead: vec![false; hosts],
             cut: Vec::new(),
+            sent: Vec::new(),
         };
         let ids: Vec<HostId> = m.nodes.iter().map(|n| n.id()).collect();
         for i in 0..hosts {
@@ -72,7 +75,10 @@ impl Mini {
         let outs = self.nodes[i].handle(self.now_ms, input);
         for o in outs {
             match o {
-                Output::Send { to, msg } => self.queue.push_back((to, me, msg)),
+                Output::Send { to, msg } => {
+                    self.sent.push((me, to, msg.clone()));
+                    self.queue.push_back((to, me, msg))
+                }
                 Output::Migrate { partition, .. } => {
                     // The data plane finishes at once: no objects to copy.
                     self.input(i, Input::MigrationDone { partition });
@@ -180,6 +186,54 @@ fn a_leader_death_lapses_no_surviving_lease() {
     let new = m.leader();
     assert_ne!(new, old, "a new leader was elected");
     assert!(lapses.is_empty(), "leases lapsed at {lapses:?}");
+}
+
+/// Idle CPU (issue 11): an idle store's messages were mostly heartbeats and lease renewals,
+/// each renewal its own ReadIndex round (a heartbeat to every follower and their answers).
+/// Now routine renewals wait for the next heartbeat and share one round sent with it: the
+/// rounds' contexts carry several requests, no round starts between heartbeats, and no lease
+/// lapses. (Before: one request per context, and a round whenever a request arrived.)
+#[test]
+fn renewals_share_one_read_index_round_per_heartbeat() {
+    let mut m = Mini::new(3, 1);
+    assert!(m.run_until(20_000, Mini::settled), "the store settles");
+    assert!(m.run_until(2_000, |m| m.nodes.iter().all(|n| n.holds_lease(m.now_ms))));
+    let leader = m.nodes[m.leader()].id();
+    let (mut rounds, mut asks, mut off_beat, mut lapses) = (BTreeSet::new(), 0, 0, 0);
+    let end = m.now_ms + 3_000;
+    while m.now_ms < end {
+        m.sent.clear();
+        m.step();
+        // The leader beat on this step's tick (its counter restarts at every beat).
+        let li = m.nodes.iter().position(|n| n.id() == leader).unwrap();
+        let beat = m.nodes[li].raw.raft.heartbeat_elapsed() == 0;
+        for (from, _, msg) in &m.sent {
+            if let PeerMsg::Raft(r) = msg
+                && *from == leader
+                && r.get_msg_type() == MessageType::MsgHeartbeat
+                && !r.context.is_empty()
+                && rounds.insert(r.context.to_vec())
+            {
+                asks += r.context.len() / LEASE_CTX_BYTES;
+                if !beat {
+                    off_beat += 1;
+                }
+            }
+        }
+        lapses += m.nodes.iter().filter(|n| !n.holds_lease(m.now_ms)).count();
+    }
+    assert!(
+        rounds.len() > 10,
+        "leases are renewed: {} rounds",
+        rounds.len()
+    );
+    assert_eq!(off_beat, 0, "rounds started between heartbeats");
+    assert!(
+        asks as f64 / rounds.len() as f64 > 1.5,
+        "{asks} requests in {} rounds",
+        rounds.len()
+    );
+    assert_eq!(lapses, 0, "a lease lapsed");
 }
 
 #[test]
