@@ -300,6 +300,17 @@ struct Stream {
     failed: bool,
 }
 
+/// Where the arrival shard sends a keyed request (decided by [`DataPlane::route`]).
+pub use crate::cluster::data::Route as HostRoute;
+
+/// Requests that change nothing (never replicated).
+pub fn read_only(req: &ArchivedRequest) -> bool {
+    matches!(
+        req,
+        ArchivedRequest::Read { .. } | ArchivedRequest::Meta { .. }
+    ) || matches!(req, ArchivedRequest::Redis { op, .. } if op.to_native().is_read_only())
+}
+
 /// The shard's multi-host state. See the module doc.
 pub struct Hosts {
     pub plane: Arc<Plane>,
@@ -376,20 +387,7 @@ impl Hosts {
     pub fn multi_host(&self) -> bool {
         self.multi_host
     }
-}
 
-/// Where the arrival shard sends a keyed request (decided by [`DataPlane::route`]).
-pub use crate::cluster::data::Route as HostRoute;
-
-/// Requests that change nothing (never replicated).
-pub fn read_only(req: &ArchivedRequest) -> bool {
-    matches!(
-        req,
-        ArchivedRequest::Read { .. } | ArchivedRequest::Meta { .. }
-    ) || matches!(req, ArchivedRequest::Redis { op, .. } if op.to_native().is_read_only())
-}
-
-impl Hosts {
     // ---- the plane -----------------------------------------------------------------------
 
     /// Once per pass: new map, lease, commands; then pulls and migration streams.
