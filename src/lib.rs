@@ -8,7 +8,11 @@
 //! - [`store`]: one shard's objects (hashbrown tables, timeouts, locks, LRU, memory
 //!   accounting). Pure data structure: no I/O, the clock is passed in.
 //! - [`server`]: the shard-per-core runtime: one pinned glommio executor per shard, the
-//!   message mesh between shards, request routing and forwarding, shutdown.
+//!   message mesh between shards, request routing and forwarding, shutdown. A shard
+//!   (`server::shard`) is layered socket → frame → dispatch → data plane → store, one module
+//!   and one type each: `conn` (sockets, connections, TLS, answer order), `resp_conn` (RESP
+//!   framing), `dispatch` (a request becomes local execution, a hop to another shard or a
+//!   host route), `hosts` (the cluster data plane's link I/O), `mesh` (the other shards).
 //! - [`net`]: the shard's socket path: an io_uring ring of its own (`DEFER_TASKRUN` +
 //!   `SINGLE_ISSUER`) driven from a glommio task, batching accepts, receives and sends.
 //! - [`http`]: the HTTP data REST API (hyper on each shard's glommio executor), whose

@@ -28,7 +28,7 @@ pub fn to_resp(native: u64) -> u64 {
 
 /// The native cursor of a Redis client's `SCAN` cursor, or `None` when it was not made by
 /// [`to_resp`]. `store_wide`: the listing walks every host (0 starts it, see
-/// `Shard::relay_listing`).
+/// `Dispatch::relay_listing`).
 pub fn to_native(packed: u64, store_wide: bool) -> Option<u64> {
     if packed > PACKED_MAX {
         return None;

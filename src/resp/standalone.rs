@@ -150,7 +150,7 @@ impl Standalone {
         self.violations.push(Violation(what));
     }
 
-    /// Applies a native request as `Shard::on_frame` does on a one-shard, one-host store and
+    /// Applies a native request as `Dispatch::on_frame` (`server::shard::dispatch`) does on a one-shard, one-host store and
     /// renders its answer.
     fn serve(&mut self, req: &Request, value: &[u8]) {
         let mut frame_bytes = Vec::new();

@@ -164,6 +164,9 @@ pub struct Core {
     /// Some on shard 0 only.
     pub registry: Option<Registry>,
     pub cfg: Arc<Config>,
+    /// The wall clock (ms since the epoch) as of the shard's current pass or message (kept by
+    /// the shard): every request of a pass sees one time, read once per pass.
+    pub now_ms: u64,
     pub requests: u64,
     /// Open client connections on this shard (kept by the shard).
     pub connections: u64,
@@ -198,13 +201,13 @@ pub struct Core {
 /// and a Redis cluster client's `SCAN`, which lists one node as in Redis Cluster), and
 /// `STORE_WIDE | host << 56 | shard << 32 | slot` for the listing of a store of several hosts
 /// by a native or plain Redis client, which walks every host with one cursor (the host asked
-/// marks the cursor, see `Shard::relay_listing`). Redis clients see these cursors packed
+/// marks the cursor, see `Dispatch::relay_listing` in `server::shard::dispatch`). Redis clients see these cursors packed
 /// smaller (`resp::cursor`).
 pub const CURSOR_STORE_WIDE: u64 = 1 << 63;
 
 /// A `ListKeys` cursor (exactly this value) asking for the first `limit` keys of every shard in
 /// one answer (Redis `KEYS`): the host asked gathers its shards' parts and, for a store-wide client, every other
-/// host's (`Shard::gather_hosts`). Not a position: never answered as a next cursor.
+/// host's (`Dispatch::gather_hosts`). Not a position: never answered as a next cursor.
 pub const CURSOR_WHOLE_HOST: u64 = 1 << 62;
 
 /// The host part of a store-wide listing cursor.
@@ -258,6 +261,7 @@ impl Core {
             store,
             registry,
             cfg,
+            now_ms: 0,
             requests: 0,
             connections: 0,
             ring_waits: 0,

@@ -1,6 +1,7 @@
 //! The shard's local-submit API as other modules on the shard's thread use it (the HTTP data
 //! API): open a local connection, send native request frames through the shard's own routing,
-//! await the native answers. See `shard/local.rs` for how the shard serves them.
+//! await the native answers. See `shard/local.rs` for how the shard serves them (its
+//! local connections are `shard/conn.rs`'s).
 
 use std::cell::RefCell;
 use std::rc::Rc;

@@ -39,7 +39,13 @@
 //!   plane. Streams are paced by the link's queued bytes, so a partition move never holds the
 //!   shard for long.
 //!
-//! Links use the shard's own ring (connect, recv, sendmsg), like client connections.
+//! Links use the shard's own ring (connect, recv, sendmsg), like client connections: a link is
+//! a `Conn` in the shard's connection slab (`conn`). [`Hosts`] owns the data plane's state
+//! (the machine, the links by host, pulls, streams, held requests); its methods take the
+//! other parts of the shard they touch as parameters (`&mut Conns` for links and the
+//! connections answers go to, `&mut Core` for the store, `&Mesh` for answers owed to other
+//! shards). It also serves the requests other shards forward (`Hosts::execute_frame_to`),
+//! which may be changes to replicate.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -51,13 +57,15 @@ use stategrid_proto::{
     Request, Response, TouchItem, codec, frame, key_hash, partition_of,
 };
 
-use super::{Conn, Shard, Sink, VecSink};
+use super::conn::{Conn, ConnKind, Conns};
+use super::mesh::Mesh;
 use crate::auth::peer;
 use crate::cluster::HostId;
 use crate::cluster::data::{Begin, Completed, DataPlane, Objects, Read, Touch};
 use crate::cluster::plane::{self, DataCmd, DataEvent, Plane, View};
 use crate::net::{AlignedBuf, Op, SendBatch, Token};
 use crate::server::Msg;
+use crate::server::exec::{Core, Sink, VecSink};
 use crate::store::KeyRef;
 
 /// Objects a migration stream sends per ring pass at most...
@@ -108,7 +116,7 @@ impl LinkAuth {
 /// For a request from host `peer` (proven on its connection), why it is refused: a
 /// host-to-host request names its sender (or the copy it is for) and that must be the
 /// connection's host, never a host it claims to speak for.
-pub(super) fn sender_mismatch(req: &ArchivedRequest, peer: HostId) -> Option<String> {
+pub fn sender_mismatch(req: &ArchivedRequest, peer: HostId) -> Option<String> {
     let (field, claimed) = match req {
         ArchivedRequest::Replicate { from, .. } => ("from", from.to_native()),
         ArchivedRequest::MigrateEnd { from, .. } => ("from", from.to_native()),
@@ -129,7 +137,7 @@ pub(super) fn sender_mismatch(req: &ArchivedRequest, peer: HostId) -> Option<Str
 /// The hosts a store-wide request covers, in the map's order: every host not declared failed
 /// (a joining host, primary of nothing yet, answers with nothing). A key listing cursor names
 /// a host by its place in this list.
-pub(super) fn listed_hosts(view: &View) -> Vec<HostId> {
+pub fn listed_hosts(view: &View) -> Vec<HostId> {
     view.hosts
         .iter()
         .filter(|h| h.state != crate::cluster::HostState::Failed)
@@ -138,7 +146,7 @@ pub(super) fn listed_hosts(view: &View) -> Vec<HostId> {
 }
 
 /// The answer frame for a part of a store-wide request whose host could not be asked.
-fn host_unreachable(host: HostId) -> Vec<u8> {
+pub fn host_unreachable(host: HostId) -> Vec<u8> {
     let mut b = Vec::new();
     codec::encode_response(
         &mut b,
@@ -176,20 +184,6 @@ fn send_now(
         )
     };
     n == bytes.len() as isize
-}
-
-/// What kind of peer a connection has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConnKind {
-    /// An application on `svr_port`.
-    Client,
-    /// Another host, connected to our `int_port`: may send host-to-host requests.
-    Internal,
-    /// Our link to another host's `int_port`: we send requests, it answers.
-    Outbound(HostId, LinkClass),
-    /// A task on this shard (the HTTP data API): no socket, answers go to its mailbox
-    /// (see `shard/local.rs`). Served as a `Client`.
-    Local,
 }
 
 /// A shard keeps two links to each other host, because a host answers a link's requests in
@@ -306,6 +300,17 @@ struct Stream {
     failed: bool,
 }
 
+/// Where the arrival shard sends a keyed request (decided by [`DataPlane::route`]).
+pub use crate::cluster::data::Route as HostRoute;
+
+/// Requests that change nothing (never replicated).
+pub fn read_only(req: &ArchivedRequest) -> bool {
+    matches!(
+        req,
+        ArchivedRequest::Read { .. } | ArchivedRequest::Meta { .. }
+    ) || matches!(req, ArchivedRequest::Redis { op, .. } if op.to_native().is_read_only())
+}
+
 /// The shard's multi-host state. See the module doc.
 pub struct Hosts {
     pub plane: Arc<Plane>,
@@ -318,7 +323,6 @@ pub struct Hosts {
     pulls: HashMap<u16, Pull>,
     streams: VecDeque<Stream>,
     deferred: VecDeque<Deferred>,
-    pub int_listener: Option<socket2::Socket>,
     next_link_id: u32,
     next_stream_id: u64,
     /// Did the installed map ever name more than this host? (Bulk requests are single-host.)
@@ -338,7 +342,7 @@ impl Hosts {
         )
     }
 
-    pub fn new(plane: Arc<Plane>, int_listener: socket2::Socket) -> Hosts {
+    pub fn new(plane: Arc<Plane>) -> Hosts {
         Hosts {
             plane,
             generation: u64::MAX,
@@ -348,7 +352,6 @@ impl Hosts {
             pulls: HashMap::new(),
             streams: VecDeque::new(),
             deferred: VecDeque::new(),
-            int_listener: Some(int_listener),
             next_link_id: 1,
             next_stream_id: 1,
             multi_host: false,
@@ -356,7 +359,7 @@ impl Hosts {
         }
     }
 
-    /// Must a request on `p` be served by `Shard::execute_replicated`: a change to a
+    /// Must a request on `p` be served by [`Hosts::execute_replicated`]: a change to a
     /// replicated partition (it waits for its copies), or a read of a partition whose changes
     /// wait for their copies (it waits behind them: see [`DataPlane::begin_read`])?
     /// Cost: two loads for a read, the owners lookup for a change.
@@ -374,56 +377,52 @@ impl Hosts {
     fn mono_ms(&self) -> u64 {
         self.data.now_ms()
     }
-}
 
-/// Where the arrival shard sends a keyed request (decided by [`DataPlane::route`]).
-pub use crate::cluster::data::Route as HostRoute;
+    /// This host's id in the installed map (0 before it joined).
+    pub fn me(&self) -> u64 {
+        self.data.view.as_ref().map_or(0, |v| v.me.0)
+    }
 
-/// Requests that change nothing (never replicated).
-pub(super) fn read_only(req: &ArchivedRequest) -> bool {
-    matches!(
-        req,
-        ArchivedRequest::Read { .. } | ArchivedRequest::Meta { .. }
-    ) || matches!(req, ArchivedRequest::Redis { op, .. } if op.to_native().is_read_only())
-}
+    /// Did the installed map ever name more than this host?
+    pub fn multi_host(&self) -> bool {
+        self.multi_host
+    }
 
-impl Shard {
     // ---- the plane -----------------------------------------------------------------------
 
     /// Once per pass: new map, lease, commands; then pulls and migration streams.
-    pub(super) fn cluster_pass(&mut self) {
-        let lease = self.hosts.plane.lease();
-        self.hosts.data.set_time(plane::now_ms(), lease);
-        let generation = self.hosts.plane.generation();
-        if generation != self.hosts.generation {
-            self.hosts.generation = generation;
-            self.on_new_view();
+    pub fn cluster_pass(&mut self, conns: &mut Conns, core: &mut Core, mesh: &Mesh) {
+        let lease = self.plane.lease();
+        self.data.set_time(plane::now_ms(), lease);
+        let generation = self.plane.generation();
+        if generation != self.generation {
+            self.generation = generation;
+            self.on_new_view(conns, core, mesh);
         }
-        if !self.hosts.pulls.is_empty() {
-            self.pump_pulls();
+        if !self.pulls.is_empty() {
+            self.pump_pulls(conns, core);
         }
-        if !self.hosts.streams.is_empty() {
-            self.pump_streams();
+        if !self.streams.is_empty() {
+            self.pump_streams(conns, core);
         }
-        if !self.hosts.deferred.is_empty() {
-            self.pump_deferred();
+        if !self.deferred.is_empty() {
+            self.pump_deferred(conns, core, mesh);
         }
-        if self.hosts.multi_host && self.hosts.mono_ms() >= self.hosts.touches_due_ms {
-            self.hosts.touches_due_ms =
-                self.hosts.mono_ms() + self.core.cfg.sliding_touch_replication_ms;
-            self.send_touches();
+        if self.multi_host && self.mono_ms() >= self.touches_due_ms {
+            self.touches_due_ms = self.mono_ms() + core.cfg.sliding_touch_replication_ms;
+            self.send_touches(conns, core);
         }
     }
 
     /// Sends the timeouts restarted since the last batch to the replicas of the partitions
     /// this host is primary of (see the module doc). Cost per batch: one key copy per touched
     /// object, one frame per partition and replica; nothing per read beyond the store's log.
-    fn send_touches(&mut self) {
-        let touched = self.core.store.take_touches(self.now_ms);
+    fn send_touches(&mut self, conns: &mut Conns, core: &mut Core) {
+        let touched = core.store.take_touches(core.now_ms);
         if touched.is_empty() {
             return;
         }
-        let Some(view) = self.hosts.data.view.clone() else {
+        let Some(view) = self.data.view.clone() else {
             return;
         };
         let mut by_partition: HashMap<u32, Vec<TouchItem>> = HashMap::new();
@@ -464,12 +463,18 @@ impl Shard {
                     if host == view.me {
                         continue;
                     }
-                    let sent =
-                        self.link_send(host, LinkClass::Data, Expect::Notice, |b, link_id| {
+                    let sent = self.link_send(
+                        conns,
+                        core,
+                        host,
+                        LinkClass::Data,
+                        Expect::Notice,
+                        |b, link_id| {
                             encode_with_value(b, link_id, &msg, None);
-                        });
+                        },
+                    );
                     if !sent {
-                        tracing::debug!(shard = self.core.shard, ?host, "touches not sent");
+                        tracing::debug!(shard = core.shard, ?host, "touches not sent");
                     }
                 }
                 items = rest;
@@ -479,7 +484,7 @@ impl Shard {
 
     /// Holds a keyed request until the lease covers its partition ([`HostRoute::Wait`]).
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn defer(
+    pub fn defer(
         &mut self,
         partition: usize,
         internal: bool,
@@ -489,7 +494,7 @@ impl Shard {
         id: u32,
         frame: &[u8],
     ) {
-        self.hosts.deferred.push_back(Deferred {
+        self.deferred.push_back(Deferred {
             partition,
             internal,
             slot,
@@ -497,59 +502,68 @@ impl Shard {
             seq,
             id,
             frame: AlignedBuf::from_slice(frame),
-            deadline_ms: self.hosts.mono_ms() + DEFER_MS_MAX,
+            deadline_ms: self.mono_ms() + DEFER_MS_MAX,
         });
     }
 
     /// Serves held requests whose partition the lease now covers; relays a client's whose
     /// partition moved to another host; answers `NotPrimary` to those that waited too long.
-    fn pump_deferred(&mut self) {
-        let Some(view) = self.hosts.data.view.clone() else {
+    fn pump_deferred(&mut self, conns: &mut Conns, core: &mut Core, mesh: &Mesh) {
+        let Some(view) = self.data.view.clone() else {
             return;
         };
-        let now = self.hosts.mono_ms();
+        let now = self.mono_ms();
         let mut i = 0;
-        while i < self.hosts.deferred.len() {
-            let d = &self.hosts.deferred[i];
+        while i < self.deferred.len() {
+            let d = &self.deferred[i];
             let primary = view.owners[d.partition].primary();
             let mine = primary == Some(view.me);
-            let ready = mine && self.hosts.data.serves(d.partition);
+            let ready = mine && self.data.serves(d.partition);
             // A client's request whose partition now has another primary goes there.
             let elsewhere = primary.filter(|&h| h != view.me && !d.internal);
             if !ready && elsewhere.is_none() && now < d.deadline_ms {
                 i += 1;
                 continue;
             }
-            let d = self.hosts.deferred.remove(i).expect("index in range");
+            let d = self.deferred.remove(i).expect("index in range");
             let to = AnswerTo::Conn {
                 slot: d.slot,
                 generation: d.generation,
                 seq: d.seq,
             };
             if let (false, Some(host)) = (ready, elsewhere) {
-                self.relay(host, d.slot, d.generation, d.seq, d.id, d.frame.as_slice());
+                self.relay(
+                    conns,
+                    core,
+                    host,
+                    d.slot,
+                    d.generation,
+                    d.seq,
+                    d.id,
+                    d.frame.as_slice(),
+                );
                 // A relay that could not be sent filled the slot: send it (we are outside
                 // `process_frames`, so the connection may be flushed here).
-                if self.conn_mut(d.slot, d.generation).is_some() {
-                    self.flush(d.slot);
-                    self.maybe_close(d.slot);
+                if conns.conn_mut(d.slot, d.generation).is_some() {
+                    conns.flush(d.slot);
+                    self.close_if_done(conns, core, d.slot);
                 }
                 continue;
             }
             if !ready {
                 let mut b = Vec::new();
                 VecSink(&mut b).error(d.id, ErrorCode::NotPrimary, view.epoch);
-                self.deliver(to, b);
+                self.deliver(conns, core, mesh, to, b);
                 continue;
             }
-            let owner = crate::server::owner_shard(d.partition as u32, self.core.shards);
-            if owner == self.core.shard {
-                if let Some(answer) = self.execute_frame_to(&d.frame, Some(to)) {
-                    self.deliver(to, answer);
+            let owner = crate::server::owner_shard(d.partition as u32, core.shards);
+            if owner == core.shard {
+                if let Some(answer) = self.execute_frame_to(conns, core, &d.frame, Some(to)) {
+                    self.deliver(conns, core, mesh, to, answer);
                 }
             } else {
-                let origin = self.core.shard;
-                self.send_to(
+                let origin = core.shard;
+                mesh.send_to(
                     owner,
                     Msg::Forward {
                         origin,
@@ -564,31 +578,31 @@ impl Shard {
         }
     }
 
-    fn on_new_view(&mut self) {
-        let Some(view) = self.hosts.plane.view() else {
+    fn on_new_view(&mut self, conns: &mut Conns, core: &mut Core, mesh: &Mesh) {
+        let Some(view) = self.plane.view() else {
             return;
         };
-        let me = self.core.shard;
-        let shards = self.core.shards;
+        let me = core.shard;
+        let shards = core.shards;
         // Writes waiting for a host the map no longer gives a copy: that copy is gone
         // (declared failed or moved away), so it is not waited for. After an in-process
         // rejoin (a new host id) every waiting write fails, retryable (`DataPlane::set_view`);
         // the empty view below drops every copy.
-        let (newer, done) = self.hosts.data.set_view(view.clone());
+        let (newer, done) = self.data.set_view(view.clone());
         for c in done {
-            self.complete_pending(c);
+            self.complete_pending(conns, core, mesh, c);
         }
         if view.hosts.len() > 1 {
-            self.hosts.multi_host = true;
+            self.multi_host = true;
         }
         // Restarted sliding timeouts are logged once there may be replicas to tell.
-        self.core.store.set_touch_log(self.hosts.multi_host);
-        self.core.list_host = self.hosts.multi_host.then(|| {
+        core.store.set_touch_log(self.multi_host);
+        core.list_host = self.multi_host.then(|| {
             let hosts = listed_hosts(&view);
             let me = hosts.iter().position(|&h| h == view.me).unwrap_or(0);
             (me as u8, hosts.len() as u8)
         });
-        self.core.primary_partitions = self.hosts.multi_host.then(|| {
+        core.primary_partitions = self.multi_host.then(|| {
             (0..PARTITIONS as usize)
                 .map(|p| view.owners[p].primary() == Some(view.me))
                 .collect()
@@ -598,13 +612,13 @@ impl Shard {
             // Drop copies this host no longer has a role in, and pulls no longer wanted.
             for p in (me..PARTITIONS as usize).step_by(shards) {
                 let role = view.owners[p].role_of(view.me);
-                if role.is_none() && self.core.store.partition_len(p as u32) > 0 {
-                    let n = self.core.store.drop_partition(p as u32);
+                if role.is_none() && core.store.partition_len(p as u32) > 0 {
+                    let n = core.store.drop_partition(p as u32);
                     tracing::debug!(shard = me, partition = p, objects = n, "copy dropped");
                 }
                 if role != Some(crate::cluster::Role::Pending) {
-                    self.hosts.pulls.remove(&(p as u16));
-                } else if let Some(pull) = self.hosts.pulls.get_mut(&(p as u16)) {
+                    self.pulls.remove(&(p as u16));
+                } else if let Some(pull) = self.pulls.get_mut(&(p as u16)) {
                     // The primary changed: the old one dropped its stream; ask the new one.
                     if pull.asked && pull.source != view.owners[p].primary() {
                         pull.asked = false;
@@ -614,27 +628,26 @@ impl Shard {
             }
             // Links to hosts the map no longer names.
             let gone: Vec<HostId> = self
-                .hosts
                 .links
                 .keys()
                 .map(|&(h, _)| h)
                 .filter(|h| view.addr(*h).is_none())
                 .collect();
             for h in gone {
-                self.close_link(h);
+                self.close_link(conns, core, h);
             }
-            self.hosts.streams.retain(|s| {
+            self.streams.retain(|s| {
                 view.owners[s.partition as usize]
                     .copies()
                     .any(|c| c == s.to)
             });
         }
-        for cmd in self.hosts.plane.take_cmds(me) {
+        for cmd in self.plane.take_cmds(me) {
             match cmd {
-                DataCmd::SetParam { name, value } => self.apply_param(&name, &value),
+                DataCmd::SetParam { name, value } => Self::apply_param(core, &name, &value),
                 DataCmd::Pull { partition, .. } => {
-                    let now = self.hosts.mono_ms();
-                    self.hosts.pulls.entry(partition).or_insert(Pull {
+                    let now = self.mono_ms();
+                    self.pulls.entry(partition).or_insert(Pull {
                         source: None,
                         asked: false,
                         failed: false,
@@ -648,25 +661,23 @@ impl Shard {
 
     /// Applies a store-wide parameter from the Raft log to this shard: its configuration (as
     /// `stategrid show` reports it) and its store's limits.
-    fn apply_param(&mut self, name: &str, value: &str) {
-        let mut cfg = (*self.core.cfg).clone();
+    fn apply_param(core: &mut Core, name: &str, value: &str) {
+        let mut cfg = (*core.cfg).clone();
         if let Err(e) = cfg.set(name, value, crate::config::Source::Set) {
             tracing::warn!(
-                shard = self.core.shard,
+                shard = core.shard,
                 "store-wide parameter {name} = {value} not applied: {e}"
             );
             return;
         }
-        self.core
-            .store
-            .set_limits(cfg.store_limits(self.core.shards));
-        self.core.cfg = Arc::new(cfg);
+        core.store.set_limits(cfg.store_limits(core.shards));
+        core.cfg = Arc::new(cfg);
     }
 
     /// Publishes this shard's numbers for `stategrid query` (from housekeeping).
-    pub(super) fn publish_counters(&self) {
-        let st = self.core.store.stats();
-        let c = &self.hosts.plane.counters[self.core.shard];
+    pub fn publish_counters(&self, core: &Core) {
+        let st = core.store.stats();
+        let c = &self.plane.counters[core.shard];
         c.objects
             .store(st.objects, std::sync::atomic::Ordering::Relaxed);
         c.memory_bytes
@@ -675,24 +686,26 @@ impl Shard {
 
     /// Expires writes whose replicas did not confirm in time, and sends the changes in doubt
     /// again (from housekeeping; see `cluster::data::pending`).
-    pub(super) fn expire_pending(&mut self) {
-        let timeout = self.core.cfg.replication_timeout_ms;
-        let (done, resend) = self.hosts.data.expire(plane::now_ms(), timeout);
+    pub fn expire_pending(&mut self, conns: &mut Conns, core: &mut Core, mesh: &Mesh) {
+        let timeout = core.cfg.replication_timeout_ms;
+        let (done, resend) = self.data.expire(plane::now_ms(), timeout);
         for c in done {
             if !c.read {
                 tracing::warn!(
-                    shard = self.core.shard,
+                    shard = core.shard,
                     partition = c.partition,
                     "replicas {:?} did not confirm a change within replication_timeout_ms ({timeout} ms); it is sent to them again until they do or leave the map",
                     c.unconfirmed
                 );
             }
-            self.complete_pending(c);
+            self.complete_pending(conns, core, mesh, c);
         }
         for r in resend {
-            self.core.metrics.replication_resends += 1;
+            core.metrics.replication_resends += 1;
             for (ns, key) in &r.objects {
                 self.send_replicas(
+                    conns,
+                    core,
                     r.idx,
                     r.epoch,
                     r.me,
@@ -709,15 +722,15 @@ impl Shard {
 
     /// Where a keyed request for partition `p` goes, decided on the shard it arrived at.
     #[inline]
-    pub(super) fn host_route(&self, p: usize, internal: bool) -> HostRoute {
-        let can_hold = self.hosts.deferred.len() < DEFERRED_MAX;
-        self.hosts.data.route(p, internal, can_hold)
+    pub fn host_route(&self, p: usize, internal: bool) -> HostRoute {
+        let can_hold = self.deferred.len() < DEFERRED_MAX;
+        self.data.route(p, internal, can_hold)
     }
 
     /// Bulk and store-wide requests are served by one host only; refused once the store has
     /// several (they would see or change only this host's part).
-    pub(super) fn multi_host_refusal(&self, req: &ArchivedRequest) -> Option<String> {
-        if !self.hosts.multi_host {
+    pub fn multi_host_refusal(&self, req: &ArchivedRequest) -> Option<String> {
+        if !self.multi_host {
             return None;
         }
         match req {
@@ -730,8 +743,8 @@ impl Shard {
     }
 
     /// `GetMap`: the primaries clients route by.
-    pub(super) fn map_response(&self) -> Response {
-        let Some(view) = &self.hosts.data.view else {
+    pub fn map_response(&self) -> Response {
+        let Some(view) = &self.data.view else {
             return Response::Error(ErrorReply::new(ErrorCode::NotJoined, 0));
         };
         // Hosts declared failed are left out: clients must not route to them, and a host that
@@ -780,8 +793,11 @@ impl Shard {
     }
 
     /// Relays a client's request frame to the primary host; the answer fills `seq`.
-    pub(super) fn relay(
+    #[allow(clippy::too_many_arguments)]
+    pub fn relay(
         &mut self,
+        conns: &mut Conns,
+        core: &mut Core,
         host: HostId,
         slot: u32,
         generation: u32,
@@ -789,8 +805,10 @@ impl Shard {
         id: u32,
         frame: &[u8],
     ) {
-        self.core.metrics.relayed_requests += 1;
+        core.metrics.relayed_requests += 1;
         let sent = self.link_send(
+            conns,
+            core,
             host,
             LinkClass::Relay,
             Expect::Relay {
@@ -802,205 +820,22 @@ impl Shard {
             |b, link_id| append_relabelled(b, frame, link_id),
         );
         if !sent {
-            let epoch = self.hosts.data.view.as_ref().map_or(0, |v| v.epoch);
+            let epoch = self.data.view.as_ref().map_or(0, |v| v.epoch);
             let mut bytes = Vec::new();
             VecSink(&mut bytes).error(id, ErrorCode::NotPrimary, epoch);
-            self.fill_slot(slot, generation, seq, 0, bytes);
+            conns.fill_slot(slot, generation, seq, 0, bytes, &core.cfg);
         }
-    }
-
-    // ---- store-wide requests --------------------------------------------------------------
-
-    /// Whether this connection's listings, counts and clears cover the whole store: a native
-    /// client's do, and a plain Redis client's on `resp_port`; a Redis client's on `svr_port`
-    /// and a cluster client's cover the host asked, one node at a time as in Redis Cluster
-    /// (`resp::commands::Session::sees_store_wide`).
-    pub(super) fn sees_store_wide(&self, slot: u32) -> bool {
-        self.conns[slot as usize]
-            .resp
-            .as_ref()
-            .is_none_or(|r| r.store_wide)
-    }
-
-    /// Requests answered from parts: a namespace count or clear from a client of a store of
-    /// several hosts (every host answers for the partitions it is primary of; a clear also
-    /// clears their replicas), and a whole-host key listing (`CURSOR_WHOLE_HOST`, Redis
-    /// `KEYS`) on any store. This host merges the parts: its own shards' and, for a client
-    /// that sees the store whole, each other host's, asked over the relay links (a host asked
-    /// by another answers for itself only). Returns false when it is not such a request.
-    pub(super) fn gather_hosts(
-        &mut self,
-        req: &ArchivedRequest,
-        slot: u32,
-        generation: u32,
-        id: u32,
-        frame: &[u8],
-        internal: bool,
-    ) -> bool {
-        use super::gather::Kind;
-        let kind = match req {
-            ArchivedRequest::ListKeys { cursor, .. }
-                if cursor.to_native() == crate::server::exec::CURSOR_WHOLE_HOST =>
-            {
-                Kind::Keys
-            }
-            ArchivedRequest::NsCount { .. } | ArchivedRequest::NsClear { .. } => Kind::Sum,
-            _ => return false,
-        };
-        let store_wide = self.hosts.multi_host && !internal && self.sees_store_wide(slot);
-        if kind == Kind::Sum && !store_wide {
-            return false;
-        }
-        let others: Vec<HostId> = match self.hosts.data.view.clone() {
-            Some(view) if store_wide => listed_hosts(&view)
-                .into_iter()
-                .filter(|&h| h != view.me)
-                .collect(),
-            _ if kind == Kind::Sum => return false,
-            _ => Vec::new(),
-        };
-        let shards = self.core.shards;
-        let g = super::gather::Gather {
-            kind,
-            request_id: id,
-            parts: (0..shards + others.len()).map(|_| None).collect(),
-            indexes: Vec::new(),
-            items: 0,
-            remaining: shards + others.len(),
-        };
-        let Some(seq) = self.reserve(slot, id, super::Slot::Gather(g, frame.len() as u32)) else {
-            return true;
-        };
-        for s in 0..shards {
-            self.dispatch_part(s, slot, generation, seq, s as u32, frame);
-        }
-        for (i, host) in others.into_iter().enumerate() {
-            let part = (shards + i) as u32;
-            let sent = self.link_send(
-                host,
-                LinkClass::Relay,
-                Expect::Part {
-                    slot,
-                    generation,
-                    seq,
-                    part,
-                },
-                |b, link_id| append_relabelled(b, frame, link_id),
-            );
-            if !sent {
-                self.fill_slot(slot, generation, seq, part, host_unreachable(host));
-            }
-        }
-        true
-    }
-
-    /// A native client's key listing page on a store of several hosts: the cursor is marked
-    /// store-wide ([`crate::server::exec::CURSOR_STORE_WIDE`]) and the page served by the host
-    /// it names, here or relayed there; that host answers with the cursor of the page after,
-    /// on it or on the next host. Returns false when it is not such a request.
-    pub(super) fn relay_listing(
-        &mut self,
-        req: &ArchivedRequest,
-        slot: u32,
-        generation: u32,
-        id: u32,
-    ) -> bool {
-        use crate::server::exec::{CURSOR_STORE_WIDE, cursor_host, cursor_shard};
-        let Some((me, _)) = self.core.list_host else {
-            return false;
-        };
-        let marked = |cursor: u64| match cursor {
-            0 => CURSOR_STORE_WIDE,
-            c => c,
-        };
-        let (cursor, native) = match req {
-            ArchivedRequest::ListKeys { ns, cursor, limit } => {
-                let cursor = marked(cursor.to_native());
-                (
-                    cursor,
-                    Request::ListKeys {
-                        ns: ns.to_native(),
-                        cursor,
-                        limit: limit.to_native(),
-                    },
-                )
-            }
-            ArchivedRequest::ListKeysOfKind {
-                ns,
-                cursor,
-                limit,
-                kind,
-            } => {
-                let cursor = marked(cursor.to_native());
-                (
-                    cursor,
-                    Request::ListKeysOfKind {
-                        ns: ns.to_native(),
-                        cursor,
-                        limit: limit.to_native(),
-                        kind: kind.to_native(),
-                    },
-                )
-            }
-            _ => return false,
-        };
-        // Redis cluster clients list one node at a time (as in Redis Cluster); so do old
-        // cursors.
-        if !self.sees_store_wide(slot) || cursor & CURSOR_STORE_WIDE == 0 {
-            return false;
-        }
-        let Some(view) = self.hosts.data.view.clone() else {
-            return false;
-        };
-        let mut frame = Vec::with_capacity(64);
-        codec::encode_request(&mut frame, id, &native, &[]);
-        let Some(seq) = self.reserve(
-            slot,
-            id,
-            super::Slot::Forwarded {
-                bytes: frame.len() as u32,
-            },
-        ) else {
-            return true;
-        };
-        let want = cursor_host(cursor);
-        if want == me as usize {
-            let shard = cursor_shard(cursor).min(self.core.shards - 1);
-            self.dispatch_part(shard, slot, generation, seq, 0, &frame);
-            return true;
-        }
-        let hosts = listed_hosts(&view);
-        match hosts.get(want) {
-            Some(&host) => self.relay(host, slot, generation, seq, id, &frame),
-            None => {
-                let mut b = Vec::new();
-                VecSink(&mut b).respond(
-                    id,
-                    &Response::Error(ErrorReply::with_message(
-                        ErrorCode::InvalidRequest,
-                        0,
-                        format!(
-                            "cursor {cursor} names host {want}, and the store lists {} hosts now; start the listing again from 0",
-                            hosts.len()
-                        ),
-                    )),
-                    &[],
-                );
-                self.fill_slot(slot, generation, seq, 0, b);
-            }
-        }
-        true
     }
 
     /// Tells the replicas of each partition a namespace clear emptied here (see
     /// `Core::cleared`). Called right after the clear ran, before any later change of the
     /// partition is replicated, so the copies apply it in the same order.
-    pub(super) fn send_clears(&mut self) {
-        if self.core.cleared.is_empty() {
+    pub fn send_clears(&mut self, conns: &mut Conns, core: &mut Core) {
+        if core.cleared.is_empty() {
             return;
         }
-        let cleared = std::mem::take(&mut self.core.cleared);
-        let Some(view) = self.hosts.data.view.clone() else {
+        let cleared = std::mem::take(&mut core.cleared);
+        let Some(view) = self.data.view.clone() else {
             return;
         };
         for (ns, partition) in cleared {
@@ -1014,12 +849,19 @@ impl Shard {
                 if host == view.me {
                     continue;
                 }
-                let sent = self.link_send(host, LinkClass::Data, Expect::Notice, |b, link_id| {
-                    encode_with_value(b, link_id, &msg, None);
-                });
+                let sent = self.link_send(
+                    conns,
+                    core,
+                    host,
+                    LinkClass::Data,
+                    Expect::Notice,
+                    |b, link_id| {
+                        encode_with_value(b, link_id, &msg, None);
+                    },
+                );
                 if !sent {
                     tracing::warn!(
-                        shard = self.core.shard,
+                        shard = core.shard,
                         ?host,
                         partition,
                         "a namespace clear could not be sent to a replica"
@@ -1029,12 +871,38 @@ impl Shard {
         }
     }
 
-    /// A part of a store-wide request arrived: fill it and send what is ready.
-    fn deliver_part(&mut self, slot: u32, generation: u32, seq: u64, part: u32, b: Vec<u8>) {
-        if self.fill_slot(slot, generation, seq, part, b) {
-            self.flush(slot);
-            self.want_recv(slot);
-            self.maybe_close(slot);
+    /// An answer (or a part of a store-wide request's) for a connection of this shard: fill its
+    /// slot and send what is ready.
+    #[allow(clippy::too_many_arguments)]
+    pub fn deliver_part(
+        &mut self,
+        conns: &mut Conns,
+        core: &mut Core,
+        slot: u32,
+        generation: u32,
+        seq: u64,
+        part: u32,
+        b: Vec<u8>,
+    ) {
+        if conns.fill_slot(slot, generation, seq, part, b, &core.cfg) {
+            self.settle(conns, core, slot);
+        }
+    }
+
+    /// After a connection's state changed: send what is queued, read again if it may, and
+    /// close it if it is done.
+    pub fn settle(&mut self, conns: &mut Conns, core: &mut Core, slot: u32) {
+        conns.flush(slot);
+        conns.want_recv(slot, &core.cfg);
+        self.close_if_done(conns, core, slot);
+    }
+
+    /// Frees a connection once it has nothing left to do ([`Conns::take_if_done`]); a host
+    /// link's closing settles what waited on it.
+    pub fn close_if_done(&mut self, conns: &mut Conns, core: &mut Core, slot: u32) {
+        if let Some(mut conn) = conns.take_if_done(slot) {
+            core.connections = conns.len() as u64;
+            self.link_closed(conns, core, &mut conn);
         }
     }
 
@@ -1050,14 +918,16 @@ impl Shard {
     /// two allocations (the waiting hosts, the key copied once into the `Replicate` archive),
     /// one archive serialization per copy, and one round trip to the slowest copy; the value
     /// itself is not copied (the link sends the stored buffer).
-    pub(super) fn execute_replicated(
+    pub fn execute_replicated(
         &mut self,
+        conns: &mut Conns,
+        core: &mut Core,
         req: &ArchivedRequest,
         value: &[u8],
         id: u32,
         to: AnswerTo,
     ) -> Option<Vec<u8>> {
-        let now = self.now_ms;
+        let now = core.now_ms;
         let k = req.key().expect("keyed request");
         let (ns, key) = (k.ns.to_native(), k.key.as_slice());
         let h = key_hash(ns, key);
@@ -1080,16 +950,15 @@ impl Shard {
         let stamp_of = |store: &crate::store::Store, k: &[u8]| {
             store.stamp(KeyRef::with_hash(ns, k, key_hash(ns, k)))
         };
-        let before: Vec<_> = keys.iter().map(|k| stamp_of(&self.core.store, k)).collect();
+        let before: Vec<_> = keys.iter().map(|k| stamp_of(&core.store, k)).collect();
         let mut answer = Vec::with_capacity(128);
-        self.core
-            .execute(req, value, now, id, &mut VecSink(&mut answer));
+        core.execute(req, value, now, id, &mut VecSink(&mut answer));
         let changed: Vec<&[u8]> = if read_only(req) {
             Vec::new()
         } else {
             keys.iter()
                 .zip(&before)
-                .filter(|(k, b)| stamp_of(&self.core.store, k) != **b)
+                .filter(|(k, b)| stamp_of(&core.store, k) != **b)
                 .map(|(k, _)| *k)
                 .collect()
         };
@@ -1100,7 +969,7 @@ impl Shard {
             started: std::time::Instant::now(),
         };
         if changed.is_empty() {
-            return match self.hosts.data.begin_read(p, waiting) {
+            return match self.data.begin_read(p, waiting) {
                 (Read::Held, _) => None,
                 (Read::Now, Some(w)) => Some(w.answer),
                 (Read::Refuse((code, detail)), Some(w)) => {
@@ -1111,12 +980,11 @@ impl Shard {
                 (_, None) => unreachable!("begin_read returns the answer unless it holds it"),
             };
         }
-        let timeout = self.core.cfg.replication_timeout_ms;
-        let now_mono = self.hosts.mono_ms();
+        let timeout = core.cfg.replication_timeout_ms;
+        let now_mono = self.mono_ms();
         // Kept with the pending write, to send again if it fails (a repair).
         let objects: Objects = changed.iter().map(|&k| (ns, Box::from(k))).collect();
         let (idx, epoch, me, copies) = match self
-            .hosts
             .data
             .begin_write(p, objects, waiting, now_mono, timeout)
         {
@@ -1137,8 +1005,18 @@ impl Shard {
             }
             (_, None) => unreachable!("begin_write returns the answer unless it waits"),
         };
-        self.core.metrics.replicated_writes += 1;
-        self.send_replicas(idx, epoch, me, p, &copies, ns, changed.into_iter());
+        core.metrics.replicated_writes += 1;
+        self.send_replicas(
+            conns,
+            core,
+            idx,
+            epoch,
+            me,
+            p,
+            &copies,
+            ns,
+            changed.into_iter(),
+        );
         None
     }
 
@@ -1150,6 +1028,8 @@ impl Shard {
     #[allow(clippy::too_many_arguments)]
     fn send_replicas<'k>(
         &mut self,
+        conns: &mut Conns,
+        core: &mut Core,
         idx: u32,
         epoch: u64,
         me: HostId,
@@ -1158,10 +1038,10 @@ impl Shard {
         ns: u32,
         keys: impl Iterator<Item = &'k [u8]>,
     ) {
-        let now = self.now_ms;
+        let now = core.now_ms;
         for key in keys {
             let kr = KeyRef::with_hash(ns, key, key_hash(ns, key));
-            let state = self.core.store.export(kr, now);
+            let state = core.store.export(kr, now);
             let msg = Request::Replicate {
                 epoch,
                 from: me.0,
@@ -1175,6 +1055,8 @@ impl Shard {
             for &host in copies {
                 let v = state.as_ref().map(|(_, v)| v.clone());
                 let sent = self.link_send(
+                    conns,
+                    core,
                     host,
                     LinkClass::Data,
                     Expect::Ack { pending: idx, host },
@@ -1185,7 +1067,7 @@ impl Shard {
                 if !sent {
                     // No address or too much in flight: this copy cannot confirm; the deadline
                     // (which sends it again) or a new map settles the change.
-                    tracing::debug!(shard = self.core.shard, ?host, "replication not sent");
+                    tracing::debug!(shard = core.shard, ?host, "replication not sent");
                 }
             }
         }
@@ -1193,9 +1075,15 @@ impl Shard {
 
     /// Answers a write whose replicas all confirmed (or whose deadline passed), or a read
     /// held behind such writes.
-    fn complete_pending(&mut self, c: Completed<Waiting>) {
+    fn complete_pending(
+        &mut self,
+        conns: &mut Conns,
+        core: &mut Core,
+        mesh: &Mesh,
+        c: Completed<Waiting>,
+    ) {
         let w = c.answer;
-        let m = &mut self.core.metrics;
+        let m = &mut core.metrics;
         if !c.read {
             m.replication_ack
                 .observe_us(w.started.elapsed().as_micros() as u64);
@@ -1211,29 +1099,30 @@ impl Shard {
             }
             None => w.answer,
         };
-        self.deliver(w.to, bytes);
+        self.deliver(conns, core, mesh, w.to, bytes);
     }
 
-    pub(super) fn deliver(&mut self, to: AnswerTo, bytes: Vec<u8>) {
+    pub fn deliver(
+        &mut self,
+        conns: &mut Conns,
+        core: &mut Core,
+        mesh: &Mesh,
+        to: AnswerTo,
+        bytes: Vec<u8>,
+    ) {
         match to {
             AnswerTo::Conn {
                 slot,
                 generation,
                 seq,
-            } => {
-                if self.fill_slot(slot, generation, seq, 0, bytes) {
-                    self.flush(slot);
-                    self.want_recv(slot);
-                    self.maybe_close(slot);
-                }
-            }
+            } => self.deliver_part(conns, core, slot, generation, seq, 0, bytes),
             AnswerTo::Shard {
                 origin,
                 conn,
                 generation,
                 seq,
                 part,
-            } => self.send_to(
+            } => mesh.send_to(
                 origin,
                 Msg::Reply {
                     conn,
@@ -1246,21 +1135,171 @@ impl Shard {
         }
     }
 
+    // ---- requests from other shards --------------------------------------------------------
+
+    /// Serves a frame forwarded from another shard (or a local part of a gather); the answer
+    /// is a whole frame. Costs a copy of any value read, since it crosses threads.
+    pub fn execute_frame(
+        &mut self,
+        conns: &mut Conns,
+        core: &mut Core,
+        frame: &AlignedBuf,
+    ) -> Vec<u8> {
+        self.execute_frame_to(conns, core, frame, None)
+            .expect("an answer is deferred only when a target is given")
+    }
+
+    /// As [`Hosts::execute_frame`]; a change that must be replicated first answers later, to
+    /// `to` (then None is returned).
+    pub fn execute_frame_to(
+        &mut self,
+        conns: &mut Conns,
+        core: &mut Core,
+        frame: &AlignedBuf,
+        to: Option<AnswerTo>,
+    ) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(256);
+        let p = match frame::parse(frame.as_slice(), usize::MAX) {
+            Ok(Some(p)) => p,
+            _ => {
+                codec::encode_response(
+                    &mut out,
+                    0,
+                    &Response::Error(ErrorReply::with_message(
+                        ErrorCode::Internal,
+                        0,
+                        "forwarded frame is not whole",
+                    )),
+                    &[],
+                );
+                return Some(out);
+            }
+        };
+        match codec::decode_request(p.archive) {
+            Ok(req) if req.is_internal() => {
+                self.execute_internal(
+                    core,
+                    req,
+                    p.value,
+                    p.header.request_id,
+                    &mut VecSink(&mut out),
+                );
+            }
+            Ok(req)
+                if to.is_some()
+                    && req.key().is_some_and(|k| {
+                        self.via_copies(
+                            stategrid_proto::partition_of(stategrid_proto::key_hash(
+                                k.ns.to_native(),
+                                k.key.as_slice(),
+                            )) as usize,
+                            read_only(req),
+                        )
+                    }) =>
+            {
+                return self.execute_replicated(
+                    conns,
+                    core,
+                    req,
+                    p.value,
+                    p.header.request_id,
+                    to.expect("checked"),
+                );
+            }
+            Ok(req) => {
+                let now = core.now_ms;
+                core.execute(
+                    req,
+                    p.value,
+                    now,
+                    p.header.request_id,
+                    &mut VecSink(&mut out),
+                );
+            }
+            Err(e) => codec::encode_response(
+                &mut out,
+                p.header.request_id,
+                &Response::Error(ErrorReply::with_message(
+                    ErrorCode::InvalidRequest,
+                    0,
+                    e.to_string(),
+                )),
+                &[],
+            ),
+        }
+        self.send_clears(conns, core);
+        Some(out)
+    }
+
+    // ---- the map as Redis Cluster sees it ----------------------------------------------------
+
+    /// The partition map as Redis Cluster slot ranges.
+    pub fn topology(&self, cfg: &crate::config::Config) -> crate::resp::commands::Topology {
+        let Some(view) = &self.data.view else {
+            return crate::resp::commands::Topology {
+                me: 0,
+                epoch: 0,
+                nodes: vec![crate::resp::commands::TopoNode {
+                    id: 0,
+                    ip: cfg.net_interface.to_string(),
+                    port: cfg.svr_port,
+                }],
+                ranges: vec![crate::resp::commands::SlotRange {
+                    start: 0,
+                    end: 16383,
+                    primary: 0,
+                    replicas: Vec::new(),
+                }],
+            };
+        };
+        let nodes: Vec<crate::resp::commands::TopoNode> = view
+            .hosts
+            .iter()
+            .filter(|h| h.state != crate::cluster::HostState::Failed)
+            .filter_map(|h| {
+                let a = view.addr(h.id)?;
+                Some(crate::resp::commands::TopoNode {
+                    id: h.id.0,
+                    ip: a.ip.to_string(),
+                    port: a.svr_port,
+                })
+            })
+            .collect();
+        let index = |id: crate::cluster::HostId| nodes.iter().position(|n| n.id == id.0);
+        let owners: Vec<(Option<usize>, Vec<usize>)> = view
+            .owners
+            .iter()
+            .map(|o| {
+                (
+                    o.primary().and_then(index),
+                    o.replicas().filter_map(index).collect(),
+                )
+            })
+            .collect();
+        crate::resp::commands::Topology {
+            me: view.me.0,
+            epoch: view.epoch,
+            ranges: crate::resp::cluster::ranges_of(&owners),
+            nodes,
+        }
+    }
+
     // ---- host-to-host requests (on the partition's owner shard) -------------------------
 
     /// Serves the host-to-host requests: changes from a primary go through the data plane
     /// machine (fence, then the store); migration pulls and ends are handled here.
-    pub(super) fn execute_internal(
+    pub fn execute_internal(
         &mut self,
+        core: &mut Core,
         req: &ArchivedRequest,
         value: &[u8],
         id: u32,
         sink: &mut VecSink<'_>,
     ) {
-        let Some(view) = self.hosts.data.view.clone() else {
+        let Some(view) = self.data.view.clone() else {
             return sink.error(id, ErrorCode::NotJoined, 0);
         };
-        let now = self.now_ms;
+        let now = core.now_ms;
         match req {
             ArchivedRequest::Replicate {
                 epoch,
@@ -1272,8 +1311,8 @@ impl Shard {
                 let (ns, k) = (key.ns.to_native(), key.key.as_slice());
                 let p = partition.to_native();
                 let state = state.as_ref().map(|st| st.to_native());
-                let result = self.hosts.data.on_replicate(
-                    &mut self.core.store,
+                let result = self.data.on_replicate(
+                    &mut core.store,
                     epoch.to_native(),
                     HostId(from.to_native()),
                     p,
@@ -1294,14 +1333,14 @@ impl Shard {
                         &[],
                     );
                 }
-                let mono = self.hosts.mono_ms();
-                if let Some(pull) = self.hosts.pulls.get_mut(&(p as u16)) {
+                let mono = self.mono_ms();
+                if let Some(pull) = self.pulls.get_mut(&(p as u16)) {
                     pull.last_progress_ms = mono;
                     pull.failed |= result.is_err();
                     // /metrics progress: an object received while this host pulls the
                     // partition (its migration stream, or a change sent to the new copy).
-                    self.core.metrics.migrated_in_objects += 1;
-                    self.core.metrics.migrated_in_bytes += value.len() as u64;
+                    core.metrics.migrated_in_objects += 1;
+                    core.metrics.migrated_in_bytes += value.len() as u64;
                 }
                 match result {
                     Ok(()) => sink.respond(id, &Response::Ok, &[]),
@@ -1326,16 +1365,14 @@ impl Shard {
                 if o.primary() != Some(view.me) {
                     return sink.error(id, ErrorCode::NotPrimary, view.epoch);
                 }
-                self.hosts
-                    .streams
-                    .retain(|s| !(s.to == to && s.partition == p));
-                let stream_id = self.hosts.next_stream_id;
-                self.hosts.next_stream_id += 1;
-                self.hosts.streams.push_back(Stream {
+                self.streams.retain(|s| !(s.to == to && s.partition == p));
+                let stream_id = self.next_stream_id;
+                self.next_stream_id += 1;
+                self.streams.push_back(Stream {
                     id: stream_id,
                     to,
                     partition: p,
-                    slots: self.core.store.partition_slots(p),
+                    slots: core.store.partition_slots(p),
                     pos: 0,
                     sent: 0,
                     unconfirmed: 0,
@@ -1351,25 +1388,24 @@ impl Shard {
             } => {
                 let p = partition.to_native() as u16;
                 let from = HostId(from.to_native());
-                let mono = self.hosts.mono_ms();
-                if let Some(pull) = self.hosts.pulls.get_mut(&p) {
+                let mono = self.mono_ms();
+                if let Some(pull) = self.pulls.get_mut(&p) {
                     if pull.source == Some(from) {
                         if pull.failed {
                             pull.asked = false;
                             pull.failed = false;
                             pull.retry_at_ms = mono + PULL_RETRY_MS;
                         } else {
-                            self.hosts.pulls.remove(&p);
+                            self.pulls.remove(&p);
                             tracing::debug!(
-                                shard = self.core.shard,
+                                shard = core.shard,
                                 partition = p,
                                 objects = objects.to_native(),
                                 "partition received"
                             );
-                            self.hosts
-                                .plane
+                            self.plane
                                 .push_event(DataEvent::MigrationDone { partition: p });
-                            self.core.metrics.migrations_done += 1;
+                            core.metrics.migrations_done += 1;
                         }
                     }
                 }
@@ -1387,8 +1423,8 @@ impl Shard {
                     version: i.version.to_native(),
                     expires_at_ms: i.expires_at_ms.to_native(),
                 });
-                match self.hosts.data.on_touches(
-                    &mut self.core.store,
+                match self.data.on_touches(
+                    &mut core.store,
                     epoch.to_native(),
                     HostId(from.to_native()),
                     partition.to_native(),
@@ -1408,10 +1444,10 @@ impl Shard {
                 let p = partition.to_native();
                 // Fenced as `Replicate`: only the partition's primary may clear our copy.
                 let from = HostId(from.to_native());
-                if let Err((code, detail)) = self.hosts.data.fence(epoch.to_native(), from, p) {
+                if let Err((code, detail)) = self.data.fence(epoch.to_native(), from, p) {
                     return sink.error(id, code, detail);
                 }
-                let (removed, _) = self.core.store.ns_clear_partition(ns.to_native(), p, now);
+                let (removed, _) = core.store.ns_clear_partition(ns.to_native(), p, now);
                 sink.respond(id, &Response::Count { objects: removed }, &[]);
             }
             _ => sink.error(id, ErrorCode::InvalidRequest, 0),
@@ -1420,13 +1456,13 @@ impl Shard {
 
     // ---- migration -----------------------------------------------------------------------
 
-    fn pump_pulls(&mut self) {
-        let Some(view) = self.hosts.data.view.clone() else {
+    fn pump_pulls(&mut self, conns: &mut Conns, core: &mut Core) {
+        let Some(view) = self.data.view.clone() else {
             return;
         };
-        let now = self.hosts.mono_ms();
+        let now = self.mono_ms();
         let mut asks = Vec::new();
-        for (&p, pull) in self.hosts.pulls.iter_mut() {
+        for (&p, pull) in self.pulls.iter_mut() {
             if pull.asked && now.saturating_sub(pull.last_progress_ms) > PULL_IDLE_TIMEOUT_MS {
                 pull.asked = false;
             }
@@ -1451,6 +1487,8 @@ impl Shard {
                 partition: p as u32,
             };
             let sent = self.link_send(
+                conns,
+                core,
                 primary,
                 LinkClass::Data,
                 Expect::PullAck { partition: p },
@@ -1465,41 +1503,41 @@ impl Shard {
     }
 
     fn pull_failed(&mut self, p: u16) {
-        let now = self.hosts.mono_ms();
-        if let Some(pull) = self.hosts.pulls.get_mut(&p) {
+        let now = self.mono_ms();
+        if let Some(pull) = self.pulls.get_mut(&p) {
             pull.asked = false;
             pull.retry_at_ms = now + PULL_RETRY_MS;
         }
     }
 
-    fn pump_streams(&mut self) {
-        let Some(view) = self.hosts.data.view.clone() else {
+    fn pump_streams(&mut self, conns: &mut Conns, core: &mut Core) {
+        let Some(view) = self.data.view.clone() else {
             return;
         };
-        let now = self.now_ms;
-        while let Some(s) = self.hosts.streams.front() {
+        let now = core.now_ms;
+        while let Some(s) = self.streams.front() {
             let (to, p) = (s.to, s.partition);
             if view.owners[p as usize].primary() != Some(view.me) {
                 // No longer the primary: the new one serves the pull again.
-                self.hosts.streams.pop_front();
+                self.streams.pop_front();
                 continue;
             }
-            if self.link_queued_bytes(to) > MIGRATE_QUEUE_BYTES_MAX {
+            if self.link_queued_bytes(conns, to) > MIGRATE_QUEUE_BYTES_MAX {
                 return;
             }
             let mut n = 0;
             while n < MIGRATE_BATCH_OBJECTS {
-                let s = self.hosts.streams.front_mut().expect("front exists");
+                let s = self.streams.front_mut().expect("front exists");
                 let Some(&slot) = s.slots.get(s.pos) else {
                     break;
                 };
                 s.pos += 1;
-                let Some(obj) = self.core.store.export_slot(slot, p, now) else {
+                let Some(obj) = core.store.export_slot(slot, p, now) else {
                     continue;
                 };
                 n += 1;
-                self.core.metrics.migrated_out_objects += 1;
-                self.core.metrics.migrated_out_bytes += obj.value.len() as u64;
+                core.metrics.migrated_out_objects += 1;
+                core.metrics.migrated_out_bytes += obj.value.len() as u64;
                 let msg = Request::Replicate {
                     epoch: view.epoch,
                     from: view.me.0,
@@ -1511,18 +1549,25 @@ impl Shard {
                     state: Some(obj.state),
                 };
                 let value = Some(obj.value);
-                let id = self.hosts.streams.front().expect("front exists").id;
-                if !self.link_send(to, LinkClass::Data, Expect::Stream { id }, |b, link_id| {
-                    encode_with_value(b, link_id, &msg, value);
-                }) {
-                    self.hosts.streams.pop_front();
+                let id = self.streams.front().expect("front exists").id;
+                if !self.link_send(
+                    conns,
+                    core,
+                    to,
+                    LinkClass::Data,
+                    Expect::Stream { id },
+                    |b, link_id| {
+                        encode_with_value(b, link_id, &msg, value);
+                    },
+                ) {
+                    self.streams.pop_front();
                     return;
                 }
-                let s = self.hosts.streams.front_mut().expect("front exists");
+                let s = self.streams.front_mut().expect("front exists");
                 s.sent += 1;
                 s.unconfirmed += 1;
             }
-            let s = self.hosts.streams.front_mut().expect("front exists");
+            let s = self.streams.front_mut().expect("front exists");
             if s.pos < s.slots.len() || s.unconfirmed > 0 {
                 return; // more next pass, or confirmations still to come
             }
@@ -1531,13 +1576,8 @@ impl Shard {
                 s.failed = false;
                 s.pos = 0;
                 s.sent = 0;
-                s.slots = self.core.store.partition_slots(p);
-                tracing::debug!(
-                    shard = self.core.shard,
-                    partition = p,
-                    ?to,
-                    "stream restarted"
-                );
+                s.slots = core.store.partition_slots(p);
+                tracing::debug!(shard = core.shard, partition = p, ?to, "stream restarted");
                 continue;
             }
             let msg = Request::MigrateEnd {
@@ -1547,27 +1587,33 @@ impl Shard {
                 objects: s.sent,
             };
             tracing::debug!(
-                shard = self.core.shard,
+                shard = core.shard,
                 partition = p,
                 ?to,
                 objects = s.sent,
                 "partition sent"
             );
-            self.hosts.streams.pop_front();
-            self.link_send(to, LinkClass::Data, Expect::Ignore, |b, link_id| {
-                encode_with_value(b, link_id, &msg, None);
-            });
+            self.streams.pop_front();
+            self.link_send(
+                conns,
+                core,
+                to,
+                LinkClass::Data,
+                Expect::Ignore,
+                |b, link_id| {
+                    encode_with_value(b, link_id, &msg, None);
+                },
+            );
         }
     }
 
     // ---- links ---------------------------------------------------------------------------
 
-    fn link_queued_bytes(&self, host: HostId) -> usize {
-        self.hosts
-            .links
+    fn link_queued_bytes(&self, conns: &Conns, host: HostId) -> usize {
+        self.links
             .get(&(host, LinkClass::Data))
             .and_then(|&(slot, generation)| {
-                self.conns
+                conns
                     .get(slot as usize)
                     .filter(|c| c.generation == generation)
             })
@@ -1576,55 +1622,58 @@ impl Shard {
 
     /// Queues one request on the link to `host` (opening it if needed); `encode` writes the
     /// frame with the link's request id. False when it cannot be sent.
-    fn link_send(
+    pub fn link_send(
         &mut self,
+        conns: &mut Conns,
+        core: &mut Core,
         host: HostId,
         class: LinkClass,
         expect: Expect,
         encode: impl FnOnce(&mut SendBatch, u32),
     ) -> bool {
-        let slot = match self.link_slot(host, class) {
+        let slot = match self.link_slot(conns, core, host, class) {
             Some(s) => s,
             None => return false,
         };
-        let id = self.hosts.next_link_id;
-        self.hosts.next_link_id = self.hosts.next_link_id.wrapping_add(1).max(1);
-        let conn = &mut self.conns[slot as usize];
+        let id = self.next_link_id;
+        self.next_link_id = self.next_link_id.wrapping_add(1).max(1);
+        let conn = &mut conns[slot as usize];
         if conn.expect.len() >= LINK_INFLIGHT_MAX {
             return false;
         }
         encode(&mut conn.filling, id);
         conn.expect.push_back((id, expect));
         if !conn.connecting {
-            self.flush(slot);
+            conns.flush(slot);
         }
         true
     }
 
     /// The live link to `host`, opened now if there is none (unless it failed very recently).
-    fn link_slot(&mut self, host: HostId, class: LinkClass) -> Option<u32> {
+    fn link_slot(
+        &mut self,
+        conns: &mut Conns,
+        core: &mut Core,
+        host: HostId,
+        class: LinkClass,
+    ) -> Option<u32> {
         let key = (host, class);
-        if let Some(&(slot, generation)) = self.hosts.links.get(&key) {
-            if self.conns.get(slot as usize).is_some_and(|c| {
+        if let Some(&(slot, generation)) = self.links.get(&key) {
+            if conns.get(slot as usize).is_some_and(|c| {
                 c.generation == generation && !c.close_after_flush && !c.read_closed
             }) {
                 return Some(slot);
             }
-            self.hosts.links.remove(&key);
+            self.links.remove(&key);
         }
-        let now = self.hosts.mono_ms();
-        if self
-            .hosts
-            .link_retry_at_ms
-            .get(&key)
-            .is_some_and(|&t| now < t)
-        {
+        let now = self.mono_ms();
+        if self.link_retry_at_ms.get(&key).is_some_and(|&t| now < t) {
             return None;
         }
-        if self.draining {
+        if conns.draining {
             return None;
         }
-        let addr = self.hosts.data.view.as_ref()?.addr(host)?.int();
+        let addr = self.data.view.as_ref()?.addr(host)?.int();
         let sock = match socket2::Socket::new(
             socket2::Domain::IPV4,
             socket2::Type::STREAM.nonblocking().cloexec(),
@@ -1632,22 +1681,19 @@ impl Shard {
         ) {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(
-                    shard = self.core.shard,
-                    "cannot open a socket to {addr}: {e}"
-                );
+                tracing::warn!(shard = core.shard, "cannot open a socket to {addr}: {e}");
                 return None;
             }
         };
         // Leave from the operator's interface, not whichever the routing table picks: peers
         // (and firewalls) see the address this host advertises, and a multi-homed host keeps
         // store traffic on the network it was given.
-        let local = self.core.cfg.net_interface;
+        let local = core.cfg.net_interface;
         if !local.is_unspecified()
             && let Err(e) = sock.bind(&std::net::SocketAddr::new(local.into(), 0).into())
         {
             tracing::warn!(
-                shard = self.core.shard,
+                shard = core.shard,
                 "cannot bind a link to {addr} to net_interface {local}: {e}"
             );
             return None;
@@ -1666,17 +1712,17 @@ impl Shard {
                 .with_interval(std::time::Duration::from_secs(1))
                 .with_retries(2),
         );
-        let tls = self
+        let tls = conns
             .link_tls(addr)
-            .inspect_err(|e| tracing::warn!(shard = self.core.shard, "link to {addr}: {e}"))
+            .inspect_err(|e| tracing::warn!(shard = core.shard, "link to {addr}: {e}"))
             .ok()?;
         // SAFETY: the descriptor is moved out of the socket2 wrapper, which forgets it.
         let fd = unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(sock)) };
-        let slot = self.add_conn_kind(fd, ConnKind::Outbound(host, class))?;
-        self.conns[slot as usize].tls = tls;
-        let peer_key = self.core.cfg.peer_key.clone();
-        let me = self.hosts.data.view.as_ref().map_or(0, |v| v.me.0);
-        let conn = &mut self.conns[slot as usize];
+        let me = self.me();
+        let slot = conns.add(fd, ConnKind::Outbound(host, class), core, me)?;
+        conns[slot as usize].tls = tls;
+        let peer_key = core.cfg.peer_key.clone();
+        let conn = &mut conns[slot as usize];
         conn.connecting = true;
         conn.hello_done = true;
         if let Some(peer_key) = peer_key {
@@ -1700,24 +1746,24 @@ impl Shard {
             &Request::HelloShard {
                 version: PROTOCOL_VERSION,
                 client: format!("stategrid {} host link", env!("CARGO_PKG_VERSION")),
-                shard: self.core.shard as u32,
+                shard: core.shard as u32,
             },
             &[],
         );
         conn.expect.push_back((id, Expect::Hello));
         let token = Token::new(Op::Connect, slot, conn.generation);
         let raw = conn.fd.as_raw_fd();
+        let generation = conn.generation;
         // SAFETY: the address lives in the boxed connection until it is freed, which waits
         // for this completion (`connecting`).
-        unsafe { self.ring.connect(raw, ptr, len, token) };
-        let generation = conn.generation;
-        self.hosts.links.insert(key, (slot, generation));
+        unsafe { conns.ring.connect(raw, ptr, len, token) };
+        self.links.insert(key, (slot, generation));
         Some(slot)
     }
 
-    pub(super) fn on_connect(&mut self, c: crate::net::Completion) {
+    pub fn on_connect(&mut self, conns: &mut Conns, core: &mut Core, c: crate::net::Completion) {
         let (slot, generation) = (c.token.slot(), c.token.generation());
-        let Some(conn) = self.conn_mut(slot, generation) else {
+        let Some(conn) = conns.conn_mut(slot, generation) else {
             return;
         };
         conn.connecting = false;
@@ -1726,34 +1772,34 @@ impl Shard {
                 return;
             };
             tracing::debug!(
-                shard = self.core.shard,
+                shard = core.shard,
                 ?host,
                 "link failed: {}",
                 std::io::Error::from_raw_os_error(-c.result)
             );
-            let retry = self.hosts.mono_ms() + LINK_RETRY_MS;
-            self.hosts.link_retry_at_ms.insert((host, class), retry);
-            let conn = &mut self.conns[slot as usize];
+            let retry = self.mono_ms() + LINK_RETRY_MS;
+            self.link_retry_at_ms.insert((host, class), retry);
+            let conn = &mut conns[slot as usize];
             conn.filling.clear();
             conn.read_closed = true;
             conn.close_after_flush = true;
-            self.maybe_close(slot);
+            self.close_if_done(conns, core, slot);
             return;
         }
         if let LinkAuth::Initiator(_, hello) = &mut conn.auth
             && let Some(hello) = hello.take()
             && !send_now(conn.fd.as_raw_fd(), &mut conn.tls, &hello)
         {
-            return self.fail_handshake(slot, "cannot send the handshake".into());
+            return self.fail_handshake(conns, core, slot, "cannot send the handshake".into());
         }
-        self.flush(slot);
-        self.want_recv(slot);
+        conns.flush(slot);
+        conns.want_recv(slot, &core.cfg);
     }
 
     /// Advances the cluster-key handshake with the bytes at the front of the receive buffer.
     /// Returns true once the peer is proven (frames may follow in the buffer).
-    pub(super) fn link_handshake(&mut self, slot: u32) -> bool {
-        let conn = &mut self.conns[slot as usize];
+    pub fn link_handshake(&mut self, conns: &mut Conns, core: &mut Core, slot: u32) -> bool {
+        let conn = &mut conns[slot as usize];
         let fd = conn.fd.as_raw_fd();
         let result = match &mut conn.auth {
             LinkAuth::Open | LinkAuth::Proven(_) => return true,
@@ -1800,21 +1846,21 @@ impl Shard {
             Ok(flush) => {
                 if flush {
                     // What waited for the handshake (our Hello first) goes now.
-                    self.flush(slot);
+                    conns.flush(slot);
                 }
                 true
             }
             Err(why) => {
-                self.fail_handshake(slot, why);
+                self.fail_handshake(conns, core, slot, why);
                 false
             }
         }
     }
 
     /// Drops a connection whose peer did not prove itself, saying why and how to fix it.
-    pub(super) fn fail_handshake(&mut self, slot: u32, why: String) {
-        let shard = self.core.shard;
-        let conn = &mut self.conns[slot as usize];
+    pub fn fail_handshake(&mut self, conns: &mut Conns, core: &mut Core, slot: u32, why: String) {
+        let shard = core.shard;
+        let conn = &mut conns[slot as usize];
         let fd = conn.fd.as_raw_fd();
         let peer = socket2::SockRef::from(&conn.fd)
             .peer_addr()
@@ -1826,49 +1872,48 @@ impl Shard {
         conn.read_closed = true;
         conn.close_after_flush = true;
         if let ConnKind::Outbound(host, class) = conn.kind {
-            let retry = self.hosts.mono_ms() + LINK_RETRY_MS;
-            self.hosts.link_retry_at_ms.insert((host, class), retry);
+            let retry = self.mono_ms() + LINK_RETRY_MS;
+            self.link_retry_at_ms.insert((host, class), retry);
         }
         // SAFETY: shutdown on our own socket; pending operations complete.
         unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-        self.maybe_close(slot);
+        self.close_if_done(conns, core, slot);
     }
 
-    fn close_link(&mut self, host: HostId) {
+    fn close_link(&mut self, conns: &mut Conns, core: &mut Core, host: HostId) {
         for class in [LinkClass::Data, LinkClass::Relay] {
-            if let Some((slot, generation)) = self.hosts.links.remove(&(host, class)) {
-                if let Some(conn) = self.conn_mut(slot, generation) {
+            if let Some((slot, generation)) = self.links.remove(&(host, class)) {
+                if let Some(conn) = conns.conn_mut(slot, generation) {
                     conn.read_closed = true;
                     conn.close_after_flush = true;
                     // SAFETY: shutdown on our own socket; pending operations complete.
                     unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_RDWR) };
-                    self.maybe_close(slot);
+                    self.close_if_done(conns, core, slot);
                 }
             }
         }
     }
 
     /// A link is closing: settles what waited on it.
-    pub(super) fn link_closed(&mut self, conn: &mut Conn) {
+    fn link_closed(&mut self, conns: &mut Conns, core: &mut Core, conn: &mut Conn) {
         let ConnKind::Outbound(host, class) = conn.kind else {
             return;
         };
         if self
-            .hosts
             .links
             .get(&(host, class))
             .is_some_and(|&(_, g)| g == conn.generation)
         {
-            self.hosts.links.remove(&(host, class));
+            self.links.remove(&(host, class));
         }
-        let epoch = self.hosts.data.view.as_ref().map_or(0, |v| v.epoch);
+        let epoch = self.data.view.as_ref().map_or(0, |v| v.epoch);
         for (_, e) in std::mem::take(&mut conn.expect) {
             match e {
                 // The copy may or may not have the change: keep waiting until the map drops
                 // the host or the deadline passes.
                 Expect::Ack { .. } | Expect::Hello | Expect::Ignore | Expect::Notice => {}
                 // The stream's host is unreachable: the receiver asks again.
-                Expect::Stream { id } => self.hosts.streams.retain(|s| s.id != id),
+                Expect::Stream { id } => self.streams.retain(|s| s.id != id),
                 Expect::Relay {
                     slot,
                     generation,
@@ -1877,14 +1922,7 @@ impl Shard {
                 } => {
                     let mut b = Vec::new();
                     VecSink(&mut b).error(id, ErrorCode::NotPrimary, epoch);
-                    self.deliver(
-                        AnswerTo::Conn {
-                            slot,
-                            generation,
-                            seq,
-                        },
-                        b,
-                    );
+                    self.deliver_part(conns, core, slot, generation, seq, 0, b);
                 }
                 Expect::PullAck { partition } => self.pull_failed(partition),
                 Expect::Part {
@@ -1894,16 +1932,23 @@ impl Shard {
                     part,
                 } => {
                     let b = host_unreachable(host);
-                    self.deliver_part(slot, generation, seq, part, b);
+                    self.deliver_part(conns, core, slot, generation, seq, part, b);
                 }
             }
         }
     }
 
     /// Answers arriving on a link, in the order the requests went out.
-    pub(super) fn process_answers(&mut self, slot: u32, generation: u32) {
-        let frame_max = self.core.cfg.frame_bytes_max as usize;
-        let conn = &mut self.conns[slot as usize];
+    pub fn process_answers(
+        &mut self,
+        conns: &mut Conns,
+        core: &mut Core,
+        mesh: &Mesh,
+        slot: u32,
+        generation: u32,
+    ) {
+        let frame_max = core.cfg.frame_bytes_max as usize;
+        let conn = &mut conns[slot as usize];
         let rbuf = std::mem::replace(&mut conn.rbuf, AlignedBuf::with_capacity(0));
         let mut pos = 0;
         let mut broken = None;
@@ -1918,7 +1963,7 @@ impl Shard {
                 }
             };
             pos += p.frame_bytes;
-            let Some(conn) = self.conn_mut(slot, generation) else {
+            let Some(conn) = conns.conn_mut(slot, generation) else {
                 break;
             };
             let Some((id, expect)) = conn.expect.pop_front() else {
@@ -1954,8 +1999,8 @@ impl Shard {
                     // One confirmation of one object (a write of several objects waits for
                     // the host once per object).
                     let refused = error.as_ref().map(|e| (e.code, e.detail));
-                    for c in self.hosts.data.confirm(pending, host, refused) {
-                        self.complete_pending(c);
+                    for c in self.data.confirm(pending, host, refused) {
+                        self.complete_pending(conns, core, mesh, c);
                     }
                 }
                 Expect::Relay {
@@ -1967,6 +2012,9 @@ impl Shard {
                     let mut answer = bytes[..p.frame_bytes].to_vec();
                     frame::set_request_id(&mut answer, id);
                     self.deliver(
+                        conns,
+                        core,
+                        mesh,
                         AnswerTo::Conn {
                             slot: to,
                             generation: g,
@@ -1981,8 +2029,8 @@ impl Shard {
                     }
                 }
                 Expect::Stream { id } => {
-                    let shard = self.core.shard;
-                    if let Some(s) = self.hosts.streams.iter_mut().find(|s| s.id == id) {
+                    let shard = core.shard;
+                    if let Some(s) = self.streams.iter_mut().find(|s| s.id == id) {
                         s.unconfirmed -= 1;
                         if let Some(e) = error {
                             tracing::debug!(
@@ -1996,12 +2044,12 @@ impl Shard {
                 }
                 Expect::Ignore => {
                     if let Some(e) = error {
-                        tracing::debug!(shard = self.core.shard, "migration end refused: {e:?}");
+                        tracing::debug!(shard = core.shard, "migration end refused: {e:?}");
                     }
                 }
                 Expect::Notice => {
                     if let Some(e) = error {
-                        tracing::debug!(shard = self.core.shard, "notice refused: {e:?}");
+                        tracing::debug!(shard = core.shard, "notice refused: {e:?}");
                     }
                 }
                 Expect::Part {
@@ -2011,12 +2059,12 @@ impl Shard {
                     part,
                 } => {
                     let answer = bytes[..p.frame_bytes].to_vec();
-                    self.deliver_part(to, g, seq, part, answer);
+                    self.deliver_part(conns, core, to, g, seq, part, answer);
                 }
             }
         }
-        let shard = self.core.shard;
-        let Some(conn) = self.conn_mut(slot, generation) else {
+        let shard = core.shard;
+        let Some(conn) = conns.conn_mut(slot, generation) else {
             return;
         };
         conn.rbuf = rbuf;
@@ -2027,14 +2075,6 @@ impl Shard {
             conn.close_after_flush = true;
             // SAFETY: shutdown on our own socket.
             unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_RDWR) };
-        }
-    }
-
-    /// Arms `svr_port`'s and `int_port`'s accepts (token slot 0 and 1).
-    pub(super) fn start_accepting_int(&mut self) {
-        if let Some(l) = &self.hosts.int_listener {
-            let fd = l.as_raw_fd();
-            self.ring.accept_multi(fd, Token::new(Op::Accept, 1, 0));
         }
     }
 }
@@ -2055,7 +2095,7 @@ fn encode_with_value(
 
 /// Appends a client's request frame to a host link's send batch under the link's own request
 /// id (the answer comes back under it and is matched to the client's). One copy of the frame.
-fn append_relabelled(b: &mut SendBatch, frame: &[u8], link_id: u32) {
+pub fn append_relabelled(b: &mut SendBatch, frame: &[u8], link_id: u32) {
     let out = b.bytes_mut();
     let start = out.len();
     out.extend_from_slice(frame);

@@ -18,10 +18,9 @@
 
 use std::ops::Range;
 
-use slab::Slab;
 use stategrid_proto::{codec, frame, key_hash, partition_of};
 
-use super::{Conn, ConnKind, Shard};
+use super::conn::{ConnKind, Conns};
 use crate::net::{Completion, Op};
 use crate::resp::commands;
 use crate::resp::parse::{self, Limits, Parsed};
@@ -43,27 +42,10 @@ pub(super) struct Lookahead {
 /// A key of a window: its namespace, where its bytes are, and its hash.
 type WindowKey<'a> = (u32, &'a [u8], u64);
 
-impl Shard {
-    /// Handles a pass's completions in windows: the keys a window's receives carry are looked
-    /// up first (see the module doc), then its completions are handled in order. Order across
-    /// connections does not matter; each connection's own requests keep theirs.
-    pub(super) fn serve_completions(&mut self, batch: &[Completion]) {
-        let mut i = 0;
-        while i < batch.len() {
-            let end = lookahead(&self.conns, &self.core, &mut self.lookahead, &batch[i..]) + i;
-            debug_assert!(end > i, "a window covers at least one completion");
-            for c in &batch[i..end] {
-                self.on_completion(*c);
-            }
-            i = end;
-        }
-    }
-}
-
 /// Looks up the keys of the receives at the front of `batch`, up to [`WINDOW_KEYS_MAX`] keys;
 /// returns how many completions the window covers (at least one).
-fn lookahead(
-    conns: &Slab<Box<Conn>>,
+pub(super) fn lookahead(
+    conns: &Conns,
     core: &Core,
     la: &mut Lookahead,
     batch: &[Completion],

@@ -1,6 +1,8 @@
 //! The shard side of the Redis protocol: telling RESP from native on `svr_port`, the receive
 //! loop of a RESP connection, and the glue that hands each command's native requests to the
-//! shard's ordinary routing path (`Shard::on_frame`) and renders the answers.
+//! shard's ordinary routing path (`Dispatch::on_frame`) and renders the answers. Its types:
+//! [`RespConn`] (a connection's RESP state), [`RespShard`] (the shard's scratch and the receive
+//! loop, [`RespShard::process`]) and `Glue` (the command table's view of the shard).
 //!
 //! Detection: a native connection's first bytes are the frame magic "GS" (`frame::MAGIC`,
 //! little-endian). Any other first byte, or 'G' followed by anything but 'S', is RESP (a
@@ -17,7 +19,7 @@
 //!   store), as a native put does.
 //! - Anything else (another shard or host, a lease not yet granted, a replicated write): the
 //!   command becomes a native request (rkyv, into a reused buffer) on the shard's ordinary
-//!   routing path (`Shard::on_frame`), which forwards, relays, defers, refuses or replicates
+//!   routing path (`Dispatch::on_frame`), which forwards, relays, defers, refuses or replicates
 //!   exactly as for a native client. Its answer comes back as native bytes and is rendered
 //!   then (`render_native`: a deserialization and a copy of the value). A command served here
 //!   while such an answer is still awaited is rendered at once and queued as RESP bytes.
@@ -26,9 +28,11 @@ use std::ops::Range;
 
 use stategrid_proto::{Key, RedisOp, Request, Response, codec, frame, key_hash, partition_of};
 
-use super::{BatchSink, ConnKind, Shard, Slot};
+use super::conn::{BatchSink, Conn, Slot};
+use super::dispatch::Dispatch;
+use super::hosts::HostRoute;
 use crate::net::{AlignedBuf, SendBatch};
-use crate::resp::commands::{self, Args, Owner, SlotRange, TopoNode, Topology};
+use crate::resp::commands::{self, Args, Owner, Topology};
 use crate::resp::parse::{self, Limits, Parsed};
 use crate::resp::{Pending, RespOut, Session, Shape, ValRef, reply};
 use crate::server::exec::{Core, Sink, VecSink, owner_shard};
@@ -38,7 +42,7 @@ use crate::store::KeyRef;
 pub(super) struct RespConn {
     pub session: Session,
     /// `session.sees_store_wide()` as of the command being executed: the session is taken
-    /// out while a command runs, and the routing of its requests (`Shard::sees_store_wide`)
+    /// out while a command runs, and the routing of its requests (`Conn::sees_store_wide`)
     /// reads this copy.
     pub store_wide: bool,
     pub out: RespOut,
@@ -57,19 +61,13 @@ pub(super) struct RespShard {
     key: Vec<u8>,
     /// Where an answer queued behind another shard's is rendered (`Glue::serve_here`).
     alone: SendBatch,
-    next_id: u64,
-    /// The `resp_port` listener, when that port is on.
-    pub listener: Option<socket2::Socket>,
 }
 
 /// Items one RESP command may have before the connection authenticated.
 const UNAUTH_ITEMS_MAX: usize = 16;
 
-/// The accept token slot of the `resp_port` listener (0 is `svr_port`, 1 `int_port`).
-pub(super) const RESP_ACCEPT_SLOT: u32 = 2;
-
 impl RespConn {
-    fn new(id: u64, now_ms: u64, whole_store: bool) -> Box<RespConn> {
+    pub fn new(id: u64, now_ms: u64, whole_store: bool) -> Box<RespConn> {
         let mut session = Session::new(id, now_ms);
         session.whole_store = whole_store;
         Box::new(RespConn {
@@ -122,15 +120,16 @@ pub(super) fn render_native(out: &mut RespOut, b: &mut SendBatch, bytes: &[u8]) 
 }
 
 /// What a shard does for one RESP connection while it runs a command.
-struct Glue<'a> {
-    shard: &'a mut Shard,
+struct Glue<'a, 'd> {
+    d: &'a mut Dispatch<'d>,
+    scratch: &'a mut RespShard,
     slot: u32,
     generation: u32,
 }
 
-impl Glue<'_> {
-    fn conn(&mut self) -> &mut super::Conn {
-        &mut self.shard.conns[self.slot as usize]
+impl Glue<'_, '_> {
+    fn conn(&mut self) -> &mut Conn {
+        &mut self.d.conns[self.slot as usize]
     }
 }
 
@@ -165,7 +164,7 @@ impl Direct {
     }
 }
 
-impl Glue<'_> {
+impl Glue<'_, '_> {
     /// May this shard apply `op` on a key of partition `p` at once, without a native request?
     /// Yes when the partition is this shard's and this host serves it now (`HostRoute::Here`:
     /// primary with a lease), a write has no replica to wait for and a read no change waiting
@@ -177,11 +176,11 @@ impl Glue<'_> {
     /// Cost: two loads and the partition map's owner and lease checks (as `on_frame` does).
     #[inline]
     fn served_here(&self, p: usize, write: bool, value: &[u8]) -> bool {
-        let shard = &*self.shard;
-        owner_shard(p as u32, shard.core.shards) == shard.core.shard
-            && value.len() as u64 <= shard.core.cfg.object_bytes_max
-            && matches!(shard.host_route(p, false), super::HostRoute::Here)
-            && !shard.hosts.via_copies(p, !write)
+        let d = &*self.d;
+        owner_shard(p as u32, d.core.shards) == d.core.shard
+            && value.len() as u64 <= d.core.cfg.object_bytes_max
+            && matches!(d.hosts.host_route(p, false), HostRoute::Here)
+            && !d.hosts.via_copies(p, !write)
     }
 
     /// Applies `op` on this shard's store and answers it in request order: rendered as RESP
@@ -194,9 +193,9 @@ impl Glue<'_> {
     /// (no copy, no allocation). A SET copies its value once (receive buffer to the store).
     /// No native request is serialized or validated.
     fn serve_here(&mut self, k: KeyRef<'_>, what: Direct, value: &[u8], p: Pending) {
-        let now = self.shard.now_ms;
-        let core = &mut self.shard.core;
-        let conn = &mut self.shard.conns[self.slot as usize];
+        let now = self.d.core.now_ms;
+        let core = &mut *self.d.core;
+        let conn = &mut self.d.conns[self.slot as usize];
         let rc = conn.resp.as_mut().expect("a RESP connection");
         if conn.slots.is_empty() {
             rc.out.push(p);
@@ -211,7 +210,7 @@ impl Glue<'_> {
         } else {
             // Behind an answer from another shard: render it now and queue the RESP bytes (a
             // copy of a value, no native answer encoded and decoded later).
-            let batch = &mut self.shard.resp.alone;
+            let batch = &mut self.scratch.alone;
             what.run(
                 core,
                 k,
@@ -225,7 +224,7 @@ impl Glue<'_> {
     }
 }
 
-impl commands::Host for Glue<'_> {
+impl commands::Host for Glue<'_, '_> {
     fn reply(&mut self, bytes: &[u8]) {
         let conn = self.conn();
         if conn.slots.is_empty() {
@@ -245,7 +244,7 @@ impl commands::Host for Glue<'_> {
         }
         let conn = self.conn();
         conn.resp.as_mut().expect("a RESP connection").out.push(p);
-        let mut frame = std::mem::take(&mut self.shard.resp.frame);
+        let mut frame = std::mem::take(&mut self.scratch.frame);
         frame.clear();
         codec::encode_request(&mut frame, 0, req, value);
         let copy;
@@ -260,9 +259,9 @@ impl commands::Host for Glue<'_> {
             .flatten()
             .expect("a frame just encoded parses");
         let (archive, value, n) = (parsed.archive, parsed.value, parsed.frame_bytes);
-        self.shard
+        self.d
             .on_frame(self.slot, self.generation, 0, archive, value, n, buf);
-        self.shard.resp.frame = frame;
+        self.scratch.frame = frame;
     }
 
     fn redis(&mut self, ns: u32, key: &[u8], op: RedisOp, value: &[u8], p: Pending) {
@@ -275,7 +274,7 @@ impl commands::Host for Glue<'_> {
                 p,
             );
         }
-        let mut k = std::mem::take(&mut self.shard.resp.key);
+        let mut k = std::mem::take(&mut self.scratch.key);
         k.clear();
         k.extend_from_slice(key);
         let req = Request::Redis {
@@ -284,7 +283,7 @@ impl commands::Host for Glue<'_> {
         };
         self.request(&req, value, p);
         if let Request::Redis { key, .. } = req {
-            self.shard.resp.key = key.key;
+            self.scratch.key = key.key;
         }
     }
 
@@ -301,56 +300,49 @@ impl commands::Host for Glue<'_> {
     }
 
     fn cfg(&self) -> &crate::config::Config {
-        &self.shard.core.cfg
+        &self.d.core.cfg
     }
 
     fn now_ms(&self) -> u64 {
-        self.shard.now_ms
+        self.d.core.now_ms
     }
 
     fn shards(&self) -> usize {
-        self.shard.core.shards
+        self.d.core.shards
     }
 
     fn counters(&self) -> (u64, u64) {
-        (self.shard.core.connections, super::resident_bytes())
+        (self.d.core.connections, super::resident_bytes())
     }
 
     fn uptime_s(&self) -> u64 {
-        self.shard.shared.started.elapsed().as_secs()
+        self.d.conns.started.elapsed().as_secs()
     }
 
     fn topology(&self) -> Topology {
-        self.shard.topology()
+        self.d.hosts.topology(&self.d.core.cfg)
     }
 
     fn owner(&self, ns: u32, key: &[u8]) -> Owner {
         let p = partition_of(key_hash(ns, key)) as usize;
-        match self.shard.host_route(p, false) {
-            super::HostRoute::Here | super::HostRoute::Wait => Owner::Here,
-            super::HostRoute::Remote(host) => {
-                match self
-                    .shard
-                    .hosts
-                    .data
-                    .view
-                    .as_ref()
-                    .and_then(|v| v.addr(host))
-                {
+        match self.d.hosts.host_route(p, false) {
+            HostRoute::Here | HostRoute::Wait => Owner::Here,
+            HostRoute::Remote(host) => {
+                match self.d.hosts.data.view.as_ref().and_then(|v| v.addr(host)) {
                     Some(a) => Owner::Remote(a.svr().to_string()),
                     None => Owner::Nobody,
                 }
             }
-            super::HostRoute::Refuse(..) => Owner::Nobody,
+            HostRoute::Refuse(..) => Owner::Nobody,
         }
     }
 
     fn shard_of(&self, ns: u32, key: &[u8]) -> usize {
-        crate::server::exec::owner_shard(partition_of(key_hash(ns, key)), self.shard.core.shards)
+        crate::server::exec::owner_shard(partition_of(key_hash(ns, key)), self.d.core.shards)
     }
 
     fn own_shard(&self) -> usize {
-        self.shard.core.shard
+        self.d.core.shard
     }
 
     fn stamp_here(&self, ns: u32, key: &[u8]) -> Result<commands::Stamp, commands::OffShard> {
@@ -360,15 +352,15 @@ impl commands::Host for Glue<'_> {
         }
         let k = crate::store::KeyRef::new(ns, key);
         Ok(self
-            .shard
+            .d
             .core
             .store
-            .export(k, self.shard.now_ms)
+            .export(k, self.d.core.now_ms)
             .map(|(st, _)| (st.version, st.created_ms)))
     }
 
     fn watch_stamp(&self, id: u64) -> Option<commands::Stamp> {
-        let conn = &self.shard.conns[self.slot as usize];
+        let conn = &self.d.conns[self.slot as usize];
         conn.resp.as_ref()?.out.watch_stamp(id)
     }
 
@@ -379,11 +371,11 @@ impl commands::Host for Glue<'_> {
     }
 
     fn role(&self) -> Option<crate::auth::users::Role> {
-        self.shard.conns[self.slot as usize].role
+        self.d.conns[self.slot as usize].role
     }
 
     fn login(&mut self, user: Option<&[u8]>, password: &[u8]) -> Result<(), &'static str> {
-        let Some(users) = self.shard.core.cfg.users.clone() else {
+        let Some(users) = self.d.core.cfg.users.clone() else {
             return Ok(());
         };
         match users.verify(user, password) {
@@ -396,7 +388,7 @@ impl commands::Host for Glue<'_> {
             Err(crate::auth::users::AuthFail::Busy) => Err(commands::AUTH_BUSY),
             Err(_) => {
                 tracing::info!(
-                    shard = self.shard.core.shard,
+                    shard = self.d.core.shard,
                     "Redis client authentication failed for user '{}'",
                     String::from_utf8_lossy(user.unwrap_or(b"default"))
                 );
@@ -406,84 +398,10 @@ impl commands::Host for Glue<'_> {
     }
 }
 
-impl Shard {
-    pub fn set_resp_listener(&mut self, l: Option<socket2::Socket>) {
-        self.resp.listener = l;
-    }
-
-    pub(super) fn start_accepting_resp(&mut self) {
-        if let Some(l) = &self.resp.listener {
-            use std::os::fd::AsRawFd;
-            let fd = l.as_raw_fd();
-            self.ring.accept_multi(
-                fd,
-                crate::net::Token::new(crate::net::Op::Accept, RESP_ACCEPT_SLOT, 0),
-            );
-        }
-    }
-
-    pub(super) fn on_accept_resp(&mut self, c: crate::net::Completion) {
-        if c.result >= 0 {
-            use std::os::fd::FromRawFd;
-            // SAFETY: the kernel handed us this new descriptor.
-            let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(c.result) };
-            let denied = crate::auth::protect::refuse_fd(&self.core.cfg, &fd);
-            if let Some(slot) = self.add_conn_kind(fd, ConnKind::Client) {
-                let now = self.now_ms;
-                self.make_resp(slot, now, true);
-                self.conns[slot as usize].denied = denied;
-            }
-        } else if !self.draining && c.result != -libc::ECANCELED {
-            tracing::warn!(
-                shard = self.core.shard,
-                "accept on resp_port failed: {}",
-                std::io::Error::from_raw_os_error(-c.result)
-            );
-        }
-        if !c.more() && !self.draining {
-            self.start_accepting_resp();
-        }
-    }
-
-    /// On a client connection's first bytes: is it RESP? Marks it so (for life) when it is.
-    pub(super) fn detect_resp(&mut self, slot: u32) -> bool {
-        let now = self.now_ms;
-        let conn = &mut self.conns[slot as usize];
-        if conn.resp.is_some() {
-            return true;
-        }
-        if conn.kind != ConnKind::Client || conn.hello_done {
-            return false;
-        }
-        let b = conn.rbuf.as_slice();
-        let magic = frame::MAGIC.to_le_bytes();
-        // RESP starts with '*' (a multibulk) or a letter (an inline command); anything else is
-        // left to the native framing, which closes a connection of garbage.
-        let resp = match b {
-            [] => false,
-            [first, ..] if *first == b'*' => true,
-            [first, ..] if first.is_ascii_alphabetic() && *first != magic[0] => true,
-            [first, second, ..] => *first == magic[0] && *second != magic[1],
-            [_] => false,
-        };
-        if resp {
-            self.make_resp(slot, now, false);
-        }
-        resp
-    }
-
-    /// Makes a connection a RESP one (detected, or accepted on `resp_port`).
-    pub(super) fn make_resp(&mut self, slot: u32, now_ms: u64, whole_store: bool) {
-        self.resp.next_id += 1;
-        let id = ((self.core.shard as u64) << 48) | self.resp.next_id;
-        let conn = &mut self.conns[slot as usize];
-        conn.hello_done = true;
-        conn.resp = Some(RespConn::new(id, now_ms, whole_store));
-    }
-
+impl RespShard {
     /// Serves every whole RESP command in the connection's receive buffer, in order.
-    pub(super) fn process_resp(&mut self, slot: u32, generation: u32) {
-        let cfg = self.core.cfg.clone();
+    pub fn process(&mut self, d: &mut Dispatch<'_>, slot: u32, generation: u32) {
+        let cfg = d.core.cfg.clone();
         let full = Limits {
             bulk_bytes_max: cfg.object_bytes_max as usize,
             items_max: cfg.resp_multibulk_items_max as usize,
@@ -497,7 +415,7 @@ impl Shard {
             items_max: full.items_max.min(UNAUTH_ITEMS_MAX),
             inline_bytes_max: full.inline_bytes_max.min(unauth_bytes),
         };
-        let conn = &mut self.conns[slot as usize];
+        let conn = &mut d.conns[slot as usize];
         let rbuf = std::mem::replace(&mut conn.rbuf, AlignedBuf::with_capacity(0));
         let rc = conn.resp.as_mut().expect("a RESP connection");
         let mut session = std::mem::take(&mut rc.session);
@@ -508,7 +426,7 @@ impl Shard {
         let mut need = 0;
         while pos < rbuf.len() {
             let bytes = &rbuf.as_slice()[pos..];
-            let lim = if self.conns[slot as usize].role.is_some() {
+            let lim = if d.conns[slot as usize].role.is_some() {
                 &full
             } else {
                 &before_auth
@@ -523,31 +441,29 @@ impl Shard {
                         base: if inline { &scratch[..] } else { bytes },
                         ranges: &args,
                     };
-                    if let Some(rc) = self.conns[slot as usize].resp.as_mut() {
+                    if let Some(rc) = d.conns[slot as usize].resp.as_mut() {
                         rc.store_wide = session.sees_store_wide();
                     }
                     let mut glue = Glue {
-                        shard: self,
+                        d: &mut *d,
+                        scratch: &mut *self,
                         slot,
                         generation,
                     };
                     commands::execute(&mut session, &a, &mut glue);
                     pos += consumed;
-                    if self.conns[slot as usize].close_after_flush {
+                    if d.conns[slot as usize].close_after_flush {
                         pos = rbuf.len();
                         break;
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(
-                        shard = self.core.shard,
-                        "closing a RESP connection: {}",
-                        e.0
-                    );
+                    tracing::debug!(shard = d.core.shard, "closing a RESP connection: {}", e.0);
                     let mut out = Vec::new();
                     reply::error(&mut out, &format!("ERR {}", e.0));
                     let mut glue = Glue {
-                        shard: self,
+                        d: &mut *d,
+                        scratch: &mut *self,
                         slot,
                         generation,
                     };
@@ -558,7 +474,7 @@ impl Shard {
                 }
             }
         }
-        let conn = &mut self.conns[slot as usize];
+        let conn = &mut d.conns[slot as usize];
         conn.rbuf = rbuf;
         conn.rbuf.consume(pos);
         let rc = conn.resp.as_mut().expect("a RESP connection");
@@ -566,57 +482,5 @@ impl Shard {
         rc.args = args;
         rc.scratch = scratch;
         rc.need = need;
-    }
-
-    /// The partition map as Redis Cluster slot ranges.
-    pub(super) fn topology(&self) -> Topology {
-        let cfg = &self.core.cfg;
-        let Some(view) = &self.hosts.data.view else {
-            return Topology {
-                me: 0,
-                epoch: 0,
-                nodes: vec![TopoNode {
-                    id: 0,
-                    ip: cfg.net_interface.to_string(),
-                    port: cfg.svr_port,
-                }],
-                ranges: vec![SlotRange {
-                    start: 0,
-                    end: 16383,
-                    primary: 0,
-                    replicas: Vec::new(),
-                }],
-            };
-        };
-        let nodes: Vec<TopoNode> = view
-            .hosts
-            .iter()
-            .filter(|h| h.state != crate::cluster::HostState::Failed)
-            .filter_map(|h| {
-                let a = view.addr(h.id)?;
-                Some(TopoNode {
-                    id: h.id.0,
-                    ip: a.ip.to_string(),
-                    port: a.svr_port,
-                })
-            })
-            .collect();
-        let index = |id: crate::cluster::HostId| nodes.iter().position(|n| n.id == id.0);
-        let owners: Vec<(Option<usize>, Vec<usize>)> = view
-            .owners
-            .iter()
-            .map(|o| {
-                (
-                    o.primary().and_then(index),
-                    o.replicas().filter_map(index).collect(),
-                )
-            })
-            .collect();
-        Topology {
-            me: view.me.0,
-            epoch: view.epoch,
-            ranges: crate::resp::cluster::ranges_of(&owners),
-            nodes,
-        }
     }
 }
