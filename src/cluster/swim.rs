@@ -380,8 +380,22 @@ impl Swim {
             generation: me.generation.wrapping_add(1),
             ..me
         };
+        let peers: Vec<SocketAddr> = self.live.values().map(|i| i.mgt).collect();
         if let Err(e) = self.foca.change_identity(next, &mut self.rt) {
             tracing::warn!("swim: cannot publish flags {flags:#x}: {e}");
+        }
+        // foca leaves a member that changed identity disconnected (no probes, no timers)
+        // until a message addressed to its new identity arrives. Its own news goes to the
+        // identities it knew; a peer that changed identity at the same moment drops it
+        // (wrong address-holder), and if the one peer that did learn the new identity dies
+        // first, this host never probes again and never sees it die. CI saw exactly that
+        // twice: after `kill -9` of the leader, neither survivor declared it down (both had
+        // just set FLAG_IN_STORE). An announce is accepted by whoever holds the address now,
+        // and its answer reconnects this host at once.
+        for addr in peers {
+            if let Err(e) = self.foca.announce(Ident::placeholder(addr), &mut self.rt) {
+                tracing::debug!("swim: announce to {addr} after a flag change: {e}");
+            }
         }
         self.drain(now_ms);
     }
@@ -600,5 +614,65 @@ mod tests {
         let took = down_at.expect("host 3 reported down");
         // Not a timing assertion on wall time: this is simulated time, deterministic.
         assert!(took <= budget_ms, "declared down after {took} ms");
+    }
+
+    /// CI (tests/control.rs, twice): two hosts set a flag at the same moment (both had just
+    /// joined the store) and the third, the only one that heard both new identities, was
+    /// killed right after. Their news to each other went to identities they no longer had
+    /// and was dropped, and foca keeps a member that changed identity disconnected (no
+    /// probes) until something reaches its new one: neither ever declared the dead host
+    /// down. Each now announces itself to the addresses it knew after a change.
+    #[test]
+    fn hosts_that_change_flags_together_still_see_a_death() {
+        let budget_ms = 1500;
+        let ids: Vec<Ident> = (1..=3).map(|i| ident(i, FLAG_WANTS_STORE)).collect();
+        let mut swims: Vec<Swim> = ids
+            .iter()
+            .map(|i| Swim::new(*i, foca_config(budget_ms, 3), i.id))
+            .collect();
+        let mut alive = [true; 3];
+        let mut now = 0u64;
+        swims[1].announce(ids[0].mgt, now);
+        swims[2].announce(ids[0].mgt, now);
+        let mut events: Vec<Vec<SwimEvent>> = vec![Vec::new(); 3];
+        let mut down_at = [None, None];
+        while now < 10_000 {
+            now += 5;
+            if now == 3000 {
+                for s in &swims {
+                    assert_eq!(s.live().count(), 2, "everyone sees the other two");
+                }
+                swims[1].set_flags(FLAG_WANTS_STORE | FLAG_IN_STORE, now);
+                swims[2].set_flags(FLAG_WANTS_STORE | FLAG_IN_STORE, now);
+                alive[0] = false;
+            }
+            for i in 0..3 {
+                if !alive[i] {
+                    continue;
+                }
+                swims[i].on_time(now);
+                for (to, data) in swims[i].take_sends() {
+                    if let Some(j) = ids.iter().position(|x| x.mgt == to)
+                        && alive[j]
+                    {
+                        let from = ids[i].mgt;
+                        swims[j].on_datagram(&data, from, now);
+                    }
+                }
+                events[i].extend(swims[i].take_events());
+            }
+            for (k, i) in [1, 2].into_iter().enumerate() {
+                if down_at[k].is_none() && events[i].contains(&SwimEvent::Down(HostId(1))) {
+                    down_at[k] = Some(now - 3000);
+                }
+            }
+        }
+        // A change of identity restarts foca's probe cycle (first probe a period after the
+        // reconnection, round-robin over the members), so a death at that very moment is
+        // seen later than the budget, but it is seen.
+        for (k, at) in down_at.into_iter().enumerate() {
+            let took = at.unwrap_or_else(|| panic!("host {} never saw host 1 die", k + 2));
+            assert!(took <= 2 * budget_ms, "host {} took {took} ms", k + 2);
+        }
     }
 }
