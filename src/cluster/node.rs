@@ -426,6 +426,8 @@ pub struct ClusterNode {
     /// Renewals waiting for the next heartbeat's ReadIndex round (members only, so bounded by
     /// the map's hosts).
     lease_asks: BTreeMap<HostId, LeaseAsk>,
+    /// Requests that could not start their round yet (no entry of this term committed).
+    lease_retry: bool,
     joins: BTreeMap<HostId, (HostInfo, bool)>,
     /// Hosts (this one included) that asked to leave and are still Active.
     leaves: BTreeSet<HostId>,
@@ -529,6 +531,7 @@ impl ClusterNode {
             leader_since_ms: None,
             leases: BTreeMap::new(),
             lease_asks: BTreeMap::new(),
+            lease_retry: false,
             joins: BTreeMap::new(),
             leaves: BTreeSet::new(),
             expelled_notices: BTreeMap::new(),
@@ -624,7 +627,11 @@ impl ClusterNode {
             u64::MAX
         };
         let new_leader = r.leader_id != 0 && r.leader_id != self.renew_leader;
-        if new_leader { 1 } else { raft }
+        if new_leader || self.lease_retry {
+            1
+        } else {
+            raft
+        }
     }
 
     /// When [`Self::host_duties`] next has something to do (a lease renewal or a join
@@ -665,7 +672,7 @@ impl ClusterNode {
                 // whose messages leave with it.
                 let beat = self.is_leader() && self.raw.raft.heartbeat_elapsed() == 0;
                 self.host_duties(now_ms);
-                if beat {
+                if beat || self.lease_retry {
                     self.start_lease_round();
                 }
             }
@@ -1060,6 +1067,15 @@ impl ClusterNode {
         if self.lease_asks.is_empty() {
             return;
         }
+        if !self.raw.raft.commit_to_current_term() {
+            // raft-rs drops a ReadIndex until the leader has committed an entry of its term
+            // (its first round trip after the election): keep the requests and try again on
+            // every tick until then, instead of losing them to the host's next renewal
+            // period (a new leader's first grants are what keep the survivors' leases).
+            self.lease_retry = true;
+            return;
+        }
+        self.lease_retry = false;
         let mut ctx = Vec::with_capacity(self.lease_asks.len() * LEASE_CTX_BYTES);
         for (from, (seq, applied_epoch, held_epoch)) in std::mem::take(&mut self.lease_asks) {
             ctx.extend_from_slice(&from.0.to_le_bytes());
@@ -1439,6 +1455,7 @@ impl ClusterNode {
         if !self.is_leader() {
             self.leader_since_ms = None;
             self.lease_asks.clear();
+            self.lease_retry = false;
             self.joins.clear();
             self.leaves.clear();
         }
