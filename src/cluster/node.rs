@@ -1046,10 +1046,8 @@ impl ClusterNode {
         // started after it arrived. A renewal of the lease the host holds waits for the next
         // heartbeat's round; a host without a lease for this leader's epoch cannot serve
         // until it has one, so its round starts now (with whatever else waits).
-        if self.lease_asks.len() >= VOTERS_MAX * 4 && !self.lease_asks.contains_key(&from) {
-            // Members only reach here, so this cannot fill; never grow without bound.
-            return;
-        }
+        // Bounded by the members (checked above; one entry per host): a fixed cap here would
+        // drop members' renewals in a store of many hosts (voters are few, members not).
         self.lease_asks
             .insert(from, (seq, applied_epoch, held_epoch));
         // A host without a grant from this leader yet (it just took office: the old
