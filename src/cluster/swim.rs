@@ -566,11 +566,14 @@ mod tests {
         }
     }
 
-    /// Three foca instances exchanging datagrams in memory: they find each other through one
-    /// seed, and a silent one is reported down within the detection budget.
-    #[test]
-    fn members_find_each_other_and_a_silent_one_goes_down() {
-        let budget_ms = 1500;
+    /// Three in-memory SWIM members (ids 1-3, 127.0.0.2-4) that find each other through the
+    /// first, exchanging datagrams every 5 ms of simulated time until 10 s. `at(now, swims,
+    /// alive)` runs before each step (to kill a member or change its flags); returns every
+    /// member's events with the time each was reported.
+    fn run_three(
+        budget_ms: u64,
+        mut at: impl FnMut(u64, &mut [Swim], &mut [bool; 3]),
+    ) -> Vec<Vec<(u64, SwimEvent)>> {
         let ids: Vec<Ident> = (1..=3).map(|i| ident(i, FLAG_WANTS_STORE)).collect();
         let mut swims: Vec<Swim> = ids
             .iter()
@@ -580,13 +583,10 @@ mod tests {
         let mut now = 0u64;
         swims[1].announce(ids[0].mgt, now);
         swims[2].announce(ids[0].mgt, now);
-        let mut down_at = None;
-        let mut events: Vec<Vec<SwimEvent>> = vec![Vec::new(); 3];
+        let mut events = vec![Vec::new(); 3];
         while now < 10_000 {
             now += 5;
-            if now == 3000 {
-                alive[2] = false;
-            }
+            at(now, &mut swims, &mut alive);
             for i in 0..3 {
                 if !alive[i] {
                     continue;
@@ -600,18 +600,34 @@ mod tests {
                         swims[j].on_datagram(&data, from, now);
                     }
                 }
-                events[i].extend(swims[i].take_events());
-            }
-            if now == 2995 {
-                for s in &swims {
-                    assert_eq!(s.live().count(), 2, "everyone sees the other two");
-                }
-            }
-            if now > 3000 && down_at.is_none() && events[0].contains(&SwimEvent::Down(HostId(3))) {
-                down_at = Some(now - 3000);
+                events[i].extend(swims[i].take_events().into_iter().map(|e| (now, e)));
             }
         }
-        let took = down_at.expect("host 3 reported down");
+        events
+    }
+
+    /// When `host` was first reported down in `events`, counted from `since`.
+    fn down_after(events: &[(u64, SwimEvent)], host: u64, since: u64) -> Option<u64> {
+        events
+            .iter()
+            .find(|(t, e)| *t > since && *e == SwimEvent::Down(HostId(host)))
+            .map(|(t, _)| t - since)
+    }
+
+    /// They find each other through one seed, and a silent one is reported down within the
+    /// detection budget.
+    #[test]
+    fn members_find_each_other_and_a_silent_one_goes_down() {
+        let budget_ms = 1500;
+        let events = run_three(budget_ms, |now, swims, alive| {
+            if now == 3000 {
+                for s in swims.iter() {
+                    assert_eq!(s.live().count(), 2, "everyone sees the other two");
+                }
+                alive[2] = false;
+            }
+        });
+        let took = down_after(&events[0], 3, 3000).expect("host 3 reported down");
         // Not a timing assertion on wall time: this is simulated time, deterministic.
         assert!(took <= budget_ms, "declared down after {took} ms");
     }
@@ -625,54 +641,23 @@ mod tests {
     #[test]
     fn hosts_that_change_flags_together_still_see_a_death() {
         let budget_ms = 1500;
-        let ids: Vec<Ident> = (1..=3).map(|i| ident(i, FLAG_WANTS_STORE)).collect();
-        let mut swims: Vec<Swim> = ids
-            .iter()
-            .map(|i| Swim::new(*i, foca_config(budget_ms, 3), i.id))
-            .collect();
-        let mut alive = [true; 3];
-        let mut now = 0u64;
-        swims[1].announce(ids[0].mgt, now);
-        swims[2].announce(ids[0].mgt, now);
-        let mut events: Vec<Vec<SwimEvent>> = vec![Vec::new(); 3];
-        let mut down_at = [None, None];
-        while now < 10_000 {
-            now += 5;
+        let events = run_three(budget_ms, |now, swims, alive| {
             if now == 3000 {
-                for s in &swims {
+                for s in swims.iter() {
                     assert_eq!(s.live().count(), 2, "everyone sees the other two");
                 }
                 swims[1].set_flags(FLAG_WANTS_STORE | FLAG_IN_STORE, now);
                 swims[2].set_flags(FLAG_WANTS_STORE | FLAG_IN_STORE, now);
                 alive[0] = false;
             }
-            for i in 0..3 {
-                if !alive[i] {
-                    continue;
-                }
-                swims[i].on_time(now);
-                for (to, data) in swims[i].take_sends() {
-                    if let Some(j) = ids.iter().position(|x| x.mgt == to)
-                        && alive[j]
-                    {
-                        let from = ids[i].mgt;
-                        swims[j].on_datagram(&data, from, now);
-                    }
-                }
-                events[i].extend(swims[i].take_events());
-            }
-            for (k, i) in [1, 2].into_iter().enumerate() {
-                if down_at[k].is_none() && events[i].contains(&SwimEvent::Down(HostId(1))) {
-                    down_at[k] = Some(now - 3000);
-                }
-            }
-        }
+        });
         // A change of identity restarts foca's probe cycle (first probe a period after the
         // reconnection, round-robin over the members), so a death at that very moment is
         // seen later than the budget, but it is seen.
-        for (k, at) in down_at.into_iter().enumerate() {
-            let took = at.unwrap_or_else(|| panic!("host {} never saw host 1 die", k + 2));
-            assert!(took <= 2 * budget_ms, "host {} took {took} ms", k + 2);
+        for i in [1, 2] {
+            let took = down_after(&events[i], 1, 3000)
+                .unwrap_or_else(|| panic!("host {} never saw host 1 die", i + 1));
+            assert!(took <= 2 * budget_ms, "host {} took {took} ms", i + 1);
         }
     }
 }

@@ -863,6 +863,19 @@ impl Conns {
         }
     }
 
+    /// [`Self::reserve`] for a request answered later from elsewhere (another shard, host or
+    /// the copies): it holds `frame_bytes` of the connection's budget until then.
+    pub fn reserve_forwarded(
+        &mut self,
+        slot: u32,
+        id: u32,
+        frame_bytes: usize,
+        cfg: &Config,
+    ) -> Option<u64> {
+        let bytes = frame_bytes as u32;
+        self.reserve(slot, id, Slot::Forwarded { bytes }, cfg)
+    }
+
     /// Takes a queue slot for an answer another shard will produce; None when the
     /// connection has too many waiting (it then got TooManyInFlight).
     pub fn reserve(&mut self, slot: u32, id: u32, s: Slot, cfg: &Config) -> Option<u64> {

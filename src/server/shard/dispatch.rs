@@ -280,14 +280,10 @@ impl Dispatch<'_> {
             match self.hosts.host_route(p, internal) {
                 HostRoute::Here => {}
                 HostRoute::Remote(host) => {
-                    let Some(seq) = self.conns.reserve(
-                        slot,
-                        id,
-                        Slot::Forwarded {
-                            bytes: frame_bytes as u32,
-                        },
-                        &self.core.cfg,
-                    ) else {
+                    let Some(seq) =
+                        self.conns
+                            .reserve_forwarded(slot, id, frame_bytes, &self.core.cfg)
+                    else {
                         return;
                     };
                     return self.hosts.relay(
@@ -302,14 +298,10 @@ impl Dispatch<'_> {
                     );
                 }
                 HostRoute::Wait => {
-                    let Some(seq) = self.conns.reserve(
-                        slot,
-                        id,
-                        Slot::Forwarded {
-                            bytes: frame_bytes as u32,
-                        },
-                        &self.core.cfg,
-                    ) else {
+                    let Some(seq) =
+                        self.conns
+                            .reserve_forwarded(slot, id, frame_bytes, &self.core.cfg)
+                    else {
                         return;
                     };
                     return self.hosts.defer(
@@ -355,14 +347,10 @@ impl Dispatch<'_> {
                 if partition
                     .is_some_and(|p| self.hosts.via_copies(p, super::hosts::read_only(req))) =>
             {
-                let Some(seq) = self.conns.reserve(
-                    slot,
-                    id,
-                    Slot::Forwarded {
-                        bytes: frame_bytes as u32,
-                    },
-                    &self.core.cfg,
-                ) else {
+                let Some(seq) = self
+                    .conns
+                    .reserve_forwarded(slot, id, frame_bytes, &self.core.cfg)
+                else {
                     return;
                 };
                 let to = AnswerTo::Conn {
@@ -393,14 +381,10 @@ impl Dispatch<'_> {
                 self.hosts.send_clears(self.conns, self.core);
             }
             Route::Shard(to) => {
-                let Some(seq) = self.conns.reserve(
-                    slot,
-                    id,
-                    Slot::Forwarded {
-                        bytes: frame_bytes as u32,
-                    },
-                    &self.core.cfg,
-                ) else {
+                let Some(seq) = self
+                    .conns
+                    .reserve_forwarded(slot, id, frame_bytes, &self.core.cfg)
+                else {
                     return;
                 };
                 self.core.forwarded_requests += 1;
@@ -912,14 +896,10 @@ impl Dispatch<'_> {
         };
         let mut frame = Vec::with_capacity(64);
         codec::encode_request(&mut frame, id, &native, &[]);
-        let Some(seq) = self.conns.reserve(
-            slot,
-            id,
-            Slot::Forwarded {
-                bytes: frame.len() as u32,
-            },
-            &self.core.cfg,
-        ) else {
+        let Some(seq) = self
+            .conns
+            .reserve_forwarded(slot, id, frame.len(), &self.core.cfg)
+        else {
             return true;
         };
         let want = cursor_host(cursor);

@@ -459,23 +459,8 @@ impl Hosts {
                     partition,
                     items,
                 };
-                for host in view.owners[partition as usize].copies() {
-                    if host == view.me {
-                        continue;
-                    }
-                    let sent = self.link_send(
-                        conns,
-                        core,
-                        host,
-                        LinkClass::Data,
-                        Expect::Notice,
-                        |b, link_id| {
-                            encode_with_value(b, link_id, &msg, None);
-                        },
-                    );
-                    if !sent {
-                        tracing::debug!(shard = core.shard, ?host, "touches not sent");
-                    }
+                for host in self.notify_copies(conns, core, &view, partition, &msg) {
+                    tracing::debug!(shard = core.shard, ?host, "touches not sent");
                 }
                 items = rest;
             }
@@ -827,6 +812,38 @@ impl Hosts {
         }
     }
 
+    /// Sends `msg`, a notice no answer is waited for, to every copy of `partition` but this
+    /// host; returns the hosts it could not be queued for (no link).
+    fn notify_copies(
+        &mut self,
+        conns: &mut Conns,
+        core: &mut Core,
+        view: &View,
+        partition: u32,
+        msg: &Request,
+    ) -> Vec<HostId> {
+        let mut unsent = Vec::new();
+        for host in view.owners[partition as usize].copies() {
+            if host == view.me {
+                continue;
+            }
+            let sent = self.link_send(
+                conns,
+                core,
+                host,
+                LinkClass::Data,
+                Expect::Notice,
+                |b, id| {
+                    encode_with_value(b, id, msg, None);
+                },
+            );
+            if !sent {
+                unsent.push(host);
+            }
+        }
+        unsent
+    }
+
     /// Tells the replicas of each partition a namespace clear emptied here (see
     /// `Core::cleared`). Called right after the clear ran, before any later change of the
     /// partition is replicated, so the copies apply it in the same order.
@@ -845,28 +862,13 @@ impl Hosts {
                 partition,
                 ns,
             };
-            for host in view.owners[partition as usize].copies() {
-                if host == view.me {
-                    continue;
-                }
-                let sent = self.link_send(
-                    conns,
-                    core,
-                    host,
-                    LinkClass::Data,
-                    Expect::Notice,
-                    |b, link_id| {
-                        encode_with_value(b, link_id, &msg, None);
-                    },
+            for host in self.notify_copies(conns, core, &view, partition, &msg) {
+                tracing::warn!(
+                    shard = core.shard,
+                    ?host,
+                    partition,
+                    "a namespace clear could not be sent to a replica"
                 );
-                if !sent {
-                    tracing::warn!(
-                        shard = core.shard,
-                        ?host,
-                        partition,
-                        "a namespace clear could not be sent to a replica"
-                    );
-                }
             }
         }
     }
