@@ -282,6 +282,21 @@ fn locks_over_http() {
         send("DELETE", &url, &[("Soss-LockToken", &token3)], None).status,
         204
     );
+
+    // A token on an object that is not locked (any more) is refused, and the refusal is one the
+    // served OpenAPI document lists for the operation (schemathesis found it missing there).
+    assert_eq!(send("PUT", &url, &[], Some(b"v3")).status, 204);
+    let a = send("DELETE", &url, &[("Soss-LockToken", &token3)], None);
+    assert_eq!(a.status, 409, "{}", a.text());
+    assert_eq!(a.json()["error"], "LockLost");
+    assert_eq!(send("GET", &url, &[], None).body, b"v3", "nothing removed");
+    let spec = send("GET", &format!("{base}/openapi.json"), &[], None).json();
+    for (method, status) in [("delete", "409"), ("delete", "423"), ("post", "409")] {
+        assert!(
+            spec["paths"]["/data/{ns}/{key}"][method]["responses"][status].is_object(),
+            "the OpenAPI document does not list {status} for {method} /data/{{ns}}/{{key}}"
+        );
+    }
 }
 
 #[test]
