@@ -14,8 +14,10 @@
 //!
 //! # The leader decides, one proposal at a time
 //! Only the leader turns inputs into proposals, from its own view of membership (level, not
-//! edge triggered, so a new leader picks up where the old one stopped), in this order: a host
-//! its SWIM view reports down becomes `Failed` (suspicion alone changes nothing); join requests
+//! edge triggered, so a new leader picks up where the old one stopped), in this order: a
+//! `Failed` voter leaves the voters (before any other host is marked: two dead voters of four
+//! would leave no quorum); a host its SWIM view reports down becomes `Failed` (suspicion alone
+//! changes nothing); join requests
 //! become `AddHost`; Raft membership follows the hosts (one `ConfChange` at a time: learners
 //! first, then up to [`VOTERS_MAX`] voters by join order plus witnesses); joined members become
 //! `Active`; then the planner's next map, if it differs; then failed hosts no map names are
@@ -1231,6 +1233,18 @@ impl ClusterNode {
         let st = state.borrow();
         let me = self.cfg.id;
 
+        // 0. A Failed voter leaves the voters before another host is marked Failed. Marking
+        //    two in a row could leave two dead voters of four: no quorum ever again, since a
+        //    failed host comes back under a new id (simulation seed 228).
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        let voters: BTreeSet<u64> = conf.voters.iter().copied().collect();
+        let learners: BTreeSet<u64> = conf.learners.iter().copied().collect();
+        let live = |h: &HostInfo| h.state != HostState::Failed;
+        for &v in voters.iter().chain(learners.iter()) {
+            if st.host(HostId(v)).is_none_or(|h| !live(h)) && v != me.0 {
+                return self.propose_conf(now_ms, ConfChangeType::RemoveNode, HostId(v));
+            }
+        }
         // 1. Down hosts become Failed.
         if let Some(h) = st.hosts.iter().find(|h| {
             h.state != HostState::Failed && h.id != me && self.presumed_down(h.id, now_ms)
@@ -1255,16 +1269,7 @@ impl ClusterNode {
             };
             return self.propose(now_ms, c);
         }
-        // 3. Raft membership follows the hosts, one change at a time.
-        let conf = self.raw.raft.prs().conf().to_conf_state();
-        let voters: BTreeSet<u64> = conf.voters.iter().copied().collect();
-        let learners: BTreeSet<u64> = conf.learners.iter().copied().collect();
-        let live = |h: &HostInfo| h.state != HostState::Failed;
-        for &v in voters.iter().chain(learners.iter()) {
-            if st.host(HostId(v)).is_none_or(|h| !live(h)) && v != me.0 {
-                return self.propose_conf(now_ms, ConfChangeType::RemoveNode, HostId(v));
-            }
-        }
+        // 3. Raft membership follows the hosts (failed ones left in 0), one change at a time.
         for h in st.hosts.iter().filter(|h| live(h)) {
             if !voters.contains(&h.id.0) && !learners.contains(&h.id.0) {
                 return self.propose_conf(now_ms, ConfChangeType::AddLearnerNode, h.id);
