@@ -13,28 +13,32 @@
 //!   held behind its waiting changes, so that no read sees a change before it is safe;
 //! - [`fence`]: whether a change from another host is accepted (epoch fencing,
 //!   `StaleEpoch`), and applying `Replicate` and `ReplicateTouches` to the real [`Store`]
-//!   (itself I/O-free).
+//!   (itself I/O-free);
+//! - [`pulls`]: migration — which partitions this host is receiving, when to ask their
+//!   primary for them, when a move is done, and whether a primary serves a pull.
 //!
 //! Inputs are plain data (a new [`View`], a lease, the time, a peer's message fields);
 //! outputs are plain data (a [`Route`], a [`Begin`] telling whom to send a change, the
 //! [`Completed`] writes to answer). The shard (`src/server/shard/hosts.rs`) feeds it from
 //! the [`crate::cluster::plane::Plane`] and its links and turns the outputs into frames; the
 //! deterministic simulation (`tests/cluster_sim.rs`) feeds it from a seeded scheduler, so the
-//! code the simulation checks is the code the server runs. Still in the shard, not here:
-//! migration streams and pulls, held requests, sliding-touch batching and store-wide requests
-//! (see docs/cluster.md, "Known gaps").
+//! code the simulation checks is the code the server runs. Still in the shard, not here: the
+//! primary's migration stream (a paced walk over the partition's slots: I/O), held requests,
+//! sliding-touch batching and store-wide requests (see docs/cluster.md, "Known gaps").
 //!
 //! [`Store`]: crate::store::Store
 
 pub mod fence;
 pub mod lease;
 pub mod pending;
+pub mod pulls;
 pub mod route;
 
 use std::sync::Arc;
 
 pub use fence::{Refusal, Touch};
 pub use pending::{Begin, Completed, Objects, PendingWrites, Read, Resend};
+pub use pulls::{Pulls, accept_pull};
 pub use route::Route;
 
 use crate::cluster::plane::View;

@@ -37,7 +37,9 @@
 //!   so a change made during the move reaches the new copy after the older state it replaces.
 //!   `MigrateEnd` closes the stream and the new copy reports `MigrationDone` to the control
 //!   plane. Streams are paced by the link's queued bytes, so a partition move never holds the
-//!   shard for long.
+//!   shard for long. When to ask, ask again and report a move done, and whether to serve a
+//!   pull, are decided by [`Pulls`] and [`accept_pull`] (`cluster::data::pulls`), which the
+//!   simulation runs too; this file sends the asks and walks the stream.
 //!
 //! Links use the shard's own ring (connect, recv, sendmsg), like client connections: a link is
 //! a `Conn` in the shard's connection slab (`conn`). [`Hosts`] owns the data plane's state
@@ -61,7 +63,7 @@ use super::conn::{Conn, ConnKind, Conns};
 use super::mesh::Mesh;
 use crate::auth::peer;
 use crate::cluster::HostId;
-use crate::cluster::data::{Begin, Completed, DataPlane, Objects, Read, Touch};
+use crate::cluster::data::{Begin, Completed, DataPlane, Objects, Pulls, Read, Touch, accept_pull};
 use crate::cluster::plane::{self, DataCmd, DataEvent, Plane, View};
 use crate::net::{AlignedBuf, Op, SendBatch, Token};
 use crate::server::Msg;
@@ -73,10 +75,6 @@ const MIGRATE_BATCH_OBJECTS: usize = 256;
 /// ...and only while the link has fewer bytes than this queued: paces a partition move so
 /// client requests on this shard never wait behind a whole partition.
 const MIGRATE_QUEUE_BYTES_MAX: usize = 4 << 20;
-/// A pull with no object arriving for this long is asked again (the stream broke).
-const PULL_IDLE_TIMEOUT_MS: u64 = 5_000;
-/// Wait before asking again after a refused or failed pull.
-const PULL_RETRY_MS: u64 = 200;
 /// Requests held per shard at most while a partition's new primary waits for its lease...
 const DEFERRED_MAX: usize = 4096;
 /// ...and for at most this long (the lease is asked for as soon as a map is installed and
@@ -277,14 +275,6 @@ struct Deferred {
 }
 
 /// A partition this host is receiving.
-struct Pull {
-    source: Option<HostId>,
-    asked: bool,
-    failed: bool,
-    retry_at_ms: u64,
-    last_progress_ms: u64,
-}
-
 /// A partition this host is sending to a new copy.
 struct Stream {
     id: u64,
@@ -320,7 +310,8 @@ pub struct Hosts {
     pub data: DataPlane<Waiting>,
     links: HashMap<(HostId, LinkClass), (u32, u32)>,
     link_retry_at_ms: HashMap<(HostId, LinkClass), u64>,
-    pulls: HashMap<u16, Pull>,
+    /// Partitions this host receives (the decisions: [`Pulls`]).
+    pulls: Pulls,
     streams: VecDeque<Stream>,
     deferred: VecDeque<Deferred>,
     next_link_id: u32,
@@ -349,7 +340,7 @@ impl Hosts {
             data: DataPlane::default(),
             links: HashMap::new(),
             link_retry_at_ms: HashMap::new(),
-            pulls: HashMap::new(),
+            pulls: Pulls::default(),
             streams: VecDeque::new(),
             deferred: VecDeque::new(),
             next_link_id: 1,
@@ -601,16 +592,9 @@ impl Hosts {
                     let n = core.store.drop_partition(p as u32);
                     tracing::debug!(shard = me, partition = p, objects = n, "copy dropped");
                 }
-                if role != Some(crate::cluster::Role::Pending) {
-                    self.pulls.remove(&(p as u16));
-                } else if let Some(pull) = self.pulls.get_mut(&(p as u16)) {
-                    // The primary changed: the old one dropped its stream; ask the new one.
-                    if pull.asked && pull.source != view.owners[p].primary() {
-                        pull.asked = false;
-                        pull.failed = false;
-                    }
-                }
             }
+            self.pulls
+                .on_map(&view, (me..PARTITIONS as usize).step_by(shards));
             // Links to hosts the map no longer names.
             let gone: Vec<HostId> = self
                 .links
@@ -630,16 +614,7 @@ impl Hosts {
         for cmd in self.plane.take_cmds(me) {
             match cmd {
                 DataCmd::SetParam { name, value } => Self::apply_param(core, &name, &value),
-                DataCmd::Pull { partition, .. } => {
-                    let now = self.mono_ms();
-                    self.pulls.entry(partition).or_insert(Pull {
-                        source: None,
-                        asked: false,
-                        failed: false,
-                        retry_at_ms: now,
-                        last_progress_ms: now,
-                    });
-                }
+                DataCmd::Pull { partition, .. } => self.pulls.want(partition, self.mono_ms()),
             }
         }
     }
@@ -1335,10 +1310,12 @@ impl Hosts {
                         &[],
                     );
                 }
-                let mono = self.mono_ms();
-                if let Some(pull) = self.pulls.get_mut(&(p as u16)) {
-                    pull.last_progress_ms = mono;
-                    pull.failed |= result.is_err();
+                if self.pulls.on_object(
+                    p as u16,
+                    HostId(from.to_native()),
+                    result.is_ok(),
+                    self.mono_ms(),
+                ) {
                     // /metrics progress: an object received while this host pulls the
                     // partition (its migration stream, or a change sent to the new copy).
                     core.metrics.migrated_in_objects += 1;
@@ -1356,25 +1333,32 @@ impl Hosts {
             } => {
                 let p = partition.to_native();
                 let to = HostId(to.to_native());
-                if p >= PARTITIONS {
-                    return sink.error(id, ErrorCode::InvalidRequest, p as u64);
+                if let Err((code, detail)) = accept_pull(&view, epoch.to_native(), to, p as usize) {
+                    return sink.error(id, code, detail);
                 }
-                let o = &view.owners[p as usize];
-                if view.epoch < epoch.to_native() || o.role_of(to).is_none() {
-                    // Our map does not list the new copy yet: our writes would not reach it.
-                    return sink.error(id, ErrorCode::StaleEpoch, view.epoch);
+                // Asked again (the receiver saw no end): start over from a fresh snapshot in
+                // the same place in the queue, so a long migration never sends a partition to
+                // the back each time its receiver asks again. Objects still unconfirmed are
+                // still counted; their confirmations arrive under the same id.
+                let slots = core.store.partition_slots(p);
+                if let Some(s) = self
+                    .streams
+                    .iter_mut()
+                    .find(|s| s.to == to && s.partition == p)
+                {
+                    s.slots = slots;
+                    s.pos = 0;
+                    s.sent = 0;
+                    s.failed = false;
+                    return sink.respond(id, &Response::Ok, &[]);
                 }
-                if o.primary() != Some(view.me) {
-                    return sink.error(id, ErrorCode::NotPrimary, view.epoch);
-                }
-                self.streams.retain(|s| !(s.to == to && s.partition == p));
                 let stream_id = self.next_stream_id;
                 self.next_stream_id += 1;
                 self.streams.push_back(Stream {
                     id: stream_id,
                     to,
                     partition: p,
-                    slots: core.store.partition_slots(p),
+                    slots,
                     pos: 0,
                     sent: 0,
                     unconfirmed: 0,
@@ -1390,26 +1374,16 @@ impl Hosts {
             } => {
                 let p = partition.to_native() as u16;
                 let from = HostId(from.to_native());
-                let mono = self.mono_ms();
-                if let Some(pull) = self.pulls.get_mut(&p) {
-                    if pull.source == Some(from) {
-                        if pull.failed {
-                            pull.asked = false;
-                            pull.failed = false;
-                            pull.retry_at_ms = mono + PULL_RETRY_MS;
-                        } else {
-                            self.pulls.remove(&p);
-                            tracing::debug!(
-                                shard = core.shard,
-                                partition = p,
-                                objects = objects.to_native(),
-                                "partition received"
-                            );
-                            self.plane
-                                .push_event(DataEvent::MigrationDone { partition: p });
-                            core.metrics.migrations_done += 1;
-                        }
-                    }
+                if self.pulls.on_end(p, from, self.mono_ms()) {
+                    tracing::debug!(
+                        shard = core.shard,
+                        partition = p,
+                        objects = objects.to_native(),
+                        "partition received"
+                    );
+                    self.plane
+                        .push_event(DataEvent::MigrationDone { partition: p });
+                    core.metrics.migrations_done += 1;
                 }
                 sink.respond(id, &Response::Ok, &[]);
             }
@@ -1462,27 +1436,7 @@ impl Hosts {
         let Some(view) = self.data.view.clone() else {
             return;
         };
-        let now = self.mono_ms();
-        let mut asks = Vec::new();
-        for (&p, pull) in self.pulls.iter_mut() {
-            if pull.asked && now.saturating_sub(pull.last_progress_ms) > PULL_IDLE_TIMEOUT_MS {
-                pull.asked = false;
-            }
-            if pull.asked || now < pull.retry_at_ms {
-                continue;
-            }
-            let Some(primary) = view.owners[p as usize].primary() else {
-                continue;
-            };
-            if primary == view.me {
-                continue;
-            }
-            pull.asked = true;
-            pull.source = Some(primary);
-            pull.last_progress_ms = now;
-            asks.push((p, primary));
-        }
-        for (p, primary) in asks {
+        for (p, primary) in self.pulls.due(&view, self.mono_ms()) {
             let msg = Request::MigratePull {
                 epoch: view.epoch,
                 to: view.me.0,
@@ -1505,11 +1459,7 @@ impl Hosts {
     }
 
     fn pull_failed(&mut self, p: u16) {
-        let now = self.mono_ms();
-        if let Some(pull) = self.pulls.get_mut(&p) {
-            pull.asked = false;
-            pull.retry_at_ms = now + PULL_RETRY_MS;
-        }
+        self.pulls.refused(p, self.mono_ms());
     }
 
     fn pump_streams(&mut self, conns: &mut Conns, core: &mut Core) {
