@@ -411,6 +411,15 @@ impl<T> DataPlane<T> {
                 pending.remove(i, None, &mut out);
                 continue;
             }
+            if view.owners[pw.partition as usize].primary() != Some(view.me) {
+                // No longer the primary (the map moved it while the change waited): every
+                // copy's fence refuses this host's changes, so a repair would go on forever,
+                // failing the new copy's migration streams; the new primary's copy is the
+                // partition's state. The client, if it still waits, gets the failure.
+                pw.failed = Some(timed_out);
+                pending.remove(i, Some(timed_out), &mut out);
+                continue;
+            }
             if pw.answer.is_some() {
                 pw.failed = Some(timed_out);
                 pending.settle(i, &mut out);
@@ -638,6 +647,24 @@ mod tests {
             assert_eq!(answers(&done), [("r", read_fails)]);
             assert_eq!((d.pending_len(), d.held_len()), (0, 0));
         }
+    }
+
+    /// A change still waiting for its client when the map moved the partition away stayed as
+    /// a repair the fence refuses every time, sent again forever (simulation seed 839).
+    #[test]
+    fn a_change_that_times_out_after_the_partition_moved_is_not_repaired() {
+        let mut d = plane();
+        write(&mut d, 7, "w");
+        let moved = Owners::from_entries(&[(REPLICA, Role::Full), (ME, Role::Full)]);
+        let (_, done) = d.set_view(view(4, moved));
+        assert!(done.is_empty(), "the client still waits for its copies");
+        let (done, resend) = d.expire(100, 100);
+        assert_eq!(answers(&done), [("w", true)]);
+        assert!(
+            resend.is_empty(),
+            "no repair from a host that is not the primary"
+        );
+        assert_eq!((d.pending_len(), d.held_len()), (0, 0));
     }
 
     #[test]
