@@ -89,11 +89,6 @@ impl Pulls {
         self.pulls.is_empty()
     }
 
-    /// Is `p` being received (so an arriving object counts as migration progress)?
-    pub fn receiving(&self, p: u16) -> bool {
-        self.pulls.contains_key(&p)
-    }
-
     /// The control plane asks this host to fetch `p` (it is a pending copy). Asking twice
     /// changes nothing.
     pub fn want(&mut self, p: u16, now_ms: u64) {
